@@ -1,0 +1,78 @@
+"""parametrax: functional parametrizations for JAX and Flax.
+
+The JAX answer to PyTorch's ``torch.nn.utils.parametrize``: a parametrization is a pure
+``forward`` / ``right_inverse`` pair; models store raw values and read ``forward(raw)``.
+"""
+
+from parametrax import tree
+from parametrax._core import (
+    FunctionParametrization,
+    Parametrization,
+    as_parametrization,
+)
+from parametrax._errors import (
+    NotParametrizedError,
+    ParametrizationError,
+    ParametrizationTypeError,
+    RightInverseError,
+    ShapeError,
+    SpecError,
+)
+from parametrax._tree import Spec
+from parametrax.catalog.linear import (
+    Cayley,
+    MatrixExp,
+    RandomPruning,
+    Skew,
+    Symmetric,
+    cayley,
+    matrix_exp,
+    skew,
+    symmetric,
+)
+from parametrax.linen import (
+    STATE_COLLECTION,
+    Parametrized,
+    assign,
+    constrained,
+    is_parametrized,
+    remove_parametrizations,
+    spec_of,
+    type_before_parametrizations,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Parametrization",
+    "FunctionParametrization",
+    "as_parametrization",
+    "Spec",
+    "tree",
+    # errors
+    "ParametrizationError",
+    "ParametrizationTypeError",
+    "ShapeError",
+    "SpecError",
+    "RightInverseError",
+    "NotParametrizedError",
+    # catalog
+    "Symmetric",
+    "Skew",
+    "Cayley",
+    "MatrixExp",
+    "RandomPruning",
+    "symmetric",
+    "skew",
+    "cayley",
+    "matrix_exp",
+    # linen front
+    "Parametrized",
+    "STATE_COLLECTION",
+    "constrained",
+    "assign",
+    "remove_parametrizations",
+    "is_parametrized",
+    "type_before_parametrizations",
+    "spec_of",
+]

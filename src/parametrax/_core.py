@@ -1,0 +1,386 @@
+"""The parametrization contract, the loose-input converter and chain evaluation.
+
+Nothing here knows about trees, Flax or NNX: this is the maths of one parametrized array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from parametrax._errors import (
+    ParametrizationError,
+    ParametrizationTypeError,
+    RightInverseError,
+    ShapeError,
+)
+
+__all__ = [
+    "Parametrization",
+    "FunctionParametrization",
+    "as_parametrization",
+    "as_chain",
+    "describe",
+    "empty_variables",
+    "original_names",
+]
+
+Array = jax.Array
+# Variables of one parametrization: {"params": {name: array}, "state": {name: array}}.
+Variables = dict
+
+
+def empty_variables() -> Variables:
+    return {"params": {}, "state": {}}
+
+
+class Parametrization:
+    """A pure ``forward`` / ``right_inverse`` pair: the unit every parametrax API works with.
+
+    The contract a subclass keeps:
+
+    * ``forward(*raw)`` maps the raw (unconstrained) array(s) to the constrained one. Only the
+      first parametrization of a chain may take several raw arrays (those its ``right_inverse``
+      returned, stored as ``original0``, ``original1``, ...).
+    * ``right_inverse(value)`` maps a constrained value back to raw array(s) with
+      ``forward(right_inverse(value)) == value`` for every ``value`` on the constraint set (it need
+      not be a true inverse elsewhere: it may project). It returns one array, or a tuple of arrays
+      when ``forward`` takes several. A parametrization without a right inverse simply does not
+      override it; then initialisation treats it as the identity and assigning through it is an
+      error (torch's behaviour).
+    * A chain ``[p0, p1, ..., pk]`` computes ``pk(...p1(p0(raw)))``: ``forward`` runs in list
+      order, ``right_inverse`` in reverse order (as in torch; the opposite of ``distrax.Chain``).
+    * Shape and dtype are kept: ``forward(x).shape == x.shape``. A forward that changes them is
+      refused at registration unless ``unsafe=True`` is passed.
+    * Matrix parametrizations act on the last two axes and broadcast over leading ones.
+    * Subclasses are frozen, hashable dataclasses whose fields are plain hyperparameters (no
+      arrays, no lambdas): equal configurations compare equal, so ``jax.jit`` never re-traces.
+
+    Extra variables (the one protocol both the linen and the NNX fronts consume). A
+    parametrization that owns variables overrides three methods instead of the two above:
+
+    * ``init_variables(key, value) -> {"params": {...}, "state": {...}}`` makes them at
+      registration, from a PRNG key and the value this link produces at registration.
+      ``params`` are learnable (trained with the raw values); ``state`` is not (a pruning mask,
+      spectral norm's ``u``/``v``, a trivialization base point).
+    * ``apply(variables, *raw, update_state=False) -> (value, new_state)`` is the forward pass.
+      ``update_state`` is true when the caller asks for state updates (training); otherwise the
+      returned state must equal ``variables["state"]``.
+    * ``apply_inverse(variables, value, *, key) -> (raw, new_state)`` is the right inverse; it may
+      move the state (torch's dynamic trivialization sets the base point here).
+
+    The defaults of these three delegate to ``forward`` / ``right_inverse`` with no variables.
+    """
+
+    # --- the simple protocol -------------------------------------------------------------------
+    def forward(self, *raw: Array) -> Array:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def right_inverse(self, value: Array) -> Array | tuple[Array, ...]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement right_inverse")
+
+    # --- the variables protocol ----------------------------------------------------------------
+    def init_variables(self, key: Array, value: Array) -> Variables:
+        del key, value
+        return empty_variables()
+
+    def apply(self, variables: Variables, *raw: Array, update_state: bool = False):
+        del update_state
+        return self.forward(*raw), variables["state"]
+
+    def apply_inverse(self, variables: Variables, value: Array, *, key: Array):
+        del key
+        return self.right_inverse(value), variables["state"]
+
+    # --- conveniences --------------------------------------------------------------------------
+    @property
+    def has_right_inverse(self) -> bool:
+        cls = type(self)
+        return (
+            cls.right_inverse is not Parametrization.right_inverse
+            or cls.apply_inverse is not Parametrization.apply_inverse
+        )
+
+    @property
+    def has_variables(self) -> bool:
+        return type(self).init_variables is not Parametrization.init_variables
+
+    def __call__(self, *raw: Array) -> Array:
+        """``p(x)`` is ``p.forward(x)`` for parametrizations without variables."""
+        if self.has_variables:
+            raise ParametrizationTypeError(
+                f"{describe(self)} owns variables; call `p.apply(variables, x)` (variables from "
+                "`p.init_variables(key, x)`) instead of `p(x)`."
+            )
+        return self.forward(*raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionParametrization(Parametrization):
+    """A plain callable used as a forward-only parametrization (no right inverse).
+
+    Made by :func:`as_parametrization` when a spec holds a function. It hashes like the function
+    (by identity), so pass the same function object to avoid re-traces.
+    """
+
+    fn: Callable[..., Array]
+
+    def forward(self, *raw: Array) -> Array:
+        return self.fn(*raw)
+
+    def __repr__(self) -> str:
+        return f"FunctionParametrization({getattr(self.fn, '__qualname__', repr(self.fn))})"
+
+
+def describe(p: Any) -> str:
+    """A short name for messages: the class name, or the function name for plain callables."""
+    if isinstance(p, FunctionParametrization):
+        return f"function `{getattr(p.fn, '__qualname__', repr(p.fn))}`"
+    return f"`{type(p).__name__}`"
+
+
+def as_parametrization(obj: Any) -> Parametrization:
+    """The one converter that accepts loose input: a Parametrization or a plain callable."""
+    if isinstance(obj, Parametrization):
+        try:
+            hash(obj)
+        except TypeError as e:
+            raise ParametrizationTypeError(
+                f"{describe(obj)} is not hashable ({e}); parametrizations must be frozen "
+                "dataclasses whose fields are plain hyperparameters (no arrays, lists or dicts), "
+                "otherwise jax.jit cannot cache on them. Use tuples instead of lists, and "
+                "`@dataclasses.dataclass(frozen=True)`."
+            ) from None
+        return obj
+    if inspect.isclass(obj) and issubclass(obj, Parametrization):
+        raise ParametrizationTypeError(
+            f"got the class `{obj.__name__}` where a parametrization instance was expected; "
+            f"write `{obj.__name__}()` instead of `{obj.__name__}`."
+        )
+    if callable(obj):
+        try:
+            hash(obj)
+        except TypeError:
+            raise ParametrizationTypeError(
+                f"the callable {obj!r} is not hashable; wrap it in a frozen Parametrization "
+                "dataclass."
+            ) from None
+        return FunctionParametrization(obj)
+    raise ParametrizationTypeError(
+        f"expected a Parametrization or a callable, got {type(obj).__name__} {obj!r}."
+    )
+
+
+def as_chain(obj: Any) -> tuple[Parametrization, ...]:
+    """Normalises ``p`` or ``[p0, p1, ...]`` to a non-empty tuple of parametrizations."""
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            raise ParametrizationError(
+                "a chain needs one or more parametrizations; got an empty list."
+            )
+        return tuple(as_parametrization(p) for p in obj)
+    return (as_parametrization(obj),)
+
+
+def original_names(n: int | None) -> tuple[str, ...]:
+    """``("original",)`` for a single raw array (n is None), else ``original0 .. original{n-1}``."""
+    if n is None:
+        return ("original",)
+    return tuple(f"original{i}" for i in range(n))
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, jnp.ndarray)) or (
+        hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (tuple, list))
+    )
+
+
+def _spec_of(x: Any) -> str:
+    return f"shape {tuple(x.shape)} and dtype {jnp.dtype(x.dtype).name}"
+
+
+def _split(key: Array | None, n: int) -> list[Array | None]:
+    if key is None:
+        return [None] * n
+    return list(jax.random.split(key, n))
+
+
+def _as_raw_tuple(raw: Any, link: Parametrization, first: bool) -> tuple[tuple[Array, ...], bool]:
+    """Returns (arrays, is_sequence); validates what a right_inverse returned."""
+    if _is_array(raw):
+        return (raw,), False
+    if isinstance(raw, Sequence) and not isinstance(raw, str):
+        if not first:
+            raise RightInverseError(
+                f"{describe(link)}.right_inverse returned a {type(raw).__name__} of "
+                f"{len(raw)}; only the first parametrization of a chain may return several "
+                "arrays, the others must return one array."
+            )
+        if len(raw) == 0:
+            raise RightInverseError(
+                f"{describe(link)}.right_inverse returned an empty {type(raw).__name__}; "
+                "expected an array or a non-empty sequence of arrays."
+            )
+        for i, r in enumerate(raw):
+            if not _is_array(r):
+                raise RightInverseError(
+                    f"{describe(link)}.right_inverse must return an array or a sequence of "
+                    f"arrays; element {i} of the sequence is a {type(r).__name__}."
+                )
+        return tuple(raw), True
+    raise RightInverseError(
+        f"{describe(link)}.right_inverse must return an array or a sequence of arrays "
+        f"(list, tuple); got {type(raw).__name__}."
+    )
+
+
+def chain_register(
+    chain: tuple[Parametrization, ...],
+    value: Array,
+    *,
+    key: Array | None,
+    unsafe: bool = False,
+    update_state: bool = False,
+) -> tuple[dict[str, Array], list[dict], list[dict]]:
+    """Torch's registration: ``right_inverse`` of the initial value, in reverse chain order.
+
+    Returns ``(originals, link_params, link_state)`` where ``originals`` maps ``original`` (or
+    ``original0``, ...) to arrays and the two lists hold each link's variables in chain order.
+    A ``right_inverse`` that raises NotImplementedError, or none at all, counts as the identity
+    here (torch swallows it at registration; assignment does not).
+    """
+    value = jnp.asarray(value)
+    n = len(chain)
+    init_keys = _split(key, 2 * n)
+    params: list[dict] = [{}] * n
+    state: list[dict] = [{}] * n
+    current: Any = value
+    is_seq = False
+    for i in reversed(range(n)):
+        link = chain[i]
+        if link.has_variables:
+            if init_keys[i] is None:
+                raise ParametrizationError(
+                    f"{describe(link)} owns variables and needs a PRNG key to initialise them; "
+                    "pass `key=`."
+                )
+            v = link.init_variables(init_keys[i], current)
+        else:
+            v = empty_variables()
+        params[i], state[i] = dict(v["params"]), dict(v["state"])
+        try:
+            raw, st = link.apply_inverse(
+                {"params": params[i], "state": state[i]}, current, key=init_keys[n + i]
+            )
+            state[i] = dict(st)
+        except NotImplementedError:
+            raw = current
+        raws, is_seq = _as_raw_tuple(raw, link, first=(i == 0))
+        current = raws if is_seq else raws[0]
+    raws = current if is_seq else (current,)
+    if not is_seq:
+        (r,) = raws
+        if jnp.dtype(r.dtype) != jnp.dtype(value.dtype):
+            raise ShapeError(
+                "when right_inverse returns one array it may not change the dtype: the initial "
+                f"value has dtype {jnp.dtype(value.dtype).name}, right_inverse returned "
+                f"{jnp.dtype(r.dtype).name}."
+            )
+    originals = dict(zip(original_names(len(raws) if is_seq else None), raws))
+    if not unsafe:
+        out, _ = chain_forward(chain, originals, params, state, update_state=False)
+        if not _is_array(out):
+            raise ShapeError(
+                f"a parametrization must return an array; the chain returned "
+                f"{type(out).__name__}."
+            )
+        if tuple(out.shape) != tuple(value.shape) or jnp.dtype(out.dtype) != jnp.dtype(
+            value.dtype
+        ):
+            raise ShapeError(
+                "registering a parametrization may not change the shape or dtype of the "
+                f"variable unless `unsafe=True`: the variable has {_spec_of(value)}, the "
+                f"parametrized value has {_spec_of(out)}."
+            )
+    if update_state:
+        _, state = chain_forward(chain, originals, params, state, update_state=True)
+    return originals, params, state
+
+
+def chain_forward(
+    chain: tuple[Parametrization, ...],
+    originals: dict[str, Array],
+    params: Sequence[dict],
+    state: Sequence[dict],
+    *,
+    update_state: bool = False,
+) -> tuple[Array, list[dict]]:
+    """Evaluates the chain once; returns ``(value, new_link_state)``."""
+    if "original" in originals:
+        args: tuple = (originals["original"],)
+    else:
+        args = tuple(originals[f"original{i}"] for i in range(len(originals)))
+    new_state = []
+    x: Any = None
+    for i, link in enumerate(chain):
+        variables = {"params": params[i], "state": state[i]}
+        if i == 0:
+            x, st = link.apply(variables, *args, update_state=update_state)
+        else:
+            x, st = link.apply(variables, x, update_state=update_state)
+        new_state.append(dict(st))
+    return x, new_state
+
+
+def chain_right_inverse(
+    chain: tuple[Parametrization, ...],
+    value: Array,
+    originals: dict[str, Array],
+    params: Sequence[dict],
+    state: Sequence[dict],
+    *,
+    key: Array | None,
+) -> tuple[dict[str, Array], list[dict]]:
+    """Torch's ``module.weight = value``: right_inverse in reverse order, checked against the
+    stored originals (same names, shapes and dtypes: stricter than torch, which lets an identity
+    right_inverse silently reshape the original)."""
+    for link in chain:
+        if not link.has_right_inverse:
+            raise RightInverseError(
+                f"cannot assign through the chain [{', '.join(describe(p) for p in chain)}]: "
+                f"{describe(link)} does not implement right_inverse."
+            )
+    n = len(chain)
+    keys = _split(key, n)
+    new_state = [dict(s) for s in state]
+    current: Any = value
+    is_seq = False
+    for i in reversed(range(n)):
+        link = chain[i]
+        raw, st = link.apply_inverse(
+            {"params": params[i], "state": new_state[i]}, current, key=keys[i]
+        )
+        new_state[i] = dict(st)
+        raws, is_seq = _as_raw_tuple(raw, link, first=(i == 0))
+        current = raws if is_seq else raws[0]
+    raws = current if is_seq else (current,)
+    names = original_names(len(raws) if is_seq else None)
+    if set(names) != set(originals):
+        raise RightInverseError(
+            f"right_inverse returned {len(raws)} array(s) ({', '.join(names)}) but the variable "
+            f"stores {len(originals)} ({', '.join(sorted(originals))})."
+        )
+    out = {}
+    for name, r in zip(names, raws):
+        old = originals[name]
+        if tuple(r.shape) != tuple(old.shape) or jnp.dtype(r.dtype) != jnp.dtype(old.dtype):
+            raise RightInverseError(
+                f"right_inverse returned {_spec_of(r)} for `{name}`, which has {_spec_of(old)}."
+            )
+        out[name] = r
+    return out, new_state

@@ -1,0 +1,1 @@
+"""The catalog of parametrizations, one module per family."""

@@ -1,0 +1,19 @@
+"""Shared test configuration.
+
+Suites that need a different JAX process configuration live in their own folders and are run
+in a subprocess by ``tests/test_subprocess_suites.py``:
+
+* ``tests/x64/``: float64 tests, run with ``JAX_ENABLE_X64=1``;
+* ``tests/multidevice/``: sharding tests, run with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
+
+They are skipped from the main collection unless their environment is set.
+"""
+
+import os
+
+collect_ignore_glob = []
+if os.environ.get("JAX_ENABLE_X64", "").lower() not in ("1", "true"):
+    collect_ignore_glob.append("x64/*")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    collect_ignore_glob.append("multidevice/*")
