@@ -137,11 +137,18 @@ class FunctionParametrization(Parametrization):
         return f"FunctionParametrization({getattr(self.fn, '__qualname__', repr(self.fn))})"
 
 
+def name_of(p: Any) -> str:
+    """The bare name of a parametrization: its class name, or a plain callable's name."""
+    if isinstance(p, FunctionParametrization):
+        return getattr(p.fn, "__qualname__", repr(p.fn))
+    return type(p).__name__
+
+
 def describe(p: Any) -> str:
     """A short name for messages: the class name, or the function name for plain callables."""
     if isinstance(p, FunctionParametrization):
-        return f"function `{getattr(p.fn, '__qualname__', repr(p.fn))}`"
-    return f"`{type(p).__name__}`"
+        return f"function `{name_of(p)}`"
+    return f"`{name_of(p)}`"
 
 
 def as_parametrization(obj: Any) -> Parametrization:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from parametrax import _core
-from parametrax._core import Parametrization, describe
+from parametrax._core import Parametrization, name_of
 from parametrax._errors import (
     NotParametrizedError,
     ParametrizationError,
@@ -201,7 +201,7 @@ class Spec:
 
 
 def _chain_name(chain: tuple) -> str:
-    return "[" + ", ".join(describe(p).strip("`") for p in chain) + "]"
+    return "[" + ", ".join(name_of(p) for p in chain) + "]"
 
 
 def _context(path: str, chain: tuple) -> str:

@@ -226,7 +226,7 @@ class _ParametrizedMixin:
         cls = type(self)
         base = self._px_make_base()
         by_col = _by_collection(cls._px_spec)
-        rngs = {name: self.make_rng(name) for name in sorted(self.scope.rngs)}
+        rngs = {name: self._px_rng(name) for name in sorted(self.scope.rngs)}
         initialising = self.is_initializing() and not any(
             self.has_variable(col, PARAMETRIZATIONS) for col in by_col
         )
@@ -242,17 +242,31 @@ class _ParametrizedMixin:
             for col in set(base_vars) | {"intermediates"}
             if col != STATE_COLLECTION and self.is_mutable_collection(col)
         ]
-        if initialising or not mutable:
-            mutable = False  # at init the values were just stored; don't let a second pass move them
-        out = base.apply(base_vars, *args, rngs=rngs, method=method, mutable=mutable, **kwargs)
+        out = base.apply(
+            base_vars, *args, rngs=rngs, method=method, mutable=mutable or False, **kwargs
+        )
         if mutable:
             out, mutated = out
-            self._px_write_back(mutated, stored, by_col)
+            if not initialising:  # at init the values were just stored: keep them as made
+                self._px_write_back(mutated, stored, by_col)
         if update_state and new_state:
             for k, v in new_state.items():
                 old = stored.get(STATE_COLLECTION, {}).get(k)
                 self.put_variable(STATE_COLLECTION, k, _rebox_plain(v, old))
         return out
+
+    def _px_rng(self, name: str) -> Any:
+        """The rng stream handed to the base module.
+
+        On a module's first use of a stream this is the wrapper's own (lazy) stream, so the base
+        module draws exactly what it would draw unwrapped: ``Parametrized(nn.Dense(3), spec)``
+        initialises the same kernel as ``nn.Dense(3)`` before registering it. Later calls in the
+        same ``apply`` get fresh keys, as a plain module's would.
+        """
+        counters = getattr(self.scope, "rng_counters", {})
+        first = counters.get(name, 0) == 0
+        key = self.make_rng(name)  # consume one draw so a second call differs
+        return self.scope.rngs[name] if first else key
 
     def _px_register(self, base, by_col, rngs, method, args, kwargs) -> None:
         cls = type(self)
@@ -404,6 +418,13 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
     if isinstance(base, nn.Module):
         cls = Parametrized(type(base), spec, unsafe=unsafe)
         kwargs = {n: getattr(base, n) for n in _base_fields(cls._px_base)}
+        if base.scope is not None:
+            # Made inside a compact method, the base instance is already attached to its parent
+            # under its (explicit or automatic) name: the wrapper takes over that scope, so the
+            # parametrized layer lives exactly where the plain one would.
+            return cls(**kwargs, name=base.name, parent=base.scope)
+        if base.name is not None:
+            kwargs["name"] = base.name  # an explicitly named layer keeps its name
         return cls(**kwargs)
     raise ParametrizationTypeError(
         "Parametrized(base, spec): `base` must be a flax.linen Module class or instance "

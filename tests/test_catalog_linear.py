@@ -1,0 +1,240 @@
+"""Contract and closed-form tests for the tutorial catalog (Symmetric, Skew, Cayley, MatrixExp,
+RandomPruning), driven by one table of chains."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import parametrax as px
+from parametrax import tree as ptree
+
+from _helpers import F32_ATOL, normal, orthogonality_error, skew_error, symmetry_error
+
+KEY = jax.random.key(0)
+
+
+def _spd_error(a):
+    a = np.asarray(a)
+    return max(symmetry_error(a), float(-np.min(np.linalg.eigvalsh(a)) + 1e-7))
+
+
+def _on_symmetric(x):
+    return x + jnp.swapaxes(x, -1, -2)
+
+
+def _on_skew(x):
+    return x - jnp.swapaxes(x, -1, -2)
+
+
+def _on_so(x):
+    # An orthogonal matrix with det +1 and no eigenvalue -1 (expm of a small skew matrix).
+    return jax.vmap(jax.scipy.linalg.expm)(0.5 * _on_skew(x).reshape((-1,) + x.shape[-2:])).reshape(
+        x.shape
+    )
+
+
+# name, chain, constraint error function (0 means on the set), maker of a point on the set
+# (None: the chain has no right inverse), whether right_inverse is a true inverse on the set.
+TABLE = [
+    ("symmetric", [px.symmetric], symmetry_error, _on_symmetric),
+    ("skew", [px.skew], skew_error, _on_skew),
+    ("skew+cayley", [px.skew, px.cayley], orthogonality_error, _on_so),
+    ("skew+matrix_exp", [px.skew, px.matrix_exp], orthogonality_error, None),
+    ("symmetric+matrix_exp", [px.symmetric, px.matrix_exp], _spd_error, None),
+]
+SHAPES = [(4, 4), (2, 3, 3)]
+
+
+@pytest.mark.parametrize("name,chain,err,make", TABLE, ids=[t[0] for t in TABLE])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+class TestContract:
+    def _register(self, chain, shape):
+        params = {"w": normal(1, shape)}
+        return ptree.register({"w": chain}, params, key=KEY)
+
+    def test_shape_dtype_kept_and_constraint_holds(self, name, chain, err, make, shape):
+        raw, state = self._register(chain, shape)
+        raw = jax.tree.map(lambda r: r + 0.3 * normal(7, r.shape), raw)  # a generic raw point
+        w = ptree.constrain({"w": chain}, raw, state)["w"]
+        chex.assert_shape(w, shape)
+        chex.assert_type(w, jnp.float32)
+        assert err(w) < 1e-4, (name, err(w))
+
+    def test_round_trip_on_the_set(self, name, chain, err, make, shape):
+        if make is None:
+            pytest.skip("chain has no right inverse")
+        raw, state = self._register(chain, shape)
+        y = make(normal(2, shape))
+        assert err(y) < 1e-4
+        raw2, state2 = ptree.assign({"w": chain}, raw, state, {"w": y})
+        w = ptree.constrain({"w": chain}, raw2, state2)["w"]
+        np.testing.assert_allclose(w, y, atol=1e-5, rtol=1e-5)
+
+    def test_jit_equals_eager(self, name, chain, err, make, shape):
+        raw, state = self._register(chain, shape)
+        eager = ptree.constrain({"w": chain}, raw, state)["w"]
+        jitted = jax.jit(lambda r, s: ptree.constrain({"w": chain}, r, s))(raw, state)["w"]
+        np.testing.assert_allclose(jitted, eager, atol=F32_ATOL, rtol=1e-5)
+
+    def test_batch_equals_vmap(self, name, chain, err, make, shape):
+        if len(shape) != 3:
+            pytest.skip("batched shapes only")
+        xs = normal(3, shape)
+        f = lambda x: ptree.constrain({"w": chain}, {"parametrizations": {"w": {"original": x}}})["w"]
+        np.testing.assert_allclose(f(xs), jax.vmap(f)(xs), atol=F32_ATOL, rtol=1e-5)
+
+    def test_finite_gradients(self, name, chain, err, make, shape):
+        raw, state = self._register(chain, shape)
+        target = normal(5, shape)
+        loss = lambda r: jnp.sum((ptree.constrain({"w": chain}, r, state)["w"] - target) ** 2)
+        g = jax.grad(loss)(raw)
+        leaves = jax.tree.leaves(g)
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+        assert any(float(jnp.max(jnp.abs(x))) > 0 for x in leaves)
+
+
+@pytest.mark.parametrize(
+    "make_a,make_b",
+    [
+        (px.Symmetric, px.Symmetric),
+        (px.Skew, px.Skew),
+        (px.Cayley, px.Cayley),
+        (px.MatrixExp, px.MatrixExp),
+        (lambda: px.RandomPruning(0.25), lambda: px.RandomPruning(0.25)),
+    ],
+)
+def test_equal_configs_hash_equal_and_trace_once(make_a, make_b):
+    a, b = make_a(), make_b()
+    assert a == b and hash(a) == hash(b)
+    assert a is not b
+    traces = []
+
+    def f(p, x):
+        traces.append(1)
+        return p.apply(p.init_variables(KEY, x), x)[0]
+
+    jf = jax.jit(f, static_argnums=0)
+    x = _on_symmetric(normal(0, (3, 3)))
+    jf(a, x)
+    jf(b, x)
+    assert len(traces) == 1
+
+
+def test_unequal_configs_differ():
+    assert px.RandomPruning(0.25) != px.RandomPruning(0.5)
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        px.RandomPruning(0.5).p_drop = 0.1
+
+
+# --- closed forms ------------------------------------------------------------------------------
+def test_cayley_of_zero_is_identity():
+    np.testing.assert_allclose(px.cayley(jnp.zeros((3, 3))), np.eye(3), atol=0)
+
+
+def test_cayley_matches_closed_form_2x2_rotation():
+    # Skew [[0, t], [-t, 0]]: (I + X)(I - X)^-1 is the rotation by angle 2*atan(t).
+    t = 0.7
+    q = px.cayley(px.skew(jnp.array([[0.0, t], [0.0, 0.0]])))
+    th = 2 * np.arctan(t)
+    np.testing.assert_allclose(q, [[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]], atol=1e-6)
+
+
+def test_cayley_equals_both_orders_of_the_formula():
+    x = normal(4, (4, 4))
+    eye = np.eye(4)
+    a = (eye + np.asarray(x)) @ np.linalg.inv(eye - np.asarray(x))
+    np.testing.assert_allclose(px.cayley(x), a, rtol=1e-4, atol=1e-4)
+
+
+def test_cayley_right_inverse_uses_its_argument():
+    # The tutorial's right_inverse read a global X; ours must invert the value it is given.
+    q1 = px.cayley(px.skew(normal(1, (3, 3))))
+    q2 = px.cayley(px.skew(normal(2, (3, 3))))
+    np.testing.assert_allclose(px.cayley(px.Cayley().right_inverse(q2)), q2, atol=1e-5)
+    assert float(jnp.max(jnp.abs(px.cayley(px.Cayley().right_inverse(q2)) - q1))) > 0.1
+
+
+def test_skew_matrix_exp_is_rotation():
+    t = 0.4
+    q = px.matrix_exp(px.skew(jnp.array([[0.0, t], [0.0, 0.0]])))
+    np.testing.assert_allclose(q, [[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]], atol=1e-6)
+
+
+def test_so_determinant_plus_one():
+    for chain in ([px.skew, px.cayley], [px.skew, px.matrix_exp]):
+        q = normal(0, (5, 5))
+        for p in chain:
+            q = p(q)
+        assert abs(float(jnp.linalg.det(q)) - 1.0) < 1e-4
+
+
+def test_symmetric_reads_upper_triangle():
+    x = jnp.arange(9.0).reshape(3, 3)
+    np.testing.assert_array_equal(px.symmetric(x), [[0, 1, 2], [1, 4, 5], [2, 5, 8]])
+    np.testing.assert_array_equal(px.Symmetric().right_inverse(px.symmetric(x)), jnp.triu(x))
+
+
+def test_skew_reads_strict_upper_triangle():
+    x = jnp.arange(9.0).reshape(3, 3)
+    np.testing.assert_array_equal(px.skew(x), [[0, 1, 2], [-1, 0, 5], [-2, -5, 0]])
+
+
+def test_pruning_mask_is_state_and_right_inverse_is_not_a_true_inverse():
+    p = px.RandomPruning(0.5)
+    x = normal(0, (8, 8))
+    raw, state = ptree.register({"w": p}, {"w": x}, key=KEY)
+    mask = state["parametrizations"]["w"]["0"]["mask"]
+    assert set(np.unique(np.asarray(mask))) <= {0.0, 1.0}
+    assert 0.2 < float(mask.mean()) < 0.8
+    np.testing.assert_array_equal(raw["parametrizations"]["w"]["original"], x)  # identity inverse
+    w = ptree.constrain({"w": p}, raw, state)["w"]
+    np.testing.assert_array_equal(w, x * mask)
+    y = normal(1, (8, 8))
+    raw2, state2 = ptree.assign({"w": p}, raw, state, {"w": y})
+    np.testing.assert_array_equal(ptree.constrain({"w": p}, raw2, state2)["w"], y * mask)
+
+
+def test_pruning_mask_depends_on_key_only():
+    p = px.RandomPruning(0.5)
+    x = normal(0, (6, 6))
+    m1 = p.init_variables(jax.random.key(3), x)["state"]["mask"]
+    m2 = p.init_variables(jax.random.key(3), 2 * x)["state"]["mask"]
+    m3 = p.init_variables(jax.random.key(4), x)["state"]["mask"]
+    np.testing.assert_array_equal(m1, m2)
+    assert not np.array_equal(m1, m3)
+
+
+# --- errors ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("p", [px.symmetric, px.skew, px.cayley, px.matrix_exp], ids=repr)
+def test_non_square_refused(p):
+    with pytest.raises(px.ShapeError, match=r"acts on square matrices .* got shape \(3, 4\)"):
+        p(jnp.ones((3, 4)))
+
+
+@pytest.mark.parametrize("p", [px.symmetric, px.skew, px.cayley, px.matrix_exp], ids=repr)
+def test_vector_refused(p):
+    with pytest.raises(px.ShapeError, match=r"acts on matrices .* shape \(3,\) with 1 dimension"):
+        p(jnp.ones((3,)))
+
+
+def test_integer_refused():
+    with pytest.raises(px.ShapeError, match="needs a floating-point or complex array; got dtype int32"):
+        px.skew(jnp.ones((3, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, "0.5", None])
+def test_pruning_bad_probability(bad):
+    with pytest.raises(px.ParametrizationError, match=r"`p_drop` must be a float in \[0, 1\)"):
+        px.RandomPruning(bad)
+
+
+def test_stateful_parametrization_called_directly_is_an_error():
+    with pytest.raises(px.ParametrizationTypeError, match="owns variables; call `p.apply"):
+        px.RandomPruning(0.5)(jnp.ones((2, 2)))
