@@ -524,3 +524,23 @@ def test_failed_init_stores_nothing():
 
     v = Net().init(KEY, X3)
     assert sorted(v["params"]) == ["Dense_1"]
+
+
+def test_apply_with_everything_mutable_leaves_params_alone():
+    # A chain without right_inverse: a write-back through it would raise.
+    layer = Parametrized(nn.Dense(3), {"kernel": [skew, px.matrix_exp]})
+    v = layer.init(KEY, X3)
+    y, new = layer.apply(v, X3, mutable=True)
+    jax.tree.map(np.testing.assert_array_equal, new["params"], v["params"])
+    np.testing.assert_array_equal(y, layer.apply(v, X3))
+
+
+def test_unsafe_allows_dtype_changing_forward():
+    to_bf16 = lambda k: k.astype(jnp.bfloat16)
+    with pytest.raises(px.ShapeError, match=r"dtype float32, the parametrized value has shape \(3, 3\) and dtype bfloat16"):
+        Parametrized(nn.Dense(3), {"kernel": to_bf16}).init(KEY, X3)
+    layer = Parametrized(nn.Dense(3), {"kernel": to_bf16}, unsafe=True)
+    v = layer.init(KEY, X3)
+    assert v["params"]["parametrizations"]["kernel"]["original"].dtype == jnp.float32
+    assert px.constrained(layer, v)["params"]["kernel"].dtype == jnp.bfloat16
+    assert layer.apply(v, X3).shape == (2, 3)

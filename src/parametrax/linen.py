@@ -248,7 +248,7 @@ class _ParametrizedMixin:
         if mutable:
             out, mutated = out
             if not initialising:  # at init the values were just stored: keep them as made
-                self._px_write_back(mutated, stored, by_col)
+                self._px_write_back(mutated, stored, by_col, base_vars)
         if update_state and new_state:
             for k, v in new_state.items():
                 old = stored.get(STATE_COLLECTION, {}).get(k)
@@ -305,7 +305,9 @@ class _ParametrizedMixin:
         for k, v in state_tree.items():
             self.put_variable(STATE_COLLECTION, k, v)
 
-    def _px_write_back(self, mutated: Mapping, stored: Mapping, by_col: Mapping) -> None:
+    def _px_write_back(
+        self, mutated: Mapping, stored: Mapping, by_col: Mapping, given: Mapping
+    ) -> None:
         for col, tree in mutated.items():
             if col == "intermediates":
                 for k, v in tree.items():
@@ -316,7 +318,11 @@ class _ParametrizedMixin:
                     _tree.parametrized_paths(by_col[col], _unbox(stored[col]))
                 )
                 flat = _tree.flatten(tree)
-                changed = [p for p in parametrized if p in flat]
+                given_flat = _tree.flatten(given.get(col, {}))
+                # Only values the base module actually wrote (a new object, not the array it
+                # was handed) go back through right_inverse; apply(..., mutable=True) must not
+                # re-assign every parametrized variable.
+                changed = [p for p in parametrized if p in flat and flat[p] is not given_flat.get(p)]
                 # The base module wrote to a parametrized variable (e.g. a running average that
                 # is parametrized): store it through the right_inverse chain, like torch's setter.
                 raw = _unbox(stored[col])
