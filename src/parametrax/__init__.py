@@ -4,7 +4,7 @@ The JAX answer to PyTorch's ``torch.nn.utils.parametrize``: a parametrization is
 ``forward`` / ``right_inverse`` pair; models store raw values and read ``forward(raw)``.
 """
 
-from parametrax import tree
+from parametrax import nnx, tree
 from parametrax._core import (
     FunctionParametrization,
     Parametrization,
@@ -49,6 +49,7 @@ __all__ = [
     "as_parametrization",
     "Spec",
     "tree",
+    "nnx",
     # errors
     "ParametrizationError",
     "ParametrizationTypeError",
