@@ -544,3 +544,17 @@ def test_unsafe_allows_dtype_changing_forward():
     assert v["params"]["parametrizations"]["kernel"]["original"].dtype == jnp.float32
     assert px.constrained(layer, v)["params"]["kernel"].dtype == jnp.bfloat16
     assert layer.apply(v, X3).shape == (2, 3)
+
+
+def test_remove_with_several_exact_spec_keys():
+    # Regression: removal resolved each path against the whole spec one path at a time, so any
+    # spec with two exact keys failed with "spec key ... matches no variable".
+    model = Parametrized(MLP, {"Dense_0/kernel": skew, "Dense_1/kernel": px.symmetric})()
+    v = model.init(KEY, jnp.ones((1, 4)))
+    y = model.apply(v, jnp.ones((1, 4)))
+    m2, v2 = px.remove_parametrizations(model, v, "Dense_1/kernel")
+    assert px.is_parametrized(m2, "Dense_0/kernel") and not px.is_parametrized(m2, "Dense_1/kernel")
+    np.testing.assert_allclose(m2.apply(v2, jnp.ones((1, 4))), y, atol=1e-6)
+    base, bv = px.remove_parametrizations(model, v)
+    assert type(base) is MLP
+    np.testing.assert_allclose(base.apply(bv, jnp.ones((1, 4))), y, atol=1e-6)

@@ -5,6 +5,7 @@ Nothing here knows about trees, Flax or NNX: this is the maths of one parametriz
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
@@ -169,6 +170,13 @@ def as_parametrization(obj: Any) -> Parametrization:
             f"got the class `{obj.__name__}` where a parametrization instance was expected; "
             f"write `{obj.__name__}()` instead of `{obj.__name__}`."
         )
+    if inspect.isclass(obj):
+        # Calling a class with an array constructs an object (a flax module, say), not an array.
+        raise ParametrizationTypeError(
+            f"got the class `{obj.__name__}` where a parametrization was expected (a "
+            "Parametrization instance such as `Skew()`, or a function of arrays); a class called "
+            "on an array constructs an object, not the constrained array."
+        )
     if callable(obj):
         try:
             hash(obj)
@@ -327,21 +335,76 @@ def chain_forward(
     *,
     update_state: bool = False,
 ) -> tuple[Array, list[dict]]:
-    """Evaluates the chain once; returns ``(value, new_link_state)``."""
+    """Evaluates the chain once; returns ``(value, new_link_state)``.
+
+    Under JAX's explicit sharding mode (arrays whose type names mesh axes), the raw arrays and
+    link variables are gathered before the chain and the value is resharded like the first raw
+    array after it: matrix maps mix rows and columns (``A - Aᵀ``, a solve, ``expm``), which
+    explicitly sharded types refuse. Under the default (auto) mode XLA chooses the collectives.
+    """
     if "original" in originals:
         args: tuple = (originals["original"],)
     else:
         args = tuple(originals[f"original{i}"] for i in range(len(originals)))
+    out_sharding = _explicit_sharding(args[0]) if args else None
+    if any(_explicit_sharding(a) is not None for a in jax.tree.leaves((args, params, state))):
+        args, params, state = jax.tree.map(_gather, (args, list(params), list(state)))
     new_state = []
     x: Any = None
     for i, link in enumerate(chain):
         variables = {"params": params[i], "state": state[i]}
-        if i == 0:
-            x, st = link.apply(variables, *args, update_state=update_state)
-        else:
-            x, st = link.apply(variables, x, update_state=update_state)
+        with _missing_variables(link, i, variables):
+            if i == 0:
+                x, st = link.apply(variables, *args, update_state=update_state)
+            else:
+                x, st = link.apply(variables, x, update_state=update_state)
         new_state.append(dict(st))
+    if out_sharding is not None and _is_array(x) and tuple(x.shape) == tuple(args[0].shape):
+        x = jax.sharding.reshard(x, out_sharding)
     return x, new_state
+
+
+def _explicit_sharding(x: Any) -> Any:
+    """``x``'s sharding when its type shards axes explicitly (JAX's explicit mode), else None."""
+    typeof = getattr(jax, "typeof", None)
+    if typeof is None or not hasattr(jax.sharding, "reshard") or not _is_array(x):
+        return None
+    try:
+        sharding = typeof(x).sharding
+    except Exception:  # not a JAX value (a NumPy array): nothing explicit about it
+        return None
+    spec = getattr(sharding, "spec", None)
+    mesh = getattr(sharding, "mesh", None)
+    if spec is None or mesh is None or getattr(mesh, "empty", True):
+        return None
+    return sharding if any(axis is not None for axis in spec) else None
+
+
+def _gather(x: Any) -> Any:
+    sharding = _explicit_sharding(x)
+    if sharding is None:
+        return x
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.sharding.reshard(x, replicated)
+
+
+@contextlib.contextmanager
+def _missing_variables(link: Parametrization, i: int, variables: Variables):
+    """Turns the KeyError of a link reading a variable it was not given into a clear error.
+
+    It happens when the state made at registration is not passed back.
+    """
+    try:
+        yield
+    except KeyError as e:
+        if not link.has_variables:
+            raise
+        got = {k: sorted(v) for k, v in variables.items()}
+        raise ParametrizationError(
+            f"{describe(link)} (link {i} of the chain) reads its variable {e}, which it was not "
+            f"given: it received params {got['params']} and state {got['state']}. Pass back the "
+            "state made at registration (the `state` returned by `register`)."
+        ) from None
 
 
 def chain_right_inverse(
@@ -369,9 +432,9 @@ def chain_right_inverse(
     is_seq = False
     for i in reversed(range(n)):
         link = chain[i]
-        raw, st = link.apply_inverse(
-            {"params": params[i], "state": new_state[i]}, current, key=keys[i]
-        )
+        variables = {"params": params[i], "state": new_state[i]}
+        with _missing_variables(link, i, variables):
+            raw, st = link.apply_inverse(variables, current, key=keys[i])
         new_state[i] = dict(st)
         raws, is_seq = _as_raw_tuple(raw, link, first=(i == 0))
         current = raws if is_seq else raws[0]

@@ -200,6 +200,13 @@ class Spec:
         return out
 
 
+def _add_note(err: BaseException, context: str) -> None:
+    """Adds ``context`` (which variable, which chain) to an error raised by user code inside a
+    chain, keeping its type (Python >= 3.11; a no-op before)."""
+    if hasattr(err, "add_note"):
+        err.add_note(f"(parametrax: raised while {context})")
+
+
 def _chain_name(chain: tuple) -> str:
     return "[" + ", ".join(name_of(p) for p in chain) + "]"
 
@@ -300,6 +307,11 @@ def register(
     refused. Returns ``(raw, state)``; ``tree`` is never modified and nothing is returned on error.
     """
     spec = Spec.of(spec)
+    if not isinstance(tree, Mapping):
+        raise ParametrizationTypeError(
+            "register: `tree` must be a nested mapping of arrays (a params dict such as "
+            f"{{'kernel': W}}); got {type(tree).__name__}."
+        )
     if PARAMETRIZATIONS in tree:
         raise SpecError(
             f"the tree already has a top-level `{PARAMETRIZATIONS}` entry: it is already a raw "
@@ -320,6 +332,9 @@ def register(
             )
         except ParametrizationError as e:
             raise with_context(e, _context(path, chain)) from None
+        except Exception as e:
+            _add_note(e, _context(path, chain))
+            raise
         slots[path] = _make_slot(originals, params)
         _put_state(state, path, lstate)
     for path in resolved:
@@ -355,6 +370,9 @@ def forward(
             )
         except ParametrizationError as e:
             raise with_context(e, _context(path, chain)) from None
+        except Exception as e:
+            _add_note(e, _context(path, chain))
+            raise
         _set(out, path, value)
         _put_state(new_state, path, lstate)
     return out, new_state
@@ -424,10 +442,15 @@ def assign(
             "values must be a mapping {path: array}, e.g. {'kernel': X}; got "
             f"{type(values).__name__}."
         )
+    globs = [k for k in values if not isinstance(k, str) or _is_glob(k)]
+    if globs:
+        raise SpecError(
+            f"assign takes exact variable paths, not globs or non-strings; got {globs[0]!r} "
+            f"among the keys {_listing(map(str, values))}."
+        )
+    values = {k.strip("/"): v for k, v in values.items()}
     slots = _slots(spec, raw)
     paths = _select(spec, slots, list(values), verb="assign to")
-    if len(paths) != len(values):
-        raise SpecError("assign takes exact variable paths, not globs: " + _listing(values))
     current, _ = jax.eval_shape(lambda r, s: forward(spec, r, s), raw, state or {})
     new_raw = _to_dict(raw)
     new_state = _to_dict(state) if state else {}
@@ -457,6 +480,9 @@ def assign(
             )
         except ParametrizationError as e:
             raise with_context(e, ctx) from None
+        except Exception as e:
+            _add_note(e, f"assigning to `{path}` through {_chain_name(chain)}")
+            raise
         _set(new_raw[PARAMETRIZATIONS], path, _make_slot(originals, params))
         _put_state(new_state, path, lstate)
     return new_raw, new_state

@@ -29,6 +29,7 @@ stored state and changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -152,16 +153,58 @@ def _rebox_slots(node: Mapping, flat_boxed: Mapping, prefix: str) -> dict:
     for k, v in node.items():
         p = f"{prefix}{k}"
         if isinstance(v, Mapping) and ("original" in v or "original0" in v):
-            old = flat_boxed.get(p)
-            out[k] = {
-                name: (_rebox_like(x, old) if name.startswith("original") else x)
-                for name, x in v.items()
-            }
+            # The originals, and link params of the variable's shape, take the variable's box.
+            out[k] = _rebox_all(v, flat_boxed.get(p))
         elif isinstance(v, Mapping):
             out[k] = _rebox_slots(v, flat_boxed, p + "/")
         else:
             out[k] = v
     return out
+
+
+def _rebox_all(node: Any, box: Any) -> Any:
+    """Every leaf of ``node`` whose shape is the boxed variable's goes in a copy of its box."""
+    if isinstance(node, Mapping):
+        return {k: _rebox_all(v, box) for k, v in node.items()}
+    return _rebox_like(node, box)
+
+
+def _rebox_state(state: Mapping, boxed_tree: Mapping) -> dict:
+    """Link state of a boxed variable (a pruning mask) takes the variable's box when the shapes
+    match, so a sharded kernel's mask is sharded like it; other state stays unboxed (replicated).
+    """
+    out = dict(state)
+    if PARAMETRIZATIONS not in state:
+        return out
+    node = _tree._to_dict(state[PARAMETRIZATIONS])
+    for path, leaf in _tree.flatten(boxed_tree).items():
+        if not _is_box(leaf):
+            continue
+        try:
+            entry = _tree._get(node, path)
+        except (KeyError, TypeError):
+            continue
+        _tree._set(node, path, _rebox_all(entry, leaf))
+    out[PARAMETRIZATIONS] = node
+    return out
+
+
+def _boxes_after_bake(boxed_col: Mapping, baked: Mapping, paths: list[str]) -> dict:
+    """A box source for a baked collection: each un-parametrized variable takes the box of its
+    raw original of the same shape (``nn.with_partitioning`` annotations survive removal)."""
+    src = _tree._to_dict(boxed_col)
+    for path in paths:
+        try:
+            slot = _tree._get(boxed_col[PARAMETRIZATIONS], path)
+            value = _tree._get(baked, path)
+        except (KeyError, TypeError):
+            continue
+        for name in sorted(k for k in slot if k.startswith("original")):
+            box = slot[name]
+            if _is_box(box) and getattr(box.unbox(), "shape", None) == getattr(value, "shape", 0):
+                _tree._set(src, path, box)
+                break
+    return src
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,9 +277,10 @@ class _ParametrizedMixin:
             self._px_register(base, by_col, rngs, method, args, kwargs)
         stored = {col: dict(tree) for col, tree in self.variables.items()}
         update_state = self.is_mutable_collection(STATE_COLLECTION) and not initialising
-        base_vars, new_state = _constrain_collections(
-            cls._px_spec, _unbox(stored), update_state=update_state
-        )
+        with _explained(cls, f"`{cls.__name__}.{method}`", stored):
+            base_vars, new_state = _constrain_collections(
+                cls._px_spec, _unbox(stored), update_state=update_state
+            )
         mutable = [
             col
             for col in set(base_vars) | {"intermediates"}
@@ -296,7 +340,7 @@ class _ParametrizedMixin:
                 where = f" in collection `{col}`" if col != _PARAMS else ""
                 raise type(e)(f"`{cls.__name__}`{where}: {e}") from None
             results[col] = _rebox_raw(raw, init_vars[col])
-            _state_merge(state_tree, col, st)
+            _state_merge(state_tree, col, _rebox_state(st, init_vars[col]))
         # Nothing is stored until every collection registered without error.
         for col, tree in init_vars.items():
             tree = results.get(col, tree)
@@ -339,6 +383,37 @@ class _ParametrizedMixin:
             else:
                 for k, v in tree.items():
                     self.put_variable(col, k, _rebox_plain(v, stored.get(col, {}).get(k)))
+
+
+@contextlib.contextmanager
+def _explained(cls: type, what: str, variables: Mapping):  # what: already formatted
+    """Re-raises errors about the variables handed to a parametrized module with the module's
+    name and, when the cause is a missing collection or foreign variables, what to pass instead."""
+    by_col = _by_collection(cls._px_spec)
+    missing = sorted(col for col in by_col if col not in variables)
+    if missing:
+        raise NotParametrizedError(
+            f"{what}: the variables have no {', '.join(f'`{c}`' for c in missing)} "
+            f"collection; got the collections {sorted(variables) or '(none)'}. Pass the "
+            f"variables `{cls.__name__}.init` returned."
+        )
+    try:
+        yield
+    except ParametrizationError as e:
+        hint = ""
+        if isinstance(e, NotParametrizedError) and f"no `{PARAMETRIZATIONS}` entry" in str(e):
+            hint = (
+                f" These are not the variables of a `{cls.__name__}` (a plain "
+                f"`{cls._px_base.__name__}`'s, or another model's?): pass the variables "
+                f"`{cls.__name__}.init` returned, or convert plain ones with "
+                "`parametrax.tree.register`."
+            )
+        elif STATE_COLLECTION not in variables and "which it was not given" in str(e):
+            hint = (
+                f" The variables have no `{STATE_COLLECTION}` collection: pass every collection "
+                "`init` returned."
+            )
+        raise type(e)(f"{what}: {e}{hint}") from None
 
 
 def _constrain_collections(spec: Spec, variables: Mapping, *, update_state: bool):
@@ -473,7 +548,8 @@ def constrained(model: Any, variables: Mapping) -> dict:
     """
     cls = _require_parametrized(model, "constrained")
     variables = _check_variables(variables, "constrained")
-    out, _ = _constrain_collections(cls._px_spec, _unbox(variables), update_state=False)
+    with _explained(cls, f"constrained(`{cls.__name__}`)", variables):
+        out, _ = _constrain_collections(cls._px_spec, _unbox(variables), update_state=False)
     return out
 
 
@@ -509,7 +585,7 @@ def assign(
     cols = sorted(per_col)
     keys = dict(zip(cols, jax.random.split(key, len(cols)))) if key is not None else {}
     for col in cols:
-        try:
+        with _explained(cls, f"assign to `{cls.__name__}`", variables):
             raw, st = _tree.assign(
                 by_col[col],
                 _unbox(variables[col]),
@@ -517,8 +593,6 @@ def assign(
                 per_col[col],
                 key=keys.get(col),
             )
-        except ParametrizationError as e:
-            raise type(e)(f"assign to `{cls.__name__}`: {e}") from None
         new[col] = _rebox_plain(raw, variables[col])
         _state_merge(state_tree, col, st)
     if STATE_COLLECTION in variables or state_tree:
@@ -546,17 +620,16 @@ def remove_parametrizations(
     variables = _check_variables(variables, "remove_parametrizations")
     by_col = _by_collection(cls._px_spec)
     plain = _unbox(variables)
+    what = f"remove_parametrizations from `{cls.__name__}`"
     # Resolve every spec key to exact paths so partial removal can rebuild a spec.
     exact: dict[str, tuple] = {}
-    for col, spec in by_col.items():
-        if col not in plain:
-            raise NotParametrizedError(
-                f"remove_parametrizations: the variables have no `{col}` collection; pass the "
-                f"variables of this `{cls.__name__}`."
-            )
-        for path in _tree.parametrized_paths(spec, plain[col]):
-            key = path if col == _PARAMS else f"{col}:{path}"
-            exact[key] = spec.resolve([path])[path][1]
+    with _explained(cls, what, variables):
+        for col, spec in by_col.items():
+            # Resolve all paths at once: resolving one path alone fails on the other keys.
+            resolved = spec.resolve(_tree.parametrized_paths(spec, plain[col]))
+            for path, (_, chain) in sorted(resolved.items()):
+                key = path if col == _PARAMS else f"{col}:{path}"
+                exact[key] = chain
     if names is None:
         chosen = list(exact)
     else:
@@ -582,7 +655,7 @@ def remove_parametrizations(
         ]
         if not col_names:
             continue
-        try:
+        with _explained(cls, what, variables):
             tree, st = _tree.bake(
                 by_col[col],
                 plain[col],
@@ -590,12 +663,10 @@ def remove_parametrizations(
                 names=col_names,
                 leave_parametrized=leave_parametrized,
             )
-        except ParametrizationError as e:
-            raise type(e)(f"remove_parametrizations from `{cls.__name__}`: {e}") from None
-        new[col] = _rebox_plain(tree, variables[col])
+        new[col] = _rebox_plain(tree, _boxes_after_bake(variables[col], tree, col_names))
         _state_merge(state_tree, col, st)
     if state_tree:
-        new[STATE_COLLECTION] = state_tree
+        new[STATE_COLLECTION] = _rebox_plain(state_tree, variables.get(STATE_COLLECTION, {}))
     else:
         new.pop(STATE_COLLECTION, None)
     base = model._px_make_base() if not inspect.isclass(model) else cls._px_base
@@ -616,6 +687,11 @@ def is_parametrized(model: Any, name: str | None = None) -> bool:
         return False
     if name is None:
         return True
+    if not isinstance(name, str):
+        raise ParametrizationTypeError(
+            f"is_parametrized: `name` must be a variable path string like 'kernel'; got "
+            f"{type(name).__name__} {name!r}."
+        )
     for key in cls._px_spec.keys():
         if key == name or _tree._glob_match(key.split("/"), name.split("/")):
             return True

@@ -1,0 +1,622 @@
+"""A catalog of bad inputs across the API: each raises the documented error class with a message
+that names the parametrization (or spec key), the variable path, what was received and what was
+expected; and every call that takes existing variables leaves them exactly as they were (same
+structure, same leaf objects, same values).
+
+Complements the error tests of ``test_tree.py`` and ``test_linen.py``, which are not repeated.
+"""
+
+import contextlib
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import parametrax as px
+from parametrax import Parametrized, cayley, skew
+from parametrax import tree as ptree
+
+KEY = jax.random.key(0)
+X3 = jnp.ones((2, 3))
+X4 = jnp.ones((1, 4))
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _snapshot(tree):
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, [(id(x), np.array(x, copy=True) if hasattr(x, "shape") else x) for x in leaves]
+
+
+@contextlib.contextmanager
+def unchanged(*trees):
+    """Asserts that the mappings given are structurally and numerically untouched by the body."""
+    before = [_snapshot(t) for t in trees]
+    yield
+    for t, (treedef, leaves) in zip(trees, before):
+        now_def, now = _snapshot(t)
+        assert now_def == treedef, "the tree structure was changed in place"
+        for (i0, v0), (i1, v1) in zip(leaves, now):
+            assert i0 == i1, "a leaf was replaced in place"
+            np.testing.assert_array_equal(v0, v1)
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(4)(nn.relu(nn.Dense(4)(x)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RankOne(px.Parametrization):
+    """forward(x, y) = x y^T: two raw arrays (original0, original1)."""
+
+    def forward(self, x, y):
+        return x[..., :, None] * y[..., None, :]
+
+    def right_inverse(self, z):
+        u, s, vh = jnp.linalg.svd(z, full_matrices=False)
+        r = jnp.sqrt(s[..., 0])
+        return u[..., :, 0] * r, vh[..., 0, :] * r
+
+
+@dataclasses.dataclass(frozen=True)
+class Halves(px.Parametrization):
+    """forward(a, b) = a + b, right_inverse(v) = (v/2, v/2)."""
+
+    def forward(self, a, b):
+        return a + b
+
+    def right_inverse(self, v):
+        return v / 2, v / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Thirds(Halves):
+    """The same forward, but a right_inverse returning three arrays."""
+
+    def right_inverse(self, v):
+        return v / 3, v / 3, v / 3
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOfTwo(Halves):
+    """The same forward, but a right_inverse returning one array."""
+
+    def right_inverse(self, v):
+        return v
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity(px.Parametrization):
+    def forward(self, x):
+        return x
+
+    def right_inverse(self, y):
+        return y
+
+
+@dataclasses.dataclass(frozen=True)
+class RowsInverse(Identity):
+    """A right_inverse that drops a row: wrong shape."""
+
+    def right_inverse(self, y):
+        return y[:-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class HalfInverse(Identity):
+    """A right_inverse that changes the dtype."""
+
+    def right_inverse(self, y):
+        return y.astype(jnp.float16)
+
+
+def _tree_setup(chain, value=None):
+    spec = {"w": chain}
+    raw, state = ptree.register(spec, {"w": jnp.eye(3) if value is None else value, "b": jnp.ones(3)})
+    return spec, raw, state
+
+
+# --- spec and paths ------------------------------------------------------------------------------
+def test_linen_typo_in_nested_path_lists_every_variable():
+    with pytest.raises(
+        px.SpecError,
+        match=r"`ParametrizedMLP`: spec key `Dense_0/kernal` matches no variable of the tree; the "
+        r"variables are: `Dense_0/bias`, `Dense_0/kernel`, `Dense_1/bias`, `Dense_1/kernel`",
+    ):
+        Parametrized(MLP(), {"Dense_0/kernal": skew}).init(KEY, X4)
+
+
+def test_linen_two_keys_claim_one_kernel():
+    with pytest.raises(
+        px.SpecError,
+        match=r"`ParametrizedMLP`: spec keys `\*/kernel` and `Dense_1/kernel` both claim the "
+        r"variable `Dense_1/kernel`; give each variable one chain",
+    ):
+        Parametrized(MLP(), {"*/kernel": skew, "Dense_1/kernel": px.symmetric}).init(KEY, X4)
+
+
+def test_linen_key_names_a_submodule():
+    with pytest.raises(
+        px.SpecError,
+        match=r"spec key `Dense_1` names a subtree, not a variable; name a leaf such as "
+        r"`Dense_1/bias`, `Dense_1/kernel` \(or use a glob like `Dense_1/\*`\)",
+    ):
+        Parametrized(MLP(), {"Dense_1": skew}).init(KEY, X4)
+
+
+def test_spec_key_not_a_string():
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"spec keys must be non-empty path strings like 'kernel' or '\*/kernel'; got 0",
+    ):
+        Parametrized(nn.Dense, {0: skew})
+
+
+def test_spec_key_empty_collection_prefix():
+    with pytest.raises(
+        px.SpecError, match=r"spec key `:kernel`: expected `<path>` \(in params\) or `<collection>:<path>`"
+    ):
+        Parametrized(nn.Dense(3), {":kernel": skew}).init(KEY, X3)
+
+
+def test_tree_constrain_with_a_spec_missing_a_parametrized_variable():
+    spec = {"*/kernel": skew}
+    raw, state = ptree.register(spec, {"a": {"kernel": jnp.eye(2)}, "b": {"kernel": jnp.eye(2)}})
+    with unchanged(raw, state), pytest.raises(
+        px.SpecError, match=r"the raw tree holds parametrized variables no spec key names: `b/kernel`"
+    ):
+        ptree.constrain({"a/kernel": skew}, raw, state)
+
+
+# --- what a spec maps to -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad,got",
+    [
+        (None, r"NoneType None"),
+        ([[skew]], r"list \[Skew\(\)\]"),
+        ({"a": skew}, r"dict \{'a': Skew\(\)\}"),
+    ],
+    ids=["None", "nested-list", "dict"],
+)
+def test_non_parametrization_in_a_chain(bad, got):
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=rf"spec key `kernel`: expected a Parametrization or a callable, got {got}",
+    ):
+        Parametrized(nn.Dense, {"kernel": [skew, bad] if bad is None else bad})
+
+
+def test_a_flax_module_class_is_not_a_parametrization():
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"spec key `kernel`: got the class `Dense` where a parametrization was expected \(a "
+        r"Parametrization instance such as `Skew\(\)`, or a function of arrays\)",
+    ):
+        Parametrized(nn.Dense(3), {"kernel": nn.Dense})
+
+
+def test_mutable_dataclass_config_is_refused():
+    @dataclasses.dataclass  # not frozen: unhashable, would re-trace or fail under jit
+    class Mutable(px.Parametrization):
+        scale: float = 2.0
+
+        def forward(self, x):
+            return self.scale * x
+
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"spec key `w`: `Mutable` is not hashable \(unhashable type: 'Mutable'\); "
+        r"parametrizations must be frozen dataclasses",
+    ):
+        ptree.register({"w": Mutable()}, {"w": jnp.eye(2)})
+
+
+def test_array_valued_config_is_refused():
+    @dataclasses.dataclass(frozen=True)
+    class WithArray(px.Parametrization):
+        weights: object = None
+
+        def forward(self, x):
+            return x
+
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"`WithArray` is not hashable \(unhashable type: 'numpy.ndarray'\); .*no arrays",
+    ):
+        ptree.register({"w": WithArray(np.ones(3))}, {"w": jnp.eye(2)})
+
+
+def test_unsafe_must_be_a_bool():
+    with pytest.raises(px.ParametrizationTypeError, match=r"`unsafe` must be a bool; got 'yes'"):
+        Parametrized(nn.Dense, {"kernel": skew}, unsafe="yes")
+
+
+def test_is_parametrized_name_must_be_a_string():
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"is_parametrized: `name` must be a variable path string like 'kernel'; got int 3",
+    ):
+        px.is_parametrized(Parametrized(nn.Dense(3), {"kernel": skew}), 3)
+
+
+# --- leaves: kind, rank, shape, dtype ------------------------------------------------------------
+@pytest.mark.parametrize("leaf,kind", [(1.0, "float"), (None, "NoneType")], ids=["float", "None"])
+def test_non_array_leaf(leaf, kind):
+    params = {"w": leaf, "b": jnp.ones(2)}
+    with unchanged(params), pytest.raises(
+        px.ParametrizationTypeError,
+        match=rf"parametrizing `w` with \[Skew, Cayley\]: expected an array at `w`, got {kind}",
+    ):
+        ptree.register({"w": [skew, cayley]}, params)
+
+
+def test_tree_that_is_not_a_mapping():
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"register: `tree` must be a nested mapping of arrays .*; got list",
+    ):
+        ptree.register({"w": skew}, [jnp.eye(2)])
+
+
+def test_matrix_map_on_a_bias_vector():
+    with pytest.raises(
+        px.ShapeError,
+        match=r"`ParametrizedDense`: parametrizing `bias` with \[Symmetric\]: `Symmetric` acts on "
+        r"matrices \(the last two axes, leading axes are batch axes\); got an array of shape "
+        r"\(3,\) with 1 dimension",
+    ):
+        Parametrized(nn.Dense(3), {"bias": px.symmetric}).init(KEY, X3)
+
+
+@pytest.mark.parametrize(
+    "chain,first", [([skew], "Skew"), ([px.symmetric, px.matrix_exp], "Symmetric")], ids=["skew", "sym-expm"]
+)
+def test_square_map_on_a_wide_kernel(chain, first):
+    names = ", ".join(type(p).__name__ for p in chain)
+    with pytest.raises(
+        px.ShapeError,
+        match=rf"parametrizing `kernel` with \[{names}\]: `{first}` acts on square matrices \(the "
+        r"last two axes\); got shape \(3, 5\), whose last two axes are 3x5",
+    ):
+        Parametrized(nn.Dense(5), {"kernel": chain}).init(KEY, X3)
+
+
+def test_integer_embedding_through_a_matrix_map():
+    emb = nn.Embed(3, 3, param_dtype=jnp.int32, embedding_init=nn.initializers.zeros)
+    with pytest.raises(
+        px.ShapeError,
+        match=r"`ParametrizedEmbed`: parametrizing `embedding` with \[Skew\]: `Skew` needs a "
+        r"floating-point or complex array; got dtype int32 \(shape \(3, 3\)\)",
+    ):
+        Parametrized(emb, {"embedding": skew}).init(KEY, jnp.array([0]))
+
+
+def test_integer_leaf_through_pruning():
+    params = {"w": jnp.ones((3, 3), jnp.int32)}
+    with unchanged(params), pytest.raises(
+        px.ShapeError,
+        match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` needs a floating-point or "
+        r"complex array; got dtype int32",
+    ):
+        ptree.register({"w": px.RandomPruning(0.5)}, params, key=KEY)
+
+
+def test_integer_leaf_through_a_float_function_changes_dtype():
+    with pytest.raises(
+        px.ShapeError,
+        match=r"parametrizing `w` with \[tanh\]: registering a parametrization may not change the "
+        r"shape or dtype of the variable unless `unsafe=True`: the variable has shape \(3, 3\) and "
+        r"dtype int32, the parametrized value has shape \(3, 3\) and dtype float32",
+    ):
+        ptree.register({"w": jnp.tanh}, {"w": jnp.ones((3, 3), jnp.int32)})
+
+
+def test_forward_returning_a_non_array():
+    @dataclasses.dataclass(frozen=True)
+    class ReturnsNone(px.Parametrization):
+        def forward(self, x):
+            return None
+
+    with pytest.raises(
+        px.ShapeError,
+        match=r"parametrizing `kernel` with \[ReturnsNone\]: a parametrization must return an "
+        r"array; the chain returned NoneType",
+    ):
+        Parametrized(nn.Dense(3), {"kernel": ReturnsNone()}).init(KEY, X3)
+
+
+def test_stateful_link_without_a_key():
+    params = {"w": jnp.eye(3)}
+    with unchanged(params), pytest.raises(
+        px.ParametrizationError,
+        match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` owns variables and needs "
+        r"a PRNG key to initialise them; pass `key=`",
+    ):
+        ptree.register({"w": px.RandomPruning(0.5)}, params)
+
+
+# --- right_inverse returning the wrong thing -----------------------------------------------------
+def test_right_inverse_returns_a_dict_at_registration():
+    @dataclasses.dataclass(frozen=True)
+    class DictInverse(Identity):
+        def right_inverse(self, y):
+            return {"a": y}
+
+    with pytest.raises(
+        px.RightInverseError,
+        match=r"parametrizing `kernel` with \[DictInverse\]: `DictInverse`.right_inverse must return "
+        r"an array or a sequence of arrays \(list, tuple\); got dict",
+    ):
+        Parametrized(nn.Dense(3), {"kernel": DictInverse()}).init(KEY, X3)
+
+
+def test_right_inverse_returns_an_empty_tuple():
+    @dataclasses.dataclass(frozen=True)
+    class EmptyInverse(Identity):
+        def right_inverse(self, y):
+            return ()
+
+    with pytest.raises(
+        px.RightInverseError,
+        match=r"parametrizing `w` with \[EmptyInverse\]: `EmptyInverse`.right_inverse returned an "
+        r"empty tuple; expected an array or a non-empty sequence of arrays",
+    ):
+        ptree.register({"w": EmptyInverse()}, {"w": jnp.eye(3)})
+
+
+def test_assign_right_inverse_returns_too_many_arrays():
+    raw, state = ptree.register({"w": Halves()}, {"w": jnp.eye(3)})
+    with unchanged(raw, state), pytest.raises(
+        px.RightInverseError,
+        match=r"parametrizing `w` with \[Thirds\]: right_inverse returned 3 array\(s\) \(original0, "
+        r"original1, original2\) but the variable stores 2 \(original0, original1\)",
+    ):
+        ptree.assign({"w": Thirds()}, raw, state, {"w": jnp.eye(3)})
+
+
+def test_assign_right_inverse_returns_one_array_for_two_originals():
+    raw, state = ptree.register({"w": Halves()}, {"w": jnp.eye(3)})
+    with unchanged(raw, state), pytest.raises(
+        px.RightInverseError,
+        match=r"parametrizing `w` with \[OneOfTwo\]: right_inverse returned 1 array\(s\) "
+        r"\(original\) but the variable stores 2",
+    ):
+        ptree.assign({"w": OneOfTwo()}, raw, state, {"w": jnp.eye(3)})
+
+
+def test_assign_right_inverse_returns_the_wrong_shape():
+    spec, raw, state = _tree_setup(Identity())
+    with unchanged(raw, state), pytest.raises(
+        px.RightInverseError,
+        match=r"parametrizing `w` with \[RowsInverse\]: right_inverse returned shape \(2, 3\) and "
+        r"dtype float32 for `original`, which has shape \(3, 3\) and dtype float32",
+    ):
+        ptree.assign({"w": RowsInverse()}, raw, state, {"w": jnp.eye(3)})
+
+
+def test_assign_right_inverse_changes_the_dtype():
+    spec, raw, state = _tree_setup(Identity())
+    with unchanged(raw, state), pytest.raises(
+        px.RightInverseError,
+        match=r"parametrizing `w` with \[HalfInverse\]: right_inverse returned shape \(3, 3\) and "
+        r"dtype float16 for `original`, which has shape \(3, 3\) and dtype float32",
+    ):
+        ptree.assign({"w": HalfInverse()}, raw, state, {"w": jnp.eye(3)})
+
+
+def test_assign_through_a_plain_function_has_no_right_inverse():
+    layer = Parametrized(nn.Dense(3), {"kernel": [skew, jnp.tanh]})
+    v = layer.init(KEY, X3)
+    with unchanged(v), pytest.raises(
+        px.RightInverseError,
+        match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, tanh\]: cannot "
+        r"assign through the chain \[`Skew`, function `tanh`\]: function `tanh` does not implement "
+        r"right_inverse",
+    ):
+        px.assign(layer, v, {"kernel": jnp.eye(3)})
+
+
+def test_user_error_inside_right_inverse_keeps_its_type_and_gains_the_path():
+    @dataclasses.dataclass(frozen=True)
+    class Picky(Identity):
+        def right_inverse(self, y):
+            raise ValueError("Picky refuses this value")
+
+    params = {"w": jnp.eye(3)}
+    with unchanged(params), pytest.raises(ValueError, match="Picky refuses this value") as info:
+        ptree.register({"w": Picky()}, params)
+    notes = getattr(info.value, "__notes__", None)
+    if notes is not None:  # Python >= 3.11
+        assert "(parametrax: raised while parametrizing `w` with [Picky])" in notes
+
+
+# --- assignment ----------------------------------------------------------------------------------
+def test_assign_a_vector_to_a_matrix():
+    layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
+    v = layer.init(KEY, X3)
+    with unchanged(v), pytest.raises(
+        px.ShapeError,
+        match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
+        r"value assigned has shape \(3,\) and dtype float32; expected shape \(3, 3\) and dtype "
+        r"float32 \(those of the current value\)",
+    ):
+        px.assign(layer, v, {"kernel": jnp.ones(3)})
+
+
+@pytest.mark.parametrize("bad,kind", [([[1.0]], "list"), (None, "NoneType")], ids=["list", "None"])
+def test_assign_a_non_array(bad, kind):
+    spec, raw, state = _tree_setup([skew, cayley])
+    with unchanged(raw, state), pytest.raises(
+        px.ParametrizationTypeError,
+        match=rf"parametrizing `w` with \[Skew, Cayley\]: the value assigned must be an array, got {kind}",
+    ):
+        ptree.assign(spec, raw, state, {"w": bad})
+
+
+def test_assign_complex_to_a_real_variable():
+    layer = Parametrized(MLP(), {"*/kernel": skew})
+    v = layer.init(KEY, X4)
+    with unchanged(v), pytest.raises(
+        px.ShapeError,
+        match=r"parametrizing `Dense_0/kernel` with \[Skew\]: the value assigned has shape \(4, 4\) "
+        r"and dtype complex64; expected shape \(4, 4\) and dtype float32",
+    ):
+        px.assign(layer, v, {"Dense_0/kernel": jnp.eye(4, dtype=jnp.complex64)})
+
+
+def test_assign_with_a_glob_key():
+    layer = Parametrized(MLP(), {"*/kernel": skew})
+    v = layer.init(KEY, X4)
+    with unchanged(v), pytest.raises(
+        px.SpecError,
+        match=r"assign to `ParametrizedMLP`: assign takes exact variable paths, not globs or "
+        r"non-strings; got '\*/kernel'",
+    ):
+        px.assign(layer, v, {"*/kernel": jnp.zeros((4, 4))})
+
+
+def test_assign_to_a_collection_the_spec_does_not_name():
+    layer = Parametrized(nn.Dense(3), {"kernel": skew})
+    v = layer.init(KEY, X3)
+    with unchanged(v), pytest.raises(
+        px.NotParametrizedError,
+        match=r"assign: `batch_stats:mean` is not parametrized in `ParametrizedDense` \(spec keys: "
+        r"`kernel`\)",
+    ):
+        px.assign(layer, v, {"batch_stats:mean": jnp.ones(3)})
+
+
+def test_assign_inf_through_linen():
+    layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
+    v = layer.init(KEY, X3)
+    with unchanged(v), pytest.raises(
+        px.ParametrizationError,
+        match=r"assign to `ParametrizedDense`: the value assigned to `kernel` contains NaN or Inf; "
+        r"refusing to store it",
+    ):
+        px.assign(layer, v, {"kernel": jnp.eye(3).at[0, 1].set(jnp.inf)})
+
+
+def test_assign_several_values_one_bad_changes_nothing():
+    layer = Parametrized(MLP(), {"*/kernel": skew})
+    v = layer.init(KEY, X4)
+    good = px.skew(jnp.ones((4, 4)))
+    with unchanged(v), pytest.raises(px.ShapeError, match=r"parametrizing `Dense_1/kernel`"):
+        px.assign(layer, v, {"Dense_0/kernel": good, "Dense_1/kernel": jnp.eye(3)})
+
+
+# --- removal -------------------------------------------------------------------------------------
+def test_remove_glob_matching_nothing():
+    layer = Parametrized(MLP(), {"*/kernel": skew})
+    v = layer.init(KEY, X4)
+    with unchanged(v), pytest.raises(
+        px.NotParametrizedError,
+        match=r"remove_parametrizations: `\*/bias` is not parametrized in `ParametrizedMLP`; the "
+        r"parametrized variables are `Dense_0/kernel`, `Dense_1/kernel`",
+    ):
+        px.remove_parametrizations(layer, v, "*/bias")
+
+
+def test_remove_all_with_leave_parametrized_false_and_one_multi_array_chain_removes_nothing():
+    layer = Parametrized(MLP(), {"Dense_0/kernel": skew, "Dense_1/kernel": RankOne()})
+    v = layer.init(KEY, X4)
+    with unchanged(v), pytest.raises(
+        px.ParametrizationError,
+        match=r"remove_parametrizations from `ParametrizedMLP`: parametrizing `Dense_1/kernel` with "
+        r"\[RankOne\]: cannot leave unparametrized \(`leave_parametrized=False`\) a variable "
+        r"parametrized in terms of 2 arrays \(original0..original1\)",
+    ):
+        px.remove_parametrizations(layer, v, leave_parametrized=False)
+
+
+def test_remove_from_plain_variables():
+    layer = Parametrized(nn.Dense(3), {"kernel": skew})
+    plain = nn.Dense(3).init(KEY, X3)
+    with unchanged(plain), pytest.raises(
+        px.NotParametrizedError,
+        match=r"remove_parametrizations from `ParametrizedDense`: the tree has no "
+        r"`parametrizations` entry.*\(top-level keys: `bias`, `kernel`\). These are not the "
+        r"variables of a `ParametrizedDense` \(a plain `Dense`'s",
+    ):
+        px.remove_parametrizations(layer, plain)
+
+
+# --- variables handed to apply -------------------------------------------------------------------
+def test_apply_with_plain_module_variables():
+    layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
+    plain = nn.Dense(3).init(KEY, X3)
+    with unchanged(plain), pytest.raises(
+        px.NotParametrizedError,
+        match=r"`ParametrizedDense.__call__`: the tree has no `parametrizations` entry.*top-level "
+        r"keys: `bias`, `kernel`.*pass the variables `ParametrizedDense.init` returned",
+    ):
+        layer.apply(plain, X3)
+
+
+def test_apply_with_another_models_variables():
+    other = Parametrized(MLP(), {"*/kernel": skew})
+    v = other.init(KEY, X4)
+    with unchanged(v), pytest.raises(
+        px.SpecError,
+        match=r"`ParametrizedDense.__call__`: spec key `kernel` matches no variable of the raw "
+        r"tree's parametrizations; the variables are: `Dense_0/kernel`, `Dense_1/kernel`",
+    ):
+        Parametrized(nn.Dense(4), {"kernel": skew}).apply(v, X4)
+
+
+def test_apply_without_the_state_collection():
+    layer = Parametrized(nn.Dense(3), {"kernel": px.RandomPruning(0.5)})
+    v = layer.init(KEY, X3)
+    params_only = {"params": v["params"]}
+    with unchanged(params_only), pytest.raises(
+        px.ParametrizationError,
+        match=r"`ParametrizedDense.__call__`: parametrizing `kernel` with \[RandomPruning\]: "
+        r"`RandomPruning` \(link 0 of the chain\) reads its variable 'mask', which it was not given: "
+        r"it received params \[\] and state \[\].*no `parametrization_state` collection: pass every "
+        r"collection `init` returned",
+    ):
+        layer.apply(params_only, X3)
+
+
+def test_apply_without_params():
+    layer = Parametrized(nn.Dense(3), {"kernel": skew})
+    with pytest.raises(
+        px.NotParametrizedError,
+        match=r"`ParametrizedDense.__call__`: the variables have no `params` collection; got the "
+        r"collections \['batch_stats'\]",
+    ):
+        layer.apply({"batch_stats": {}}, X3)
+
+
+def test_constrained_and_assign_without_the_state_collection():
+    layer = Parametrized(nn.Dense(3), {"kernel": px.RandomPruning(0.5)})
+    v = layer.init(KEY, X3)
+    params_only = {"params": v["params"]}
+    with unchanged(params_only):
+        with pytest.raises(px.ParametrizationError, match=r"constrained\(`ParametrizedDense`\): .*'mask'"):
+            px.constrained(layer, params_only)
+        with pytest.raises(px.ParametrizationError, match=r"assign to `ParametrizedDense`: .*'mask'"):
+            px.assign(layer, params_only, {"kernel": jnp.eye(3)})
+
+
+def test_tree_forward_without_state():
+    spec = {"w": px.RandomPruning(0.5)}
+    raw, state = ptree.register(spec, {"w": jnp.eye(3)}, key=KEY)
+    with unchanged(raw), pytest.raises(
+        px.ParametrizationError,
+        match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` \(link 0 of the chain\) "
+        r"reads its variable 'mask', which it was not given.*Pass back the state made at "
+        r"registration",
+    ):
+        ptree.constrain(spec, raw)
+
+
+def test_every_error_class_is_a_value_error():
+    # callers who do not know parametrax can still `except ValueError` (and TypeError for kinds)
+    for cls in (px.ShapeError, px.SpecError, px.RightInverseError, px.NotParametrizedError):
+        assert issubclass(cls, ValueError) and issubclass(cls, px.ParametrizationError)
+    assert issubclass(px.ParametrizationTypeError, TypeError)

@@ -1,0 +1,325 @@
+"""Numerics of the linear catalog: low-precision dtypes, huge raw values, degenerate shapes,
+property-based round trips and set membership, and long high-learning-rate training runs.
+
+Oracles are invariants computed in float64 NumPy (QᵀQ = I, A = Aᵀ, A = -Aᵀ, det Q = +1,
+eigenvalues > 0), never the code under test. The tolerances below are the ones the README's
+"Numerical tolerances" section documents; the float64 row is checked in ``tests/x64/``.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import parametrax as px
+from parametrax import tree as ptree
+
+KEY = jax.random.key(0)
+
+# Orthogonality error max|QᵀQ - I| and round-trip error max|forward(right_inverse(Q)) - Q| for
+# n <= 16 and raw values of norm up to 10 n (README, "Numerical tolerances").
+ORTH_TOL = {jnp.bfloat16: 1e-2, jnp.float16: 2e-3, jnp.float32: 1e-5}
+ROUND_TRIP_TOL = {jnp.bfloat16: 1e-2, jnp.float16: 2e-3, jnp.float32: 1e-5}
+EPS = {dt: float(jnp.finfo(dt).eps) for dt in ORTH_TOL}
+LOW = [jnp.bfloat16, jnp.float16]
+DTYPES = [jnp.bfloat16, jnp.float16, jnp.float32]
+
+SO_CHAINS = {"cayley": [px.skew, px.cayley], "matrix_exp": [px.skew, px.matrix_exp]}
+
+
+def f64(x):
+    return np.asarray(jnp.asarray(x, jnp.float32), np.float64)
+
+
+def orth_err(q):
+    q = f64(q)
+    return float(np.max(np.abs(np.swapaxes(q, -1, -2) @ q - np.eye(q.shape[-1]))))
+
+
+def constrain(chain, raw, state=None):
+    return ptree.constrain({"w": chain}, {"parametrizations": {"w": {"original": raw}}}, state)["w"]
+
+
+# --- low precision: bfloat16 and float16 ---------------------------------------------------------
+# float32: the contract tests and the property tests below; float16: the round-trip test.
+@pytest.mark.parametrize("dtype", [jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("name", sorted(SO_CHAINS))
+def test_so_chains_keep_dtype_and_orthogonality(dtype, name):
+    scales = jnp.array([0.1, 1.0, 10.0], dtype)[:, None, None, None]
+    x = scales * jax.random.normal(KEY, (3, 2, 8, 8), dtype)  # raw norms from ~1 to ~80
+    q = jax.jit(lambda x: constrain(SO_CHAINS[name], x))(x)
+    assert q.dtype == dtype and q.shape == x.shape
+    assert orth_err(q) < ORTH_TOL[dtype], (name, jnp.dtype(dtype).name, orth_err(q))
+    np.testing.assert_allclose(np.linalg.det(f64(q)), 1.0, atol=10 * ORTH_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_structural_maps_are_exact_in_every_dtype(dtype):
+    x = jax.random.normal(KEY, (5, 5), dtype)
+    s, k = px.symmetric(x), px.skew(x)
+    assert s.dtype == k.dtype == dtype
+    np.testing.assert_array_equal(f64(s), f64(s).T)
+    np.testing.assert_array_equal(f64(k), -f64(k).T)
+    np.testing.assert_array_equal(f64(px.Skew().right_inverse(k)), f64(jnp.triu(x, 1)))
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=lambda d: jnp.dtype(d).name)
+def test_spd_chain_in_low_precision(dtype):
+    p = constrain([px.symmetric, px.matrix_exp], jax.random.normal(KEY, (6, 6), dtype))
+    assert p.dtype == dtype
+    a = f64(p)
+    assert np.max(np.abs(a - a.T)) <= 2 * EPS[dtype] * np.max(np.abs(a))
+    assert np.min(np.linalg.eigvalsh((a + a.T) / 2)) > 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_cayley_round_trip_per_dtype(dtype):
+    spec = {"w": SO_CHAINS["cayley"]}
+    raw, state = ptree.register(spec, {"w": jnp.eye(6, dtype=dtype)})
+    for seed in range(3):
+        q = constrain(spec["w"], jax.random.normal(jax.random.key(seed), (6, 6), dtype))
+        assert q.dtype == dtype and orth_err(q) < ORTH_TOL[dtype]
+        raw2, state2 = ptree.assign(spec, raw, state, {"w": q})
+        assert raw2["parametrizations"]["w"]["original"].dtype == dtype
+        back = ptree.constrain(spec, raw2, state2)["w"]
+        assert np.max(np.abs(f64(back) - f64(q))) < ROUND_TRIP_TOL[dtype]
+
+
+def test_bfloat16_dense_layer_init_apply_and_grad():
+    # (the long runs below train bfloat16 Dense layers through both chains)
+    layer = px.Parametrized(
+        nn.Dense(8, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), {"kernel": SO_CHAINS["cayley"]}
+    )
+    x = jax.random.normal(KEY, (4, 8), jnp.bfloat16)
+    v = layer.init(KEY, x)
+    assert v["params"]["parametrizations"]["kernel"]["original"].dtype == jnp.bfloat16
+    k = px.constrained(layer, v)["params"]["kernel"]
+    assert k.dtype == jnp.bfloat16 and orth_err(k) < ORTH_TOL[jnp.bfloat16]
+
+    @jax.jit
+    def apply_and_grad(p):
+        f = lambda p: layer.apply({"params": p}, x)
+        return f(p), jax.grad(lambda p: f(p).astype(jnp.float32).sum())(p)
+
+    y, g = apply_and_grad(v["params"])
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(f64(y), f64(x) @ f64(k) + f64(v["params"]["bias"]), atol=0.1, rtol=0.05)
+    graw = g["parametrizations"]["kernel"]["original"]
+    assert graw.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(graw)))
+    assert float(jnp.max(jnp.abs(graw))) > 0
+
+
+# --- huge raw values -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(SO_CHAINS))
+def test_raw_of_norm_1e4_stays_finite_and_orthogonal(name):
+    chain = SO_CHAINS[name]
+    norm = 1e4
+    # Cayley: I - X has singular values >= 1 for skew X, so its error does not grow with the norm.
+    # matrix_exp: scaling and squaring loses about one bit per squaring, error ~ eps * ||X||_F.
+    tol = ORTH_TOL[jnp.float32] if name == "cayley" else EPS[jnp.float32] * norm
+    x = jax.random.normal(KEY, (3, 8, 8))
+    x = x * (norm / jnp.linalg.norm(px.skew(x), axis=(-2, -1), keepdims=True))
+    loss = lambda r: (lambda q: (jnp.sum(q[..., 0, :]), q))(constrain(chain, r))
+    (_, q), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
+    assert bool(jnp.all(jnp.isfinite(q))) and bool(jnp.all(jnp.isfinite(g)))
+    assert orth_err(q) < tol, (name, orth_err(q))
+
+
+def test_huge_raw_values_under_jit_and_adam_step_stay_finite():
+    spec = {"w": SO_CHAINS["cayley"]}
+    raw = {"parametrizations": {"w": {"original": 1e4 * jax.random.normal(KEY, (8, 8))}}}
+    target = jax.random.normal(jax.random.key(1), (8, 8))
+    opt = optax.adam(0.1)
+
+    @jax.jit
+    def step(r, o):
+        g = jax.grad(lambda r: jnp.sum((ptree.constrain(spec, r)["w"] - target) ** 2))(r)
+        u, o = opt.update(g, o)
+        return optax.apply_updates(r, u), o
+
+    r, o = step(raw, opt.init(raw))
+    w = ptree.constrain(spec, r)["w"]
+    assert bool(jnp.all(jnp.isfinite(r["parametrizations"]["w"]["original"])))
+    assert orth_err(w) < ORTH_TOL[jnp.float32]
+
+
+# --- degenerate shapes ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(SO_CHAINS))
+def test_one_by_one_is_the_identity(name):
+    # The only 1x1 skew matrix is 0, and expm(0) = cayley(0) = 1: SO(1) = {1}.
+    layer = px.Parametrized(nn.Dense(1), {"kernel": SO_CHAINS[name]})
+    v = layer.init(KEY, jnp.ones((2, 1)))
+    np.testing.assert_array_equal(px.constrained(layer, v)["params"]["kernel"], [[1.0]])
+    x = jnp.array([[2.0], [-3.0]])
+    np.testing.assert_allclose(layer.apply(v, x), x + v["params"]["bias"], rtol=1e-6)
+    np.testing.assert_array_equal(px.symmetric(jnp.full((1, 1), 5.0)), [[5.0]])
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [[px.symmetric], [px.skew], SO_CHAINS["cayley"], SO_CHAINS["matrix_exp"], [px.RandomPruning(0.5)]],
+    ids=["symmetric", "skew", "cayley", "matrix_exp", "pruning"],
+)
+@pytest.mark.parametrize("shape", [(0, 0), (0, 3, 3)], ids=str)
+def test_zero_size_variables_register_constrain_and_differentiate(chain, shape):
+    spec = {"w": chain}
+    raw, state = ptree.register(spec, {"w": jnp.zeros(shape)}, key=KEY)
+    w = ptree.constrain(spec, raw, state)["w"]
+    assert w.shape == shape and w.dtype == jnp.float32
+    g = jax.grad(lambda r: jnp.sum(ptree.constrain(spec, r, state)["w"]))(raw)
+    assert g["parametrizations"]["w"]["original"].shape == shape
+
+
+def test_zero_size_dense_layer_applies():
+    dense = nn.Dense(0, kernel_init=nn.initializers.zeros)  # lecun_normal divides by fan_in = 0
+    layer = px.Parametrized(dense, {"kernel": SO_CHAINS["cayley"]})
+    v = layer.init(KEY, jnp.ones((2, 0)))
+    assert layer.apply(v, jnp.ones((2, 0))).shape == (2, 0)
+
+
+def test_zero_by_n_is_refused_as_non_square():
+    with pytest.raises(px.ShapeError, match=r"`Skew` acts on square matrices .* got shape \(0, 3\)"):
+        ptree.register({"w": px.skew}, {"w": jnp.zeros((0, 3))})
+
+
+# --- property-based: draw values and seeds, never shapes -----------------------------------------
+PROPS = settings(max_examples=20, deadline=None, derandomize=True, database=None)
+SEEDS = st.integers(0, 2**31 - 1)
+
+
+def _normal(seed, shape=(2, 5, 5)):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+@jax.jit
+def _so_cayley(x, scale):
+    return constrain(SO_CHAINS["cayley"], scale * x)
+
+
+@jax.jit
+def _so_expm(x, scale):
+    return constrain(SO_CHAINS["matrix_exp"], scale * x)
+
+
+@jax.jit
+def _spd(x, scale):
+    return constrain([px.symmetric, px.matrix_exp], scale * x)
+
+
+@PROPS
+@given(seed=SEEDS, scale=st.floats(1e-3, 1e3))
+def test_property_so_chains_land_on_so_n(seed, scale):
+    x = _normal(seed)
+    for q in (_so_cayley(x, scale), _so_expm(x, scale)):
+        tol = max(ORTH_TOL[jnp.float32], EPS[jnp.float32] * scale * 25)
+        assert orth_err(q) < tol
+        np.testing.assert_allclose(np.linalg.det(f64(q)), 1.0, atol=1e-3)
+
+
+@PROPS
+@given(seed=SEEDS, scale=st.floats(1e-3, 1.0))
+def test_property_spd_chain_is_symmetric_positive_definite(seed, scale):
+    # Scale <= 1 keeps cond(expm(S)) = exp(spread of eig(S)) well below 1/eps(float32); beyond
+    # that the smallest eigenvalue is lost to rounding (README, "Numerical tolerances").
+    a = f64(_spd(_normal(seed), scale))
+    assert np.max(np.abs(a - np.swapaxes(a, -1, -2))) <= 1e-5 * np.max(np.abs(a))
+    assert np.min(np.linalg.eigvalsh(a)) > 0
+
+
+@jax.jit
+def _round_trips(y):
+    """forward(right_inverse(Y)) for Y on each set: symmetric, skew, SO(n) without eigenvalue -1."""
+    sym = y + jnp.swapaxes(y, -1, -2)
+    sk = y - jnp.swapaxes(y, -1, -2)
+    so = px.cayley(px.skew(y))
+    return (
+        (px.symmetric(px.Symmetric().right_inverse(sym)), sym),
+        (px.skew(px.Skew().right_inverse(sk)), sk),
+        (px.cayley(px.Cayley().right_inverse(so)), so),
+    )
+
+
+@PROPS
+@given(seed=SEEDS, scale=st.floats(1e-3, 3.0))
+def test_property_round_trip_on_the_set(seed, scale):
+    (s2, s), (k2, k), (q2, q) = _round_trips(scale * _normal(seed))
+    np.testing.assert_array_equal(s2, s)  # structural maps are exact
+    np.testing.assert_array_equal(k2, k)
+    np.testing.assert_allclose(q2, q, atol=10 * ROUND_TRIP_TOL[jnp.float32])
+
+
+@jax.jit
+def _canonical(x):
+    """right_inverse(forward(X)): the canonical raw point of X's class (triu parts)."""
+    return px.Skew().right_inverse(px.skew(x)), px.Symmetric().right_inverse(px.symmetric(x))
+
+
+@PROPS
+@given(seed=SEEDS, scale=st.floats(1e-3, 1e3))
+def test_property_right_inverse_of_forward_is_the_canonical_raw(seed, scale):
+    x = scale * _normal(seed)
+    k, s = _canonical(x)
+    np.testing.assert_array_equal(k, jnp.triu(x, 1))
+    np.testing.assert_array_equal(s, jnp.triu(x))
+
+
+@PROPS
+@given(seed=SEEDS, p_drop=st.floats(0.0, 0.95))
+def test_property_pruning_mask_is_binary_and_applied(seed, p_drop):
+    p = px.RandomPruning(p_drop)
+    x = _normal(seed, (6, 6))
+    raw, state = ptree.register({"w": p}, {"w": x}, key=jax.random.key(seed))
+    mask = np.asarray(state["parametrizations"]["w"]["0"]["mask"])
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(ptree.constrain({"w": p}, raw, state)["w"], np.asarray(x) * mask)
+
+
+# --- long runs: 10,000 Adam steps at lr=0.1 under one jit + lax.scan -------------------------------
+STEPS = 10_000
+CHECK_EVERY = 50
+LONG_RUN_TOL = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
+
+
+def _long_run(chain, dtype, n=8):
+    layer = px.Parametrized(nn.Dense(n, use_bias=False, dtype=dtype, param_dtype=dtype), {"kernel": chain})
+    x = jax.random.normal(jax.random.key(1), (32, n), dtype)
+    target = x.astype(jnp.float32) @ jax.random.normal(jax.random.key(2), (n, n))  # unreachable
+    params = layer.init(KEY, x)["params"]
+    opt = optax.adam(0.1)
+
+    def loss(p):
+        return jnp.mean((layer.apply({"params": p}, x).astype(jnp.float32) - target) ** 2)
+
+    def step(carry, _):
+        p, o = carry
+        value, g = jax.value_and_grad(loss)(p)
+        u, o = opt.update(g, o, p)
+        return (optax.apply_updates(p, u), o), value
+
+    def block(carry, _):  # CHECK_EVERY steps, then the constraint error of the kernel reached
+        carry, values = jax.lax.scan(step, carry, None, length=CHECK_EVERY)
+        k = px.constrained(layer, {"params": carry[0]})["params"]["kernel"].astype(jnp.float32)
+        return carry, (values, jnp.max(jnp.abs(k.T @ k - jnp.eye(n))))
+
+    @jax.jit
+    def run(p):
+        (p, _), (losses, errs) = jax.lax.scan(block, (p, opt.init(p)), None, length=STEPS // CHECK_EVERY)
+        return p, losses.reshape(-1), errs
+
+    return run(params)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("name", sorted(SO_CHAINS))
+def test_long_adam_run_keeps_the_constraint(name, dtype):
+    p, losses, errs = _long_run(SO_CHAINS[name], dtype)
+    losses, errs = np.asarray(losses), np.asarray(errs)
+    assert np.all(np.isfinite(losses)) and np.all(np.isfinite(errs))
+    assert bool(jnp.all(jnp.isfinite(p["parametrizations"]["kernel"]["original"])))
+    # The error is measured every 50 steps (200 times), not only at the end.
+    assert errs.max() < LONG_RUN_TOL[dtype], (name, jnp.dtype(dtype).name, errs.max())
+    assert losses[-100:].mean() < losses[0]
