@@ -30,6 +30,8 @@ from parametrax.catalog.linear import (
     skew,
     symmetric,
 )
+from parametrax.catalog.norms import AxisError, SpectralNorm, WeightNorm
+from parametrax.catalog.orthogonal import ORTHOGONAL_MAPS, Orthogonal
 from parametrax.linen import (
     STATE_COLLECTION,
     Parametrized,
@@ -63,6 +65,11 @@ __all__ = [
     "Cayley",
     "MatrixExp",
     "RandomPruning",
+    "Orthogonal",
+    "ORTHOGONAL_MAPS",
+    "SpectralNorm",
+    "WeightNorm",
+    "AxisError",
     "symmetric",
     "skew",
     "cayley",

@@ -1,0 +1,352 @@
+r"""Spectral and weight normalisation: PyTorch's ``spectral_norm`` and ``weight_norm``.
+
+* :class:`SpectralNorm`: ``W -> W / sigma(W)``, ``sigma`` estimated by power iteration with
+  ``u``, ``v`` kept as non-trainable state (Miyato et al. 2018).
+* :class:`WeightNorm`: ``(g, v) -> g * v / ||v||``, two raw arrays (``original0 = g``,
+  ``original1 = v``) (Salimans & Kingma 2016).
+
+Layouts: which axis is the "output" axis
+----------------------------------------
+
+Both take an explicit ``axis``: the **output** axis (or axes). :class:`SpectralNorm` makes it
+the rows of the matrix whose largest singular value is ``sigma`` (the other axes are flattened,
+in C order, into the columns); :class:`WeightNorm` keeps it in ``g`` (one norm per output
+unit, taken over all the other axes). The default ``axis=-1`` is the output axis of Flax
+kernels, so the plain wrappers do the natural thing with no transpose:
+
+===========================  ======================  ==========================================
+layer                        Flax kernel             output axis (the default ``axis=-1``)
+===========================  ======================  ==========================================
+``nn.Dense(out)``            ``(in, out)``           ``-1``: SpectralNorm's matrix is
+                                                     ``K^T``, ``(out, in)`` (torch's Linear
+                                                     weight); WeightNorm's ``g`` is ``(1, out)``
+``nn.Conv(out, (kh, kw))``   ``(kh, kw, in, out)``   ``-1``: matrix ``(out, kh*kw*in)``; ``g``
+                                                     is ``(1, 1, 1, out)``
+``nn.ConvTranspose``         ``(kh, kw, in, out)``   ``-1`` as for ``nn.Conv`` (with
+                                                     ``transpose_kernel=True`` the kernel is
+                                                     ``(kh, kw, out, in)``: ``axis=-2``)
+``nn.DenseGeneral``          ``(*in, *features)``    ``-1`` for one ``features`` axis; a tuple
+                                                     ``features=(h, d)`` has output axes
+                                                     ``axis=(-2, -1)``
+``nn.Embed(num, features)``  ``(num, features)``     the table is not a map from inputs to
+                                                     outputs. WeightNorm: ``axis=0``
+                                                     normalises each embedding vector
+                                                     (torch's default ``dim=0`` on
+                                                     ``nn.Embedding``, whose weight has the
+                                                     same layout). SpectralNorm: ``axis=0``
+                                                     is torch's ``dim=0`` exactly; ``-1``
+                                                     gives the same ``sigma`` (the transposed
+                                                     matrix) with ``u``, ``v`` swapped
+===========================  ======================  ==========================================
+
+Torch's ``dim`` names the output axis **in torch's layout** (Linear ``(out, in)``, Conv
+``(out, in, kh, kw)``: ``dim=0``; ConvTranspose ``(in, out, kh, kw)``: ``dim=1``). So:
+
+* On an array in torch's layout, ``SpectralNorm(axis=dim)`` is torch's ``spectral_norm(dim=dim)``
+  exactly (same matrix view, same ``u``, ``v``); ``WeightNorm.from_torch(dim)`` is torch's
+  ``weight_norm(dim=dim)`` (torch's ``dim=-1`` or ``None`` means the whole tensor, which is
+  ``axis=None`` here; every other ``dim`` is an ordinary axis).
+* On the corresponding Flax kernel, torch's default (the output axis) is ``axis=-1``. For a
+  Dense kernel ``K = W^T`` the spectral norm's ``u``, ``v`` and ``sigma`` are torch's; for a Conv
+  kernel torch flattens the columns in ``(in, kh, kw)`` order and Flax in ``(kh, kw, in)``
+  order, so ``v`` is that permutation of torch's ``v`` and ``u``, ``sigma`` and the output
+  (transposed back) are torch's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from parametrax._core import Parametrization, Variables
+from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
+from parametrax._numerics import require_inexact, safe_norm
+
+__all__ = ["SpectralNorm", "WeightNorm", "AxisError"]
+
+Array = jax.Array
+_HIGHEST = lax.Precision.HIGHEST
+
+
+class AxisError(ShapeError, IndexError):
+    """An ``axis`` out of range for the array (an ``IndexError`` too, as torch raises)."""
+
+
+def _normalize_axis_field(obj, allow_none: bool) -> None:
+    """Checks ``obj.axis`` (an int, a non-empty tuple of ints, or None if allowed); a list
+    becomes a tuple so that equal configurations hash equal."""
+    axis = obj.axis
+    if isinstance(axis, list):
+        axis = tuple(axis)
+        object.__setattr__(obj, "axis", axis)
+    ok = (
+        (axis is None and allow_none)
+        or (isinstance(axis, int) and not isinstance(axis, bool))
+        or (
+            isinstance(axis, tuple)
+            and len(axis) > 0
+            and all(isinstance(a, int) and not isinstance(a, bool) for a in axis)
+        )
+    )
+    if not ok:
+        what = "an int, a non-empty tuple of ints" + (" or None" if allow_none else "")
+        raise ParametrizationTypeError(
+            f"`{type(obj).__name__}`: `axis` must be {what}; got {axis!r}."
+        )
+
+
+def _resolve_axes(p, axis, ndim: int) -> tuple[int, ...]:
+    """Normalised non-negative output axes, in the order given; errors name the range."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            lo, hi = -max(ndim, 1), max(ndim, 1) - 1
+            raise AxisError(
+                f"`{p!r}`: axis out of range (expected to be in range of [{lo}, {hi}] but got "
+                f"{a}) for an array with {ndim} dimension(s)."
+            )
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise AxisError(f"`{p!r}`: repeated axis in {axis!r} for an array with {ndim} dimensions.")
+    return tuple(out)
+
+
+def _normalize(x: Array, eps: float) -> Array:
+    """``x / max(||x||, eps)`` (torch's ``F.normalize``), with a finite gradient at 0."""
+    return x / jnp.maximum(safe_norm(x), eps).astype(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Spectral norm
+# ------------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("n", "eps"))
+def _power_iteration(mat: Array, u: Array, v: Array, *, n: int, eps: float):
+    """``n`` iterations of ``u <- normalize(W v)``, ``v <- normalize(W^H u)`` (no gradient is
+    meant to flow: callers pass ``stop_gradient(W)``). Jitted so eager calls compile once."""
+    mat_h = jnp.conj(mat).T
+
+    def body(_, uv):
+        u, v = uv
+        u = _normalize(jnp.matmul(mat, v, precision=_HIGHEST), eps)
+        v = _normalize(jnp.matmul(mat_h, u, precision=_HIGHEST), eps)
+        return u, v
+
+    return lax.fori_loop(0, n, body, (u, v))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralNorm(Parametrization):
+    r"""``W -> W / sigma``, ``sigma = u^H W_mat v`` from power iteration (torch's
+    ``spectral_norm``).
+
+    ``W_mat`` is the matrix view of ``W``: the output ``axis`` (or axes) moved to the front and
+    flattened into the rows, every other axis flattened (C order) into the columns; shape
+    ``(h, w)``. ``u`` (``(h,)``) and ``v`` (``(w,)``) are non-trainable **state**:
+
+    * ``init_variables(key, W)`` draws ``u``, ``v`` from ``key`` (standard normal, normalised)
+      and runs 15 warm-up power iterations on ``W``, as torch's registration does.
+    * ``apply(..., update_state=True)`` (linen: ``parametrization_state`` mutable, i.e.
+      training) first runs ``n_power_iterations`` iterations ``u <- normalize(W_mat v)``,
+      ``v <- normalize(W_mat^H u)`` and returns the new ``u``, ``v``. The iterates carry no
+      gradient (``stop_gradient``), so the gradient treats ``u``, ``v`` as constants, as
+      torch's does. **The iterations run once per apply**: the linen wrapper evaluates each
+      chain once per call of the wrapped module, however often the module reads the kernel
+      (torch iterates on every *access* of ``module.weight``, so a forward that reads it twice
+      iterates twice; under ``parametrize.cached()`` once per forward, which is what happens
+      here). Registering with the state collection mutable (linen's ``init`` always is) runs
+      15 + ``n_power_iterations`` iterations, as torch's registration in training mode does.
+    * ``apply(..., update_state=False)`` (evaluation) reuses the stored ``u``, ``v`` and changes
+      nothing.
+
+    ``sigma = vdot(u, W_mat v)`` conjugates ``u`` (correct for complex ``W``; ``sigma`` is then
+    complex with a vanishing imaginary part) and is not passed through ``abs``, as in torch.
+    ``normalize(x) = x / max(||x||, eps)``. A 1-D ``W`` is simply normalised,
+    ``W / max(||W||, eps)``, with no state. The right inverse is the identity (torch's), so
+    assigning ``W`` reads back ``W / sigma(W)``.
+
+    Layouts: the default ``axis=-1`` is the output axis of Flax ``Dense``/``Conv``/
+    ``ConvTranspose`` kernels, so ``Parametrized(nn.Conv, {"kernel": SpectralNorm()})`` is
+    torch's ``spectral_norm(nn.Conv2d(...))``. On an array in torch's layout use
+    ``axis=dim`` (torch's default ``dim=0``, ``1`` for ConvTranspose). See the module docstring.
+
+    Args:
+      n_power_iterations: iterations per apply with ``update_state=True`` (positive).
+      eps: the floor of the norms in ``normalize``.
+      axis: the output axis, or a tuple of output axes (rows of ``W_mat``, in that order).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from parametrax.catalog.norms import SpectralNorm
+    >>> w = jnp.diag(jnp.array([3.0, -4.0]))
+    >>> sn = SpectralNorm()
+    >>> variables = sn.init_variables(jax.random.key(0), w)
+    >>> w_sn, state = sn.apply(variables, w, update_state=True)
+    >>> bool(jnp.allclose(w_sn, jnp.diag(jnp.array([0.75, -1.0])), atol=1e-5))
+    True
+    """
+
+    n_power_iterations: int = 1
+    eps: float = 1e-12
+    axis: int | tuple[int, ...] = -1
+
+    def __post_init__(self):
+        n = self.n_power_iterations
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise ParametrizationTypeError(
+                f"`SpectralNorm`: `n_power_iterations` must be an int; got {n!r}."
+            )
+        if n <= 0:
+            raise ParametrizationError(
+                "`SpectralNorm`: Expected n_power_iterations to be positive, but got "
+                f"n_power_iterations={n}."
+            )
+        if not isinstance(self.eps, (int, float)) or isinstance(self.eps, bool) or self.eps < 0:
+            raise ParametrizationError(
+                f"`SpectralNorm`: `eps` must be a non-negative float; got {self.eps!r}."
+            )
+        _normalize_axis_field(self, allow_none=False)
+
+    # --- the matrix view ---------------------------------------------------------------------
+    def matrix_view(self, w: Array) -> Array:
+        """``W_mat``: output axes to the front, flattened to rows; the rest (C order) to columns."""
+        axes = _resolve_axes(self, self.axis, w.ndim)
+        h = math.prod(w.shape[a] for a in axes)
+        moved = jnp.moveaxis(w, axes, tuple(range(len(axes))))
+        return moved.reshape(h, -1)
+
+    def _power(self, mat: Array, u: Array, v: Array, n: int) -> tuple[Array, Array]:
+        return _power_iteration(mat, u, v, n=n, eps=self.eps)
+
+    def _check(self, w: Array) -> None:
+        require_inexact(self, w)
+        if w.ndim == 0:
+            raise ShapeError(f"`{self!r}` needs an array with at least 1 dimension; got a scalar.")
+        _resolve_axes(self, self.axis, w.ndim)
+
+    # --- the variables protocol ----------------------------------------------------------------
+    def init_variables(self, key: Array, value: Array) -> Variables:
+        value = jnp.asarray(value)
+        self._check(value)
+        if value.ndim == 1:
+            return {"params": {}, "state": {}}
+        mat = lax.stop_gradient(self.matrix_view(value))
+        ku, kv = jax.random.split(key)
+        u = _normalize(jax.random.normal(ku, (mat.shape[0],), mat.dtype), self.eps)
+        v = _normalize(jax.random.normal(kv, (mat.shape[1],), mat.dtype), self.eps)
+        u, v = self._power(mat, u, v, 15)
+        return {"params": {}, "state": {"u": u, "v": v}}
+
+    def apply(self, variables: Variables, w: Array, *, update_state: bool = False):
+        w = jnp.asarray(w)
+        self._check(w)
+        state = variables["state"]
+        if w.ndim == 1:
+            return _normalize(w, self.eps), state
+        mat = self.matrix_view(w)
+        u, v = self._stored(state, mat)
+        if update_state:
+            u, v = self._power(lax.stop_gradient(mat), u, v, self.n_power_iterations)
+        u, v = lax.stop_gradient(u), lax.stop_gradient(v)
+        sigma = jnp.vdot(u, jnp.matmul(mat, v, precision=_HIGHEST), precision=_HIGHEST)
+        new_state = {**state, "u": u, "v": v} if update_state else state
+        return w / sigma, new_state
+
+    def _stored(self, state, mat: Array) -> tuple[Array, Array]:
+        if "u" not in state or "v" not in state:
+            raise ParametrizationError(
+                f"`{self!r}` needs its state `u`, `v` (made by `init_variables`); got state keys "
+                f"{sorted(state)}."
+            )
+        u, v = state["u"], state["v"]
+        h, w = mat.shape
+        if tuple(u.shape) != (h,) or tuple(v.shape) != (w,):
+            raise ShapeError(
+                f"`{self!r}`: the stored u, v have shapes {tuple(u.shape)}, {tuple(v.shape)}; "
+                f"the matrix view of this array is {h}x{w}, so they must be ({h},), ({w},)."
+            )
+        return u, v
+
+    def apply_inverse(self, variables: Variables, value: Array, *, key: Array | None = None):
+        del key
+        value = jnp.asarray(value)
+        self._check(value)
+        return value, variables["state"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Weight norm
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WeightNorm(Parametrization):
+    r"""``(g, v) -> g * v / ||v||`` with the norm over every axis except ``axis`` (torch's
+    ``weight_norm``).
+
+    ``right_inverse(W) = (g, v)`` with ``v = W`` and ``g = ||W||`` taken over all axes but
+    ``axis``, with kept dimensions (``axis=None``: the whole array, ``g`` is 0-d). Registering
+    stores them as ``original0`` (``g``) and ``original1`` (``v``), and
+    ``forward(right_inverse(W)) == W`` exactly, so a wrapped layer computes what it computed
+    before. Gradients reach both ``g`` and ``v``. A zero slice of ``v`` gives a zero output with
+    finite (zero) gradients instead of torch's NaN.
+
+    ``axis`` has Python semantics (``-1`` is the last axis), and the axis is **kept** in ``g``
+    (like torch's ``dim``): ``g.shape`` is ``W.shape`` with every other axis set to 1. The
+    default ``axis=-1`` is the output axis of Flax kernels: Dense ``(in, out)`` gives ``g`` of
+    shape ``(1, out)``, Conv ``(kh, kw, in, out)`` gives ``(1, 1, 1, out)`` (torch's default
+    ``dim=0`` on the torch-layout weight). A tuple keeps several axes. **Torch's** ``dim=-1``
+    means the whole tensor, not the last axis: use :meth:`from_torch` to translate a torch
+    ``dim`` for an array in torch's layout.
+
+    >>> import jax.numpy as jnp
+    >>> from parametrax.catalog.norms import WeightNorm
+    >>> wn = WeightNorm()
+    >>> k = jnp.array([[3.0, 0.0], [4.0, 2.0]])
+    >>> g, v = wn.right_inverse(k)
+    >>> g
+    Array([[5., 2.]], dtype=float32)
+    >>> bool(jnp.all(wn(g, v) == k))
+    True
+    """
+
+    axis: int | tuple[int, ...] | None = -1
+
+    def __post_init__(self):
+        _normalize_axis_field(self, allow_none=True)
+
+    @classmethod
+    def from_torch(cls, dim: int | None = 0) -> WeightNorm:
+        """Torch's ``weight_norm(dim=dim)`` for an array in torch's layout: ``dim=None`` or
+        ``-1`` is the whole tensor (``axis=None``), any other ``dim`` the same axis. For the
+        matching Flax kernel, torch's default ``dim=0`` (the output axis) is ``axis=-1``."""
+        if dim is None or dim == -1:
+            return cls(axis=None)
+        return cls(axis=dim)
+
+    def _norm(self, x: Array) -> Array:
+        if self.axis is None:
+            return safe_norm(x)
+        keep = _resolve_axes(self, self.axis, x.ndim)
+        others = tuple(a for a in range(x.ndim) if a not in keep)
+        return safe_norm(x, axis=others, keepdims=True)
+
+    def right_inverse(self, value: Array) -> tuple[Array, Array]:
+        value = jnp.asarray(value)
+        require_inexact(self, value)
+        return self._norm(value), value
+
+    def forward(self, g: Array, v: Array) -> Array:
+        g, v = jnp.asarray(g), jnp.asarray(v)
+        require_inexact(self, v)
+        n = self._norm(v)
+        if tuple(g.shape) != tuple(n.shape):
+            raise ShapeError(
+                f"`{self!r}`: g has shape {tuple(g.shape)} but v of shape {tuple(v.shape)} needs "
+                f"g of shape {tuple(n.shape)} (axis={self.axis!r})."
+            )
+        scale = g / jnp.where(n > 0, n, jnp.ones_like(n))
+        return v * scale.astype(v.dtype)
+

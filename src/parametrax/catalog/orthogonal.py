@@ -1,0 +1,412 @@
+r"""Orthogonal and unitary matrices: PyTorch's ``torch.nn.utils.parametrizations.orthogonal``.
+
+:class:`Orthogonal` reproduces torch's ``_Orthogonal`` on the **last two axes as given**: the
+same three maps (``"matrix_exp"``, ``"cayley"``, ``"householder"``), the same default rule, the
+same treatment of tall, wide, batched, real and complex arrays, and the same dynamic
+trivialization (a non-trainable base point moved by assignment). Given the same raw array and
+base point, ``Orthogonal(...)`` computes the same numbers as torch's forward.
+
+Layouts: which axes form the matrix
+-----------------------------------
+
+The matrix is always the last two axes; leading axes are batch axes. For Flax kernels:
+
+============================  ===========================  =====================================
+layer                         kernel shape                 the matrix ``Orthogonal`` constrains
+============================  ===========================  =====================================
+``nn.Dense(out)``             ``(in, out)``                the kernel itself: orthonormal
+                                                           columns if ``in >= out`` (``K^T K =
+                                                           I``), orthonormal rows otherwise
+                                                           (``K K^T = I``: ``x -> x @ K`` is an
+                                                           isometry)
+``nn.DenseGeneral``           ``(*in_axes, *features)``    the last two axes; a 2-D kernel
+                                                           (one input axis, ``features`` an
+                                                           int) is exactly the Dense case
+``nn.Conv(out, (kh, kw))``    ``(kh, kw, in, out)``        each spatial tap ``K[i, j]`` is an
+                                                           ``(in, out)`` matrix (a batch of
+                                                           ``kh * kw`` matrices)
+``nn.Embed(num, features)``   ``(num, features)``          the table itself: orthonormal
+                                                           columns if ``num >= features``
+============================  ===========================  =====================================
+
+So ``Parametrized(nn.Dense, {"kernel": Orthogonal()})`` needs no transpose: torch's Linear
+weight is ``W = K^T`` and ``W`` has orthonormal rows/columns exactly when ``K`` does. The
+constraint sets are the same; the numbers are the same for non-square kernels given the same
+raw values and base (``forward(X^T) == forward(X)^T`` there). For **square** matrices torch
+reads the lower triangle of ``W``, which is not the transpose of the lower triangle of ``K``:
+feed ``Orthogonal`` the torch-layout array (``forward(raw_W)``) to get torch's numbers
+(spec §18.1). ``torch.nn.Embedding``'s weight has Flax's ``nn.Embed`` layout, so there the
+arrays coincide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jax import lax
+
+from parametrax._core import Parametrization, Variables
+from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
+from parametrax._numerics import mH, mT, require_matrix
+
+__all__ = ["Orthogonal", "ORTHOGONAL_MAPS"]
+
+Array = jax.Array
+
+#: The valid values of ``Orthogonal(map=...)`` (``None`` picks one from the shape and dtype).
+ORTHOGONAL_MAPS = ("matrix_exp", "cayley", "householder")
+
+_HIGHEST = lax.Precision.HIGHEST
+
+NOT_ASSIGNABLE = (
+    "It is not possible to assign to the matrix exponential or the Cayley parametrizations when "
+    "use_trivialization=False."
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# The maths, batch-generic on the last two axes. Helpers with loops are jitted at module level so
+# that eager calls (registration, assignment outside jit) compile once per shape, not per call.
+# ------------------------------------------------------------------------------------------------
+def _tall(x: Array) -> tuple[Array, bool]:
+    """The tall view: ``x`` if rows >= cols, else ``x^T`` (a plain transpose, as torch's ``mT``)."""
+    if x.shape[-2] < x.shape[-1]:
+        return mT(x), True
+    return x, False
+
+
+def _rect_eye(rows: int, cols: int, dtype) -> Array:
+    return jnp.eye(rows, cols, dtype=dtype)
+
+
+def _skew_from_lower(x: Array) -> Array:
+    """``A = Y - Y^H`` with ``Y = [tril(x), 0]`` padded to ``(..., n, n)`` (``x`` tall)."""
+    n, k = x.shape[-2:]
+    y = jnp.tril(x)
+    if n != k:
+        y = jnp.concatenate([y, jnp.zeros(y.shape[:-1] + (n - k,), y.dtype)], axis=-1)
+    return y - mH(y)
+
+
+def _expm(a: Array) -> Array:
+    if a.ndim == 2:
+        return jsl.expm(a)
+    flat = a.reshape((-1,) + a.shape[-2:])
+    return jax.vmap(jsl.expm)(flat).reshape(a.shape)
+
+
+@jax.jit
+def _cayley_half(a: Array) -> Array:
+    """``(I - A/2)^{-1} (I + A/2)`` (torch's ``linalg.solve(I - A/2, I + A/2)``), by a solve."""
+    eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
+    return jnp.linalg.solve(eye - 0.5 * a, eye + 0.5 * a)
+
+
+@jax.jit
+def _householder_product(x: Array) -> Array:
+    """The first ``k`` columns of ``H_1 H_2 ... H_k``, ``H_j = I - tau_j v_j v_j^T``.
+
+    ``v_j = e_j + tril(x, -1)[:, j]`` and ``tau_j = 2 / ||v_j||^2``, so every ``H_j`` is an exact
+    reflector. Built in ``jnp`` (``lax.linalg.householder_product`` has no JVP) so that it is
+    differentiable; ``x`` is tall ``(..., n, k)`` and real.
+    """
+    n, k = x.shape[-2:]
+    a = jnp.tril(x, -1)
+    tau = 2.0 / (1.0 + jnp.sum(a * a, axis=-2))  # (..., k)
+    vs = a + _rect_eye(n, k, x.dtype)  # column j is v_j
+    m0 = jnp.broadcast_to(_rect_eye(n, k, x.dtype), x.shape)
+
+    def body(t, m):
+        j = k - 1 - t  # accumulate from the right: H_j (H_{j+1} ... H_k E)
+        v = lax.dynamic_index_in_dim(vs, j, axis=-1, keepdims=False)  # (..., n)
+        tj = lax.dynamic_index_in_dim(tau, j, axis=-1, keepdims=True)  # (..., 1)
+        w = jnp.einsum("...n,...nk->...k", v, m, precision=_HIGHEST)
+        return m - (tj[..., None] * v[..., :, None]) * w[..., None, :]
+
+    return lax.fori_loop(0, k, body, m0)
+
+
+@jax.jit
+def _householder_reflectors(q: Array) -> Array:
+    """Torch's householder ``right_inverse`` for a tall real ``q``: ``geqrf`` + sign fix, in jnp.
+
+    Runs a Householder QR column by column with LAPACK's reflector choice (``dlarfg``: ``v_j``
+    maps column ``j`` onto ``beta_j e_j``, ``beta_j = -sign(alpha_j) ||x_j||``), stores the
+    reflector tails below the diagonal and ``sign(beta_j)`` (the sign of ``R_jj``) on it, and
+    keeps ``R``'s strict upper part above it (forward ignores it). Then ``forward(result)`` is
+    the Q factor of ``q = QR`` with ``diag(R) > 0``, as torch's ``geqrf`` path gives. Where
+    LAPACK would use no reflection (``tau = 0``: nothing below the diagonal), torch flips the
+    stored diagonal; here the reflector is always proper, which yields that same flipped sign
+    without a special case (the ``R`` entries to the right of such a column then have the
+    opposite sign to LAPACK's; forward never reads them).
+    """
+    n, k = q.shape[-2:]
+    rows = jnp.arange(n)
+
+    def body(j, carry):
+        r, out = carry
+        col = lax.dynamic_index_in_dim(r, j, axis=-1, keepdims=False)  # (..., n)
+        below = rows > j
+        alpha = jnp.take(col, j, axis=-1)  # (...,)
+        tail = jnp.where(below, col, 0)
+        xnorm = jnp.sqrt(jnp.sum(tail * tail, axis=-1))
+        norm = jnp.sqrt(alpha * alpha + xnorm * xnorm)
+        beta = -jnp.where(alpha >= 0, 1.0, -1.0).astype(q.dtype) * norm
+        nonzero = norm > 0
+        denom = jnp.where(nonzero, alpha - beta, 1.0)
+        vtail = jnp.where(nonzero[..., None], tail / denom[..., None], 0)
+        v = vtail + (rows == j).astype(q.dtype)
+        tau = 2.0 / jnp.sum(v * v, axis=-1)
+        # apply H_j to the trailing columns of r (columns < j are finished)
+        w = jnp.einsum("...n,...nk->...k", v, r, precision=_HIGHEST)
+        upd = r - (tau[..., None, None] * v[..., :, None]) * w[..., None, :]
+        r = jnp.where(jnp.arange(k) >= j, upd, r)
+        # column j of the result: R's entries above the diagonal, sign(R_jj) on it, v below
+        # (sign(0) == 0 for a zero column, as torch gives).
+        newcol = jnp.where(rows < j, col, vtail) + (rows == j) * jnp.sign(beta)[..., None]
+        out = lax.dynamic_update_index_in_dim(out, newcol[..., :, None], j, axis=-1)
+        return r, out
+
+    _, out = lax.fori_loop(0, k, body, (q, jnp.zeros_like(q)))
+    return out
+
+
+@jax.jit
+def _make_orthogonal(a: Array) -> Array:
+    """The Q factor of ``a = QR`` (``a`` tall, real or complex) with ``diag(R)`` real >= 0."""
+    q, r = jnp.linalg.qr(a, mode="reduced")
+    d = jnp.diagonal(r, axis1=-2, axis2=-1)
+    return q * jnp.sign(d)[..., None, :]
+
+
+@jax.jit
+def _is_orthogonal(q: Array) -> Array:
+    """Torch's ``_is_orthogonal``: ``allclose(Q^H Q, I, rtol=1e-5, atol=10 n eps)`` over the
+    whole batch at once (one boolean, as ``torch.allclose`` gives), without Python branching."""
+    n, k = q.shape[-2:]
+    eps = 10.0 * n * float(jnp.finfo(q.dtype).eps)
+    gram = jnp.matmul(mH(q), q, precision=_HIGHEST)
+    eye = jnp.eye(k, dtype=q.dtype)
+    return jnp.all(jnp.abs(gram - eye) <= eps + 1e-5 * jnp.abs(eye))
+
+
+@functools.partial(jax.jit, static_argnames=("m",))
+def _forward(x: Array, base: Array | None, *, m: str) -> Array:
+    """Torch's forward (``m`` resolved, inputs checked). Jitted at module level: eager calls
+    compile once per shape and map; inside an outer jit it is traced inline."""
+    x, transposed = _tall(x)
+    n, k = x.shape[-2:]
+    if m == "householder":
+        q = _householder_product(x)
+        d = lax.stop_gradient(jnp.trunc(jnp.diagonal(x, axis1=-2, axis2=-1)))
+        q = q * d[..., None, :]
+    else:
+        a = _skew_from_lower(x)
+        q = _expm(a) if m == "matrix_exp" else _cayley_half(a)
+        q = q[..., :k] if n != k else q
+    if base is not None:
+        q = jnp.matmul(base, q, precision=_HIGHEST)
+    return mT(q) if transposed else q
+
+
+# ------------------------------------------------------------------------------------------------
+# The parametrization
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Orthogonal(Parametrization):
+    r"""Orthogonal (real) or unitary (complex) matrices on the last two axes, as torch's
+    ``orthogonal``.
+
+    For ``X`` of shape ``(..., n, k)`` the result ``Q`` has orthonormal columns when ``n >= k``
+    (``Q^H Q = I_k``) and orthonormal rows when ``n < k`` (``Q Q^H = I_n``); leading axes are
+    batch axes. A wide ``X`` is handled in its transposed (tall) view and transposed back.
+    In the tall view ``(n, k)``, ``n >= k``:
+
+    * ``"matrix_exp"``: ``Q = expm(A)[:, :k]``, ``A = Y - Y^H``, ``Y = [tril(X), 0]`` padded to
+      ``n x n`` (the strict upper part of ``X`` is ignored; a real diagonal cancels).
+    * ``"cayley"``: ``Q = ((I - A/2)^{-1} (I + A/2))[:, :k]`` (note the ``1/2``, unlike the
+      tutorial's :class:`~parametrax.Cayley`).
+    * ``"householder"`` (real only): ``Q`` is the first ``k`` columns of ``H_1 ... H_k`` with
+      ``H_j = I - tau_j v_j v_j^T``, ``v_j = e_j + tril(X, -1)[:, j]``, ``tau_j = 2/||v_j||^2``,
+      then column ``j`` is scaled by ``trunc(X[j, j])`` with no gradient (torch's ``.int()``:
+      the diagonal is meant to stay at +-1 and training never moves it).
+    * ``map=None`` resolves when the array is first seen: ``"matrix_exp"`` for square or complex
+      matrices, ``"householder"`` otherwise (torch's rule).
+
+    ``use_trivialization=True`` (default; Lezcano-Casado 2019, "Trivializations for
+    gradient-based optimization on manifolds") stores a base point ``B`` of shape
+    ``(..., n, n)`` (tall view) as non-trainable **state** and returns ``B @ Q`` (transposed back
+    if wide). The base is set by the right inverse, at registration and on every assignment
+    (torch's "dynamic trivialization": assigning the current value moves the base there and
+    resets the raw value): for a square orthogonal value (torch's ``_is_orthogonal``
+    tolerance) ``B`` is the value itself, kept exactly; otherwise ``B`` is the Q factor of its
+    QR decomposition with ``diag(R) >= 0``. A non-square value is first completed to ``n x n``
+    with Gaussian columns drawn from the PRNG key given to the right inverse (torch uses its
+    global RNG), so only the first ``k`` columns of ``B`` are determined by the value. The raw
+    value returned is torch's ``-I``-like array (zeros with ``-1`` on the diagonal), on which
+    all three maps give ``eye(n, k)``, so the constrained value is the first ``k`` columns of
+    ``B``.
+
+    ``use_trivialization=False``: no state. For ``"householder"`` the right inverse is a
+    Householder QR (torch's ``geqrf`` path): ``forward(right_inverse(V))`` is the QR Q factor of
+    ``V`` with ``diag(R) > 0``. ``"matrix_exp"`` and ``"cayley"`` have no right inverse: at
+    registration the initial value is kept as the raw value (the weight becomes
+    ``forward(W)``, as in torch) and assigning raises ``NotImplementedError``.
+
+    Layouts (see the module docstring): with a Flax ``nn.Dense`` kernel ``(in, out)``,
+    ``Parametrized(nn.Dense, {"kernel": Orthogonal()})`` constrains the kernel itself, with no
+    transpose. :meth:`forward` on a bare array computes torch's forward on that same array.
+
+    Args:
+      map: ``"matrix_exp"``, ``"cayley"``, ``"householder"`` or ``None`` (torch's
+        ``orthogonal_map``).
+      use_trivialization: keep a base point as state (torch's default).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from parametrax import tree
+    >>> from parametrax.catalog.orthogonal import Orthogonal
+    >>> w = jax.random.normal(jax.random.key(0), (5, 3))
+    >>> raw, state = tree.register({"w": Orthogonal()}, {"w": w}, key=jax.random.key(1))
+    >>> q = tree.constrain({"w": Orthogonal()}, raw, state)["w"]
+    >>> bool(jnp.allclose(q.T @ q, jnp.eye(3), atol=1e-5))
+    True
+    >>> q0 = Orthogonal(map="cayley", use_trivialization=False)(w)  # plain function
+    >>> bool(jnp.allclose(q0.T @ q0, jnp.eye(3), atol=1e-5))
+    True
+    """
+
+    map: str | None = None
+    use_trivialization: bool = True
+
+    def __post_init__(self):
+        if self.map is not None and self.map not in ORTHOGONAL_MAPS:
+            raise ParametrizationError(
+                "`Orthogonal`: `map` has to be one of "
+                + ", ".join(f'"{m}"' for m in ORTHOGONAL_MAPS)
+                + f" or None; got {self.map!r}."
+            )
+        if not isinstance(self.use_trivialization, bool):
+            raise ParametrizationTypeError(
+                "`Orthogonal`: `use_trivialization` must be a bool; got "
+                f"{self.use_trivialization!r}."
+            )
+
+    def __repr__(self) -> str:
+        return f"Orthogonal(map={self.map!r}, use_trivialization={self.use_trivialization})"
+
+    # --- which map, and input checks -------------------------------------------------------
+    def resolved_map(self, x: Array) -> str:
+        """The map used for ``x``: ``map``, or torch's default rule when ``map`` is None."""
+        if self.map is not None:
+            return self.map
+        square = x.shape[-1] == x.shape[-2]
+        return "matrix_exp" if square or jnp.iscomplexobj(x) else "householder"
+
+    def _check(self, x: Array) -> str:
+        require_matrix(self, x)
+        m = self.resolved_map(x)
+        if m == "householder" and jnp.iscomplexobj(x):
+            raise ShapeError(
+                f"`{self!r}`: The householder parametrization does not support complex tensors "
+                f"(got dtype {jnp.dtype(x.dtype).name}, shape {tuple(x.shape)}); use "
+                "map='matrix_exp' or map='cayley' for unitary matrices."
+            )
+        return m
+
+    @property
+    def has_variables(self) -> bool:  # the base point exists only with the trivialization
+        return self.use_trivialization
+
+    # --- the maps ----------------------------------------------------------------------------
+    def forward(self, x: Array, base: Array | None = None) -> Array:
+        """Torch's ``_Orthogonal.forward`` on ``x`` with base point ``base`` (``(..., n, n)``
+        in the tall view, ``n = max`` of the last two sizes). Without ``base`` no base is
+        applied (the map with ``use_trivialization=False``, or equivalently ``base = I``)."""
+        x = jnp.asarray(x)
+        m = self._check(x)
+        if base is not None:
+            base = jnp.asarray(base)
+            self._check_base(base, _tall(x)[0])
+        return _forward(x, base, m=m)
+
+    def _check_base(self, base: Array, tall: Array) -> None:
+        n, k = tall.shape[-2:]
+        want = tall.shape[:-2] + (n, n)
+        if tuple(base.shape) != want or base.dtype != tall.dtype:
+            raise ShapeError(
+                f"`{self!r}`: the base point has shape {tuple(base.shape)} and dtype "
+                f"{jnp.dtype(base.dtype).name}; a value whose tall view is "
+                f"{tuple(tall.shape)} needs a base of shape {want} and dtype "
+                f"{jnp.dtype(tall.dtype).name}."
+            )
+
+    # --- right inverse without trivialization -----------------------------------------------
+    def right_inverse(self, value: Array) -> Array:
+        """The right inverse without trivialization (see the class docstring)."""
+        value = jnp.asarray(value)
+        m = self._check(value)
+        if self.use_trivialization:
+            raise ParametrizationTypeError(
+                f"`{self!r}` keeps its base point as state; use "
+                "`apply_inverse(variables, value, key=key)` (or parametrax.assign)."
+            )
+        if m != "householder":
+            raise NotImplementedError(f"`{self!r}`: {NOT_ASSIGNABLE}")
+        q, transposed = _tall(lax.stop_gradient(value))
+        a = _householder_reflectors(q)
+        return mT(a) if transposed else a
+
+    # --- the variables protocol (trivialization) ---------------------------------------------
+    def init_variables(self, key: Array, value: Array) -> Variables:
+        """An identity base point of shape ``(..., n, n)``; the right inverse sets the real one."""
+        del key
+        if not self.use_trivialization:
+            return {"params": {}, "state": {}}
+        value = jnp.asarray(value)
+        self._check(value)
+        tall, _ = _tall(value)
+        n = tall.shape[-2]
+        base = jnp.broadcast_to(jnp.eye(n, dtype=value.dtype), tall.shape[:-2] + (n, n))
+        return {"params": {}, "state": {"base": base}}
+
+    def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
+        del update_state  # the base only moves through the right inverse
+        state = variables["state"]
+        if not self.use_trivialization:
+            return self.forward(x), state
+        if "base" not in state:
+            raise ParametrizationError(
+                f"`{self!r}` needs its state `base` (made by `init_variables` and set by the "
+                f"right inverse); got state keys {sorted(state)}."
+            )
+        return self.forward(x, state["base"]), state
+
+    def apply_inverse(self, variables: Variables, value: Array, *, key: Array | None = None):
+        if not self.use_trivialization:
+            return self.right_inverse(value), variables["state"]
+        value = jnp.asarray(value)
+        self._check(value)
+        q, _ = _tall(lax.stop_gradient(value))
+        n, k = q.shape[-2:]
+        old = variables["state"].get("base")
+        if old is not None:
+            self._check_base(old, q)
+        if n == k:
+            base = jnp.where(_is_orthogonal(q), q, _make_orthogonal(q))
+        else:
+            if key is None:
+                raise ParametrizationError(
+                    f"`{self!r}`: setting the base point of a non-square "
+                    f"{tuple(value.shape)} matrix completes it with random columns and needs a "
+                    "PRNG key; pass `key=` (e.g. `parametrax.assign(model, variables, values, "
+                    "key=key)`)."
+                )
+            noise = jax.random.normal(key, q.shape[:-2] + (n, n - k), q.dtype)
+            base = _make_orthogonal(jnp.concatenate([q, noise], axis=-1))
+        rows, cols = value.shape[-2:]
+        neg_eye = jnp.broadcast_to(-_rect_eye(rows, cols, value.dtype), value.shape)
+        return neg_eye, {**variables["state"], "base": base}
