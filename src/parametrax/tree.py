@@ -11,6 +11,7 @@
 True
 """
 
+from parametrax._dynamic import update_base
 from parametrax._tree import (
     PARAMETRIZATIONS,
     Spec,
@@ -33,4 +34,5 @@ __all__ = [
     "bake",
     "parametrized_paths",
     "flatten",
+    "update_base",
 ]

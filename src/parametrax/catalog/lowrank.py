@@ -1,0 +1,361 @@
+"""Matrices through a singular value decomposition (geotorch's ``LowRank``, ``FixedRank``,
+``GLp``, ``SL``, ``AlmostOrthogonal``).
+
+Every entry computes ``X = U diag(σ(s)) Vᵀ`` with ``U`` (``N x r``) and ``V`` (``K x r``) with
+orthonormal columns, each trivialized at a base point kept as state (as in
+:mod:`parametrax.catalog.stiefel`), and ``σ`` a map of the singular value parameters ``s``
+specific to each entry. Shapes ``(..., n, k)``; a wide matrix (``n < k``) is handled
+transposed, so below ``N = max(n, k)``, ``K = min(n, k)`` and the raw array means its
+transpose when wide.
+
+Raw layout: ONE array of the value's shape, packed as geotorch does. On the tall ``N x K`` raw
+``X``: ``s = diag(X)[:r]``; ``U`` is read from the strict lower triangle of ``X[:, :r]``;
+``V`` from the strict upper triangle of ``X[:r, :]`` (transposed); the rest is unused (zero
+gradient). For square full-rank entries (``Invertible``, ``SL``) this uses every entry once,
+``n²`` parameters for the ``n²``-dimensional GL(n).
+
+State: ``{"base_u": (..., N, N), "base_v": (..., K, K)}``, orthogonal matrices.
+``apply_inverse(variables, X)`` takes the SVD of ``X`` (the ``r`` largest singular triples),
+moves the bases to the singular vectors and stores ``σ^{-1}`` of the singular values on the raw
+diagonal: exact on the manifold, and the nearest-point projection (truncated SVD, clipped
+singular values) elsewhere. ``update_base`` moves both bases to the current factors and zeroes
+their raw parts, keeping ``s`` and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from parametrax._core import Parametrization, Variables, describe
+from parametrax._errors import ParametrizationError
+from parametrax._numerics import mT
+from parametrax.catalog import _scalar as S
+from parametrax.catalog import _trivialization as T
+
+__all__ = ["LowRank", "FixedRank", "Invertible", "SL", "AlmostOrthogonal"]
+
+Array = jax.Array
+
+
+def _masks(n: int, k: int, r: int) -> tuple[Array, Array]:
+    rows = jnp.arange(n)[:, None]
+    cols = jnp.arange(k)[None, :]
+    lower = (rows > cols) & (cols < r)
+    upper = (cols > rows) & (rows < r)
+    return lower, upper
+
+
+class _SVDFamily(Parametrization):
+    """Shared implementation of ``U diag(σ(s)) Vᵀ``; subclasses define the σ map."""
+
+    _square_only = False
+    _f_names: tuple[str, ...] = ("softplus", "exp")
+    triv: str | Callable = "expm"
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        T.check_triv(owner, self.triv)
+        fields = self.__dataclass_fields__
+        if "rank" in fields:
+            T.check_positive_int(owner, "rank", self.rank)
+        if "f" in fields:
+            S.check_scalar_map(owner, "f", self.f, self._f_names)
+
+    # --- subclass hooks -------------------------------------------------------------------------
+    def _sigma(self, s: Array) -> Array:
+        """Singular values from their raw parameters."""
+        raise NotImplementedError
+
+    def _sigma_inverse(self, sigma: Array, scale: Array) -> Array:
+        """Raw parameters from (projected) singular values."""
+        raise NotImplementedError
+
+    def _fix_det(self) -> bool:
+        return False
+
+    def _sv_ok(self, sv: Array, tol: Array, r: int, x: Array) -> Array:
+        raise NotImplementedError
+
+    def _sample_sigma(self, key: Array, shape: tuple, dtype) -> Array:
+        return self._sigma(jax.random.normal(key, shape, dtype))
+
+    # --- shapes ---------------------------------------------------------------------------------
+    def _rank(self, x: Array) -> int:
+        if self._square_only:
+            T.require_square(self, x)
+            return x.shape[-1]
+        rank = getattr(self, "rank", None)
+        if rank is None:
+            T.require_matrix(self, x)
+            return min(x.shape[-2:])
+        T.require_rank(self, x, rank)
+        return rank
+
+    @staticmethod
+    def _wide(x: Array) -> bool:
+        return x.shape[-2] < x.shape[-1]
+
+    def _tall(self, x: Array) -> Array:
+        return mT(x) if self._wide(x) else x
+
+    def _untall(self, y: Array, like: Array) -> Array:
+        return mT(y) if self._wide(like) else y
+
+    # --- variables protocol ---------------------------------------------------------------------
+    def init_variables(self, key: Array, value: Array) -> Variables:
+        del key
+        self._rank(value)
+        big, small = max(value.shape[-2:]), min(value.shape[-2:])
+        batch = value.shape[:-2]
+        return {
+            "params": {},
+            "state": {
+                "base_u": T.eye_batch(batch, big, value.dtype),
+                "base_v": T.eye_batch(batch, small, value.dtype),
+            },
+        }
+
+    def _compute(self, state: dict, raw: Array) -> Array:
+        r = self._rank(raw)
+        x = self._tall(raw)
+        big, small = x.shape[-2:]
+        bu, bv = state["base_u"], state["base_v"]
+        T.require_shape(self, bu.shape[-2:], (big, big), "the base point `state['base_u']`")
+        T.require_shape(self, bv.shape[-2:], (small, small), "the base point `state['base_v']`")
+        u = T.stiefel_point(bu, x[..., :, :r], self.triv)
+        v = T.stiefel_point(bv, mT(x[..., :r, :]), self.triv)
+        sigma = self._sigma(jnp.diagonal(x, axis1=-2, axis2=-1)[..., :r])
+        return self._untall((u * sigma[..., None, :]) @ mT(v), raw)
+
+    def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
+        del update_state
+        return self._compute(variables["state"], x), variables["state"]
+
+    def forward(self, x: Array) -> Array:
+        """The map at the canonical bases (identities), without state."""
+        state = self.init_variables(None, x)["state"]
+        return self._compute(state, x)
+
+    def apply_inverse(self, variables: Variables, value: Array, *, key=None):
+        del key
+        r = self._rank(value)
+        y = self._tall(value)
+        u, sv, vh = jnp.linalg.svd(y, full_matrices=False)
+        if self._fix_det():
+            neg = jnp.linalg.det(u) * jnp.linalg.det(vh) < 0
+            u = T.flip_last_col(u, neg)
+        u_r, v_r, sv_r = u[..., :, :r], mT(vh)[..., :, :r], sv[..., :r]
+        scale = jnp.maximum(1.0, sv[..., :1])
+        s = self._sigma_inverse(sv_r, scale).astype(value.dtype)
+        idx = jnp.arange(r)
+        raw = jnp.zeros_like(y).at[..., idx, idx].set(s)
+        state = {**variables["state"], "base_u": T.complete(u_r), "base_v": T.complete(v_r)}
+        return self._untall(raw, value), state
+
+    def right_inverse(self, value: Array) -> Array:
+        raise NotImplementedError(
+            f"{describe(self)} keeps the singular vectors' base points as state: assign "
+            "through `apply_inverse(variables, value, key=...)` (registration and `assign` do)."
+        )
+
+    def update_base(self, variables: Variables, raw: Array):
+        """Moves both bases to the current factors and zeroes their raw parts; ``s`` and the
+        value are unchanged."""
+        r = self._rank(raw)
+        x = self._tall(raw)
+        state = variables["state"]
+        bu = T.moved_base(state["base_u"], x[..., :, :r], self.triv)
+        bv = T.moved_base(state["base_v"], mT(x[..., :r, :]), self.triv)
+        lower, upper = _masks(*x.shape[-2:], r)
+        x = jnp.where(lower | upper, jnp.zeros_like(x), x)
+        return self._untall(x, raw), {**state, "base_u": bu, "base_v": bv}
+
+    # --- manifold utilities ---------------------------------------------------------------------
+    def in_manifold(self, x: Array, atol: float | None = None) -> Array:
+        r = self._rank(x)
+        atol = T.default_atol(x.dtype) if atol is None else atol
+        sv = jnp.linalg.svd(x, compute_uv=False)
+        tol = atol * jnp.maximum(1.0, sv[..., :1])
+        return jnp.all(self._sv_ok(sv, tol, r, x))
+
+    def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
+        """``U diag(σ(z)) Vᵀ`` with ``U``, ``V`` Haar (det +1 for square full-rank entries)
+        and ``z`` standard normal."""
+        shape = tuple(shape)
+        r = self._rank(jax.ShapeDtypeStruct(shape, dtype))
+        big, small = max(shape[-2:]), min(shape[-2:])
+        batch = shape[:-2]
+        ku, kv, ks = jax.random.split(key, 3)
+        if self._fix_det():
+            u, v = T.haar_special(ku, batch, big, dtype), T.haar_special(kv, batch, small, dtype)
+        else:
+            u, v = T.haar(ku, batch, big, r, dtype), T.haar(kv, batch, small, r, dtype)
+        sigma = self._sample_sigma(ks, batch + (r,), dtype)
+        x = (u * sigma[..., None, :]) @ mT(v)
+        return mT(x) if shape[-2] < shape[-1] else x
+
+
+def _geo_normalise(sigma: Array) -> Array:
+    return sigma * jnp.exp(-jnp.mean(jnp.log(sigma), axis=-1, keepdims=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class LowRank(_SVDFamily):
+    r"""Matrices of rank at most ``rank``: ``X = U diag(s) Vᵀ`` (any real ``s``).
+
+    Shapes ``(..., n, k)``, ``rank <= min(n, k)``. ``apply_inverse`` is the truncated SVD (the
+    nearest matrix of rank ``<= rank``, Eckart–Young). Raw layout and state: module docstring.
+    geotorch's ``LowRank``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from parametrax.catalog.lowrank import LowRank
+    >>> X = LowRank(rank=2).forward(jax.random.normal(jax.random.key(0), (5, 4)))
+    >>> int(jnp.linalg.matrix_rank(X))
+    2
+    """
+
+    rank: int
+    triv: str | Callable = "expm"
+
+    def _sigma(self, s):
+        return s
+
+    def _sigma_inverse(self, sigma, scale):
+        return sigma
+
+    def _sv_ok(self, sv, tol, r, x):
+        return jnp.all(sv[..., r:] <= tol, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedRank(_SVDFamily):
+    r"""Matrices of rank exactly ``rank``: ``X = U diag(f(s)) Vᵀ`` with ``f > 0``.
+
+    Shapes ``(..., n, k)``, ``rank <= min(n, k)``. ``f``: ``"softplus"`` (default), ``"exp"``,
+    a callable or an ``(f, f_inverse)`` pair. ``apply_inverse`` is the truncated SVD with the
+    kept singular values floored at ``eps * max(1, σ_max)``. geotorch's ``FixedRank``.
+    """
+
+    rank: int
+    f: str | Callable | tuple = "softplus"
+    triv: str | Callable = "expm"
+
+    def _sigma(self, s):
+        return S.resolve_scalar_map(self.f).f(s)
+
+    def _sigma_inverse(self, sigma, scale):
+        m = S.resolve_scalar_map(self.f)
+        inv = S.inverse_or_raise(type(self).__name__, m)
+        return inv(S.clip_to_image(m, sigma, jnp.finfo(sigma.dtype).eps * scale))
+
+    def _sv_ok(self, sv, tol, r, x):
+        return jnp.all(sv[..., r:] <= tol, axis=-1) & (sv[..., r - 1] > tol[..., 0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Invertible(_SVDFamily):
+    r"""Square matrices with positive determinant, ``GL⁺(n)``: ``X = U diag(f(s)) Vᵀ`` with
+    ``U, V`` orthogonal of constant ``det U · det V = 1`` and ``f > 0``.
+
+    Shapes ``(..., n, n)``. ``f``: ``"softplus"`` (default), ``"exp"``, a callable or an
+    ``(f, f_inverse)`` pair. ``apply_inverse`` is exact on GL⁺; for ``det X <= 0`` it negates
+    the singular vector of the smallest singular value (and floors singular values at
+    ``eps * max(1, σ_max)``). geotorch's ``GLp``.
+    """
+
+    _square_only = True
+    f: str | Callable | tuple = "softplus"
+    triv: str | Callable = "expm"
+
+    def _fix_det(self):
+        return True
+
+    def _sigma(self, s):
+        return S.resolve_scalar_map(self.f).f(s)
+
+    def _sigma_inverse(self, sigma, scale):
+        m = S.resolve_scalar_map(self.f)
+        inv = S.inverse_or_raise(type(self).__name__, m)
+        return inv(S.clip_to_image(m, sigma, jnp.finfo(sigma.dtype).eps * scale))
+
+    def _sv_ok(self, sv, tol, r, x):
+        sign, _ = jnp.linalg.slogdet(x)
+        return sign > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SL(_SVDFamily):
+    r"""The special linear group ``SL(n)``: ``det X = 1``. ``X = U diag(σ) Vᵀ`` with
+    ``σ = f(s) / (∏ f(s))^{1/n}`` and ``det U · det V = 1``.
+
+    Shapes ``(..., n, n)``. ``f``: ``"softplus"`` (default), ``"exp"`` (then
+    ``σ = exp(s - mean(s))``), a callable or an ``(f, f_inverse)`` pair. ``apply_inverse`` is
+    exact on SL(n); elsewhere it divides the singular values by their geometric mean (and fixes
+    the sign as :class:`Invertible` does). geotorch's ``SL``.
+    """
+
+    _square_only = True
+    f: str | Callable | tuple = "softplus"
+    triv: str | Callable = "expm"
+
+    def _fix_det(self):
+        return True
+
+    def _sigma(self, s):
+        if self.f == "exp":
+            return jnp.exp(s - jnp.mean(s, axis=-1, keepdims=True))
+        return _geo_normalise(S.resolve_scalar_map(self.f).f(s))
+
+    def _sigma_inverse(self, sigma, scale):
+        m = S.resolve_scalar_map(self.f)
+        inv = S.inverse_or_raise(type(self).__name__, m)
+        sigma = S.clip_to_image(m, sigma, jnp.finfo(sigma.dtype).eps * scale)
+        return inv(_geo_normalise(sigma))
+
+    def _sv_ok(self, sv, tol, r, x):
+        sign, logdet = jnp.linalg.slogdet(x)
+        n = x.shape[-1]
+        return (sign > 0) & (jnp.abs(jnp.expm1(logdet)) <= n * tol[..., 0])
+
+
+@dataclasses.dataclass(frozen=True)
+class AlmostOrthogonal(_SVDFamily):
+    r"""Matrices whose singular values lie in ``[1 - lam, 1 + lam]``:
+    ``X = U diag(1 + lam f(s)) Vᵀ`` with ``f`` onto ``[-1, 1]`` (geotorch's
+    ``AlmostOrthogonal``).
+
+    Shapes ``(..., n, k)`` (all ``min(n, k)`` singular values are constrained). ``lam`` in
+    ``(0, 1]``; ``f``: ``"sin"`` (default), ``"tanh"``, ``"scaled_sigmoid"`` (``2σ(x) - 1``),
+    a callable or an ``(f, f_inverse)`` pair. ``apply_inverse`` is exact on the manifold and
+    clips singular values into ``[1 - lam, 1 + lam]`` elsewhere (the nearest such matrix).
+    """
+
+    _f_names = ("sin", "tanh", "scaled_sigmoid")
+    lam: float
+    f: str | Callable | tuple = "sin"
+    triv: str | Callable = "expm"
+
+    def __post_init__(self):
+        super().__post_init__()
+        lam = self.lam
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 < lam <= 1:
+            raise ParametrizationError(
+                f"`AlmostOrthogonal`: `lam` must be a float in (0, 1]; got {lam!r}. (For "
+                "lam = 0, exactly orthogonal matrices, use `Stiefel` or `SO`.)"
+            )
+
+    def _sigma(self, s):
+        return 1.0 + self.lam * S.resolve_scalar_map(self.f).f(s)
+
+    def _sigma_inverse(self, sigma, scale):
+        m = S.resolve_scalar_map(self.f)
+        inv = S.inverse_or_raise(type(self).__name__, m)
+        t = (sigma - 1.0) / self.lam
+        return inv(S.clip_to_image(m, t, jnp.finfo(sigma.dtype).eps))
+
+    def _sv_ok(self, sv, tol, r, x):
+        return jnp.all(jnp.abs(sv - 1.0) <= self.lam + tol, axis=-1)

@@ -1,0 +1,242 @@
+"""Symmetric positive (semi)definite matrices through an eigendecomposition (geotorch's ``PSD``,
+``PSSD``, ``PSSDLowRank``, ``PSSDFixedRank``).
+
+Every entry computes ``A = Q diag(f(λ)) Qᵀ`` with ``Q`` an ``n x r`` matrix with orthonormal
+columns (trivialized at a base point kept as state, as in :mod:`parametrax.catalog.stiefel`) and
+``λ`` the eigenvalue parameters. The raw array is ONE ``(..., n, n)`` array, packed as geotorch
+does: ``λ`` is its diagonal ``raw[..., i, i]`` for ``i < r``; ``Q`` is read from the strict lower
+triangle of its first ``r`` columns; the rest (upper triangle, and the trailing diagonal when
+``r < n``) is unused and gets zero gradient. So the raw value has the constrained value's shape
+(optimizers, sharding annotations and ``leave_parametrized=False`` work unchanged).
+
+State: ``{"base": (..., n, n)}``, an orthogonal matrix. ``apply_inverse(variables, A)``
+symmetrises ``A``, takes its ``r`` largest eigenpairs, moves the base to their eigenvectors and
+stores ``f^{-1}`` of the eigenvalues on the diagonal. Eigenvalues outside the image of ``f`` are
+clipped into it first (for softplus / exp: floored at ``eps * max(1, max|λ|)``): that is the
+projection used when registering a value that is not on the manifold, e.g. a random kernel. ``update_base`` moves the base to the current eigenvectors and zeroes the
+``Q`` part of the raw array, keeping the value.
+
+Scalar maps ``f``: a name from the class's closed table, a hashable callable (then values cannot
+be assigned: no inverse), or a pair ``(f, f_inverse)`` of hashable callables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from parametrax._core import Parametrization, Variables, describe
+from parametrax._numerics import mT
+from parametrax.catalog import _scalar as S
+from parametrax.catalog import _trivialization as T
+
+__all__ = ["PositiveDefinite", "PSD", "PSSD", "PSSDLowRank", "PSSDFixedRank"]
+
+Array = jax.Array
+
+
+def _sym(a: Array) -> Array:
+    return 0.5 * (a + mT(a))
+
+
+def _lower_cols_mask(n: int, k: int, r: int) -> Array:
+    rows = jnp.arange(n)[:, None]
+    cols = jnp.arange(k)[None, :]
+    return (rows > cols) & (cols < r)
+
+
+def _set_diag(x: Array, vals: Array) -> Array:
+    r = vals.shape[-1]
+    idx = jnp.arange(r)
+    return x.at[..., idx, idx].set(vals)
+
+
+class _SymEigen(Parametrization):
+    """Shared implementation: ``Q diag(f(λ)) Qᵀ`` with a trivialized ``Q``."""
+
+    _f_names: tuple[str, ...] = ("softplus", "exp")
+    triv: str | Callable = "expm"
+
+    # subclasses: _rank(n), _fmap() and in-manifold extras
+    def __post_init__(self):
+        owner = type(self).__name__
+        T.check_triv(owner, self.triv)
+        if "rank" in self.__dataclass_fields__:
+            T.check_positive_int(owner, "rank", self.rank)
+        if "f" in self.__dataclass_fields__:
+            S.check_scalar_map(owner, "f", self.f, self._f_names)
+
+    def _fmap(self) -> S.ScalarMap:
+        return S.resolve_scalar_map(getattr(self, "f", "abs"))
+
+    def _rank(self, x: Array) -> int:
+        rank = getattr(self, "rank", None)
+        if rank is None:
+            T.require_square(self, x)
+            return x.shape[-1]
+        T.require_rank(self, x, rank, square=True)
+        return rank
+
+    # --- variables protocol ---------------------------------------------------------------------
+    def init_variables(self, key: Array, value: Array) -> Variables:
+        del key
+        self._rank(value)
+        n = value.shape[-1]
+        return {"params": {}, "state": {"base": T.eye_batch(value.shape[:-2], n, value.dtype)}}
+
+    def _compute(self, base: Array, x: Array) -> Array:
+        r = self._rank(x)
+        n = x.shape[-1]
+        T.require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
+        q = T.stiefel_point(base, x[..., :, :r], self.triv)
+        lam = jnp.diagonal(x, axis1=-2, axis2=-1)[..., :r]
+        w = self._fmap().f(lam)
+        return _sym((q * w[..., None, :]) @ mT(q))
+
+    def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
+        del update_state
+        return self._compute(variables["state"]["base"], x), variables["state"]
+
+    def forward(self, x: Array) -> Array:
+        """The map at the canonical base (the identity), without state."""
+        self._rank(x)
+        return self._compute(T.eye_batch(x.shape[:-2], x.shape[-1], x.dtype), x)
+
+    def apply_inverse(self, variables: Variables, value: Array, *, key=None):
+        del key
+        r = self._rank(value)
+        n = value.shape[-1]
+        m = self._fmap()
+        inv = S.inverse_or_raise(type(self).__name__, m)
+        w, v = jnp.linalg.eigh(_sym(value))
+        w_r, v_r = w[..., n - r :], v[..., :, n - r :]
+        scale = jnp.maximum(1.0, jnp.max(jnp.abs(w), axis=-1, keepdims=True))
+        floor = jnp.finfo(value.dtype).eps * scale
+        lam = inv(S.clip_to_image(m, w_r, floor))
+        raw = _set_diag(jnp.zeros_like(value), lam.astype(value.dtype))
+        return raw, {**variables["state"], "base": T.complete(v_r)}
+
+    def right_inverse(self, value: Array) -> Array:
+        raise NotImplementedError(
+            f"{describe(self)} keeps the eigenvectors' base point as state: assign through "
+            "`apply_inverse(variables, value, key=...)` (registration and `assign` do)."
+        )
+
+    def update_base(self, variables: Variables, x: Array):
+        """Moves the base to the current eigenvectors and zeroes the Q part of ``x``."""
+        r = self._rank(x)
+        n = x.shape[-1]
+        base = variables["state"]["base"]
+        new = T.moved_base(base, x[..., :, :r], self.triv)
+        raw = jnp.where(_lower_cols_mask(n, n, r), jnp.zeros_like(x), x)
+        return raw, {**variables["state"], "base": new}
+
+    # --- manifold utilities ---------------------------------------------------------------------
+    def _eig_ok(self, w: Array, tol: Array, r: int) -> Array:
+        raise NotImplementedError
+
+    def in_manifold(self, x: Array, atol: float | None = None) -> Array:
+        r = self._rank(x)
+        atol = T.default_atol(x.dtype) if atol is None else atol
+        w = jnp.linalg.eigvalsh(_sym(x))
+        scale = jnp.maximum(1.0, jnp.max(jnp.abs(w), axis=-1, keepdims=True))
+        tol = atol * scale
+        sym_ok = jnp.max(jnp.abs(x - mT(x)), axis=(-2, -1)) <= tol[..., 0]
+        return jnp.all(sym_ok & self._eig_ok(w, tol, r))
+
+    def _sample_eigs(self, key: Array, shape: tuple, dtype) -> Array:
+        return self._fmap().f(jax.random.normal(key, shape, dtype))
+
+    def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
+        """``Q diag(f(z)) Qᵀ`` with ``Q`` Haar (n x r) and ``z`` standard normal."""
+        shape = tuple(shape)
+        r = self._rank(jax.ShapeDtypeStruct(shape, dtype))
+        kq, kw = jax.random.split(key)
+        q = T.haar(kq, shape[:-2], shape[-1], r, dtype)
+        w = self._sample_eigs(kw, shape[:-2] + (r,), dtype)
+        return _sym((q * w[..., None, :]) @ mT(q))
+
+
+@dataclasses.dataclass(frozen=True)
+class PositiveDefinite(_SymEigen):
+    r"""Symmetric positive definite matrices: ``A = Q diag(f(λ)) Qᵀ`` with ``f > 0``.
+
+    Shapes ``(..., n, n)``. The eigenvalues of ``A`` are exactly ``f`` of the raw eigenvalue
+    parameters (the raw diagonal, at the canonical base). ``f`` is ``"softplus"`` (default) or
+    ``"exp"`` (or a callable / ``(f, f_inverse)`` pair mapping onto ``(0, inf)``). Raw layout and
+    state: module docstring. ``PSD`` is the same class under geotorch's name (geotorch's
+    ``PSD`` is positive *definite*; for semidefinite use :class:`PSSD`).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from parametrax.catalog.psd import PositiveDefinite
+    >>> x = jnp.diag(jnp.array([-1.0, 0.0, 2.0]))
+    >>> A = PositiveDefinite().forward(x)
+    >>> bool(jnp.allclose(jnp.linalg.eigvalsh(A), jax.nn.softplus(jnp.array([-1.0, 0.0, 2.0]))))
+    True
+    """
+
+    f: str | Callable | tuple = "softplus"
+    triv: str | Callable = "expm"
+
+    def _eig_ok(self, w, tol, r):
+        return jnp.min(w, axis=-1) > 0
+
+
+PSD = PositiveDefinite
+
+
+@dataclasses.dataclass(frozen=True)
+class PSSD(_SymEigen):
+    r"""Symmetric positive semidefinite matrices: ``A = Q diag(|λ|) Qᵀ`` (geotorch's ``PSSD``).
+
+    Shapes ``(..., n, n)``. ``apply_inverse`` clips negative eigenvalues to 0 (the nearest PSSD
+    matrix in the Frobenius norm). Raw layout and state: module docstring.
+    """
+
+    _f_names = ("abs",)
+    triv: str | Callable = "expm"
+
+    def _eig_ok(self, w, tol, r):
+        return jnp.min(w, axis=-1) >= -tol[..., 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class PSSDLowRank(_SymEigen):
+    r"""Symmetric positive semidefinite matrices of rank at most ``rank``:
+    ``A = Q diag(|λ|) Qᵀ`` with ``Q`` ``n x rank`` (geotorch's ``PSSDLowRank``).
+
+    Shapes ``(..., n, n)`` with ``rank <= n``. ``apply_inverse`` keeps the ``rank`` largest
+    eigenpairs, negative ones clipped to 0 (the nearest such matrix in the Frobenius norm).
+    """
+
+    _f_names = ("abs",)
+    rank: int
+    triv: str | Callable = "expm"
+
+    def _eig_ok(self, w, tol, r):
+        n = w.shape[-1]
+        small = jnp.all(jnp.abs(w[..., : n - r]) <= tol, axis=-1) if n > r else True
+        return (jnp.min(w, axis=-1) >= -tol[..., 0]) & small
+
+
+@dataclasses.dataclass(frozen=True)
+class PSSDFixedRank(_SymEigen):
+    r"""Symmetric positive semidefinite matrices of rank exactly ``rank``:
+    ``A = Q diag(f(λ)) Qᵀ`` with ``Q`` ``n x rank`` and ``f > 0`` (softplus by default; geotorch's
+    ``PSSDFixedRank``).
+
+    Shapes ``(..., n, n)`` with ``rank <= n``. ``in_manifold`` checks that the ``n - rank``
+    smallest eigenvalues are 0 and the others positive, to ``atol * max(1, |A|)``.
+    """
+
+    rank: int
+    f: str | Callable | tuple = "softplus"
+    triv: str | Callable = "expm"
+
+    def _eig_ok(self, w, tol, r):
+        n = w.shape[-1]
+        small = jnp.all(jnp.abs(w[..., : n - r]) <= tol, axis=-1) if n > r else True
+        return (w[..., n - r] > tol[..., 0]) & small

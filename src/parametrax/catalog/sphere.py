@@ -1,0 +1,182 @@
+"""Spheres: vectors (rows, columns, or whole tensors) of a fixed norm (geotorch's ``Sphere`` and
+``SphereEmbedded``).
+
+``axis`` names the axes the norm is taken over, as in ``jnp.linalg.norm``: ``-1`` (default)
+makes every vector along the last axis a point of the sphere (the rows of a matrix), ``-2`` the
+columns (each output unit's weight vector of a Flax ``(in, out)`` Dense kernel), ``(-2, -1)``
+every matrix, ``None`` the whole tensor. Use negative axes so that extra leading (batch) axes
+broadcast; ``axis=None`` normalises everything, batch axes included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from parametrax._core import Parametrization, Variables, describe
+from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
+from parametrax._numerics import safe_norm
+from parametrax.catalog import _trivialization as T
+
+__all__ = ["Sphere", "SphereEmbedded"]
+
+Array = jax.Array
+
+
+def _check_radius_axis(owner: str, radius, axis) -> None:
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
+        raise ParametrizationError(f"`{owner}`: `radius` must be a positive float; got {radius!r}.")
+    ok = axis is None or (isinstance(axis, int) and not isinstance(axis, bool))
+    if isinstance(axis, tuple):
+        ok = len(axis) > 0 and all(isinstance(a, int) and not isinstance(a, bool) for a in axis)
+    if not ok:
+        raise ParametrizationTypeError(
+            f"`{owner}`: `axis` must be an int, a non-empty tuple of ints or None (the whole "
+            f"tensor); got {axis!r}. (Use a tuple, not a list: the configuration must be "
+            "hashable.)"
+        )
+
+
+class _SphereBase(Parametrization):
+    radius: float = 1.0
+    axis: int | tuple[int, ...] | None = -1
+
+    def __post_init__(self):
+        _check_radius_axis(type(self).__name__, self.radius, self.axis)
+
+    def _axes(self, x: Array) -> tuple[int, ...]:
+        T.require_real_float(self, x)
+        if self.axis is None:
+            return tuple(range(x.ndim))
+        axes = (self.axis,) if isinstance(self.axis, int) else self.axis
+        out = []
+        for a in axes:
+            if not -x.ndim <= a < x.ndim or x.ndim == 0:
+                raise ShapeError(
+                    f"{describe(self)}: `axis`={self.axis!r} is out of range for an array of "
+                    f"shape {tuple(x.shape)} ({x.ndim} dimension(s))."
+                )
+            out.append(a % x.ndim)
+        if len(set(out)) != len(out):
+            raise ShapeError(f"{describe(self)}: `axis`={self.axis!r} repeats an axis.")
+        return tuple(out)
+
+    def _norm(self, x: Array) -> Array:
+        return safe_norm(x, axis=self._axes(x), keepdims=True)
+
+    def _unit(self, x: Array) -> Array:
+        n = self._norm(x)
+        return x / jnp.where(n > 0, n, jnp.ones_like(n))
+
+    def in_manifold(self, x: Array, atol: float | None = None) -> Array:
+        """Whether every vector has norm ``radius`` to ``atol * max(1, radius)``."""
+        atol = T.default_atol(x.dtype) if atol is None else atol
+        err = jnp.abs(self._norm(x) - self.radius)
+        return jnp.all(err <= atol * max(1.0, float(self.radius)))
+
+    def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
+        """Uniform on the sphere (a normalised Gaussian), scaled by ``radius``."""
+        g = jax.random.normal(key, tuple(shape), dtype)
+        return self.radius * self._unit(g)
+
+
+@dataclasses.dataclass(frozen=True)
+class SphereEmbedded(_SphereBase):
+    r"""The sphere by projection: ``x -> radius * x / ||x||`` (norm over ``axis``).
+
+    Shapes: any; ``axis`` as in the module docstring. ``right_inverse(y) = y`` is exact on the
+    sphere (it projects any other non-zero value). The zero vector maps to zero (off the
+    sphere; its gradient is 0, not NaN). geotorch's ``SphereEmbedded``.
+
+    >>> import jax.numpy as jnp
+    >>> from parametrax.catalog.sphere import SphereEmbedded
+    >>> y = SphereEmbedded(radius=2.0)(jnp.array([[3.0, 4.0], [1.0, 0.0]]))
+    >>> y.tolist()
+    [[1.2000000476837158, 1.600000023841858], [2.0, 0.0]]
+    """
+
+    radius: float = 1.0
+    axis: int | tuple[int, ...] | None = -1
+
+    def forward(self, x: Array) -> Array:
+        return self.radius * self._unit(x)
+
+    def right_inverse(self, value: Array) -> Array:
+        self._axes(value)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Sphere(_SphereBase):
+    r"""The sphere by the exponential map at a base point ``b`` (state, unit norm):
+
+    ``y = radius * (cos(|v|) b + sin(|v|) v / |v|)``, ``v = x - <x, b> b``
+
+    (the raw ``x`` projected onto the tangent space at ``b``; norms and inner products over
+    ``axis``). ``apply_inverse`` moves ``b`` to ``value / |value|`` and returns raw zeros: exact
+    on the sphere. ``update_base`` moves ``b`` to the current point. Gradients are finite at
+    ``v = 0`` (``sinc`` and a safe norm). geotorch's ``Sphere``.
+
+    Shapes: any; ``axis`` as in the module docstring. Without state, :meth:`forward` uses the
+    base ``b = e_0`` (the first coordinate vector along ``axis``).
+    """
+
+    radius: float = 1.0
+    axis: int | tuple[int, ...] | None = -1
+
+    def init_variables(self, key: Array, value: Array) -> Variables:
+        del key
+        return {"params": {}, "state": {"base": self._canonical(value)}}
+
+    def _canonical(self, x: Array) -> Array:
+        axes = self._axes(x)
+        idx = jnp.ones((), bool)
+        for a in axes:
+            shape = [1] * x.ndim
+            shape[a] = x.shape[a]
+            idx = idx & (jnp.arange(x.shape[a]).reshape(shape) == 0)
+        return jnp.broadcast_to(idx, x.shape).astype(x.dtype)
+
+    def _exp(self, base: Array, x: Array) -> Array:
+        axes = self._axes(x)
+        try:
+            ok = jnp.broadcast_shapes(base.shape, x.shape) == tuple(x.shape)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ShapeError(
+                f"{describe(self)}: the base point `state['base']` has shape "
+                f"{tuple(base.shape)}; expected {tuple(x.shape)}, the raw array's shape (or a "
+                "shape that broadcasts to it)."
+            )
+        v = x - jnp.sum(x * base, axis=axes, keepdims=True) * base
+        t = safe_norm(v, axis=axes, keepdims=True)
+        return jnp.cos(t) * base + jnp.sinc(t / jnp.pi) * v
+
+    def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
+        del update_state
+        return self.radius * self._exp(variables["state"]["base"], x), variables["state"]
+
+    def forward(self, x: Array) -> Array:
+        return self.radius * self._exp(self._canonical(x), x)
+
+    def apply_inverse(self, variables: Variables, value: Array, *, key=None):
+        del key
+        unit = self._unit(value)
+        # A zero vector has no direction: keep the old base there.
+        zero = self._norm(value) == 0
+        base = jnp.where(zero, variables["state"]["base"], unit)
+        return jnp.zeros_like(value), {**variables["state"], "base": base}
+
+    def right_inverse(self, value: Array) -> Array:
+        raise NotImplementedError(
+            f"{describe(self)} keeps its base point as state: assign through `apply_inverse` "
+            "(registration and `assign` do). For a stateless sphere use `SphereEmbedded`."
+        )
+
+    def update_base(self, variables: Variables, x: Array):
+        """``(zeros, state with base <- current point / radius)``; the value is unchanged."""
+        y = self._exp(variables["state"]["base"], x)
+        return jnp.zeros_like(x), {**variables["state"], "base": self._unit(y)}

@@ -1,0 +1,241 @@
+"""The orthogonal-group family (geotorch's ``SO``, ``Stiefel``, ``Grassmannian``), trivialized with
+a base point kept as state.
+
+Every entry here owns state (the variables protocol of :class:`parametrax.Parametrization`)::
+
+    variables = p.init_variables(key, W)            # {"params": {}, "state": {"base": (..., N, N)}}
+    raw, state = p.apply_inverse(variables, W, key=key)   # base <- W (projected), raw <- 0
+    Q, _ = p.apply({"params": {}, "state": state}, raw)   # Q == W, exactly, for W on the manifold
+
+The forward map is ``Q = (B @ triv(A))[..., :, :K]`` with ``B`` the base (an ``N x N``
+orthogonal matrix, ``N = max(n, k)``, ``K = min(n, k)``) and ``A`` the ``N x N`` skew matrix
+``[[S, -Cᵀ], [C, 0]]`` read from the raw array: ``S`` (K x K) from the strict lower triangle of
+its top block and ``C`` from its bottom ``N - K`` rows. The raw array has the value's shape; its
+upper triangle (diagonal included) is unused and gets zero gradient. Wide matrices (n < k) are
+handled transposed (orthonormal rows), tall ones have orthonormal columns: the constraint sits on
+the smaller side, as in torch and geotorch, so a Flax ``(in, out)`` kernel and a torch
+``(out, in)`` weight get the same constraint.
+
+``triv`` is ``"expm"`` (the matrix exponential, surjective), ``"cayley"``
+(``(I - A/2)^{-1}(I + A/2)``, cheaper, misses rotations by π) or any hashable callable mapping
+one ``N x N`` skew matrix to an orthogonal one (it is vmapped over leading axes).
+
+Dynamic trivialization (geotorch's ``update_base``): ``p.update_base(variables, raw)`` returns
+``(zeros, {"base": B @ triv(A)})``: the base moves to the current point and the raw array is
+reset, the constrained value is unchanged. On whole trees, use
+:func:`parametrax.catalog.manifolds.update_base`, which works inside ``jax.jit`` (``when=``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from parametrax._core import Parametrization, Variables, describe
+from parametrax._numerics import mT
+from parametrax.catalog import _trivialization as T
+
+__all__ = ["Stiefel", "SO", "Grassmannian"]
+
+Array = jax.Array
+
+
+class _OrthogonalFamily(Parametrization):
+    """Shared implementation; subclasses set the three class flags below."""
+
+    _square_only = False  # SO
+    _special = False  # det +1 (SO)
+    _horizontal = False  # Grassmannian: no rotation within the subspace
+    triv: str | Callable = "expm"
+
+    def __post_init__(self):
+        T.check_triv(type(self).__name__, self.triv)
+
+    # --- shapes ---------------------------------------------------------------------------------
+    def _check(self, x: Array) -> None:
+        if self._square_only:
+            T.require_square(
+                self, x, " For orthonormal columns of a non-square matrix use `Stiefel`."
+            )
+        else:
+            T.require_matrix(self, x)
+
+    @staticmethod
+    def _wide(x: Array) -> bool:
+        return x.shape[-2] < x.shape[-1]
+
+    def _tall(self, x: Array) -> Array:
+        return mT(x) if self._wide(x) else x
+
+    # --- the variables protocol -----------------------------------------------------------------
+    def init_variables(self, key: Array, value: Array) -> Variables:
+        """The canonical base (the identity); :meth:`apply_inverse` moves it to a value."""
+        del key
+        self._check(value)
+        n = max(value.shape[-2:])
+        return {"params": {}, "state": {"base": T.eye_batch(value.shape[:-2], n, value.dtype)}}
+
+    def _base(self, variables: Variables, x: Array) -> Array:
+        base = variables["state"]["base"]
+        n = max(x.shape[-2:])
+        T.require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
+        return base
+
+    def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
+        del update_state
+        self._check(x)
+        base = self._base(variables, x)
+        q = T.stiefel_point(base, self._tall(x), self.triv, horizontal=self._horizontal)
+        return (mT(q) if self._wide(x) else q), variables["state"]
+
+    def forward(self, x: Array) -> Array:
+        """The map at the canonical base ``B = I``: ``triv(A)[..., :, :K]`` (no state)."""
+        self._check(x)
+        n = max(x.shape[-2:])
+        base = T.eye_batch(x.shape[:-2], n, x.dtype)
+        return self.apply({"params": {}, "state": {"base": base}}, x)[0]
+
+    def project(self, value: Array) -> Array:
+        """The nearest point of the manifold (polar factor; SO: special polar); a value already
+        on it (to ``100 eps``) is returned unchanged."""
+        self._check(value)
+        y = self._tall(value)
+        if self._special:
+            proj = T.special_polar(y)
+            ok = (T.orthonormality_error(y) <= T.on_manifold_tol(y.dtype)) & (jnp.linalg.det(y) > 0)
+        else:
+            proj = T.polar(y)
+            ok = T.orthonormality_error(y) <= T.on_manifold_tol(y.dtype)
+        out = T.keep_or_project(y, proj, ok)
+        return mT(out) if self._wide(value) else out
+
+    def apply_inverse(self, variables: Variables, value: Array, *, key=None):
+        """Moves the base to ``value`` (projected onto the manifold) and returns raw zeros:
+        exact for every point of the manifold."""
+        del key
+        self._check(value)
+        y = self._tall(self.project(value))
+        base = T.complete(y)
+        return jnp.zeros_like(value), {**variables["state"], "base": base}
+
+    def right_inverse(self, value: Array) -> Array:
+        raise NotImplementedError(
+            f"{describe(self)} is trivialized at a base point kept as state: assign through "
+            "`apply_inverse(variables, value, key=...)` (registration and `assign` do), which "
+            "moves the base to the value. Without a base there is no right inverse for "
+            f"triv={T.triv_name(self.triv)!r} (torch's `orthogonal` refuses this too)."
+        )
+
+    def update_base(self, variables: Variables, x: Array):
+        """Dynamic trivialization: ``(zeros, state with base <- B @ triv(A))``; the value is
+        unchanged (one Newton–Schulz step also removes rounding drift from the new base)."""
+        self._check(x)
+        base = self._base(variables, x)
+        new = T.moved_base(base, self._tall(x), self.triv, horizontal=self._horizontal)
+        return jnp.zeros_like(x), {**variables["state"], "base": new}
+
+    # --- manifold utilities ---------------------------------------------------------------------
+    def in_manifold(self, x: Array, atol: float | None = None) -> Array:
+        """Whether every matrix of ``x`` has orthonormal columns (rows if wide) to ``atol``
+        (``max |XᵀX - I| <= atol``; SO also needs ``det > 0``). A traced boolean scalar."""
+        self._check(x)
+        atol = T.default_atol(x.dtype) if atol is None else atol
+        y = self._tall(x)
+        ok = T.orthonormality_error(y) <= atol
+        if self._special:
+            ok = ok & (jnp.linalg.det(y) > 0)
+        return jnp.all(ok)
+
+    def sample(self, key: Array, shape, dtype=jnp.float32, init: str = "uniform") -> Array:
+        """A random point of shape ``shape``.
+
+        ``init="uniform"``: Haar measure (sign-fixed QR of a Gaussian matrix; SO: det +1);
+        ``init="torus"``: geotorch's torus initialisation for recurrent kernels (block-diagonal
+        2x2 rotations by angles ``U(-π, π)``; for non-square shapes, the first ``K`` columns).
+        """
+        T.check_init(self, init)
+        shape = tuple(shape)
+        self._check(jax.ShapeDtypeStruct(shape, dtype))
+        n, k = max(shape[-2:]), min(shape[-2:])
+        batch = shape[:-2]
+        if init == "torus":
+            q = T.torus(key, batch, n, dtype)[..., :, :k]
+        elif self._special:
+            q = T.haar_special(key, batch, n, dtype)
+        else:
+            q = T.haar(key, batch, n, k, dtype)
+        return mT(q) if shape[-2] < shape[-1] else q
+
+
+@dataclasses.dataclass(frozen=True)
+class Stiefel(_OrthogonalFamily):
+    r"""Matrices with orthonormal columns (tall, ``n >= k``) or rows (wide): the Stiefel
+    manifold ``V(max, min)``; square matrices give the orthogonal group O(n) (the determinant of
+    the base point is kept; use :class:`SO` to pin it to +1).
+
+    ``Q = (B @ triv(A))[..., :, :k]`` with ``B`` a base point (state) and ``A`` skew, read from
+    the raw array (module docstring). Shapes ``(..., n, k)``; leading axes are batch axes.
+    ``apply_inverse`` is exact on the manifold and projects (polar factor) elsewhere, so
+    registering a random kernel starts from its nearest orthonormal matrix. geotorch's
+    ``Stiefel`` / ``orthogonal``; Lezcano-Casado & Martínez-Rubio 2019.
+
+    Args:
+      triv: ``"expm"``, ``"cayley"`` or a hashable callable ``Skew(N) -> SO(N)``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from parametrax.catalog.stiefel import Stiefel
+    >>> p = Stiefel()
+    >>> W = jax.random.normal(jax.random.key(0), (5, 3))
+    >>> variables = p.init_variables(jax.random.key(1), W)
+    >>> raw, state = p.apply_inverse(variables, W)
+    >>> Q, _ = p.apply({"params": {}, "state": state}, raw + 0.1)
+    >>> bool(p.in_manifold(Q))
+    True
+    """
+
+    triv: str | Callable = "expm"
+
+
+@dataclasses.dataclass(frozen=True)
+class SO(_OrthogonalFamily):
+    r"""The special orthogonal group ``SO(n)``: square orthogonal matrices with ``det = +1``.
+
+    ``Q = B @ triv(A)``, ``A = L - Lᵀ`` with ``L`` the strict lower triangle of the raw
+    ``(..., n, n)`` array and ``B`` a base point in SO(n) kept as state. ``apply_inverse`` is
+    exact on SO(n) and projects elsewhere (the special polar factor: polar decomposition with
+    the last singular vector flipped when the determinant is negative). geotorch's ``SO``.
+
+    Args:
+      triv: ``"expm"``, ``"cayley"`` or a hashable callable ``Skew(n) -> SO(n)``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from parametrax.catalog.stiefel import SO
+    >>> Q = SO().forward(jax.random.normal(jax.random.key(0), (4, 4)))
+    >>> bool(jnp.allclose(jnp.linalg.det(Q), 1.0, atol=1e-5))
+    True
+    """
+
+    _square_only = True
+    _special = True
+    triv: str | Callable = "expm"
+
+
+@dataclasses.dataclass(frozen=True)
+class Grassmannian(_OrthogonalFamily):
+    r"""The Grassmannian ``Gr(n, k)`` of ``k``-dimensional subspaces of ``R^n``, represented by
+    matrices with orthonormal columns (rows if wide) spanning the subspace.
+
+    ``Q = (B @ triv(A))[..., :, :k]`` with ``A = [[0, -Cᵀ], [C, 0]]``: only the bottom
+    ``n - k`` rows of the raw array are used (the horizontal directions), so the parametrization
+    moves the subspace and never rotates within it. ``in_manifold`` checks orthonormality of the
+    representative. geotorch's ``Grassmannian``.
+
+    Args:
+      triv: ``"expm"``, ``"cayley"`` or a hashable callable ``Skew(N) -> SO(N)``.
+    """
+
+    _horizontal = True
+    triv: str | Callable = "expm"
