@@ -1,8 +1,13 @@
 """Small shared test utilities (tolerances are named per dtype, never library defaults)."""
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import parametrax as px
 
 ATOL = {jnp.float32: 1e-5, jnp.float64: 1e-12}
 F32_ATOL = 1e-5
@@ -27,3 +32,35 @@ def skew_error(a):
 
 def normal(seed, shape, dtype=jnp.float32):
     return jax.random.normal(jax.random.key(seed), shape, dtype)
+
+
+# --- test-local parametrizations and modules shared by several test files -----------------------
+@dataclasses.dataclass(frozen=True)
+class Double(px.Parametrization):
+    """X -> 2 X, with an exact right inverse."""
+
+    def forward(self, x):
+        return 2 * x
+
+    def right_inverse(self, y):
+        return y / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class RankOne(px.Parametrization):
+    """PyTorch's test RankOne: forward(x, y) = x y^T (two raw arrays, original0 and original1);
+    right_inverse projects onto rank one through the SVD."""
+
+    def forward(self, x, y):
+        return x[..., :, None] * y[..., None, :]
+
+    def right_inverse(self, z):
+        u, s, vh = jnp.linalg.svd(z, full_matrices=False)
+        r = jnp.sqrt(s[..., 0])
+        return u[..., :, 0] * r, vh[..., 0, :] * r
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(4)(nn.relu(nn.Dense(4)(x)))

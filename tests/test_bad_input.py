@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 import parametrax as px
+
+from _helpers import MLP, RankOne
 from parametrax import Parametrized, cayley, skew
 from parametrax import tree as ptree
 
@@ -41,25 +43,6 @@ def unchanged(*trees):
         for (i0, v0), (i1, v1) in zip(leaves, now):
             assert i0 == i1, "a leaf was replaced in place"
             np.testing.assert_array_equal(v0, v1)
-
-
-class MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(4)(nn.relu(nn.Dense(4)(x)))
-
-
-@dataclasses.dataclass(frozen=True)
-class RankOne(px.Parametrization):
-    """forward(x, y) = x y^T: two raw arrays (original0, original1)."""
-
-    def forward(self, x, y):
-        return x[..., :, None] * y[..., None, :]
-
-    def right_inverse(self, z):
-        u, s, vh = jnp.linalg.svd(z, full_matrices=False)
-        r = jnp.sqrt(s[..., 0])
-        return u[..., :, 0] * r, vh[..., 0, :] * r
 
 
 @dataclasses.dataclass(frozen=True)

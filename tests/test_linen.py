@@ -12,30 +12,10 @@ import pytest
 import parametrax as px
 from parametrax import Parametrized, cayley, skew
 
-from _helpers import normal, orthogonality_error, skew_error, symmetry_error
+from _helpers import Double, MLP, normal, orthogonality_error, RankOne, skew_error, symmetry_error
 
 KEY = jax.random.key(0)
 X3 = jnp.ones((2, 3))
-
-
-@dataclasses.dataclass(frozen=True)
-class Double(px.Parametrization):
-    def forward(self, x):
-        return 2 * x
-
-    def right_inverse(self, y):
-        return y / 2
-
-
-@dataclasses.dataclass(frozen=True)
-class RankOne(px.Parametrization):
-    def forward(self, x, y):
-        return x[..., :, None] * y[..., None, :]
-
-    def right_inverse(self, z):
-        u, s, vh = jnp.linalg.svd(z, full_matrices=False)
-        r = jnp.sqrt(s[..., 0])
-        return u[..., :, 0] * r, vh[..., 0, :] * r
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +47,6 @@ class Counter(px.Parametrization):
 
     def apply_inverse(self, variables, value, *, key=None):
         return value, variables["state"]
-
-
-class MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Dense(4)(x))
-        return nn.Dense(4)(x)
 
 
 def shapes(tree):

@@ -12,7 +12,7 @@ import pytest
 import parametrax as px
 from parametrax import tree as ptree
 
-from _helpers import normal, orthogonality_error
+from _helpers import Double, normal, orthogonality_error, RankOne
 
 KEY = jax.random.key(0)
 
@@ -23,28 +23,6 @@ def mlp_params():
         "Dense_1": {"kernel": normal(1, (3, 3)), "bias": jnp.ones(3)},
         "scale": jnp.float32(2.0),
     }
-
-
-@dataclasses.dataclass(frozen=True)
-class Double(px.Parametrization):
-    def forward(self, x):
-        return 2 * x
-
-    def right_inverse(self, y):
-        return y / 2
-
-
-@dataclasses.dataclass(frozen=True)
-class RankOne(px.Parametrization):
-    """PyTorch's test RankOne: forward(x, y) = x y^T; right_inverse by the SVD."""
-
-    def forward(self, x, y):
-        return x[..., :, None] * y[..., None, :]
-
-    def right_inverse(self, z):
-        u, s, vh = jnp.linalg.svd(z, full_matrices=False)
-        r = jnp.sqrt(s[..., 0])
-        return u[..., :, 0] * r, vh[..., 0, :] * r
 
 
 @dataclasses.dataclass(frozen=True)
