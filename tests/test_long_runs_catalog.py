@@ -85,3 +85,19 @@ def test_weight_norm_at_exactly_zero_has_finite_gradients():
     for leaf in grads:
         assert bool(jnp.all(jnp.isfinite(leaf)))
     np.testing.assert_array_equal(wn.forward(g, v), jnp.zeros((4, 3)))
+
+
+def test_spectral_norm_of_an_all_zero_matrix_is_zero_with_finite_gradients():
+    # torch divides by sigma = 0 and returns NaN; we return the zero matrix.
+    from parametrax import tree as ptree
+
+    sn = px.SpectralNorm()
+    raw, st = ptree.register({"w": sn}, {"w": jnp.zeros((3, 4))}, key=KEY)
+    np.testing.assert_array_equal(ptree.constrain({"w": sn}, raw, st)["w"], jnp.zeros((3, 4)))
+    g = jax.grad(lambda r: jnp.sum(ptree.forward({"w": sn}, r, st, update_state=True)[0]["w"]))(raw)
+    assert bool(jnp.all(jnp.isfinite(g["parametrizations"]["w"]["original"])))
+    # A non-zero matrix is unaffected: its largest singular value becomes 1.
+    w = jax.random.normal(KEY, (3, 4))
+    raw, st = ptree.register({"w": sn}, {"w": w}, key=KEY)
+    out = ptree.constrain({"w": sn}, raw, st)["w"]
+    np.testing.assert_allclose(np.linalg.svd(np.asarray(out), compute_uv=False)[0], 1.0, rtol=1e-4)

@@ -168,7 +168,8 @@ class SpectralNorm(Parametrization):
     complex with a vanishing imaginary part) and is not passed through ``abs``, as in torch.
     ``normalize(x) = x / max(||x||, eps)``. A 1-D ``W`` is simply normalised,
     ``W / max(||W||, eps)``, with no state. The right inverse is the identity (torch's), so
-    assigning ``W`` reads back ``W / sigma(W)``.
+    assigning ``W`` reads back ``W / sigma(W)``. Where ``sigma`` is exactly 0 (an all-zero
+    ``W``) the value is returned unchanged, with finite gradients, instead of torch's NaN.
 
     Layouts: the default ``axis=-1`` is the output axis of Flax ``Dense``/``Conv``/
     ``ConvTranspose`` kernels, so ``Parametrized(nn.Conv, {"kernel": SpectralNorm()})`` is
@@ -254,7 +255,11 @@ class SpectralNorm(Parametrization):
         u, v = lax.stop_gradient(u), lax.stop_gradient(v)
         sigma = jnp.vdot(u, jnp.matmul(mat, v, precision=_HIGHEST), precision=_HIGHEST)
         new_state = {**state, "u": u, "v": v} if update_state else state
-        return w / sigma, new_state
+        # sigma is exactly 0 only when W_mat v = 0 (an all-zero W, or u, v orthogonal to its
+        # range). torch returns 0/0 = NaN there; we return W unchanged (zeros for a zero W)
+        # with finite gradients, so a zero-initialised layer cannot poison a run.
+        safe_sigma = jnp.where(sigma == 0, jnp.ones_like(sigma), sigma)
+        return w / safe_sigma, new_state
 
     def _stored(self, state, mat: Array) -> tuple[Array, Array]:
         if "u" not in state or "v" not in state:
