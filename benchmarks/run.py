@@ -1,0 +1,408 @@
+"""The parametrax benchmark suite: ``python benchmarks/run.py`` (``--quick`` for a smoke run).
+
+Times one full training step (forward, backward, optimizer update) of each workload three
+ways in the same process, interleaved: parametrax, the same model hand-written in plain JAX
+(the constraint inlined and computed once per step: the zero-overhead limit), and PyTorch's
+``torch.nn.utils.parametrizations`` with and without ``parametrize.cached()`` when torch is
+importable. Writes ``results.json``, ``results.md`` and ``results.png`` next to this file (or
+to ``--out``). Full run: under 10 minutes on 2 CPU cores; ``--quick``: under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import resource
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import jax  # noqa: E402
+
+import sweeps  # noqa: E402
+import workloads as W  # noqa: E402
+from _harness import measure  # noqa: E402
+
+FULL = {
+    "rounds": 7,
+    "round_s": 0.4,
+    "w1_sizes": (64, 256, 512),
+    "w1_tutorial_sizes": (256, 512),
+    "w2": {"hidden": 256, "inputs": 32, "steps": 100, "batch": 64},
+    "w3": {"channels": 64, "size": 32, "batch": 64},
+    "w4": {"width": 512, "depth": 3, "inputs": 784, "batch": 256},
+    "map_sizes": (32, 64, 128, 256, 512, 1024),
+    "householder_max": 512,
+    "map_rounds": 5,
+    "map_round_s": 0.15,
+    "depths": (1, 4, 16, 64),
+}
+QUICK = {  # a smoke run of every part: tiny sizes, one configuration per workload
+    "rounds": 3,
+    "round_s": 0.05,
+    "w1_sizes": (64,),
+    "w1_tutorial_sizes": (),
+    "no_unparametrized": True,
+    "w2": {"hidden": 64, "inputs": 8, "steps": 20, "batch": 16},
+    "w3": {"channels": 16, "size": 16, "batch": 16},
+    "w4": {"width": 128, "depth": 3, "inputs": 64, "batch": 64},
+    "map_sizes": (32,),
+    "householder_max": 32,
+    "map_rounds": 3,
+    "map_round_s": 0.03,
+    "depths": (1,),
+}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": round(mem_gb, 1) if mem_gb else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    import flax
+    import optax
+
+    info["flax"] = flax.__version__
+    info["optax"] = optax.__version__
+    if W.HAVE_TORCH:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def workload_list(cfg: dict, torch_ok: bool):
+    out = []
+    for m in ("matrix_exp", "cayley"):
+        for n in cfg["w1_sizes"]:
+            out.append((f"W1 Dense {n}x{n} orthogonal ({m})", "W1",
+                        lambda n=n, m=m: W.w1_dense(n, m, torch_ok=torch_ok)))
+    for n in cfg["w1_tutorial_sizes"]:
+        out.append((f"W1 Dense {n}x{n} [Skew, Cayley] (tutorial chain)", "W1",
+                    lambda n=n: W.w1_dense(n, "tutorial_cayley", torch_ok=torch_ok)))
+    w2 = cfg["w2"]
+    out.append((f"W2 RNN h={w2['hidden']} T={w2['steps']} orthogonal (matrix_exp)", "W2",
+                lambda: W.w2_rnn(**w2, torch_ok=torch_ok)))
+    w3 = cfg["w3"]
+    out.append((f"W3 disc 3 conv x{w3['channels']} + spectral norm", "W3",
+                lambda: W.w3_disc(spectral=True, **w3, torch_ok=torch_ok)))
+    if not cfg.get("no_unparametrized"):
+        out.append((f"W3 disc 3 conv x{w3['channels']} (no SN)", "W3",
+                    lambda: W.w3_disc(spectral=False, **w3, torch_ok=torch_ok)))
+    w4 = cfg["w4"]
+    out.append((f"W4 MLP {w4['depth']}x{w4['width']} + weight norm", "W4",
+                lambda: W.w4_mlp(weight_norm=True, **w4, torch_ok=torch_ok)))
+    if not cfg.get("no_unparametrized"):
+        out.append((f"W4 MLP {w4['depth']}x{w4['width']} (no WN)", "W4",
+                    lambda: W.w4_mlp(weight_norm=False, **w4, torch_ok=torch_ok)))
+    return out
+
+
+def progress(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(cfg: dict, torch_ok: bool, only: set[str] | None) -> dict:
+    results = {"machine": machine(), "config": {k: v for k, v in cfg.items()}, "load_start": load()}
+    t_all = time.perf_counter()
+    results["workloads"] = []
+    if only is None or only & {"W1", "W2", "W3", "W4"}:
+        for title, group, build in workload_list(cfg, torch_ok):
+            if only is not None and group not in only:
+                continue
+            t0 = time.perf_counter()
+            runners = build()
+            gap = W.check_losses(title, runners)
+            timing = measure(runners, rounds=cfg["rounds"], round_s=cfg["round_s"])
+            entry = {"title": title, "group": group, "loss_gap": gap, "runners": []}
+            for r in runners:
+                entry["runners"].append({
+                    "name": r.name, "loss0": r.loss0, "compile_s": r.compile_s,
+                    "mem_mb": r.mem_mb, **timing[r.name],
+                })
+            results["workloads"].append(entry)
+            best = {r["name"]: r["median_s"] * 1e3 for r in entry["runners"]}
+            progress(f"[{time.perf_counter() - t0:5.1f}s] {title}: "
+                     + ", ".join(f"{k} {v:.2f} ms" for k, v in best.items()))
+    results["maps"] = {}
+    if only is None or "maps" in only:
+        for n in cfg["map_sizes"]:
+            t0 = time.perf_counter()
+            results["maps"][n] = sweeps.map_cost(
+                n, rounds=cfg["map_rounds"] if n < 512 else min(3, cfg["map_rounds"]),
+                round_s=cfg["map_round_s"],
+                householder_max=cfg["householder_max"], torch_ok=torch_ok)
+            progress(f"[{time.perf_counter() - t0:5.1f}s] map cost n={n}: "
+                     + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in results["maps"][n].items()))
+    results["compile"] = {}
+    if only is None or "compile" in only:
+        for d in cfg["depths"]:
+            t0 = time.perf_counter()
+            results["compile"][d] = sweeps.compile_time(d)
+            res = results["compile"][d]
+            progress(f"[{time.perf_counter() - t0:5.1f}s] compile, {d} orthogonal layers: "
+                     + ", ".join(f"{k} {v['total_s']:.2f} s" for k, v in res.items()))
+    results["load_end"] = load()
+    results["total_s"] = time.perf_counter() - t_all
+    results["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+def _ms(s):
+    return f"{s * 1e3:.2f}" if s is not None else "—"
+
+
+def _find(entry, prefix):
+    for r in entry["runners"]:
+        if r["name"].startswith(prefix):
+            return r
+    return None
+
+
+def summary_rows(results: dict) -> list[dict]:
+    rows = []
+    for e in results["workloads"]:
+        lib = _find(e, W.PX) or _find(e, "flax")
+        ref = _find(e, W.JAX)
+        torch_rs = [r for r in e["runners"] if r["name"].startswith("torch")]
+        best_torch = min(torch_rs, key=lambda r: r["median_s"]) if torch_rs else None
+        plain_torch = [r for r in torch_rs if "cached" not in r["name"]]
+        rows.append({
+            "title": e["title"],
+            "lib": lib,
+            "ref": ref,
+            "ratio": lib["median_s"] / ref["median_s"],
+            "torch_best": best_torch,
+            "torch_plain": min(plain_torch, key=lambda r: r["median_s"]) if plain_torch else None,
+        })
+    return rows
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "# parametrax benchmarks",
+        "",
+        "Generated by `python benchmarks/run.py`"
+        + (" --quick" if results.get("quick") else "")
+        + f" on {m['date']} in {results['total_s']:.0f} s. Do not edit by hand.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('ram_gb')} GB RAM, {m['os']}; "
+        f"Python {m['python']}, JAX {m['jax']} ({m['jax_backend']}), flax {m['flax']}, "
+        f"optax {m['optax']}"
+        + (f", PyTorch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m else "")
+        + f". Load average (1 min) {results['load_start']:.2f} at the start, "
+        f"{results['load_end']:.2f} at the end. Peak RSS of the whole run "
+        f"{results['maxrss_mb']:.0f} MB.",
+        "",
+        "Method: one full training step (forward, backward, optimizer update, "
+        "`block_until_ready`) per timing; the implementations of a workload run interleaved "
+        "(round k rotates the order), warm-up and compilation excluded; each figure is the "
+        f"median over {results['config']['rounds']} rounds of the mean step time within a "
+        "round. All implementations of a workload start from the same weights and batch; their "
+        "initial losses agree (largest relative gap in the last column). `jax (hand-written)` "
+        "is the same model in plain JAX with the constraint inlined and computed once per "
+        "step: the zero-overhead limit. Compile = trace + lower + XLA compile of the jitted "
+        "step. XLA MB = arguments + outputs − aliased + temporaries of the compiled step "
+        "(`compiled.memory_analysis()`).",
+        "",
+        "## Summary",
+        "",
+        "| workload | parametrax ms | hand-written JAX ms | parametrax / JAX | torch ms (best) "
+        "| torch / parametrax |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary_rows(results):
+        lib, ref, t = r["lib"], r["ref"], r["torch_best"]
+        name = r["title"] + (" *(flax, unparametrized)*" if lib["name"].startswith("flax") else "")
+        lines.append(
+            f"| {name} | {_ms(lib['median_s'])} | {_ms(ref['median_s'])} | {r['ratio']:.3f} | "
+            + (f"{_ms(t['median_s'])} ({t['name'].replace('torch', '').strip() or 'plain'}) | "
+               f"{t['median_s'] / lib['median_s']:.2f} |" if t else "— | — |")
+        )
+    lines += ["", "## Every implementation", "",
+              "| workload | implementation | ms / step (median) | min–max ms "
+              "| × hand-written JAX | compile s | XLA MB | initial loss |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for e in results["workloads"]:
+        ref = _find(e, W.JAX)
+        for r in e["runners"]:
+            lines.append(
+                f"| {e['title']} | {r['name']} | {_ms(r['median_s'])} | "
+                f"{_ms(r['min_s'])}–{_ms(r['max_s'])} | {r['median_s'] / ref['median_s']:.2f} | "
+                + (f"{r['compile_s']:.2f}" if r["compile_s"] is not None else "—") + " | "
+                + (f"{r['mem_mb']:.1f}" if r["mem_mb"] is not None else "—")
+                + f" | {r['loss0']:.6g} |"
+            )
+    if results["maps"]:
+        names = list(next(iter(results["maps"].values())).keys())
+        for v in results["maps"].values():
+            names += [k for k in v if k not in names]
+        lines += ["", "## Cost of one orthogonal map, forward + backward (ms)", "",
+                  "`value_and_grad` of `sum(Q(X) * W)` for an n×n `X` (no trivialization base). "
+                  "`[Skew, Cayley]` is the tutorial chain (`Cayley` uses parametrax's custom "
+                  "derivative); `jax solve` is the same map written with `jnp.linalg.solve` and "
+                  "differentiated by JAX; the `Orthogonal` maps follow torch's `orthogonal` "
+                  "(Cayley with A/2). `expm, reverse-only squarings (experiment)` is "
+                  "`benchmarks/expm_variants.py`: JAX's expm with the squarings in a dynamic "
+                  "loop under a custom VJP (same numbers; no forward mode, so not in the "
+                  "library).", "",
+                  "| map | " + " | ".join(f"n={n}" for n in results["maps"]) + " |",
+                  "|---|" + "---:|" * len(results["maps"])]
+        for name in names:
+            lines.append(f"| {name} | " + " | ".join(
+                _ms(v.get(name)) if v.get(name) is not None else "—"
+                for v in results["maps"].values()) + " |")
+    if results["compile"]:
+        lines += ["", "## Compile time vs number of orthogonal layers (s)", "",
+                  "A stack of `Dense(64)` layers, each kernel `Orthogonal(map=\"matrix_exp\")`; "
+                  "trace + lower + compile of one Adam training step.", "",
+                  "| layers | parametrax trace+lower | parametrax compile | parametrax total "
+                  "| hand-written total | ratio |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for d, v in results["compile"].items():
+            p, j = v["parametrax"], v["jax (hand-written)"]
+            lines.append(f"| {d} | {p['trace_lower_s']:.2f} | {p['compile_s']:.2f} | "
+                         f"{p['total_s']:.2f} | {j['total_s']:.2f} | "
+                         f"{p['total_s'] / j['total_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(15, 11))
+    rows = summary_rows(results)
+    ax = axes[0, 0]
+    if rows:
+        labels = [r["title"].replace(" orthogonal", "\northo").replace(" + ", "\n+ ") for r in rows]
+        ys = range(len(rows))
+        series = [("parametrax (or flax)", [r["lib"]["median_s"] for r in rows], "C0"),
+                  ("hand-written JAX", [r["ref"]["median_s"] for r in rows], "C1"),
+                  ("torch, uncached", [r["torch_plain"]["median_s"] if r["torch_plain"] else 0
+                                       for r in rows], "C3"),
+                  ("torch, best", [r["torch_best"]["median_s"] if r["torch_best"] else 0
+                                   for r in rows], "C2")]
+        h = 0.2
+        for i, (name, vals, c) in enumerate(series):
+            ax.barh([y + (i - 1.5) * h for y in ys], [v * 1e3 for v in vals], height=h,
+                    label=name, color=c)
+        ax.set_yticks(list(ys))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per training step (log)")
+        ax.set_title("Training step, median")
+        ax.legend(fontsize=8)
+        ax = axes[0, 1]
+        ax.barh(list(ys), [r["ratio"] for r in rows], color="C0")
+        ax.axvline(1.0, color="k", lw=1)
+        ax.axvline(1.05, color="r", ls="--", lw=1, label="target 1.05")
+        ax.set_yticks(list(ys))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("parametrax time / hand-written JAX time")
+        ax.set_title("Overhead of the library")
+        ax.legend(fontsize=8)
+    ax = axes[1, 0]
+    if results["maps"]:
+        ns = sorted(results["maps"])
+        names = []
+        for v in results["maps"].values():
+            names += [k for k in v if k not in names]
+        for name in names:
+            pts = [(n, results["maps"][n][name]) for n in ns if name in results["maps"][n]]
+            style = "--" if name.startswith("torch") else "-"
+            ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], style, marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("n")
+        ax.set_ylabel("ms, forward + backward")
+        ax.set_title("Orthogonal maps (dashed: torch)")
+        ax.legend(fontsize=7)
+    ax = axes[1, 1]
+    if results["compile"]:
+        ds = sorted(results["compile"])
+        for name in ("parametrax", "jax (hand-written)"):
+            ax.plot(ds, [results["compile"][d][name]["total_s"] for d in ds], marker="o",
+                    label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("orthogonal layers")
+        ax.set_ylabel("s, trace + lower + compile")
+        ax.set_title("Compile time vs model size")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"parametrax benchmarks — {results['machine']['cpu']}, "
+                 f"{results['machine']['cores']} cores, JAX {results['machine']['jax']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, few rounds (< 1 min)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated subset of W1,W2,W3,W4,maps,compile")
+    ap.add_argument("--out", default=None,
+                    help="output folder (default: benchmarks/, or benchmarks/_quick/ with --quick)")
+    args = ap.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    only = set(args.only.split(",")) if args.only else None
+    out = pathlib.Path(args.out) if args.out else (HERE / "_quick" if args.quick else HERE)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run(cfg, torch_ok=not args.no_torch, only=only)
+    results["quick"] = args.quick
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.md").write_text(markdown(results))
+    try:
+        chart(results, out / "results.png")
+    except ImportError:
+        progress("matplotlib not installed: no chart (pip install -e '.[examples]')")
+    progress(f"wrote {out / 'results.md'} in {results['total_s']:.0f} s")
+    for r in summary_rows(results):
+        progress(f"  {r['title']}: parametrax / hand-written JAX = {r['ratio']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Micro-benchmarks: the cost of each orthogonal map, and compile time vs model size."""
+
+from __future__ import annotations
+
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import parametrax as px
+from parametrax.catalog.linear import Cayley, Skew
+from parametrax.catalog.orthogonal import Orthogonal
+
+from _harness import Runner, jax_runner, measure
+from expm_variants import expm_reverse_only
+from workloads import HAVE_TORCH, ortho_map_jax, orthogonal_matrix, skew_lower
+
+
+# ------------------------------------------------------------------------------------------------
+# Cost of one orthogonal map, forward + backward, on an n x n matrix
+# ------------------------------------------------------------------------------------------------
+def _jax_fb(fn, x, w):
+    g = jax.jit(jax.value_and_grad(lambda x: jnp.sum(fn(x) * w)))
+
+    def call():
+        v, gr = g(x)
+        jax.block_until_ready(gr)
+
+    return call
+
+
+def _plain_cayley_tutorial(x):
+    a = jnp.triu(x, 1)
+    a = a - a.T
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+    return jnp.linalg.solve(eye - a, eye + a)
+
+
+def map_cost(n: int, *, rounds: int, round_s: float, householder_max: int, torch_ok=True):
+    """Seconds for value_and_grad of ``sum(map(X) * W)`` for every map, interleaved."""
+    rng = np.random.default_rng(n)
+    x = jnp.asarray((rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((n, n)).astype(np.float32))
+    maps = ["matrix_exp", "cayley"] + (["householder"] if n <= householder_max else [])
+    runners = []
+    for m in maps:
+        o = Orthogonal(map=m, use_trivialization=False)
+        runners.append(Runner(f"parametrax Orthogonal {m}", _jax_fb(o.forward, x, w), 0.0))
+    # the tutorial chain [Skew, Cayley]: parametrax's custom rule vs jnp.linalg.solve autodiff
+    chain = lambda x: Cayley()(Skew()(x))  # noqa: E731
+    runners.append(Runner("parametrax [Skew, Cayley]", _jax_fb(chain, x, w), 0.0))
+    runners.append(Runner("jax solve [skew, cayley]", _jax_fb(_plain_cayley_tutorial, x, w), 0.0))
+    runners.append(Runner("jax (hand-written) cayley",
+                          _jax_fb(lambda x: ortho_map_jax(x, "cayley"), x, w), 0.0))
+    runners.append(Runner("expm, reverse-only squarings (experiment)",
+                          _jax_fb(lambda x: expm_reverse_only(skew_lower(x)), x, w), 0.0))
+    if torch_ok and HAVE_TORCH:
+        import torch  # noqa: PLC0415
+        from torch.nn.utils.parametrizations import orthogonal  # noqa: PLC0415
+
+        xt = torch.tensor(np.asarray(x))
+        wt = torch.tensor(np.asarray(w))
+        for m in maps:
+            lin = torch.nn.Linear(n, n, bias=False)
+            orthogonal(lin, orthogonal_map=m, use_trivialization=False)
+            p = lin.parametrizations.weight[0]
+            xr = xt.clone().requires_grad_(True)
+
+            def call(p=p, xr=xr):
+                xr.grad = None
+                (p(xr) * wt).sum().backward()
+
+            runners.append(Runner(f"torch {m}", lambda c=call: c(), 0.0))
+    res = measure(runners, rounds=rounds, warmup=1, round_s=round_s, max_steps=30)
+    return {name: r["median_s"] for name, r in res.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Compile time vs number of parametrized layers
+# ------------------------------------------------------------------------------------------------
+class Stack(nn.Module):
+    depth: int
+    width: int = 64
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(self.depth):
+            x = jnp.tanh(nn.Dense(self.width, name=f"l{i}")(x))
+        return x
+
+
+def compile_time(depth: int, *, width: int = 64, map_name: str = "matrix_exp"):
+    """Seconds to trace + lower and to compile one training step with ``depth`` orthogonal
+    layers: parametrax vs the hand-written model."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, width)).astype(np.float32)
+    y = rng.standard_normal((8, width)).astype(np.float32)
+    opt = optax.adam(1e-3)
+    out = {}
+
+    model = px.Parametrized(Stack(depth, width), {"l*/kernel": Orthogonal(map=map_name)})
+    variables = model.init(jax.random.key(0), x)
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    def px_loss(p, rest, x, y):
+        return jnp.mean((model.apply({"params": p, **rest}, x) - y) ** 2)
+
+    bases = [jnp.asarray(orthogonal_matrix(rng, width)) for _ in range(depth)]
+    hparams = [{"x": -jnp.eye(width), "b": jnp.zeros(width)} for _ in range(depth)]
+
+    def jax_loss(ps, bases, x, y):
+        h = x
+        for p, b in zip(ps, bases):
+            h = jnp.tanh(h @ (b @ ortho_map_jax(p["x"], map_name)) + p["b"])
+        return jnp.mean((h - y) ** 2)
+
+    for name, loss, p, aux in [("parametrax", px_loss, params, rest),
+                               ("jax (hand-written)", jax_loss, hparams, bases)]:
+
+        def step(p, o, aux, x, y, loss=loss):
+            l, g = jax.value_and_grad(loss)(p, aux, x, y)
+            u, o = opt.update(g, o, p)
+            return optax.apply_updates(p, u), o, l
+
+        o = opt.init(p)
+        t0 = time.perf_counter()
+        lowered = jax.jit(step).lower(p, o, aux, x, y)
+        t1 = time.perf_counter()
+        lowered.compile()
+        t2 = time.perf_counter()
+        out[name] = {"trace_lower_s": t1 - t0, "compile_s": t2 - t1, "total_s": t2 - t0}
+    return out
