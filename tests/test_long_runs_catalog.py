@@ -101,3 +101,20 @@ def test_spectral_norm_of_an_all_zero_matrix_is_zero_with_finite_gradients():
     raw, st = ptree.register({"w": sn}, {"w": w}, key=KEY)
     out = ptree.constrain({"w": sn}, raw, st)["w"]
     np.testing.assert_allclose(np.linalg.svd(np.asarray(out), compute_uv=False)[0], 1.0, rtol=1e-4)
+
+
+def test_positive_definite_long_adam_run():
+    n = 6
+    layer = px.Parametrized(nn.Dense(n, use_bias=False), {"kernel": px.PositiveDefinite()})
+    x = jax.random.normal(jax.random.key(1), (32, n))
+    target = x @ jax.random.normal(jax.random.key(2), (n, n))  # indefinite: not reachable
+
+    def err(v):
+        k = px.constrained(layer, v)["params"]["kernel"]
+        asym = jnp.max(jnp.abs(k - k.T))
+        return jnp.maximum(asym, -jnp.min(jnp.linalg.eigvalsh(k)))  # > 0 when off the set
+
+    p, losses, errs = _long_run(layer, x, target, err)
+    assert np.all(np.isfinite(losses)) and np.all(np.isfinite(errs))
+    assert errs.max() <= ORTHO_TOL, errs.max()
+    assert losses[-100:].mean() < losses[0]
