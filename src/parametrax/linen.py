@@ -41,7 +41,6 @@ import jax
 from flax.core import meta
 
 from parametrax import _tree
-from parametrax._core import describe
 from parametrax._errors import (
     NotParametrizedError,
     ParametrizationError,
@@ -705,5 +704,3 @@ def type_before_parametrizations(model: Any) -> type:
         return cls._px_base
     return cls
 
-
-del describe
