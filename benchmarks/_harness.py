@@ -27,7 +27,7 @@ import optax
 class Runner:
     name: str
     step: Callable[[], float]  # one training step; returns the loss as a Python float
-    loss0: float  # loss at the initial weights, evaluation mode (no state update)
+    loss0: float  # loss of the first training step (computed at the initial weights)
     compile_s: float | None = None  # trace + lower + compile of the jitted step (JAX only)
     mem_mb: float | None = None  # XLA buffers of the compiled step: args + outputs + temps
     note: str = ""
@@ -59,14 +59,14 @@ def jax_runner(
     opt: optax.GradientTransformation,
     *,
     loss_updates_aux: bool = False,
-    eval_loss_fn: Callable | None = None,
     note: str = "",
 ) -> Runner:
     """A runner for ``loss_fn(params, aux, *batch)`` trained with ``opt``.
 
     ``aux`` holds non-trainable values (a trivialization base, spectral norm's ``u``, ``v``).
-    With ``loss_updates_aux`` the loss function returns ``(loss, new_aux)`` (training mode);
-    ``eval_loss_fn(params, aux, *batch)`` then gives the evaluation-mode loss for ``loss0``.
+    With ``loss_updates_aux`` the loss function returns ``(loss, new_aux)`` (training mode).
+    ``loss0`` is the loss the first training step reports: computed at the initial weights
+    (after a stateful parametrization's first state update, as in every implementation).
     """
 
     def train_step(params, opt_state, aux, *batch):
@@ -77,8 +77,6 @@ def jax_runner(
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, aux, loss
 
-    ev = eval_loss_fn or loss_fn
-    loss0 = float(jax.jit(ev)(params, aux, *batch))
     opt_state = opt.init(params)
     t0 = time.perf_counter()
     jitted = jax.jit(train_step, donate_argnums=(0, 1, 2))
@@ -94,6 +92,7 @@ def jax_runner(
         carry[:] = [p, o, a]
         return float(jax.block_until_ready(loss))
 
+    loss0 = step()
     return Runner(name, step, loss0, compile_s, mem, note)
 
 
@@ -141,19 +140,3 @@ def measure(
         }
         for name, ts in samples.items()
     }
-
-
-def time_fn(fn: Callable[[], Any], *, rounds: int, round_s: float = 0.1, max_steps: int = 50):
-    """Median seconds per call of a blocking ``fn`` (used by the map-cost sweep)."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    per = time.perf_counter() - t0
-    n = int(min(max_steps, max(1, round(round_s / max(per, 1e-9)))))
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        ts.append((time.perf_counter() - t0) / n)
-    return statistics.median(ts)

@@ -107,12 +107,7 @@ def _torch_step(model, opt, loss_fn, cached: bool):
         opt.step()
         return float(loss.detach())
 
-    with torch.no_grad():
-        was = model.training
-        model.eval()  # evaluation mode: spectral norm does not iterate
-        loss0 = float(loss_fn())
-        model.train(was)
-    return step, loss0
+    return step, step()  # loss0: the first step's loss, at the initial weights
 
 
 def torch_runners(make, with_cached: bool = True, label: str = "") -> list[Runner]:
@@ -135,7 +130,8 @@ def _t(a):
 # ------------------------------------------------------------------------------------------------
 # W1: Dense n x n with an orthogonal kernel
 # ------------------------------------------------------------------------------------------------
-def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok: bool = True):
+def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok: bool = True,
+             inline: bool = True):
     rng = np.random.default_rng(seed)
     w0 = orthogonal_matrix(rng, n)  # an orthogonal start: every framework keeps it as the base
     b0 = (0.1 * rng.standard_normal(n)).astype(np.float32)
@@ -145,7 +141,7 @@ def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok
     runners = []
 
     if map_name == "tutorial_cayley":
-        return _w1_tutorial(n, w0, b0, x, y, opt, seed, torch_ok)
+        return _w1_tutorial(n, w0, b0, x, y, opt, seed, torch_ok, inline)
 
     # parametrax
     model = px.Parametrized(nn.Dense, {"kernel": Orthogonal(map=map_name)})(features=n)
@@ -176,7 +172,8 @@ def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok
         k = base @ ortho_map_jax(p["x"], map_name)
         return mse(dense.apply({"params": {"kernel": k, "bias": p["b"]}}, x), y)
 
-    runners.append(jax_runner(FLAX_INLINE, flax_loss, hparams, jnp.asarray(w0), (x, y), opt))
+    if inline:
+        runners.append(jax_runner(FLAX_INLINE, flax_loss, hparams, jnp.asarray(w0), (x, y), opt))
 
     if torch_ok and HAVE_TORCH:
         torch = _torch()
@@ -205,7 +202,7 @@ def _tutorial_cayley_jax(x):
     return jnp.linalg.solve(eye - a, eye + a)
 
 
-def _w1_tutorial(n, w0, b0, x, y, opt, seed, torch_ok):
+def _w1_tutorial(n, w0, b0, x, y, opt, seed, torch_ok, inline=True):
     """W1 with PyTorch tutorial's chain ``[Skew, Cayley]`` (no trivialization base): the
     workload where parametrax's Cayley derivative replaces JAX's differentiation of
     ``jnp.linalg.solve``."""
@@ -233,8 +230,9 @@ def _w1_tutorial(n, w0, b0, x, y, opt, seed, torch_ok):
         k = _tutorial_cayley_jax(p["x"])
         return mse(dense.apply({"params": {"kernel": k, "bias": p["b"]}}, x), y)
 
-    runners.append(jax_runner(FLAX_INLINE, flax_loss, {"x": raw0, "b": jnp.asarray(b0)}, (),
-                              (x, y), opt))
+    if inline:
+        runners.append(jax_runner(FLAX_INLINE, flax_loss, {"x": raw0, "b": jnp.asarray(b0)},
+                                  (), (x, y), opt))
 
     if torch_ok and HAVE_TORCH:
         torch = _torch()
@@ -294,7 +292,8 @@ def _xent(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def w2_rnn(*, hidden=256, inputs=32, steps=100, batch=64, seed=0, torch_ok=True, torch_loop=True):
+def w2_rnn(*, hidden=256, inputs=32, steps=100, batch=64, seed=0, torch_ok=True, torch_loop=True,
+           inline=True):
     rng = np.random.default_rng(seed)
     wi = (rng.standard_normal((inputs, hidden)) / np.sqrt(inputs)).astype(np.float32)
     bi = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
@@ -347,7 +346,8 @@ def w2_rnn(*, hidden=256, inputs=32, steps=100, batch=64, seed=0, torch_ok=True,
              "out": {"kernel": p["wo"], "bias": p["bo"]}}
         return _xent(plain_model.apply({"params": q}, x), y)
 
-    runners.append(jax_runner(FLAX_INLINE, flax_loss, hparams, jnp.asarray(wh), (x, y), opt))
+    if inline:
+        runners.append(jax_runner(FLAX_INLINE, flax_loss, hparams, jnp.asarray(wh), (x, y), opt))
 
     if torch_ok and HAVE_TORCH:
         torch = _torch()
@@ -432,7 +432,8 @@ def _normalize(v, eps=1e-12):
     return v / jnp.maximum(jnp.linalg.norm(v), eps)
 
 
-def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=True):
+def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=True,
+            inline=True):
     rng = np.random.default_rng(seed)
     shapes = [(4, 4, 3, channels), (4, 4, channels, channels), (4, 4, channels, channels)]
     ks = [(rng.standard_normal(s) / np.sqrt(np.prod(s[:3]))).astype(np.float32) for s in shapes]
@@ -476,12 +477,8 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
                 {"params": params, **rest}, x, mutable=[px.STATE_COLLECTION]
             )
             return _bce(out, y), {**rest, **upd}
-
-        def px_eval(params, rest, x, y):
-            return _bce(model.apply({"params": params, **rest}, x), y)
-
         runners.append(jax_runner(PX + label, px_loss, params, rest, (x, y), opt,
-                                  loss_updates_aux=True, eval_loss_fn=px_eval))
+                                  loss_updates_aux=True))
     else:
         def flax_loss(p, _, x, y):
             return _bce(model.apply({"params": p}, x), y)
@@ -509,13 +506,8 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
             res = [sn(p[f"conv{i}"]["kernel"], *uv[i], True) for i in range(3)]
             out = forward(p, x, [r[0] for r in res])
             return _bce(out, y), [r[1] for r in res]
-
-        def jax_eval(p, uv, x, y):
-            return _bce(forward(p, x, [sn(p[f"conv{i}"]["kernel"], *uv[i], False)[0]
-                                       for i in range(3)]), y)
-
         runners.append(jax_runner(JAX + label, jax_loss, plain, uv, (x, y), opt,
-                                  loss_updates_aux=True, eval_loss_fn=jax_eval))
+                                  loss_updates_aux=True))
 
         def with_kernels(p, kernels):
             q = {k: dict(v) for k, v in p.items()}
@@ -527,13 +519,9 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
             res = [sn(p[f"conv{i}"]["kernel"], *uv[i], True) for i in range(3)]
             out = base.apply({"params": with_kernels(p, [r[0] for r in res])}, x)
             return _bce(out, y), [r[1] for r in res]
-
-        def flax_eval(p, uv, x, y):
-            ks_ = [sn(p[f"conv{i}"]["kernel"], *uv[i], False)[0] for i in range(3)]
-            return _bce(base.apply({"params": with_kernels(p, ks_)}, x), y)
-
-        runners.append(jax_runner(FLAX_INLINE + label, flax_loss, plain, uv, (x, y), opt,
-                                  loss_updates_aux=True, eval_loss_fn=flax_eval))
+        if inline:
+            runners.append(jax_runner(FLAX_INLINE + label, flax_loss, plain, uv, (x, y), opt,
+                                      loss_updates_aux=True))
     else:
         runners.append(jax_runner(JAX + label, lambda p, _, x, y: _bce(
             forward(p, x, [p[f"conv{i}"]["kernel"] for i in range(3)]), y), plain, (), (x, y), opt))
@@ -594,7 +582,8 @@ class MLP(nn.Module):
         return nn.Dense(self.classes, name="head")(x)
 
 
-def w4_mlp(*, weight_norm: bool, width=512, depth=3, inputs=784, batch=256, seed=0, torch_ok=True):
+def w4_mlp(*, weight_norm: bool, width=512, depth=3, inputs=784, batch=256, seed=0,
+           torch_ok=True, inline=True):
     rng = np.random.default_rng(seed)
     dims = [inputs] + [width] * depth + [10]
     names = [f"fc{i}" for i in range(depth)] + ["head"]
@@ -651,7 +640,8 @@ def w4_mlp(*, weight_norm: bool, width=512, depth=3, inputs=784, batch=256, seed
                  for n in names}
             return _xent(base.apply({"params": q}, x), y)
 
-        runners.append(jax_runner(FLAX_INLINE + label, flax_loss, gv, (), (x, y), opt))
+        if inline:
+            runners.append(jax_runner(FLAX_INLINE + label, flax_loss, gv, (), (x, y), opt))
     else:
         def jax_plain_loss(p, _, x, y):
             return _xent(forward([(p[n]["kernel"], p[n]["bias"]) for n in names], x), y)

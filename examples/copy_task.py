@@ -27,8 +27,9 @@ whose setup this follows):
 
 With the trivialization's base point at the initial kernel the raw skew matrix stays small,
 where ``expm(A)`` and the Cayley map ``(I - A/2)^{-1}(I + A/2)`` agree up to ``O(|A|^3)``: the
-``expm`` and ``cayley`` curves nearly coincide. With the default flags the script asserts that the orthogonal RNNs end far below the baseline
-while the unconstrained RNN stays near it. The loss curves go to ``copy_task.png``.
+``expm`` and ``cayley`` curves nearly coincide. With the default flags the script asserts that
+the orthogonal RNNs end far below the baseline while the unconstrained RNN stays near it. The
+loss curves go to ``copy_task.png``.
 """
 
 from __future__ import annotations
