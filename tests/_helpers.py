@@ -49,7 +49,7 @@ class Double(px.Parametrization):
 @dataclasses.dataclass(frozen=True)
 class RankOne(px.Parametrization):
     """PyTorch's test RankOne: forward(x, y) = x y^T (two raw arrays, original0 and original1);
-    right_inverse projects onto rank one through the SVD."""
+    right_inverse projects onto rank one through the SVD. Batched over leading axes."""
 
     def forward(self, x, y):
         return x[..., :, None] * y[..., None, :]
@@ -57,7 +57,45 @@ class RankOne(px.Parametrization):
     def right_inverse(self, z):
         u, s, vh = jnp.linalg.svd(z, full_matrices=False)
         r = jnp.sqrt(s[..., 0])
-        return u[..., :, 0] * r, vh[..., 0, :] * r
+        return u[..., :, 0] * r[..., None], vh[..., 0, :] * r[..., None]
+
+    def sample(self, key, shape, dtype=jnp.float32):
+        ku, kv = jax.random.split(key)
+        u = jax.random.normal(ku, shape[:-1], dtype)
+        v = jax.random.normal(kv, shape[:-2] + shape[-1:], dtype)
+        return u[..., :, None] * v[..., None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale(px.Parametrization):
+    """A learnable scalar ``s`` initialised to ``init``: x -> s x (variables protocol, params
+    only)."""
+
+    init: float = 1.0
+
+    def init_variables(self, key, value):
+        return {"params": {"s": jnp.asarray(self.init, value.dtype)}, "state": {}}
+
+    def apply(self, variables, x, *, update_state=False):
+        return variables["params"]["s"] * x, variables["state"]
+
+    def apply_inverse(self, variables, value, *, key=None):
+        return value / variables["params"]["s"], variables["state"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Counter(px.Parametrization):
+    """Identity with a state ``count`` that advances once per read that updates state."""
+
+    def init_variables(self, key, value):
+        return {"params": {}, "state": {"count": jnp.zeros((), jnp.int32)}}
+
+    def apply(self, variables, x, *, update_state=False):
+        c = variables["state"]["count"]
+        return x, {"count": c + 1 if update_state else c}
+
+    def apply_inverse(self, variables, value, *, key=None):
+        return value, variables["state"]
 
 
 class MLP(nn.Module):

@@ -12,41 +12,11 @@ import pytest
 import parametrax as px
 from parametrax import Parametrized, cayley, skew
 
-from _helpers import Double, MLP, normal, orthogonality_error, RankOne, skew_error, symmetry_error
+from _helpers import (Counter, Double, MLP, normal, orthogonality_error, RankOne, Scale, skew_error,
+                      symmetry_error)
 
 KEY = jax.random.key(0)
 X3 = jnp.ones((2, 3))
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale(px.Parametrization):
-    """X -> s * X, s a learnable scalar initialised to `init`."""
-
-    init: float = 1.0
-
-    def init_variables(self, key, value):
-        return {"params": {"s": jnp.asarray(self.init, value.dtype)}, "state": {}}
-
-    def apply(self, variables, x, *, update_state=False):
-        return variables["params"]["s"] * x, variables["state"]
-
-    def apply_inverse(self, variables, value, *, key=None):
-        return value / variables["params"]["s"], variables["state"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Counter(px.Parametrization):
-    """Identity with a state counter that advances once per update."""
-
-    def init_variables(self, key, value):
-        return {"params": {}, "state": {"n": jnp.zeros((), jnp.int32)}}
-
-    def apply(self, variables, x, *, update_state=False):
-        n = variables["state"]["n"]
-        return x, {"n": n + 1 if update_state else n}
-
-    def apply_inverse(self, variables, value, *, key=None):
-        return value, variables["state"]
 
 
 def shapes(tree):
@@ -235,7 +205,7 @@ def test_link_params_are_trained():
 def test_state_updates_only_when_mutable():
     layer = Parametrized(nn.Dense(3), {"kernel": Counter()})
     v = layer.init(KEY, X3)
-    n = lambda v: int(v["parametrization_state"]["parametrizations"]["kernel"]["0"]["n"])
+    n = lambda v: int(v["parametrization_state"]["parametrizations"]["kernel"]["0"]["count"])
     assert n(v) == 1  # registration ran one updating forward (torch: the check forward in train mode)
     layer.apply(v, X3)  # eval: nothing mutable, nothing changes
     _, upd = layer.apply(v, X3, mutable=["parametrization_state"])

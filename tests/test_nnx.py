@@ -24,7 +24,7 @@ import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax.nnx import ParametrizationState
 
-from _helpers import F32_ATOL, orthogonality_error, skew_error, symmetry_error
+from _helpers import Counter, F32_ATOL, orthogonality_error, RankOne, Scale, skew_error, symmetry_error
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 X3 = jnp.arange(6.0).reshape(2, 3) / 6.0
@@ -43,34 +43,6 @@ class Double(px.Parametrization):
 
 
 @dataclasses.dataclass(frozen=True)
-class RankOne(px.Parametrization):
-    """PyTorch's test: forward(x, y) = x yᵀ; right_inverse from the leading singular pair."""
-
-    def forward(self, x, y):
-        return x[..., :, None] * y[..., None, :]
-
-    def right_inverse(self, value):
-        u, s, vh = jnp.linalg.svd(value, full_matrices=False)
-        r = jnp.sqrt(s[..., 0:1])
-        return u[..., :, 0] * r, vh[..., 0, :] * r
-
-
-@dataclasses.dataclass(frozen=True)
-class Counter(px.Parametrization):
-    """Identity with a state that counts the reads that asked for a state update."""
-
-    def init_variables(self, key, value):
-        return {"params": {}, "state": {"count": jnp.zeros((), jnp.int32)}}
-
-    def apply(self, variables, x, *, update_state=False):
-        c = variables["state"]["count"]
-        return x, {"count": c + 1 if update_state else c}
-
-    def apply_inverse(self, variables, value, *, key=None):
-        return value, variables["state"]
-
-
-@dataclasses.dataclass(frozen=True)
 class NormalizeByStoredNorm(px.Parametrization):
     """Spectral-norm-like: x / n, where train reads first set n = ||x|| (stop_gradient), and
     eval reads use the stored n. Starts from n = 1."""
@@ -83,18 +55,6 @@ class NormalizeByStoredNorm(px.Parametrization):
         if update_state:
             n = jax.lax.stop_gradient(jnp.linalg.norm(x))
         return x / n, {"n": n}
-
-
-@dataclasses.dataclass(frozen=True)
-class LearnableScale(px.Parametrization):
-    def init_variables(self, key, value):
-        return {"params": {"s": jnp.full((), 1.5, value.dtype)}, "state": {}}
-
-    def apply(self, variables, x, *, update_state=False):
-        return variables["params"]["s"] * x, variables["state"]
-
-    def apply_inverse(self, variables, value, *, key=None):
-        return value / variables["params"]["s"], variables["state"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +265,7 @@ def test_append_with_variables_and_paths():
     layer = linear()
     pnnx.register_parametrization(layer, "kernel", px.symmetric)
     before = layer.kernel
-    pnnx.register_parametrization(layer, "kernel", LearnableScale(), key=jax.random.key(0))
+    pnnx.register_parametrization(layer, "kernel", Scale(1.5), key=jax.random.key(0))
     assert paths(layer) == {
         ("bias",),
         ("parametrizations", "kernel", "original"),
@@ -390,7 +350,7 @@ def test_assignment_runs_the_right_inverse_chain():
 
 def test_assignment_keeps_link_params_and_updates_state():
     layer = linear()
-    pnnx.register_parametrization(layer, "kernel", [Counter(), LearnableScale()], rngs=nnx.Rngs(0))
+    pnnx.register_parametrization(layer, "kernel", [Counter(), Scale(1.5)], rngs=nnx.Rngs(0))
     layer.kernel = jnp.full((3, 3), 3.0)
     np.testing.assert_allclose(layer.parametrizations.kernel.original[...], 2.0, atol=F32_ATOL)
     np.testing.assert_allclose(layer.kernel, 3.0, atol=F32_ATOL)
@@ -941,7 +901,7 @@ def test_memo_never_leaks_tracers():
 def test_optimizer_trains_exactly_raw_values_and_link_params():
     layer = linear()
     pnnx.register_parametrization(layer, "kernel", [px.skew, px.cayley])
-    pnnx.register_parametrization(layer, "kernel", LearnableScale(), rngs=nnx.Rngs(0))
+    pnnx.register_parametrization(layer, "kernel", Scale(1.5), rngs=nnx.Rngs(0))
     pnnx.register_parametrization(layer, "bias", Counter(), rngs=nnx.Rngs(0))
     layer.eval()
     optimizer = nnx.Optimizer(layer, optax.adam(0.05), wrt=nnx.Param)

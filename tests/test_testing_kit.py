@@ -10,6 +10,8 @@ import parametrax as px
 from parametrax.catalog.manifolds import Positive, Sphere
 from parametrax.testing import check_parametrization, default_atol
 
+from _helpers import RankOne, Scale
+
 KEY = jax.random.key(0)
 
 
@@ -31,45 +33,10 @@ class Exp(px.Parametrization):
         return jnp.exp(jax.random.normal(key, shape, dtype))
 
 
-@dataclasses.dataclass(frozen=True)
-class RankOne(px.Parametrization):
-    """Two raw arrays (u, v) -> u vᵀ."""
-
-    def forward(self, u, v):
-        return u[..., :, None] * v[..., None, :]
-
-    def right_inverse(self, z):
-        u, s, vh = jnp.linalg.svd(z, full_matrices=False)
-        r = jnp.sqrt(s[..., 0])
-        return u[..., :, 0] * r[..., None], vh[..., 0, :] * r[..., None]
-
-    def sample(self, key, shape, dtype=jnp.float32):
-        ku, kv = jax.random.split(key)
-        u = jax.random.normal(ku, shape[:-1], dtype)
-        v = jax.random.normal(kv, shape[:-2] + shape[-1:], dtype)
-        return u[..., :, None] * v[..., None, :]
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale(px.Parametrization):
-    """A learnable scalar ``s``: x -> s x (variables protocol, params only)."""
-
-    init: float = 2.0
-
-    def init_variables(self, key, value):
-        return {"params": {"s": jnp.asarray(self.init, value.dtype)}, "state": {}}
-
-    def apply(self, variables, x, *, update_state=False):
-        return variables["params"]["s"] * x, variables["state"]
-
-    def apply_inverse(self, variables, value, *, key=None):
-        return value / variables["params"]["s"], variables["state"]
-
-
 def test_good_user_parametrizations_pass():
     check_parametrization(Exp(), (3, 2), KEY)
     check_parametrization(RankOne(), (2, 4, 3), KEY)
-    check_parametrization(Scale(), (3,), KEY)
+    check_parametrization(Scale(2.0), (3,), KEY)
 
 
 def test_plain_callable_and_forward_only_pass():
