@@ -50,6 +50,7 @@ import jax.scipy.linalg as jsl
 from jax import lax
 
 from parametrax._core import Parametrization, Variables
+from parametrax.catalog.linear import cayley_map
 from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
 from parametrax._numerics import mH, mT, require_matrix
 
@@ -101,9 +102,10 @@ def _expm(a: Array) -> Array:
 
 @jax.jit
 def _cayley_half(a: Array) -> Array:
-    """``(I - A/2)^{-1} (I + A/2)`` (torch's ``linalg.solve(I - A/2, I + A/2)``), by a solve."""
-    eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
-    return jnp.linalg.solve(eye - 0.5 * a, eye + 0.5 * a)
+    """``(I - A/2)^{-1} (I + A/2)`` (torch's ``linalg.solve(I - A/2, I + A/2)``): one solve,
+    with :func:`~parametrax.catalog.linear.cayley_map`'s derivative (two products, no second
+    solve)."""
+    return cayley_map(0.5 * a)
 
 
 @jax.jit
