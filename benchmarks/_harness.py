@@ -137,6 +137,7 @@ def measure(
             "max_s": max(ts),
             "rounds": len(ts),
             "steps_per_round": steps[name],
+            "samples_s": ts,  # one mean step time per round, in round order (for paired ratios)
         }
         for name, ts in samples.items()
     }

@@ -17,6 +17,7 @@ import os
 import pathlib
 import platform
 import resource
+import statistics
 import sys
 import time
 
@@ -50,6 +51,8 @@ FULL = {
     "depths": (1, 4, 16, 64),
     "w1_maps": ("matrix_exp", "cayley"),
     "compile_map": "matrix_exp",
+    "prim_sizes": (256, 512),
+    "prim_convs": ((3, 64, 32), (64, 64, 16)),
 }
 QUICK = {  # a smoke run of every part: tiny sizes, one configuration per workload
     "rounds": 3,
@@ -67,6 +70,8 @@ QUICK = {  # a smoke run of every part: tiny sizes, one configuration per worklo
     "depths": (1,),
     "w1_maps": ("cayley",),  # W2 covers the matrix exponential
     "compile_map": "cayley",
+    "prim_sizes": (64,),
+    "prim_convs": ((3, 16, 16),),
 }
 
 
@@ -189,6 +194,15 @@ def run(cfg: dict, torch_ok: bool, only: set[str] | None) -> dict:
             res = results["compile"][d]
             progress(f"[{time.perf_counter() - t0:5.1f}s] compile, {d} orthogonal layers: "
                      + ", ".join(f"{k} {v['total_s']:.2f} s" for k, v in res.items()))
+    results["primitives"] = {}
+    if (only is None or "primitives" in only) and "prim_sizes" in cfg:
+        t0 = time.perf_counter()
+        results["primitives"] = sweeps.primitives(
+            n_sizes=cfg["prim_sizes"], convs=cfg["prim_convs"], rounds=cfg["map_rounds"],
+            round_s=cfg["map_round_s"], torch_ok=torch_ok)
+        progress(f"[{time.perf_counter() - t0:5.1f}s] base operations: "
+                 + ", ".join(f"{k} {v['jax'] * 1e3:.2f} ms" for k, v in
+                             results["primitives"].items()))
     results["load_end"] = load()
     results["total_s"] = time.perf_counter() - t_all
     results["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -209,6 +223,18 @@ def _find(entry, prefix):
     return None
 
 
+def ratio(a: dict, b: dict) -> float:
+    """Time ratio a / b of two runners of one workload: the median of the per-round ratios.
+
+    The runners of a workload run interleaved, round by round, so a load spike from another
+    process slows both members of a pair; pairing cancels it where the ratio of medians would
+    not. Falls back to the ratio of medians for results without per-round samples."""
+    sa, sb = a.get("samples_s"), b.get("samples_s")
+    if sa and sb and len(sa) == len(sb):
+        return statistics.median(x / y for x, y in zip(sa, sb))
+    return a["median_s"] / b["median_s"]
+
+
 def summary_rows(results: dict) -> list[dict]:
     rows = []
     for e in results["workloads"]:
@@ -222,9 +248,9 @@ def summary_rows(results: dict) -> list[dict]:
             "title": e["title"],
             "lib": lib,
             "ref": ref,
-            "ratio": lib["median_s"] / ref["median_s"],
+            "ratio": ratio(lib, ref),
             "inline": inline,
-            "ratio_inline": lib["median_s"] / inline["median_s"] if inline else None,
+            "ratio_inline": ratio(lib, inline) if inline else None,
             "torch_best": best_torch,
             "torch_plain": min(plain_torch, key=lambda r: r["median_s"]) if plain_torch else None,
         })
@@ -255,7 +281,9 @@ def markdown(results: dict) -> str:
         "`block_until_ready`) per timing; the implementations of a workload run interleaved "
         "(round k rotates the order), warm-up and compilation excluded; each figure is the "
         f"median over {results['config']['rounds']} rounds of the mean step time within a "
-        "round. All implementations of a workload start from the same weights and batch; the "
+        "round. A ratio of two implementations is the median of their per-round ratios "
+        "(paired: a load spike from another process slows both members of a round's pair, "
+        "where it would skew a ratio of medians). All implementations of a workload start from the same weights and batch; the "
         "losses of their first training steps agree (last column of the second table). "
         "`jax (hand-written)` is the same model in plain JAX with the constraint inlined and "
         "computed once per step: the zero-overhead limit. `flax + inline` is the unwrapped "
@@ -283,7 +311,7 @@ def markdown(results: dict) -> str:
             + (f"{r['ratio_inline']:.3f} | " if inl else "— | ")
             + f"{r['ratio']:.3f} | "
             + (f"{_ms(t['median_s'])} ({t['name'].replace('torch', '').strip() or 'plain'}) | "
-               f"{t['median_s'] / lib['median_s']:.2f} |" if t else "— | — |")
+               f"{ratio(t, lib):.2f} |" if t else "— | — |")
         )
     lines += ["", "## Every implementation", "",
               "| workload | implementation | ms / step (median) | min–max ms "
@@ -294,7 +322,7 @@ def markdown(results: dict) -> str:
         for r in e["runners"]:
             lines.append(
                 f"| {e['title']} | {r['name']} | {_ms(r['median_s'])} | "
-                f"{_ms(r['min_s'])}–{_ms(r['max_s'])} | {r['median_s'] / ref['median_s']:.2f} | "
+                f"{_ms(r['min_s'])}–{_ms(r['max_s'])} | {ratio(r, ref):.2f} | "
                 + (f"{r['compile_s']:.2f}" if r["compile_s"] is not None else "—") + " | "
                 + (f"{r['mem_mb']:.1f}" if r["mem_mb"] is not None else "—")
                 + f" | {r['loss0']:.6g} |"
@@ -331,6 +359,19 @@ def markdown(results: dict) -> str:
             lines.append(f"| {d} | {p['trace_lower_s']:.2f} | {p['compile_s']:.2f} | "
                          f"{p['total_s']:.2f} | {j['total_s']:.2f} | "
                          f"{p['total_s'] / j['total_s']:.2f} |")
+    if results.get("primitives"):
+        lines += ["", "## Base operations: JAX vs torch (ms, forward + backward)", "",
+                  "The operations the workloads are built from, with no parametrization: "
+                  "`jax.grad` of `sum(op(a, b))` w.r.t. every input against torch's "
+                  "`backward()`, interleaved. Where torch is faster here, parametrax cannot be "
+                  "faster than torch on a workload dominated by that operation (W1 Cayley: the "
+                  "solve; W3: the convolutions). Convolutions are W3's layers (4×4, stride 2, "
+                  "batch 64; NHWC in JAX, NCHW in torch).", "",
+                  "| operation | JAX ms | torch ms | torch / JAX |", "|---|---:|---:|---:|"]
+        for op, v in results["primitives"].items():
+            t = v.get("torch")
+            lines.append(f"| {op} | {_ms(v['jax'])} | {_ms(t)} | "
+                         + (f"{t / v['jax']:.2f} |" if t else "— |"))
     return "\n".join(lines) + "\n"
 
 
@@ -416,7 +457,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few rounds (< 1 min)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
     ap.add_argument("--only", default=None,
-                    help="comma-separated subset of W1,W2,W3,W4,maps,compile")
+                    help="comma-separated subset of W1,W2,W3,W4,maps,compile,primitives")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite results.md and results.png from an existing results.json")
     ap.add_argument("--out", default=None,

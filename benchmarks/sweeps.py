@@ -139,3 +139,73 @@ def compile_time(depth: int, *, width: int = 64, map_name: str = "matrix_exp"):
         t2 = time.perf_counter()
         out[name] = {"trace_lower_s": t1 - t0, "compile_s": t2 - t1, "total_s": t2 - t0}
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Base operations, JAX vs torch: what the library does not control
+# ------------------------------------------------------------------------------------------------
+def _torch_fb(fn, *args):
+    """torch forward + backward of ``sum(fn(*args))`` w.r.t. every argument."""
+    args = [a.clone().requires_grad_(True) for a in args]
+
+    def call():
+        for a in args:
+            a.grad = None
+        fn(*args).sum().backward()
+
+    return call
+
+
+def primitives(*, n_sizes=(256, 512), batch=128, convs=((3, 64, 32), (64, 64, 16)),
+               rounds: int, round_s: float, torch_ok: bool = True):
+    """Seconds for forward + backward (w.r.t. every input, as in a training step) of the
+    operations the workloads are built from, JAX and torch interleaved.
+
+    Returns ``{op: {"jax": s, "torch": s or None}}``. ``convs`` are W3's layers
+    ``(in channels, out channels, input size)``: 4×4 kernels, stride 2, padding 1, batch 64.
+    """
+    rng = np.random.default_rng(0)
+    have_torch = torch_ok and HAVE_TORCH
+    if have_torch:
+        import torch  # noqa: PLC0415
+    jax_fns, torch_fns = {}, {}
+
+    def add(op, jfn, jargs, tfn, targs):
+        jargs = tuple(jnp.asarray(a) for a in jargs)
+        g = jax.jit(jax.grad(lambda *a: jnp.sum(jfn(*a)), argnums=tuple(range(len(jargs)))))
+
+        def call(g=g, jargs=jargs):
+            jax.block_until_ready(g(*jargs))
+
+        jax_fns[op] = call
+        if have_torch:
+            torch_fns[op] = _torch_fb(tfn, *(torch.tensor(np.asarray(a)) for a in targs))
+
+    for n in n_sizes:
+        a = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
+        b = rng.standard_normal((n, n)).astype(np.float32)
+        x = rng.standard_normal((batch, n)).astype(np.float32)
+        add(f"matmul {n}×{n} @ {n}×{n}", jnp.matmul, (a, b), lambda a, b: a @ b, (a, b))
+        add(f"dense {batch}×{n} @ {n}×{n}", jnp.matmul, (x, a), lambda x, w: x @ w, (x, a))
+        m = np.eye(n, dtype=np.float32) - 0.5 * (a - a.T)  # a Cayley system matrix
+        add(f"solve {n}×{n}", jnp.linalg.solve, (m, b), lambda m, b: torch.linalg.solve(m, b),
+            (m, b))
+    for cin, cout, hw in convs:
+        xs = rng.standard_normal((64, hw, hw, cin)).astype(np.float32)
+        k = (rng.standard_normal((4, 4, cin, cout)) / np.sqrt(16 * cin)).astype(np.float32)
+
+        def jconv(x, k):
+            return jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)),
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        def tconv(x, k):
+            return torch.nn.functional.conv2d(x, k, stride=2, padding=1)
+
+        add(f"conv 4×4/2 {cin}→{cout}, 64×{hw}×{hw}", jconv, (xs, k), tconv,
+            (xs.transpose(0, 3, 1, 2).copy(), k.transpose(3, 2, 0, 1).copy()))
+    runners = [Runner(f"jax {op}", f, 0.0) for op, f in jax_fns.items()]
+    runners += [Runner(f"torch {op}", f, 0.0) for op, f in torch_fns.items()]
+    res = measure(runners, rounds=rounds, warmup=2, round_s=round_s, max_steps=200)
+    return {op: {"jax": res[f"jax {op}"]["median_s"],
+                 "torch": res[f"torch {op}"]["median_s"] if op in torch_fns else None}
+            for op in jax_fns}
