@@ -45,7 +45,7 @@ FULL = {
     "w3": {"channels": 64, "size": 32, "batch": 64},
     "w4": {"width": 512, "depth": 3, "inputs": 784, "batch": 256},
     "map_sizes": (32, 64, 128, 256, 512, 1024),
-    "householder_max": 512,
+    "householder_max": 1024,
     "map_rounds": 5,
     "map_round_s": 0.15,
     "depths": (1, 4, 16, 64),
@@ -53,6 +53,7 @@ FULL = {
     "compile_map": "matrix_exp",
     "prim_sizes": (256, 512),
     "prim_convs": ((3, 64, 32), (64, 64, 16)),
+    "prim_rnn": (64, 100, 32, 256),
 }
 QUICK = {  # a smoke run of every part: tiny sizes, one configuration per workload
     "rounds": 3,
@@ -72,6 +73,7 @@ QUICK = {  # a smoke run of every part: tiny sizes, one configuration per worklo
     "compile_map": "cayley",
     "prim_sizes": (64,),
     "prim_convs": ((3, 16, 16),),
+    "prim_rnn": (16, 20, 8, 64),
 }
 
 
@@ -198,7 +200,8 @@ def run(cfg: dict, torch_ok: bool, only: set[str] | None) -> dict:
     if (only is None or "primitives" in only) and "prim_sizes" in cfg:
         t0 = time.perf_counter()
         results["primitives"] = sweeps.primitives(
-            n_sizes=cfg["prim_sizes"], convs=cfg["prim_convs"], rounds=cfg["map_rounds"],
+            n_sizes=cfg["prim_sizes"], convs=cfg["prim_convs"], rnn=cfg["prim_rnn"],
+            rounds=cfg["map_rounds"],
             round_s=cfg["map_round_s"], torch_ok=torch_ok)
         progress(f"[{time.perf_counter() - t0:5.1f}s] base operations: "
                  + ", ".join(f"{k} {v['jax'] * 1e3:.2f} ms" for k, v in
@@ -283,7 +286,8 @@ def markdown(results: dict) -> str:
         f"median over {results['config']['rounds']} rounds of the mean step time within a "
         "round. A ratio of two implementations is the median of their per-round ratios "
         "(paired: a load spike from another process slows both members of a round's pair, "
-        "where it would skew a ratio of medians). All implementations of a workload start from the same weights and batch; the "
+        "where it would skew a ratio of medians). All implementations of a workload start "
+        "from the same weights and batch; the "
         "losses of their first training steps agree (last column of the second table). "
         "`jax (hand-written)` is the same model in plain JAX with the constraint inlined and "
         "computed once per step: the zero-overhead limit. `flax + inline` is the unwrapped "
@@ -365,8 +369,10 @@ def markdown(results: dict) -> str:
                   "`jax.grad` of `sum(op(a, b))` w.r.t. every input against torch's "
                   "`backward()`, interleaved. Where torch is faster here, parametrax cannot be "
                   "faster than torch on a workload dominated by that operation (W1 Cayley: the "
-                  "solve; W3: the convolutions). Convolutions are W3's layers (4×4, stride 2, "
-                  "batch 64; NHWC in JAX, NCHW in torch).", "",
+                  "solve; W2: the recurrence; W3: the convolutions). Convolutions are W3's "
+                  "layers (4×4, stride 2, batch 64; NHWC in JAX, NCHW in torch); the RNN "
+                  "recurrence is W2 without the orthogonal map (`lax.scan` of a tanh cell "
+                  "against torch's fused `nn.RNN`).", "",
                   "| operation | JAX ms | torch ms | torch / JAX |", "|---|---:|---:|---:|"]
         for op, v in results["primitives"].items():
             t = v.get("torch")

@@ -157,12 +157,14 @@ def _torch_fb(fn, *args):
 
 
 def primitives(*, n_sizes=(256, 512), batch=128, convs=((3, 64, 32), (64, 64, 16)),
-               rounds: int, round_s: float, torch_ok: bool = True):
+               rnn=(64, 100, 32, 256), rounds: int, round_s: float, torch_ok: bool = True):
     """Seconds for forward + backward (w.r.t. every input, as in a training step) of the
     operations the workloads are built from, JAX and torch interleaved.
 
     Returns ``{op: {"jax": s, "torch": s or None}}``. ``convs`` are W3's layers
     ``(in channels, out channels, input size)``: 4×4 kernels, stride 2, padding 1, batch 64.
+    ``rnn`` is W2's recurrence ``(batch, steps, inputs, hidden)`` without the orthogonal map:
+    ``lax.scan`` of a tanh cell (the hand-written model) against torch's fused ``nn.RNN``.
     """
     rng = np.random.default_rng(0)
     have_torch = torch_ok and HAVE_TORCH
@@ -170,7 +172,7 @@ def primitives(*, n_sizes=(256, 512), batch=128, convs=((3, 64, 32), (64, 64, 16
         import torch  # noqa: PLC0415
     jax_fns, torch_fns = {}, {}
 
-    def add(op, jfn, jargs, tfn, targs):
+    def add(op, jfn, jargs, tfn, targs):  # tfn None: no torch counterpart
         jargs = tuple(jnp.asarray(a) for a in jargs)
         g = jax.jit(jax.grad(lambda *a: jnp.sum(jfn(*a)), argnums=tuple(range(len(jargs)))))
 
@@ -178,7 +180,7 @@ def primitives(*, n_sizes=(256, 512), batch=128, convs=((3, 64, 32), (64, 64, 16
             jax.block_until_ready(g(*jargs))
 
         jax_fns[op] = call
-        if have_torch:
+        if have_torch and tfn is not None:
             torch_fns[op] = _torch_fb(tfn, *(torch.tensor(np.asarray(a)) for a in targs))
 
     for n in n_sizes:
@@ -203,6 +205,31 @@ def primitives(*, n_sizes=(256, 512), batch=128, convs=((3, 64, 32), (64, 64, 16
 
         add(f"conv 4×4/2 {cin}→{cout}, 64×{hw}×{hw}", jconv, (xs, k), tconv,
             (xs.transpose(0, 3, 1, 2).copy(), k.transpose(3, 2, 0, 1).copy()))
+    if rnn is not None:  # W2's recurrence alone: lax.scan vs torch's fused nn.RNN
+        batch_, steps, inputs, hidden = rnn
+        xs = rng.standard_normal((batch_, steps, inputs)).astype(np.float32)
+        wi = (rng.standard_normal((inputs, hidden)) / np.sqrt(inputs)).astype(np.float32)
+        wh = orthogonal_matrix(rng, hidden)
+        bias = np.zeros(hidden, np.float32)
+
+        def jrnn(x, wi, wh, b):
+            def cell(h, xt):
+                return jnp.tanh(xt @ wi + b + h @ wh), None
+
+            h0 = jnp.zeros((x.shape[0], wh.shape[0]), x.dtype)
+            return jax.lax.scan(cell, h0, jnp.swapaxes(x, 0, 1))[0]
+
+        trnn = None
+        if have_torch:
+            module = torch.nn.RNN(inputs, hidden, batch_first=True)
+
+            def trnn(x, wih, whh, b):
+                p = {"weight_ih_l0": wih, "weight_hh_l0": whh, "bias_ih_l0": b,
+                     "bias_hh_l0": torch.zeros_like(b)}
+                return torch.func.functional_call(module, p, (x,))[0][:, -1]
+
+        add(f"RNN recurrence h={hidden}, T={steps}, batch {batch_}", jrnn, (xs, wi, wh, bias),
+            trnn, (xs, wi.T.copy(), wh.T.copy(), bias))
     runners = [Runner(f"jax {op}", f, 0.0) for op, f in jax_fns.items()]
     runners += [Runner(f"torch {op}", f, 0.0) for op, f in torch_fns.items()]
     res = measure(runners, rounds=rounds, warmup=2, round_s=round_s, max_steps=200)

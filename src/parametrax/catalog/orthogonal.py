@@ -120,8 +120,8 @@ def _householder_product(x: Array) -> Array:
     ``T^{-1} = striu(V^T V) + diag(V^T V) / 2`` (the UT transform: Joffrain, Low, Quintana-Orti,
     van de Geijn and Van Zee, "Accumulating Householder transformations, revisited", ACM TOMS
     32(2), 2006). With ``E`` the first ``k`` columns of ``I``, ``V^T E = V_1^T`` (``V``'s top
-    ``k x k`` block), so ``Q = E - V solve(T^{-1}, V_1^T)``: two products and one triangular solve, all
-    level-3 and differentiated by JAX with O(nk) memory. (Applying the ``k`` reflectors one at a
+    ``k x k`` block), so ``Q = E - V solve(T^{-1}, V_1^T)``: two products and one triangular
+    solve, all level 3, differentiated by JAX with O(nk) memory. (Applying the ``k`` reflectors one at a
     time, as LAPACK's unblocked ``org2r`` does, keeps an ``n x k`` matrix per reflector for the
     backward pass: O(nk^2) memory, 0.5 GB at n = k = 512.)
     """
