@@ -181,7 +181,15 @@ def primitives(*, n_sizes=(256, 512), batch=128, convs=((3, 64, 32), (64, 64, 16
 
         jax_fns[op] = call
         if have_torch and tfn is not None:
-            torch_fns[op] = _torch_fb(tfn, *(torch.tensor(np.asarray(a)) for a in targs))
+            targs = [torch.tensor(np.asarray(a)) for a in targs]
+            # the two sides must compute the same thing (layouts differ): compare the sums
+            with torch.no_grad():
+                ts = float(tfn(*targs).double().sum())
+            js = float(jnp.sum(jfn(*jargs)))
+            scale = float(jnp.sum(jnp.abs(jfn(*jargs)))) + 1e-12
+            if abs(ts - js) > 1e-4 * scale:
+                raise AssertionError(f"{op}: JAX and torch disagree (sum {js:.6g} vs {ts:.6g})")
+            torch_fns[op] = _torch_fb(tfn, *targs)
 
     for n in n_sizes:
         a = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)

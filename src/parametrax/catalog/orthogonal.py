@@ -50,9 +50,9 @@ import jax.scipy.linalg as jsl
 from jax import lax
 
 from parametrax._core import Parametrization, Variables
-from parametrax.catalog.linear import cayley_map
 from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
 from parametrax._numerics import mH, mT, require_matrix
+from parametrax.catalog.linear import cayley_map
 
 __all__ = ["Orthogonal", "ORTHOGONAL_MAPS"]
 
@@ -121,9 +121,9 @@ def _householder_product(x: Array) -> Array:
     van de Geijn and Van Zee, "Accumulating Householder transformations, revisited", ACM TOMS
     32(2), 2006). With ``E`` the first ``k`` columns of ``I``, ``V^T E = V_1^T`` (``V``'s top
     ``k x k`` block), so ``Q = E - V solve(T^{-1}, V_1^T)``: two products and one triangular
-    solve, all level 3, differentiated by JAX with O(nk) memory. (Applying the ``k`` reflectors one at a
-    time, as LAPACK's unblocked ``org2r`` does, keeps an ``n x k`` matrix per reflector for the
-    backward pass: O(nk^2) memory, 0.5 GB at n = k = 512.)
+    solve, all level 3, differentiated by JAX with O(nk) memory. (Applying the ``k`` reflectors
+    one at a time, as LAPACK's unblocked ``org2r`` does, keeps an ``n x k`` matrix per reflector
+    for the backward pass: O(nk^2) memory, 0.5 GB at n = k = 512.)
     """
     n, k = x.shape[-2:]
     a = jnp.tril(x, -1)  # the tails: v_j = e_j + a[:, j]
