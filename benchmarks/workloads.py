@@ -93,7 +93,6 @@ def check_losses(name: str, runners: list[Runner], rtol: float = 2e-4) -> float:
 
 
 def _torch_step(model, opt, loss_fn, cached: bool):
-    torch = _torch()
     from torch.nn.utils import parametrize  # noqa: PLC0415
 
     def step() -> float:

@@ -9,7 +9,6 @@
 """
 
 import json
-import pathlib
 
 import flax.linen as nn
 import jax

@@ -159,7 +159,7 @@ def test_orthogonal_initialization(m, triv, dt):
     rng = np.random.default_rng(1)
     ws = [rand(rng, s, dt) for s in SHAPES]
     p = Orthogonal(m, use_trivialization=triv)
-    raws, bases, states = [], [], []
+    raws, bases = [], []
     for w in ws:
         # torch registers orthogonal with unsafe=True (no forward check); so do we here
         raw, state = ptree.register({"w": p}, {"w": w}, key=KEY, unsafe=True)
