@@ -30,6 +30,18 @@ def skew_error(a):
     return float(np.max(np.abs(a + np.swapaxes(a, -1, -2))))
 
 
+def rand(seed_or_rng, shape, dtype=np.float32, scale=1.0):
+    """Standard normal numpy draws, ``scale`` times, complex when ``dtype`` is (independent real
+    and imaginary parts). Takes a seed or a ``np.random.Generator``. Numpy, not jax.random: no
+    per-shape compilation in eager tests."""
+    rng = (seed_or_rng if isinstance(seed_or_rng, np.random.Generator)
+           else np.random.default_rng(seed_or_rng))
+    x = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(shape)
+    return (scale * x).astype(dtype)
+
+
 def normal(seed, shape, dtype=jnp.float32):
     return jax.random.normal(jax.random.key(seed), shape, dtype)
 

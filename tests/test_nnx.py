@@ -24,7 +24,7 @@ import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax.nnx import ParametrizationState
 
-from _helpers import Counter, F32_ATOL, orthogonality_error, RankOne, Scale, skew_error, symmetry_error
+from _helpers import Counter, Double, F32_ATOL, orthogonality_error, RankOne, Scale, skew_error, symmetry_error
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 X3 = jnp.arange(6.0).reshape(2, 3) / 6.0
@@ -33,15 +33,6 @@ X3 = jnp.arange(6.0).reshape(2, 3) / 6.0
 # ------------------------------------------------------------------------------------------------
 # Test-local parametrizations
 # ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Double(px.Parametrization):
-    def forward(self, x):
-        return 2.0 * x
-
-    def right_inverse(self, value):
-        return value / 2.0
-
-
 @dataclasses.dataclass(frozen=True)
 class NormalizeByStoredNorm(px.Parametrization):
     """Spectral-norm-like: x / n, where train reads first set n = ||x|| (stop_gradient), and

@@ -14,19 +14,12 @@ import parametrax as px
 from parametrax import tree as ptree
 from parametrax.catalog.norms import AxisError, SpectralNorm, WeightNorm
 
+from _helpers import rand
+
 F32_ATOL = 1e-5
 F32_RTOL = 1e-4
 KEY = jax.random.key(0)
 STATE = px.STATE_COLLECTION
-
-
-def rand(seed, shape, dtype=np.float32):
-    """Numpy draws (no per-shape compilation, unlike jax.random in eager mode)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape)
-    if np.dtype(dtype).kind == "c":
-        x = x + 1j * rng.standard_normal(shape)
-    return x.astype(dtype)
 
 
 def unit(seed, n):

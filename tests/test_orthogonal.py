@@ -14,20 +14,13 @@ import parametrax as px
 from parametrax import tree as ptree
 from parametrax.catalog.orthogonal import ORTHOGONAL_MAPS, Orthogonal
 
+from _helpers import rand
+
 F32_ATOL = 1e-5
 F32_RTOL = 1e-4
 ORTH_TOL = 1e-5  # max |Q^H Q - I| for float32
 KEY = jax.random.key(0)
 MAPS = ORTHOGONAL_MAPS
-
-
-def rand(seed, shape, dtype=np.float32):
-    """Numpy draws (no per-shape compilation, unlike jax.random in eager mode)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape)
-    if np.dtype(dtype).kind == "c":
-        x = x + 1j * rng.standard_normal(shape)
-    return x.astype(dtype)
 
 
 def orth_err(q):

@@ -21,6 +21,8 @@ from parametrax import tree as ptree
 from parametrax.catalog.norms import AxisError, SpectralNorm, WeightNorm
 from parametrax.catalog.orthogonal import Orthogonal
 
+from _helpers import rand
+
 torch = pytest.importorskip("torch")
 tpz = torch.nn.utils.parametrizations
 tpar = torch.nn.utils.parametrize
@@ -43,13 +45,6 @@ CASE_IDS = [f"{m}-{'triv' if t else 'plain'}-{np.dtype(d).name}" for m, t, d in 
 
 def close(ours, ref, rtol=F32_RTOL, atol=F32_ATOL):
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=rtol, atol=atol)
-
-
-def rand(rng, shape, dtype=np.float32, scale=1.0):
-    x = rng.standard_normal(shape)
-    if np.issubdtype(dtype, np.complexfloating):
-        x = x + 1j * rng.standard_normal(shape)
-    return (scale * x).astype(dtype)
 
 
 def rand_orthogonal(rng, shape, dtype):

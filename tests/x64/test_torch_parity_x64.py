@@ -17,6 +17,8 @@ from parametrax import tree as ptree
 from parametrax.catalog.norms import SpectralNorm, WeightNorm
 from parametrax.catalog.orthogonal import Orthogonal
 
+from _helpers import rand
+
 torch = pytest.importorskip("torch")
 tpz = torch.nn.utils.parametrizations
 
@@ -42,13 +44,6 @@ def test_x64_is_enabled():
 
 def close(ours, ref):
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=F64_RTOL, atol=F64_ATOL)
-
-
-def rand(rng, shape, dtype, scale=1.0):
-    x = rng.standard_normal(shape)
-    if np.dtype(dtype).kind == "c":
-        x = x + 1j * rng.standard_normal(shape)
-    return (scale * x).astype(dtype)
 
 
 def orthogonal_base(rng, shape, dtype):
