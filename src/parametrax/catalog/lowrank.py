@@ -231,8 +231,20 @@ class LowRank(_SVDFamily):
         return jnp.all(sv[..., r:] <= tol, axis=-1)
 
 
+class _PositiveSigma:
+    """σ = f(s) for a positive ``f`` (the ``f`` field): FixedRank's and Invertible's hooks."""
+
+    def _sigma(self, s):
+        return S.resolve_scalar_map(self.f).f(s)
+
+    def _sigma_inverse(self, sigma, scale):
+        m = S.resolve_scalar_map(self.f)
+        inv = S.inverse_or_raise(type(self).__name__, m)
+        return inv(S.clip_to_image(m, sigma, jnp.finfo(sigma.dtype).eps * scale))
+
+
 @dataclasses.dataclass(frozen=True)
-class FixedRank(_SVDFamily):
+class FixedRank(_PositiveSigma, _SVDFamily):
     r"""Matrices of rank exactly ``rank``: ``X = U diag(f(s)) Vᵀ`` with ``f > 0``.
 
     Shapes ``(..., n, k)``, ``rank <= min(n, k)``. ``f``: ``"softplus"`` (default), ``"exp"``,
@@ -244,20 +256,12 @@ class FixedRank(_SVDFamily):
     f: str | Callable | tuple = "softplus"
     triv: str | Callable = "expm"
 
-    def _sigma(self, s):
-        return S.resolve_scalar_map(self.f).f(s)
-
-    def _sigma_inverse(self, sigma, scale):
-        m = S.resolve_scalar_map(self.f)
-        inv = S.inverse_or_raise(type(self).__name__, m)
-        return inv(S.clip_to_image(m, sigma, jnp.finfo(sigma.dtype).eps * scale))
-
     def _sv_ok(self, sv, tol, r, x):
         return jnp.all(sv[..., r:] <= tol, axis=-1) & (sv[..., r - 1] > tol[..., 0])
 
 
 @dataclasses.dataclass(frozen=True)
-class Invertible(_SVDFamily):
+class Invertible(_PositiveSigma, _SVDFamily):
     r"""Square matrices with positive determinant, ``GL⁺(n)``: ``X = U diag(f(s)) Vᵀ`` with
     ``U, V`` orthogonal of constant ``det U · det V = 1`` and ``f > 0``.
 
@@ -273,14 +277,6 @@ class Invertible(_SVDFamily):
 
     def _fix_det(self):
         return True
-
-    def _sigma(self, s):
-        return S.resolve_scalar_map(self.f).f(s)
-
-    def _sigma_inverse(self, sigma, scale):
-        m = S.resolve_scalar_map(self.f)
-        inv = S.inverse_or_raise(type(self).__name__, m)
-        return inv(S.clip_to_image(m, sigma, jnp.finfo(sigma.dtype).eps * scale))
 
     def _sv_ok(self, sv, tol, r, x):
         sign, _ = jnp.linalg.slogdet(x)
