@@ -22,6 +22,11 @@ def require_inexact(p, x: Array) -> None:
 
 def require_matrix(p, x: Array) -> None:
     require_inexact(p, x)
+    require_matrix_shape(p, x)
+
+
+def require_matrix_shape(p, x: Array) -> None:
+    """At least two axes: the matrix axes (last two) and any batch axes before them."""
     if x.ndim < 2:
         raise ShapeError(
             f"{describe(p)} acts on matrices (the last two axes, leading axes are batch axes); "

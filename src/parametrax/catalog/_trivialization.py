@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from parametrax._core import describe
 from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
-from parametrax._numerics import mT
+from parametrax._numerics import mT, require_matrix_shape
 
 Array = jax.Array
 
@@ -36,11 +36,7 @@ def require_real_float(p, x: Array, what: str = "array") -> None:
 
 def require_matrix(p, x: Array) -> None:
     require_real_float(p, x)
-    if x.ndim < 2:
-        raise ShapeError(
-            f"{describe(p)} acts on matrices (the last two axes; leading axes are batch axes); "
-            f"got an array of shape {tuple(x.shape)} with {x.ndim} dimension(s)."
-        )
+    require_matrix_shape(p, x)
 
 
 def require_square(p, x: Array, hint: str = "") -> None:
