@@ -126,6 +126,18 @@ def _t(a):
     return torch.tensor(np.asarray(a))
 
 
+def _torch_linear(kernel, bias=None):
+    """A ``torch.nn.Linear`` holding a Flax-layout ``(in, out)`` kernel (``weight`` is its
+    transpose) and ``bias``; no bias when ``bias`` is None."""
+    torch = _torch()
+    lin = torch.nn.Linear(*kernel.shape, bias=bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(_t(np.asarray(kernel).T))
+        if bias is not None:
+            lin.bias.copy_(_t(bias))
+    return lin
+
+
 # ------------------------------------------------------------------------------------------------
 # W1: Dense n x n with an orthogonal kernel
 # ------------------------------------------------------------------------------------------------
@@ -181,10 +193,7 @@ def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok
         xt, yt = _t(x), _t(y)
 
         def make():
-            lin = torch.nn.Linear(n, n)
-            with torch.no_grad():
-                lin.weight.copy_(_t(w0.T))
-                lin.bias.copy_(_t(b0))
+            lin = _torch_linear(w0, b0)
             orthogonal(lin, orthogonal_map=map_name)
             o = torch.optim.Adam(lin.parameters(), lr=1e-3)
             return lin, o, lambda: torch.nn.functional.mse_loss(lin(xt), yt)
@@ -259,10 +268,7 @@ def _w1_tutorial(n, w0, b0, x, y, opt, seed, torch_ok, inline=True):
         xt, yt = _t(x), _t(y)
 
         def make():
-            lin = torch.nn.Linear(n, n)
-            with torch.no_grad():
-                lin.weight.copy_(_t(w0.T))
-                lin.bias.copy_(_t(b0))
+            lin = _torch_linear(w0, b0)
             parametrize.register_parametrization(lin, "weight", Skew())
             parametrize.register_parametrization(lin, "weight", CayleyMap(n))
             with torch.no_grad():
@@ -360,14 +366,12 @@ def w2_rnn(*, hidden=256, inputs=32, steps=100, batch=64, seed=0, torch_ok=True,
 
         def make_fused():  # torch's fused nn.RNN reads the weight once per forward
             rnn = torch.nn.RNN(inputs, hidden, batch_first=True)
-            out = torch.nn.Linear(hidden, 10)
+            out = _torch_linear(wo, bo)
             with torch.no_grad():
                 rnn.weight_ih_l0.copy_(_t(wi.T))
                 rnn.bias_ih_l0.copy_(_t(bi))
                 rnn.bias_hh_l0.zero_()
                 rnn.weight_hh_l0.copy_(_t(wh.T))
-                out.weight.copy_(_t(wo.T))
-                out.bias.copy_(_t(bo))
             orthogonal(rnn, "weight_hh_l0", orthogonal_map="matrix_exp")
             m = torch.nn.ModuleList([rnn, out])
             o = torch.optim.Adam(m.parameters(), lr=1e-3)
@@ -378,15 +382,7 @@ def w2_rnn(*, hidden=256, inputs=32, steps=100, batch=64, seed=0, torch_ok=True,
         if torch_loop:
 
             def make_loop():  # the expRNN-style cell, stepped in Python: reads W every step
-                i = torch.nn.Linear(inputs, hidden)
-                h_ = torch.nn.Linear(hidden, hidden, bias=False)
-                out = torch.nn.Linear(hidden, 10)
-                with torch.no_grad():
-                    i.weight.copy_(_t(wi.T))
-                    i.bias.copy_(_t(bi))
-                    h_.weight.copy_(_t(wh.T))
-                    out.weight.copy_(_t(wo.T))
-                    out.bias.copy_(_t(bo))
+                i, h_, out = _torch_linear(wi, bi), _torch_linear(wh), _torch_linear(wo, bo)
                 orthogonal(h_, orthogonal_map="matrix_exp")
                 m = torch.nn.ModuleList([i, h_, out])
                 o = torch.optim.Adam(m.parameters(), lr=1e-3)
@@ -659,10 +655,7 @@ def w4_mlp(*, weight_norm: bool, width=512, depth=3, inputs=784, batch=256, seed
         def make():
             layers = []
             for w, b in zip(ws, bs):
-                lin = torch.nn.Linear(*w.shape)
-                with torch.no_grad():
-                    lin.weight.copy_(_t(w.T))
-                    lin.bias.copy_(_t(b))
+                lin = _torch_linear(w, b)
                 if weight_norm:
                     t_wn(lin)
                 layers += [lin, torch.nn.ReLU()]
