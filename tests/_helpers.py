@@ -1,6 +1,10 @@
 """Small shared test utilities (tolerances are named per dtype, never library defaults)."""
 
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -9,9 +13,25 @@ import numpy as np
 
 import parametrax as px
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Smoke runs check behaviour, not speed: a lower XLA optimisation level halves compile time.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
 ATOL = {jnp.float32: 1e-5, jnp.float64: 1e-12}
 F32_ATOL = 1e-5
 F32_RTOL = 1e-4
+
+
+def run_script(script: str, *args: str, timeout: int = 300, fast_compile: bool = False) -> str:
+    """Run the repository's ``script`` (a path from the root) in a fresh Python from the root;
+    assert it exits 0 (showing the tail of its output if not) and return its stdout."""
+    env = dict(os.environ)
+    if fast_compile:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_COMPILE).strip()
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=env)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
 
 
 def orthogonality_error(q):

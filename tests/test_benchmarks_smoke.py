@@ -8,20 +8,14 @@ models it times are the same model.
 
 import importlib.util
 import json
-import pathlib
-import subprocess
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from _helpers import run_script
+
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def test_benchmark_suite_quick(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert proc.returncode == 0, f"run.py failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    run_script("benchmarks/run.py", "--quick", "--out", str(tmp_path), timeout=600)
     results = json.loads((tmp_path / "results.json").read_text())
     groups = {w["group"] for w in results["workloads"]}
     assert groups == {"W1", "W2", "W3", "W4"}

@@ -5,14 +5,10 @@ scripts work end to end (training, reporting, plotting) in a few seconds each.
 """
 
 import importlib.util
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from _helpers import run_script
 
 needs_examples_extra = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("matplotlib", "tqdm")),
@@ -20,23 +16,8 @@ needs_examples_extra = pytest.mark.skipif(
 )
 
 
-# Smoke runs check behaviour, not speed: a lower XLA optimisation level halves compile time.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def run(script: str, *args: str, timeout: int = 120) -> str:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_COMPILE).strip()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+def run(script: str, *args: str) -> str:
+    return run_script(script, *args, timeout=120, fast_compile=True)
 
 
 @needs_examples_extra

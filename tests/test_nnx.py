@@ -8,9 +8,6 @@ map; never parametrax's own output.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +21,9 @@ import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax.nnx import ParametrizationState
 
-from _helpers import Counter, Double, F32_ATOL, orthogonality_error, RankOne, Scale, skew_error, symmetry_error
+from _helpers import (Counter, Double, F32_ATOL, orthogonality_error, RankOne, run_script, Scale,
+                      skew_error, symmetry_error)
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 X3 = jnp.arange(6.0).reshape(2, 3) / 6.0
 
 
@@ -1064,13 +1061,6 @@ def test_transfer_errors_leave_the_target_unchanged():
 # The tutorial
 # ------------------------------------------------------------------------------------------------
 def test_tutorial_nnx_runs():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "tutorial_nnx.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    assert "All tutorial claims hold." in proc.stdout
-    assert proc.stdout.count("[ok]") >= 25
+    out = run_script("examples/tutorial_nnx.py")
+    assert "All tutorial claims hold." in out
+    assert out.count("[ok]") >= 25
