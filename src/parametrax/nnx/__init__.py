@@ -1,0 +1,123 @@
+"""The Flax NNX front: PyTorch's in-place ``parametrize`` workflow on ``flax.nnx`` modules.
+
+::
+
+    from flax import nnx
+    import parametrax as px
+    from parametrax import nnx as pnnx
+
+    layer = nnx.Linear(3, 3, rngs=nnx.Rngs(0))
+    pnnx.register_parametrization(layer, "kernel", [px.skew, px.cayley])
+    layer.kernel                       # orthogonal: computed from the stored raw value
+    layer.parametrizations.kernel.original   # the raw value, an nnx.Param
+    layer.kernel = Q                   # runs the right_inverse chain (reverse order)
+    pnnx.remove_parametrizations(layer, "kernel")   # back to a plain nnx.Linear
+
+How ``module.<name>`` works
+---------------------------
+As in torch, the first registration swaps the instance's class for a generated subclass
+``Parametrized<Class>`` of the original class (``isinstance(layer, nnx.Linear)`` still holds) that
+has a ``property`` per parametrized name. The getter evaluates the chain on the stored raw
+value(s); the setter runs the right_inverse chain. The generated class is cached per
+``(class, parametrized names)``, so two models of the same structure share it and ``nnx.jit``
+does not re-trace for them. The variable itself is moved from ``module.<name>`` to
+``module.parametrizations.<name>.original`` (``original0``, ``original1``, ... when the first
+parametrization's ``right_inverse`` returns several arrays), keeping its Variable type: an
+``nnx.Param`` stays an ``nnx.Param`` (and a single-array original keeps the very same Variable
+object), an ``nnx.BatchStat`` or plain ``nnx.Variable`` (torch's buffers) keeps its type and so
+gets no gradient. Everything lives in the instance's ``__dict__`` as ordinary NNX nodes, so
+``nnx.split`` / ``nnx.merge`` / ``nnx.state`` / ``nnx.jit`` / ``nnx.grad`` / ``nnx.vmap`` see a
+regular module graph::
+
+    parametrizations/kernel/original     the raw value (same Variable type as before)
+    parametrizations/kernel/0/<name>     learnable params of link 0 (nnx.Param)
+    parametrizations/kernel/0/<name>     state of link 0 (ParametrizationState, not a Param)
+
+so ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` trains exactly the raw values and the
+parametrizations' own params. Create the optimizer *after* registering: the paths change.
+
+Evaluating the map once per step
+--------------------------------
+XLA does not deduplicate repeated matrix functions (see DESIGN.md), so the property memoizes:
+under a JAX transformation (``nnx.jit``, ``nnx.grad``, ``nnx.vmap``, ...) a read whose inputs are
+the *same* traced arrays as an earlier read in the *same* trace (raw values, the links' params
+and state, the chain, and the mode) returns the earlier result. A model that reads
+``self.kernel`` three times per ``nnx.jit`` step therefore puts the map in the jaxpr once. This
+is a pure optimisation: the map is a pure function of exactly those inputs, so it changes no
+value, and eager code is unaffected (every eager read recomputes, as in torch). It keys on
+object identity and the current trace, so it never returns a tracer of a finished trace.
+
+``cached()`` is torch's context manager, for eager code and for stateful maps: inside it each
+parametrized value is computed once and reused, and a stateful parametrization advances its
+state on the first read only (one power iteration per step, as torch). Unlike torch, the cache
+never goes stale: assigning ``module.<name> = X``, appending a parametrization, or an optimizer
+update of the raw values (a new array) gives a fresh value inside the context.
+
+Train / eval
+------------
+Each ``ParametrizationList`` has a ``use_running_average`` flag, the attribute ``nnx.BatchNorm``
+and ``nnx.SpectralNorm`` use, so ``model.train()`` / ``model.eval()`` / ``nnx.view(model,
+use_running_average=...)`` toggle it. ``use_running_average=False`` (train): a read of a stateful
+parametrization (spectral norm's power iteration, the test suite's counters) updates its state;
+``True`` (eval): reads reuse the stored state and change nothing. At registration the flag is
+taken from the host (its own ``use_running_average`` / ``deterministic`` attribute, else the
+first submodule that has one), defaulting to train, as torch's ``training=True``.
+
+Differences from torch, on purpose
+----------------------------------
+* A failed registration or assignment leaves the module exactly as it was (torch may have
+  overwritten the weight already, spec §2.B.4).
+* Appending a parametrization checks it against the current value without advancing state;
+  removing with ``leave_parametrized=True`` bakes the value a read in eval mode gives (torch runs
+  one more power iteration first).
+* ``transfer_parametrizations_and_params`` copies the raw values, params and state instead of
+  sharing them (torch shares the objects, which its own spec lists as a bug).
+* Assigning checks that right_inverse returns the stored shapes and dtypes (torch lets an
+  identity right_inverse silently reshape the original).
+* ``right_inverse`` that needs random numbers gets ``key`` from :func:`assign`; the property
+  setter passes ``key=None`` (torch uses its global RNG).
+* Serialisation goes through ``nnx.state`` (e.g. orbax); the generated classes do not pickle
+  (torch also refuses to pickle parametrized modules).
+
+Package layout
+--------------
+* ``_containers``: the graph nodes (``ParametrizationDict`` / ``List`` / ``Link``,
+  ``ParametrizationState``) and where to find them on a host module.
+* ``_classes``: the generated ``Parametrized<Class>`` subclasses and their properties.
+* ``_memo``: evaluating a chain on a module, the per-trace memo and ``cached()``.
+* ``_register`` / ``_assign`` / ``_remove``: the operations.
+* ``_util``: argument checks, messages, Variable copies, the train/eval inference.
+* ``_compat``: every use of private Flax / JAX attributes, each commented (flax 0.12).
+"""
+
+from __future__ import annotations
+
+from parametrax.nnx._assign import assign
+from parametrax.nnx._containers import (
+    ParametrizationDict,
+    ParametrizationLink,
+    ParametrizationList,
+    ParametrizationState,
+    is_parametrized,
+    type_before_parametrizations,
+)
+from parametrax.nnx._memo import cached
+from parametrax.nnx._register import register_parametrization
+from parametrax.nnx._remove import (
+    remove_parametrizations,
+    transfer_parametrizations_and_params,
+)
+
+__all__ = [
+    "register_parametrization",
+    "remove_parametrizations",
+    "is_parametrized",
+    "type_before_parametrizations",
+    "transfer_parametrizations_and_params",
+    "cached",
+    "assign",
+    "ParametrizationState",
+    "ParametrizationDict",
+    "ParametrizationList",
+    "ParametrizationLink",
+]

@@ -1,0 +1,119 @@
+"""Evaluating a chain on a module: the per-trace memo and torch's ``cached()``."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import jax
+from flax import nnx
+
+from parametrax._core import chain_forward, describe
+from parametrax._errors import ParametrizationError
+from parametrax.nnx import _compat
+
+if TYPE_CHECKING:
+    from parametrax.nnx._containers import ParametrizationList
+
+Array = jax.Array
+
+
+class _CacheState(threading.local):
+    def __init__(self):
+        self.depth = 0
+        self.entries: dict[int, tuple[Any, tuple]] = {}
+
+
+_CACHE = _CacheState()
+# Per-trace memo: plist -> (chain, trace, raw inputs, state inputs, update flag, value).
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def _value_of(x: Any) -> Any:
+    return x.get_value() if isinstance(x, nnx.Variable) else x
+
+
+def _inputs(plist: ParametrizationList):
+    originals = {n: _value_of(getattr(plist, n)) for n in plist.original_names}
+    links = list(plist)
+    params = [link.params for link in links]
+    state = [link.state for link in links]
+    return originals, params, state
+
+
+def _invalidate(plist: ParametrizationList) -> None:
+    _CACHE.entries.pop(id(plist), None)
+    _MEMO.pop(plist, None)
+
+
+def _state_variables(plist: ParametrizationList) -> list[nnx.Variable]:
+    return [getattr(link, k) for link in plist for k in link._px_state_names]
+
+
+def _write_state(plist: ParametrizationList, new_state: list[dict]) -> None:
+    for link, st in zip(plist, new_state):
+        if set(st) != set(link._px_state_names):
+            raise ParametrizationError(
+                f"{describe(link.parametrization)}.apply returned state entries "
+                f"{sorted(st)}, but init_variables made {sorted(link._px_state_names)}."
+            )
+        for k, v in st.items():
+            var = getattr(link, k)
+            if v is not var.get_value():
+                var.set_value(v)
+
+
+def _evaluate(plist: ParametrizationList, *, update_state: bool | None = None) -> Array:
+    """The chain's value; advances state when in train mode (``update_state`` overrides)."""
+    chain = plist.chain
+    originals, params, state = _inputs(plist)
+    update = (not plist.use_running_average) if update_state is None else update_state
+    trace = _compat.current_trace()
+    raw_in = tuple(originals.values()) + tuple(jax.tree.leaves(params))
+    state_in = tuple(jax.tree.leaves(state))
+    if _CACHE.depth:
+        hit = _CACHE.entries.get(id(plist))
+        if hit is not None:
+            _, (c, t, r, v) = hit
+            if c == chain and t == trace and _same(r, raw_in):
+                return v
+    memo = _MEMO.get(plist)
+    if memo is not None:
+        c, t, r, s, u, v = memo
+        if c == chain and t == trace and u == update and _same(r, raw_in) and _same(s, state_in):
+            return v
+    value, new_state = chain_forward(chain, originals, params, state, update_state=update)
+    if update:
+        _write_state(plist, new_state)
+    if isinstance(value, jax.core.Tracer):
+        _MEMO[plist] = (chain, trace, raw_in, state_in, update, value)
+    if _CACHE.depth:
+        _CACHE.entries[id(plist)] = (plist, (chain, trace, raw_in, value))
+    return value
+
+
+@contextlib.contextmanager
+def cached():
+    """Torch's ``parametrize.cached()``: inside it each parametrized value is computed once.
+
+    The first read of ``module.<name>`` computes the value (advancing a stateful
+    parametrization's state once, in train mode) and later reads return the same array.
+    Contexts nest; the cache is cleared when the outermost one exits. Unlike torch, entries
+    never go stale: assigning ``module.<name> = X``, appending a parametrization, or a new raw
+    value (an optimizer update) recomputes. Usable in eager code and inside a traced step (an
+    entry is only reused in the trace that computed it).
+    """
+    _CACHE.depth += 1
+    try:
+        yield
+    finally:
+        _CACHE.depth -= 1
+        if _CACHE.depth == 0:
+            _CACHE.entries.clear()
+
