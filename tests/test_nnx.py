@@ -269,14 +269,14 @@ def test_append_checks_and_atomicity():
     snap = snapshot(layer)
     with pytest.raises(
         px.ShapeError,
-        match=r"\[`FirstRow`\] on `Linear.kernel`.*module.kernel has shape \(3, 3\) and dtype "
-        r"float32, `FirstRow` returned shape \(1, 3\)",
+        match=r"\[`FirstRow`\] on `Linear.kernel`.*the current value has shape \(3, 3\) and "
+        r"dtype float32, `FirstRow` returned shape \(1, 3\)",
     ):
         pnnx.register_parametrization(layer, "kernel", FirstRow())
     assert_unchanged(layer, snap)
     with pytest.raises(
         px.RightInverseError,
-        match=r"`WrongShapeInverse`.right_inverse must keep the shape.*returned shape \(1, 3\)",
+        match=r"`WrongShapeInverse` may not change the shape.*right_inverse returned shape \(1, 3\)",
     ):
         pnnx.register_parametrization(layer, "kernel", WrongShapeInverse())
     assert_unchanged(layer, snap)

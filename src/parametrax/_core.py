@@ -454,3 +454,77 @@ def chain_right_inverse(
             )
         out[name] = r
     return out, new_state
+
+
+def chain_append(
+    chain: tuple[Parametrization, ...],
+    value: Array,
+    *,
+    key: Array | None,
+    unsafe: bool = False,
+) -> tuple[list[dict], list[dict]]:
+    """Torch's repeated registration: appends ``chain`` to a chain whose value is ``value``.
+
+    The raw values stay as they are (the new value is ``chain(value)``), so nothing is inverted;
+    each new link gets its variables from ``init_variables(key, its input)`` and, unless
+    ``unsafe``, is checked on the current value: its forward, and its right inverse if it has
+    one, must keep the shape and dtype (torch §2.A). Returns ``(link_params, link_state)`` of
+    the new links, in chain order. Nothing is changed: the caller stores the links.
+    """
+    n = len(chain)
+    keys = _split(key, 2 * n)
+    params: list[dict] = []
+    state: list[dict] = []
+    y: Any = value
+    for j, link in enumerate(chain):
+        if link.has_variables:
+            if keys[j] is None:
+                raise ParametrizationError(
+                    f"{describe(link)} owns variables and needs a PRNG key to initialise them; "
+                    "pass `key=`."
+                )
+            v = link.init_variables(keys[j], y)
+        else:
+            v = empty_variables()
+        variables = {"params": dict(v["params"]), "state": dict(v["state"])}
+        params.append(variables["params"])
+        state.append(variables["state"])
+        if unsafe and not any(q.has_variables for q in chain[j + 1 :]):
+            continue  # later links need no input to initialise: nothing left to compute
+        try:
+            x, _ = link.apply(variables, y, update_state=False)
+        except TypeError as e:
+            raise ParametrizationTypeError(
+                f"calling {describe(link)} on the current value ({_spec_of(y)}) raised "
+                f"TypeError: {e}. Only the first parametrization of a chain may take several "
+                "raw arrays."
+            ) from e
+        if not unsafe:
+            _check_appended(link, y, x, "returned")
+            if link.has_right_inverse:
+                try:
+                    z, _ = link.apply_inverse(variables, x, key=keys[n + j])
+                except NotImplementedError:
+                    z = None
+                if z is not None:
+                    (z,), _ = _as_raw_tuple(z, link, first=False)
+                    _check_appended(link, y, z, "right_inverse returned")
+        y = x
+    return params, state
+
+
+def _check_appended(link: Parametrization, before: Any, after: Any, verb: str) -> None:
+    err = RightInverseError if verb.startswith("right_inverse") else ShapeError
+    if not _is_array(after):
+        raise err(
+            f"a parametrization must return an array; {describe(link)} {verb} "
+            f"{type(after).__name__}."
+        )
+    if tuple(after.shape) != tuple(before.shape) or jnp.dtype(after.dtype) != jnp.dtype(
+        before.dtype
+    ):
+        raise err(
+            f"appending {describe(link)} may not change the shape or dtype unless "
+            f"`unsafe=True`: the current value has {_spec_of(before)}, {describe(link)} {verb} "
+            f"{_spec_of(after)}."
+        )

@@ -5,16 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from parametrax import _core
-from parametrax._core import as_chain, chain_register, describe, empty_variables
+from parametrax._core import as_chain, chain_append, chain_register
 from parametrax._errors import (
     ParametrizationError,
     ParametrizationTypeError,
-    RightInverseError,
-    ShapeError,
     SpecError,
     with_context,
 )
@@ -40,7 +37,6 @@ from parametrax.nnx._util import (
     _needs_key,
     _require_module,
     _resolve_key,
-    _spec,
 )
 
 Array = jax.Array
@@ -80,8 +76,7 @@ def register_parametrization(
 
     On error nothing changes: the module's class, its state and its attributes are as before.
 
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
+    >>>     >>> from flax import nnx
     >>> import parametrax as px
     >>> from parametrax import nnx as pnnx
     >>> layer = nnx.Linear(3, 3, rngs=nnx.Rngs(0))
@@ -171,61 +166,12 @@ def _append(module, name, chain, *, unsafe, key, what) -> None:
     plist = vars(module)[PARAMETRIZATIONS][name]
     if key is None and _needs_key(chain):
         raise _missing_key_error(what, chain)
-    keys = (
-        list(jax.random.split(key, 2 * len(chain)))
-        if key is not None
-        else [None] * (2 * len(chain))
-    )
     y = _evaluate(plist, update_state=False)
-    new_links = []
-    for j, p in enumerate(chain):
-        variables = p.init_variables(keys[j], y) if p.has_variables else empty_variables()
-        variables = {"params": dict(variables["params"]), "state": dict(variables["state"])}
-        link = ParametrizationLink(p, variables["params"], variables["state"])
-        new_links.append(link)
-        last = j == len(chain) - 1
-        if unsafe and (last or not any(q.has_variables for q in chain[j + 1 :])):
-            continue
-        try:
-            x, _ = p.apply(variables, y, update_state=False)
-        except TypeError as e:
-            raise ParametrizationTypeError(
-                f"{what}: calling {describe(p)} on the current value ({_spec(y)}) raised "
-                f"TypeError: {e}. Only the first parametrization of a chain may take several "
-                "raw arrays."
-            ) from e
-        if unsafe:
-            y = x
-            continue
-        if not _core._is_array(x):
-            raise ShapeError(
-                f"{what}: a parametrization must return an array; {describe(p)} returned "
-                f"{type(x).__name__}."
-            )
-        if tuple(x.shape) != tuple(y.shape) or jnp.dtype(x.dtype) != jnp.dtype(y.dtype):
-            raise ShapeError(
-                f"{what}: registering a parametrization may not change the shape or dtype "
-                f"unless `unsafe=True`: module.{name} has {_spec(y)}, {describe(p)} returned "
-                f"{_spec(x)}."
-            )
-        if p.has_right_inverse:
-            try:
-                z, _ = p.apply_inverse(variables, x, key=keys[len(chain) + j])
-            except NotImplementedError:
-                z = None
-            if z is not None:
-                if not _core._is_array(z):
-                    raise RightInverseError(
-                        f"{what}: {describe(p)}.right_inverse must return one array when it "
-                        f"is appended to a chain; got {type(z).__name__}."
-                    )
-                if tuple(z.shape) != tuple(y.shape) or jnp.dtype(z.dtype) != jnp.dtype(y.dtype):
-                    raise RightInverseError(
-                        f"{what}: {describe(p)}.right_inverse must keep the shape and dtype "
-                        f"unless `unsafe=True`: module.{name} has {_spec(y)}, right_inverse "
-                        f"returned {_spec(z)}."
-                    )
-        y = x
+    try:
+        params, state = chain_append(chain, y, key=key, unsafe=unsafe)
+    except ParametrizationError as e:
+        raise with_context(e, what) from e.__cause__
+    new_links = [ParametrizationLink(p, params[j], state[j]) for j, p in enumerate(chain)]
     _check_mutable([plist], [], what)
     n = len(plist)
     for j, link in enumerate(new_links):
@@ -233,5 +179,3 @@ def _append(module, name, chain, *, unsafe, key, what) -> None:
     if unsafe:
         plist.unsafe = True
     _invalidate(plist)
-
-
