@@ -61,7 +61,10 @@ use_running_average=...)`` toggle it. ``use_running_average=False`` (train): a r
 parametrization (spectral norm's power iteration, the test suite's counters) updates its state;
 ``True`` (eval): reads reuse the stored state and change nothing. At registration the flag is
 taken from the host (its own ``use_running_average`` / ``deterministic`` attribute, else the
-first submodule that has one), defaulting to train, as torch's ``training=True``.
+first submodule that has one, a sibling parametrization included), defaulting to train, as
+torch's ``training=True``. NNX keeps no mode on layers such as ``nnx.Linear``, and a child cannot
+see its parent, so registering on one after ``model.eval()`` needs
+``register_parametrization(..., use_running_average=True)`` (or ``model.eval()`` again).
 
 Differences from torch, on purpose
 ----------------------------------
@@ -76,8 +79,13 @@ Differences from torch, on purpose
   identity right_inverse silently reshape the original).
 * ``right_inverse`` that needs random numbers gets ``key`` from :func:`assign`; the property
   setter passes ``key=None`` (torch uses its global RNG).
-* Serialisation goes through ``nnx.state`` (e.g. orbax); the generated classes do not pickle
-  (torch also refuses to pickle parametrized modules).
+* A parametrized module pickles and ``copy.deepcopy``-s (the pickle names the base class and the
+  parametrized names; the generated class is rebuilt on load); torch refuses. For checkpoints,
+  ``nnx.state`` (e.g. with orbax) is still the portable route.
+* NaN / Inf is refused wherever arrays are stored: the value registered or assigned, and the raw
+  values and link variables a right inverse or ``init_variables`` produces from it (a finite value
+  the chain cannot represent, such as Cayley given a rotation by π). See ``_finite.py``; traced
+  values are not checked.
 
 Package layout
 --------------
@@ -86,6 +94,7 @@ Package layout
 * ``_classes``: the generated ``Parametrized<Class>`` subclasses and their properties.
 * ``_memo``: evaluating a chain on a module, the per-trace memo and ``cached()``.
 * ``_register`` / ``_assign`` / ``_remove``: the operations.
+* ``_finite``: the NaN / Inf policy.
 * ``_util``: argument checks, messages, Variable copies, the train/eval inference.
 * ``_compat``: every use of private Flax / JAX attributes, each commented (flax 0.12).
 """

@@ -38,6 +38,18 @@ def _px_setattr(self, attr: str, value: Any) -> None:
         cls._px_base.__setattr__(self, attr, value)
 
 
+def _px_reduce(self):
+    """Pickling (and ``copy.deepcopy``): the generated class is not importable by name, so the
+    pickle names the base class and the parametrized names, and rebuilds the class on load."""
+    cls = type(self)
+    return _unpickle, (cls._px_base, tuple(sorted(cls._px_names))), self.__getstate__()
+
+
+def _unpickle(base: type, names: tuple[str, ...]) -> Any:
+    cls = _parametrized_class(base, frozenset(names))
+    return cls.__new__(cls)
+
+
 def _parametrized_class(base: type, names: frozenset) -> type:
     key = (base, names)
     with _CLASSES_LOCK:
@@ -53,6 +65,7 @@ def _parametrized_class(base: type, names: frozenset) -> type:
             f"{', '.join(f'`{n}`' for n in sorted(names))} (made by "
             "`parametrax.nnx.register_parametrization`).",
             "__setattr__": _px_setattr,
+            "__reduce__": _px_reduce,
         }
         for n in names:
             namespace[n] = _make_property(n)

@@ -8,6 +8,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from parametrax._core import chain_forward, describe
@@ -56,13 +57,27 @@ def _state_variables(plist: ParametrizationList) -> list[nnx.Variable]:
     return [getattr(link, k) for link in plist for k in link._px_state_names]
 
 
-def _write_state(plist: ParametrizationList, new_state: list[dict]) -> None:
-    for link, st in zip(plist, new_state):
+def _check_state(plist: ParametrizationList, new_state: list[dict], method: str) -> None:
+    """Raises unless ``new_state`` has each link's entries with their shapes and dtypes."""
+    for i, (link, st) in enumerate(zip(plist, new_state)):
         if set(st) != set(link._px_state_names):
             raise ParametrizationError(
-                f"{describe(link.parametrization)}.apply returned state entries "
+                f"{describe(link.parametrization)}.{method} (link {i}) returned state entries "
                 f"{sorted(st)}, but init_variables made {sorted(link._px_state_names)}."
             )
+        for k, v in st.items():
+            old = getattr(link, k).get_value()
+            if jnp.shape(v) != jnp.shape(old) or jnp.result_type(v) != jnp.result_type(old):
+                raise ParametrizationError(
+                    f"{describe(link.parametrization)}.{method} (link {i}) returned state `{k}` "
+                    f"of shape {jnp.shape(v)} and dtype {jnp.result_type(v).name}; it has shape "
+                    f"{jnp.shape(old)} and dtype {jnp.result_type(old).name}."
+                )
+
+
+def _write_state(plist: ParametrizationList, new_state: list[dict], method: str = "apply") -> None:
+    _check_state(plist, new_state, method)
+    for link, st in zip(plist, new_state):
         for k, v in st.items():
             var = getattr(link, k)
             if v is not var.get_value():

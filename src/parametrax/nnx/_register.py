@@ -15,7 +15,7 @@ from parametrax._errors import (
     SpecError,
     with_context,
 )
-from parametrax.nnx import _compat
+from parametrax.nnx import _compat, _finite
 from parametrax.nnx._classes import _parametrized_class
 from parametrax.nnx._containers import (
     PARAMETRIZATIONS,
@@ -50,6 +50,7 @@ def register_parametrization(
     unsafe: bool = False,
     rngs: nnx.Rngs | None = None,
     key: Array | None = None,
+    use_running_average: bool | None = None,
 ) -> nnx.Module:
     """Torch's ``register_parametrization`` for an NNX module; returns ``module``.
 
@@ -73,6 +74,14 @@ def register_parametrization(
       unsafe: skip the shape and dtype checks of the forward.
       rngs: ``nnx.Rngs`` feeding parametrizations that own variables (``rngs.params()``).
       key: a PRNG key, instead of ``rngs``.
+      use_running_average: the chain's train/eval flag (``True``: eval, stateful links keep
+        their state). ``None`` (default) takes the host's mode: its own
+        ``use_running_average`` / ``deterministic`` attribute, else the first submodule's (a
+        ``BatchNorm``, ``Dropout`` or an already parametrized variable), else train. A host
+        without such attributes (``nnx.Linear``, ``nnx.Conv``) does not record a parent's
+        ``model.eval()``: registering on it after ``eval()``, pass ``use_running_average=True``
+        or call ``model.eval()`` again after registering. Appending to a chain with an
+        explicit flag sets the whole chain's flag.
 
     On error nothing changes: the module's class, its state and its attributes are as before.
 
@@ -93,17 +102,23 @@ def register_parametrization(
         raise ParametrizationTypeError(f"{what}: `name` must be a str; got {type(name).__name__}.")
     if not isinstance(unsafe, bool):
         raise ParametrizationTypeError(f"{what}: `unsafe` must be a bool; got {unsafe!r}.")
+    if use_running_average is not None and not isinstance(use_running_average, bool):
+        raise ParametrizationTypeError(
+            f"{what}: `use_running_average` must be a bool or None; got {use_running_average!r}."
+        )
     key = _resolve_key(rngs, key, what)
     chain = as_chain(parametrization)
     what = f"register_parametrization({_chain_str(chain)} on {_qualified(module, name)})"
     if is_parametrized(module, name):
-        _append(module, name, chain, unsafe=unsafe, key=key, what=what)
+        _append(module, name, chain, unsafe=unsafe, key=key, what=what, mode=use_running_average)
     else:
-        _register_first(module, name, chain, unsafe=unsafe, key=key, what=what)
+        _register_first(
+            module, name, chain, unsafe=unsafe, key=key, what=what, mode=use_running_average
+        )
     return module
 
 
-def _register_first(module, name, chain, *, unsafe, key, what) -> None:
+def _register_first(module, name, chain, *, unsafe, key, what, mode) -> None:
     attrs = vars(module)
     if name == PARAMETRIZATIONS or name not in attrs:
         raise SpecError(
@@ -136,18 +151,19 @@ def _register_first(module, name, chain, *, unsafe, key, what) -> None:
         )
     if key is None and _needs_key(chain):
         raise _missing_key_error(what, chain)
+    _finite.check_value(what, value, "the value to register")
     try:
         originals, params, state = chain_register(chain, value, key=key, unsafe=unsafe)
     except ParametrizationError as e:
         raise with_context(e, what) from e.__cause__
+    _finite.check_produced(what, chain, originals, params, state)
     if "original" in originals:
         orig_vars = {"original": var}
     else:
         orig_vars = {n: _like(var, r) for n, r in originals.items()}
     links = [ParametrizationLink(p, params[i], state[i]) for i, p in enumerate(chain)]
-    plist = ParametrizationList(
-        orig_vars, links, unsafe=unsafe, use_running_average=_infer_mode(module)
-    )
+    mode = _infer_mode(module) if mode is None else mode
+    plist = ParametrizationList(orig_vars, links, unsafe=unsafe, use_running_average=mode)
     _check_mutable([module, existing] if existing is not None else [module], [var], what)
     # Commit: nothing below raises for valid input.
     pdict = existing if existing is not None else ParametrizationDict()
@@ -162,7 +178,7 @@ def _register_first(module, name, chain, *, unsafe, key, what) -> None:
     _invalidate(plist)
 
 
-def _append(module, name, chain, *, unsafe, key, what) -> None:
+def _append(module, name, chain, *, unsafe, key, what, mode) -> None:
     plist = vars(module)[PARAMETRIZATIONS][name]
     if key is None and _needs_key(chain):
         raise _missing_key_error(what, chain)
@@ -171,6 +187,7 @@ def _append(module, name, chain, *, unsafe, key, what) -> None:
         params, state = chain_append(chain, y, key=key, unsafe=unsafe)
     except ParametrizationError as e:
         raise with_context(e, what) from e.__cause__
+    _finite.check_produced(what, chain, {}, params, state, offset=len(plist))
     new_links = [ParametrizationLink(p, params[j], state[j]) for j, p in enumerate(chain)]
     _check_mutable([plist], [], what)
     n = len(plist)
@@ -178,4 +195,6 @@ def _append(module, name, chain, *, unsafe, key, what) -> None:
         setattr(plist, str(n + j), link)
     if unsafe:
         plist.unsafe = True
+    if mode is not None:
+        plist.use_running_average = mode
     _invalidate(plist)
