@@ -53,6 +53,23 @@ state on the first read only (one power iteration per step, as torch). Unlike to
 never goes stale: assigning ``module.<name> = X``, appending a parametrization, or an optimizer
 update of the raw values (a new array) gives a fresh value inside the context.
 
+Stepping fast
+-------------
+``nnx.jit`` flattens and unflattens the whole module graph in Python on every call, and a
+parametrized variable adds graph nodes (the ``parametrizations`` dict, the chain, one node per
+link, the raw value(s) and their optimizer slots): measured on a 20-layer 32x32 MLP with
+``WeightNorm`` kernels (``benchmarks/nnx_overhead.py``, CPU), 7.2 ms per step against 3.7 ms
+plain, about 180 us per parametrized layer, all of it in NNX's graph traversal (the chain
+itself runs only while tracing). The fastest recipe skips that traversal::
+
+    step = nnx.cached_partial(train_step, model, optimizer)   # train_step is @nnx.jit
+    for x, y in batches:
+        loss = step(x, y)                                      # 1.6 ms on the MLP above
+
+or split once and ``jax.jit`` a pure function of ``(graphdef, state)`` (``nnx.split`` /
+``nnx.merge`` inside the step). Register parametrizations and create the optimizer *before*
+``cached_partial``; after changing the graph (registering, removing) build it again.
+
 Train / eval
 ------------
 Each ``ParametrizationList`` has a ``use_running_average`` flag, the attribute ``nnx.BatchNorm``
