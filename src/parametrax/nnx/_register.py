@@ -85,7 +85,8 @@ def register_parametrization(
 
     On error nothing changes: the module's class, its state and its attributes are as before.
 
-    >>>     >>> from flax import nnx
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
     >>> import parametrax as px
     >>> from parametrax import nnx as pnnx
     >>> layer = nnx.Linear(3, 3, rngs=nnx.Rngs(0))
