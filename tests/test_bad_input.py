@@ -237,11 +237,9 @@ def test_non_array_leaf(leaf, kind):
         ptree.register({"w": [skew, cayley]}, params)
 
 
-def test_tree_that_is_not_a_mapping():
-    with pytest.raises(
-        px.ParametrizationTypeError,
-        match=r"register: `tree` must be a nested mapping of arrays .*; got list",
-    ):
+def test_tree_that_is_not_a_mapping_is_addressed_by_key_paths():
+    # Any pytree is accepted (issue 13); a key that is not one of its key paths lists them.
+    with pytest.raises(px.SpecError, match=r"spec key `w` matches no variable of the tree; the variables are: `0`"):
         ptree.register({"w": skew}, [jnp.eye(2)])
 
 

@@ -50,3 +50,11 @@ def test_weight_norm_classifier_smoke(tmp_path):
               "--quiet", "--out", str(png))
     assert "weight norm: final training loss" in out and "test accuracy" in out
     assert png.stat().st_size > 0
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("sklearn", "equinox")),
+                    reason="needs scikit-learn and equinox (the `examples` extra)")
+def test_equinox_digits_smoke():
+    # Short run: the constraint, baking and state checks must hold; accuracy is not asked for.
+    out = run("examples/equinox_digits.py", "--steps", "30", "--min-accuracy", "0")
+    assert "OK" in out.splitlines()[-1], out

@@ -18,7 +18,7 @@ from parametrax._errors import (
     ShapeError,
     SpecError,
 )
-from parametrax._tree import Spec
+from parametrax.tree import Spec
 from parametrax.catalog.linear import (
     Cayley,
     MatrixExp,
@@ -69,6 +69,15 @@ from parametrax.linen import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `px.equinox` is imported on first use: equinox is an optional dependency.
+    if name == "equinox":
+        import importlib
+
+        return importlib.import_module("parametrax.equinox")
+    raise AttributeError(f"module 'parametrax' has no attribute {name!r}")
 
 __all__ = [
     "Parametrization",

@@ -40,14 +40,15 @@ import flax.linen as nn
 import jax
 from flax.core import meta
 
-from parametrax import _tree
+from parametrax import tree as _tree
+from parametrax.tree import paths as _paths
 from parametrax._errors import (
     NotParametrizedError,
     ParametrizationError,
     ParametrizationTypeError,
     SpecError,
 )
-from parametrax._tree import PARAMETRIZATIONS, Spec
+from parametrax.tree import PARAMETRIZATIONS, Spec
 
 __all__ = [
     "Parametrized",
@@ -130,7 +131,7 @@ def _rebox_like(new: Any, old: Any) -> Any:
 def _rebox_raw(raw: dict, boxed_tree: Mapping) -> dict:
     """Reboxes originals whose variable was boxed (same shape), and every plain leaf as before."""
     flat_boxed = {}
-    for path, leaf in _tree.flatten(boxed_tree).items():
+    for path, leaf in _paths.flatten(boxed_tree).items():
         flat_boxed[path] = leaf
     out = {}
     for k, v in raw.items():
@@ -175,15 +176,15 @@ def _rebox_state(state: Mapping, boxed_tree: Mapping) -> dict:
     out = dict(state)
     if PARAMETRIZATIONS not in state:
         return out
-    node = _tree._to_dict(state[PARAMETRIZATIONS])
-    for path, leaf in _tree.flatten(boxed_tree).items():
+    node = _paths.to_dict(state[PARAMETRIZATIONS])
+    for path, leaf in _paths.flatten(boxed_tree).items():
         if not _is_box(leaf):
             continue
         try:
-            entry = _tree._get(node, path)
+            entry = _paths.get_path(node, path)
         except (KeyError, TypeError):
             continue
-        _tree._set(node, path, _rebox_all(entry, leaf))
+        _paths.set_path(node, path, _rebox_all(entry, leaf))
     out[PARAMETRIZATIONS] = node
     return out
 
@@ -191,17 +192,17 @@ def _rebox_state(state: Mapping, boxed_tree: Mapping) -> dict:
 def _boxes_after_bake(boxed_col: Mapping, baked: Mapping, paths: list[str]) -> dict:
     """A box source for a baked collection: each un-parametrized variable takes the box of its
     raw original of the same shape (``nn.with_partitioning`` annotations survive removal)."""
-    src = _tree._to_dict(boxed_col)
+    src = _paths.to_dict(boxed_col)
     for path in paths:
         try:
-            slot = _tree._get(boxed_col[PARAMETRIZATIONS], path)
-            value = _tree._get(baked, path)
+            slot = _paths.get_path(boxed_col[PARAMETRIZATIONS], path)
+            value = _paths.get_path(baked, path)
         except (KeyError, TypeError):
             continue
         for name in sorted(k for k in slot if k.startswith("original")):
             box = slot[name]
             if _is_box(box) and getattr(box.unbox(), "shape", None) == getattr(value, "shape", 0):
-                _tree._set(src, path, box)
+                _paths.set_path(src, path, box)
                 break
     return src
 
@@ -360,8 +361,8 @@ class _ParametrizedMixin:
                 parametrized = set(
                     _tree.parametrized_paths(by_col[col], _unbox(stored[col]))
                 )
-                flat = _tree.flatten(tree)
-                given_flat = _tree.flatten(given.get(col, {}))
+                flat = _paths.flatten(tree)
+                given_flat = _paths.flatten(given.get(col, {}))
                 # Only values the base module actually wrote (a new object, not the array it
                 # was handed) go back through right_inverse; apply(..., mutable=True) must not
                 # re-assign every parametrized variable.
@@ -376,7 +377,7 @@ class _ParametrizedMixin:
                     )
                 for p, v in flat.items():
                     if p not in parametrized:
-                        _tree._set(raw, p, v)
+                        _paths.set_path(raw, p, v)
                 for k, v in raw.items():
                     self.put_variable(col, k, _rebox_plain(v, stored[col].get(k)))
             else:
@@ -637,7 +638,7 @@ def remove_parametrizations(
             hits = [
                 k
                 for k in exact
-                if k == name or _tree._glob_match(name.split("/"), k.split("/"))
+                if k == name or _paths.glob_match(name.split("/"), k.split("/"))
             ]
             if not hits:
                 raise NotParametrizedError(
@@ -692,7 +693,7 @@ def is_parametrized(model: Any, name: str | None = None) -> bool:
             f"{type(name).__name__} {name!r}."
         )
     for key in cls._px_spec.keys():
-        if key == name or _tree._glob_match(key.split("/"), name.split("/")):
+        if key == name or _paths.glob_match(key.split("/"), name.split("/")):
             return True
     return False
 

@@ -32,7 +32,7 @@ leading ones. Entries with state follow the variables protocol of
 over a whole raw tree (jit-friendly).
 """
 
-from parametrax._dynamic import has_base, update_base
+from parametrax.tree._update_base import has_base, update_base
 from parametrax.catalog._scalar import inv_softplus
 from parametrax.catalog.constraints import (
     Cholesky,

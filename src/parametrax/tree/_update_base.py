@@ -27,10 +27,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from parametrax import _tree
 from parametrax._core import describe, original_names
 from parametrax._errors import ParametrizationError, SpecError, with_context
-from parametrax._tree import PARAMETRIZATIONS, Spec
+from parametrax.tree._ops import (
+    _put_state,
+    _RawTree,
+    _make_slot,
+    _slot_parts,
+    _state_parts,
+)
+from parametrax.tree._spec import Spec
+from parametrax.tree.paths import to_dict
 
 __all__ = ["update_base", "has_base"]
 
@@ -46,11 +53,11 @@ def _originals_args(originals: Mapping) -> tuple:
     return tuple(originals[f"original{i}"] for i in range(len(originals)))
 
 
-def _rebase(spec: Spec, raw: dict, state: dict) -> tuple[dict, dict]:
-    slots = _tree._slots(spec, raw)
-    new_raw = _tree._to_dict(raw)
-    new_state = _tree._to_dict(state)
-    moved = 0
+def _rebase(spec: Spec, raw: Any, state: dict) -> tuple[Any, dict]:
+    view = _RawTree(raw)
+    slots = view.resolve(spec)
+    new_state = to_dict(state)
+    new_slots = {}
     for path, (slot, chain) in sorted(slots.items()):
         for i, link in enumerate(chain[1:], start=1):
             if has_base(link):
@@ -62,8 +69,8 @@ def _rebase(spec: Spec, raw: dict, state: dict) -> tuple[dict, dict]:
         link = chain[0]
         if not has_base(link):
             continue
-        originals, params = _tree._slot_parts(slot, len(chain))
-        lstate = _tree._state_parts(state, path, len(chain))
+        originals, params = _slot_parts(slot, len(chain))
+        lstate = _state_parts(state, path, len(chain))
         variables = {"params": params[0], "state": lstate[0]}
         try:
             out, st = link.update_base(variables, *_originals_args(originals))
@@ -74,21 +81,20 @@ def _rebase(spec: Spec, raw: dict, state: dict) -> tuple[dict, dict]:
         new_originals = dict(zip(names, outs, strict=True))
         lstate = list(lstate)
         lstate[0] = dict(st)
-        _tree._set(new_raw[PARAMETRIZATIONS], path, _tree._make_slot(new_originals, params))
-        _tree._put_state(new_state, path, lstate)
-        moved += 1
-    if not moved:
+        new_slots[path] = _make_slot(new_originals, params)
+        _put_state(new_state, path, lstate)
+    if not new_slots:
         raise SpecError(
-            "update_base: no parametrization in the spec has a base point to move (the "
-            "trivialized ones: SO, Stiefel, Grassmannian, Sphere, PositiveDefinite, PSSD, "
-            "PSSDLowRank, PSSDFixedRank, LowRank, FixedRank, Invertible, SL, AlmostOrthogonal)."
+            "update_base: no parametrization in the spec has a base point to move (a "
+            "trivialized one, i.e. with an `update_base` method, first in its chain: e.g. "
+            "`SO`, `Stiefel`, `Sphere`, `PositiveDefinite`, `LowRank`)."
         )
-    return new_raw, new_state
+    return view.with_slots(new_slots), new_state
 
 
 def update_base(
-    spec: Any, raw: Mapping, state: Mapping | None = None, *, when: Any = True
-) -> tuple[dict, dict]:
+    spec: Any, raw: Any, state: Mapping | None = None, *, when: Any = True
+) -> tuple[Any, dict]:
     """Moves the base point of every trivialized parametrization in ``spec`` to its current value
     and resets its raw array; returns new ``(raw, state)`` with the same structure.
 
@@ -105,8 +111,9 @@ def update_base(
         first link of its chain.
     """
     spec = Spec.of(spec)
-    raw = _tree._to_dict(raw)
-    state = _tree._to_dict(state) if state else {}
+    if isinstance(raw, Mapping):
+        raw = to_dict(raw)
+    state = to_dict(state) if state else {}
     if isinstance(when, bool):
         return _rebase(spec, raw, state) if when else (raw, state)
     return jax.lax.cond(

@@ -1,0 +1,546 @@
+"""register / forward / constrain / assign / bake over any pytree.
+
+Two layouts of the raw tree, chosen by the tree given to :func:`register`:
+
+* **A nested mapping** (a params dict, linen's variables) gets torch's ``state_dict`` layout:
+  every parametrized leaf moves under a top-level ``parametrizations`` entry::
+
+      tree  = {"Dense_0": {"kernel": K, "bias": b}}
+      raw   = {"Dense_0": {"bias": b},
+               "parametrizations": {"Dense_0": {"kernel": {"original": right_inverse(K),
+                                                            "0": {<link 0 learnable params>}}}}}
+
+* **Any other pytree** (an equinox Module, a dataclass, a NamedTuple, a list, a dict holding
+  lists) keeps its structure and type: each parametrized leaf is replaced in place by a
+  :class:`RawLeaf` node holding the same ``{"original": ..., "0": {...}}`` entries, so
+  ``eqx.filter_grad``, ``eqx.filter_jit`` and optax see its raw arrays as ordinary leaves.
+
+In both layouts the state is a dict ``{"parametrizations": {<path>: {"<i>": {<link i state>}}}}``
+and ``constrain(spec, raw, state)`` gives back a tree of the input's structure and type in
+which every parametrized leaf is ``forward(original)``. Train ``raw`` with any optax optimizer:
+the constraint holds by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from parametrax import _core
+from parametrax._errors import (
+    NotParametrizedError,
+    ParametrizationError,
+    ParametrizationTypeError,
+    ShapeError,
+    SpecError,
+    with_context,
+)
+from parametrax._core import name_of
+from parametrax.tree.paths import (
+    get_path,
+    glob_match,
+    is_glob,
+    leaves_with_paths,
+    listing,
+    prune,
+    set_path,
+    to_dict,
+)
+from parametrax.tree._spec import Spec
+
+__all__ = [
+    "PARAMETRIZATIONS",
+    "RawLeaf",
+    "register",
+    "forward",
+    "constrain",
+    "assign",
+    "bake",
+    "parametrized_paths",
+]
+
+PARAMETRIZATIONS = "parametrizations"
+
+
+# ------------------------------------------------------------------------------------------------
+# The in-place node of the pytree layout
+# ------------------------------------------------------------------------------------------------
+@jax.tree_util.register_pytree_with_keys_class
+class RawLeaf:
+    """A parametrized leaf of a non-mapping pytree: its raw arrays, in place of the value.
+
+    ``entries`` is the same mapping the dict layout stores under ``parametrizations/<path>``:
+    ``original`` (or ``original0``, ``original1``, ...) and, for links with learnable
+    variables, ``"<i>": {name: array}``. A pytree node: its arrays are leaves with key paths
+    ``<path>/original``, ``<path>/0/<name>``.
+    """
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: Mapping):
+        self.entries = dict(entries)
+
+    def tree_flatten_with_keys(self):
+        keys = tuple(sorted(self.entries))
+        return [(jax.tree_util.DictKey(k), self.entries[k]) for k in keys], keys
+
+    def tree_flatten(self):
+        keys = tuple(sorted(self.entries))
+        return [self.entries[k] for k in keys], keys
+
+    @classmethod
+    def tree_unflatten(cls, keys, children):
+        return cls(dict(zip(keys, children)))
+
+    def __repr__(self) -> str:
+        shapes = jax.tree.map(lambda a: getattr(a, "shape", a), self.entries)
+        return f"RawLeaf({shapes})"
+
+
+def _is_raw_leaf(x: Any) -> bool:
+    return isinstance(x, RawLeaf)
+
+
+def _stop(x: Any) -> bool:
+    """Flattening stops at raw leaves and at ``None`` (a variable left unset is a leaf here, so a
+    spec naming it gets "expected an array", not "matches nothing")."""
+    return x is None or isinstance(x, RawLeaf)
+
+
+# ------------------------------------------------------------------------------------------------
+# Messages
+# ------------------------------------------------------------------------------------------------
+def _add_note(err: BaseException, context: str) -> None:
+    """Adds ``context`` (which variable, which chain) to an error raised by user code inside a
+    chain, keeping its type and its own notes (Python >= 3.11; a no-op before)."""
+    if hasattr(err, "add_note"):
+        err.add_note(f"(parametrax: raised while {context})")
+
+
+def chain_repr(chain: tuple) -> str:
+    return "[" + ", ".join(name_of(p) for p in chain) + "]"
+
+
+def _context(path: str, chain: tuple) -> str:
+    return f"parametrizing `{path}` with {chain_repr(chain)}"
+
+
+def _check_leaf(path: str, leaf: Any, chain: tuple) -> jax.Array:
+    if not (isinstance(leaf, jax.Array) or hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+        raise ParametrizationTypeError(
+            f"{_context(path, chain)}: expected an array at `{path}`, got "
+            f"{type(leaf).__name__}."
+        )
+    return leaf
+
+
+def _unique_paths(flat: list[tuple[str, Any]]) -> None:
+    seen: set[str] = set()
+    for p, _ in flat:
+        if p in seen:
+            raise SpecError(
+                f"two leaves of the tree have the same path `{p}` (e.g. a dict key holding `/`); "
+                "spec keys could not tell them apart. Rename one of them."
+            )
+        seen.add(p)
+
+
+# ------------------------------------------------------------------------------------------------
+# Slots: where a parametrized variable's raw arrays live, in either layout
+# ------------------------------------------------------------------------------------------------
+def _find_slots(node: Mapping, prefix: str = "") -> dict[str, Mapping]:
+    out = {}
+    for k, v in node.items():
+        if not isinstance(v, Mapping):
+            continue
+        p = f"{prefix}{k}"
+        if "original" in v or "original0" in v:
+            out[p] = v
+        else:
+            out.update(_find_slots(v, p + "/"))
+    return out
+
+
+def _slot_parts(slot: Mapping, nlinks: int):
+    originals = {k: v for k, v in slot.items() if k.startswith("original")}
+    params = [dict(slot.get(str(i), {})) for i in range(nlinks)]
+    return originals, params
+
+
+def _state_parts(state: Mapping | None, path: str, nlinks: int):
+    node: Any = {}
+    if state:
+        try:
+            node = get_path(state[PARAMETRIZATIONS], path)
+        except (KeyError, TypeError):
+            node = {}
+    return [dict(node.get(str(i), {})) for i in range(nlinks)]
+
+
+def _make_slot(originals: dict, params: list[dict]) -> dict:
+    slot = dict(originals)
+    for i, p in enumerate(params):
+        if p:
+            slot[str(i)] = dict(p)
+    return slot
+
+
+def _put_state(state: dict, path: str, link_state: list[dict]) -> None:
+    entry = {str(i): dict(s) for i, s in enumerate(link_state) if s}
+    if entry:
+        set_path(state.setdefault(PARAMETRIZATIONS, {}), path, entry)
+
+
+def _drop_state(state: dict, path: str) -> None:
+    if PARAMETRIZATIONS not in state:
+        return
+    segs = path.split("/")
+    try:
+        parent = get_path(state[PARAMETRIZATIONS], "/".join(segs[:-1])) if len(segs) > 1 else (
+            state[PARAMETRIZATIONS]
+        )
+    except KeyError:
+        return
+    parent.pop(segs[-1], None)
+
+
+class _RawTree:
+    """A raw tree seen through its layout: the slots it holds and how to rebuild it."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+        self.mapping = isinstance(raw, Mapping) and PARAMETRIZATIONS in raw
+        if self.mapping:
+            self.slots: dict[str, Mapping] = _find_slots(raw[PARAMETRIZATIONS])
+            return
+        flat, self.treedef = leaves_with_paths(raw, is_leaf=_stop)
+        self.flat = flat
+        self.slots = {p: leaf.entries for p, leaf in flat if _is_raw_leaf(leaf)}
+        if not self.slots:
+            if isinstance(raw, Mapping):
+                where = f"top-level keys: {listing(map(str, raw.keys()))}"
+            else:
+                where = f"a {type(raw).__name__} without `RawLeaf` nodes"
+            raise NotParametrizedError(
+                f"the tree has no `{PARAMETRIZATIONS}` entry and no `RawLeaf` node: it is not a "
+                f"raw tree made by `register` ({where})."
+            )
+
+    def resolve(self, spec: Spec) -> dict[str, tuple[Mapping, tuple]]:
+        resolved = spec.resolve(self.slots, what="raw tree's parametrizations")
+        unclaimed = set(self.slots) - set(resolved)
+        if unclaimed:
+            raise SpecError(
+                "the raw tree holds parametrized variables no spec key names: "
+                f"{listing(unclaimed)}."
+            )
+        return {p: (self.slots[p], resolved[p][1]) for p in resolved}
+
+    def with_slots(self, new_slots: Mapping[str, dict]) -> Any:
+        """A new raw tree with the slots at the given paths replaced."""
+        if self.mapping:
+            out = to_dict(self.raw)
+            for path, slot in new_slots.items():
+                set_path(out[PARAMETRIZATIONS], path, slot)
+            return out
+        leaves = [RawLeaf(new_slots[p]) if p in new_slots else leaf for p, leaf in self.flat]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def with_values(self, values: Mapping[str, Any]) -> Any:
+        """A new tree with the slots at the given paths replaced by plain values (the rest of
+        the slots stay); with every slot replaced it has the registered tree's layout."""
+        if self.mapping:
+            out = to_dict(self.raw)
+            for path in values:
+                segs = path.split("/")
+                parent = get_path(out[PARAMETRIZATIONS], "/".join(segs[:-1])) if len(segs) > 1 else (
+                    out[PARAMETRIZATIONS]
+                )
+                del parent[segs[-1]]
+            out = prune(out)
+            for path, value in values.items():
+                set_path(out, path, value)
+            return out
+        leaves = [values[p] if p in values else leaf for p, leaf in self.flat]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def _leaf_at(tree: Any, path: str) -> Any:
+    if isinstance(tree, Mapping):
+        try:
+            return get_path(tree, path)
+        except (KeyError, TypeError):
+            pass
+    return dict(leaves_with_paths(tree)[0])[path]
+
+
+def _mapping_reachable(tree: Any, path: str) -> bool:
+    node = tree
+    for seg in path.split("/"):
+        if not isinstance(node, Mapping) or seg not in node:
+            return False
+        node = node[seg]
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+# Public operations
+# ------------------------------------------------------------------------------------------------
+def register(
+    spec: Any,
+    tree: Any,
+    *,
+    key: jax.Array | None = None,
+    unsafe: bool = False,
+    update_state: bool = False,
+) -> tuple[Any, dict]:
+    """Registers ``spec`` on ``tree`` (torch's ``register_parametrization``, functionally).
+
+    ``tree`` is any pytree: a nested mapping of arrays (a params dict) or any other pytree (an
+    equinox Module or its ``eqx.partition`` half, a dataclass, a NamedTuple, a list). Spec keys
+    are the leaves' ``/``-joined key paths (``"Dense_0/kernel"``, ``"layers/0/weight"``) or
+    globs. Each matched leaf ``W`` is replaced by its raw arrays ``right_inverse(W)``: under
+    ``parametrizations/<path>/original`` for a nested mapping (torch's ``state_dict`` layout),
+    in place as a :class:`RawLeaf` otherwise (or ``original0``, ``original1``, ... when the
+    first link's right_inverse returns several arrays). Parametrizations that own variables
+    initialise them from ``key``. With ``unsafe=False`` a chain whose forward changes the shape
+    or dtype is refused. Returns ``(raw, state)``; ``tree`` is never modified and nothing is
+    returned on error.
+
+    >>> import jax.numpy as jnp, parametrax as px
+    >>> raw, state = px.tree.register({"1": px.skew}, [jnp.ones(2), jnp.eye(2)])
+    >>> type(raw).__name__, type(raw[1]).__name__
+    ('list', 'RawLeaf')
+    """
+    spec = Spec.of(spec)
+    if isinstance(tree, Mapping) and PARAMETRIZATIONS in tree:
+        raise SpecError(
+            f"the tree already has a top-level `{PARAMETRIZATIONS}` entry: it is already a raw "
+            "tree. Use `assign` to set values, or `bake` first to start again."
+        )
+    flat, treedef = leaves_with_paths(tree, is_leaf=_stop)
+    if any(_is_raw_leaf(leaf) for _, leaf in flat):
+        raise SpecError(
+            "the tree already holds `RawLeaf` nodes: it is already a raw tree. Use `assign` to "
+            "set values, or `bake` first to start again."
+        )
+    _unique_paths(flat)
+    leaves = dict(flat)
+    resolved = spec.resolve([p for p, _ in flat])
+    paths = sorted(resolved)
+    keys = dict(zip(paths, jax.random.split(key, len(paths)))) if key is not None else {}
+    state: dict = {}
+    slots = {}
+    for path in paths:
+        _, chain = resolved[path]
+        leaf = _check_leaf(path, leaves[path], chain)
+        try:
+            originals, params, lstate = _core.chain_register(
+                chain, leaf, key=keys.get(path), unsafe=unsafe, update_state=update_state
+            )
+        except ParametrizationError as e:
+            raise with_context(e, _context(path, chain)) from None
+        except Exception as e:
+            _add_note(e, _context(path, chain))
+            raise
+        slots[path] = _make_slot(originals, params)
+        _put_state(state, path, lstate)
+    if isinstance(tree, Mapping) and all(_mapping_reachable(tree, p) for p in paths):
+        raw = to_dict(tree)
+        for path in paths:
+            segs = path.split("/")
+            parent = get_path(raw, "/".join(segs[:-1])) if len(segs) > 1 else raw
+            del parent[segs[-1]]
+        raw = prune(raw)
+        raw[PARAMETRIZATIONS] = {}
+        for path, slot in slots.items():
+            set_path(raw[PARAMETRIZATIONS], path, slot)
+        return raw, state
+    new_leaves = [RawLeaf(slots[p]) if p in slots else leaf for p, leaf in flat]
+    return jax.tree_util.tree_unflatten(treedef, new_leaves), state
+
+
+def forward(
+    spec: Any, raw: Any, state: Mapping | None = None, *, update_state: bool = False
+) -> tuple[Any, dict]:
+    """Evaluates every chain once: ``raw tree -> (constrained tree, new state)``.
+
+    The constrained tree has the structure and type of the tree given to :func:`register`. With
+    ``update_state=True`` stateful parametrizations advance their state (e.g. a power
+    iteration); otherwise the returned state equals ``state``.
+    """
+    spec = Spec.of(spec)
+    view = _RawTree(raw)
+    slots = view.resolve(spec)
+    new_state = to_dict(state) if state else {}
+    values = {}
+    for path, (slot, chain) in slots.items():
+        originals, params = _slot_parts(slot, len(chain))
+        lstate = _state_parts(state, path, len(chain))
+        try:
+            value, lstate = _core.chain_forward(
+                chain, originals, params, lstate, update_state=update_state
+            )
+        except ParametrizationError as e:
+            raise with_context(e, _context(path, chain)) from None
+        except Exception as e:
+            _add_note(e, _context(path, chain))
+            raise
+        values[path] = value
+        _put_state(new_state, path, lstate)
+    return view.with_values(values), new_state
+
+
+def constrain(spec: Any, raw: Any, state: Mapping | None = None) -> Any:
+    """``forward`` without state updates: the constrained tree only."""
+    return forward(spec, raw, state, update_state=False)[0]
+
+
+def parametrized_paths(spec: Any, raw: Any) -> list[str]:
+    """The paths (in the original tree's layout) that are parametrized in ``raw``."""
+    return sorted(_RawTree(raw).resolve(Spec.of(spec)))
+
+
+def _select(slots: Mapping, names: Any, *, verb: str) -> list[str]:
+    if names is None:
+        return sorted(slots)
+    if isinstance(names, str):
+        names = [names]
+    chosen: list[str] = []
+    for name in names:
+        name = name.strip("/")
+        if name in slots:
+            hit = [name]
+        elif is_glob(name):
+            hit = [p for p in slots if glob_match(name.split("/"), p.split("/"))]
+        else:
+            hit = []
+        if not hit:
+            raise NotParametrizedError(
+                f"cannot {verb} `{name}`: it is not parametrized; the parametrized variables "
+                f"are {listing(slots)}."
+            )
+        chosen.extend(h for h in hit if h not in chosen)
+    return sorted(chosen)
+
+
+def _finite_check(path: str, value: Any) -> None:
+    if isinstance(value, jax.core.Tracer):
+        return  # cannot look inside traced values; documented
+    if not bool(jnp.all(jnp.isfinite(value))):
+        raise ParametrizationError(
+            f"the value assigned to `{path}` contains NaN or Inf; refusing to store it (a "
+            "non-finite raw value would poison every later step)."
+        )
+
+
+def assign(
+    spec: Any,
+    raw: Any,
+    state: Mapping | None,
+    values: Mapping[str, Any],
+    *,
+    key: jax.Array | None = None,
+) -> tuple[Any, dict]:
+    """Torch's ``module.weight = X`` for each ``path: X`` in ``values``.
+
+    Runs each chain's right_inverse (reverse order) and returns new ``(raw, state)`` whose
+    constrained value at ``path`` is ``forward(right_inverse(X))``; the raw tree keeps its
+    layout and type. The value must have the shape and dtype of the current constrained value;
+    the raw arrays keep theirs. Concrete values containing NaN or Inf are refused. Nothing is
+    returned on error.
+    """
+    spec = Spec.of(spec)
+    if not isinstance(values, Mapping):
+        raise ParametrizationTypeError(
+            "values must be a mapping {path: array}, e.g. {'kernel': X}; got "
+            f"{type(values).__name__}."
+        )
+    globs = [k for k in values if not isinstance(k, str) or is_glob(k)]
+    if globs:
+        raise SpecError(
+            f"assign takes exact variable paths, not globs or non-strings; got {globs[0]!r} "
+            f"among the keys {listing(map(str, values))}."
+        )
+    values = {k.strip("/"): v for k, v in values.items()}
+    view = _RawTree(raw)
+    slots = view.resolve(spec)
+    paths = _select(slots, list(values), verb="assign to")
+    current, _ = jax.eval_shape(lambda r, s: forward(spec, r, s), raw, state or {})
+    new_state = to_dict(state) if state else {}
+    keys = dict(zip(paths, jax.random.split(key, len(paths)))) if key is not None else {}
+    new_slots = {}
+    for path in paths:
+        slot, chain = slots[path]
+        value = values[path]
+        ctx = _context(path, chain)
+        if not (isinstance(value, jax.Array) or hasattr(value, "shape")):
+            raise ParametrizationTypeError(
+                f"{ctx}: the value assigned must be an array, got {type(value).__name__}."
+            )
+        value = jnp.asarray(value)
+        want = _leaf_at(current, path)
+        if tuple(value.shape) != tuple(want.shape) or value.dtype != want.dtype:
+            raise ShapeError(
+                f"{ctx}: the value assigned has shape {tuple(value.shape)} and dtype "
+                f"{value.dtype.name}; expected shape {tuple(want.shape)} and dtype "
+                f"{jnp.dtype(want.dtype).name} (those of the current value)."
+            )
+        _finite_check(path, value)
+        originals, params = _slot_parts(slot, len(chain))
+        lstate = _state_parts(state, path, len(chain))
+        try:
+            originals, lstate = _core.chain_right_inverse(
+                chain, value, originals, params, lstate, key=keys.get(path)
+            )
+        except ParametrizationError as e:
+            raise with_context(e, ctx) from None
+        except Exception as e:
+            _add_note(e, f"assigning to `{path}` through {chain_repr(chain)}")
+            raise
+        new_slots[path] = _make_slot(originals, params)
+        _put_state(new_state, path, lstate)
+    return view.with_slots(new_slots), new_state
+
+
+def bake(
+    spec: Any,
+    raw: Any,
+    state: Mapping | None = None,
+    *,
+    names: Any = None,
+    leave_parametrized: bool = True,
+) -> tuple[Any, dict]:
+    """Removes parametrizations (torch's ``remove_parametrizations``), returning ``(tree, state)``.
+
+    ``names`` are variable paths or globs (default: all). With ``leave_parametrized=True`` each
+    removed variable keeps its current constrained value; with ``False`` it becomes the raw
+    ``original`` (refused when the chain stores several raw arrays, as in torch). When every
+    variable is removed the result has the plain tree's layout and type, and the state is ``{}``.
+    """
+    spec = Spec.of(spec)
+    view = _RawTree(raw)
+    slots = view.resolve(spec)
+    paths = _select(slots, names, verb="remove the parametrization of")
+    if not leave_parametrized:
+        for path in paths:
+            slot, chain = slots[path]
+            if "original" not in slot:
+                n = len([k for k in slot if k.startswith("original")])
+                raise ParametrizationError(
+                    f"{_context(path, chain)}: cannot leave unparametrized "
+                    "(`leave_parametrized=False`) a variable parametrized in terms of "
+                    f"{n} arrays (original0..original{n - 1}); use leave_parametrized=True."
+                )
+    if leave_parametrized:
+        constrained, _ = forward(spec, raw, state)
+        values = {path: _leaf_at(constrained, path) for path in paths}
+    else:
+        values = {path: slots[path][0]["original"] for path in paths}
+    new_state = to_dict(state) if state else {}
+    for path in paths:
+        _drop_state(new_state, path)
+    return view.with_values(values), prune(new_state)
