@@ -1,0 +1,110 @@
+"""The spec split per variable collection, and evaluating every chain of a variables dict.
+
+Spec keys address ``params``; ``"<collection>:<path>"`` addresses another collection. The link
+state of ``params`` chains lives at ``parametrization_state/parametrizations/...``, that of
+another collection's chains at ``parametrization_state/<collection>/parametrizations/...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+from parametrax import _tree
+from parametrax._errors import NotParametrizedError, ParametrizationError, SpecError
+from parametrax._tree import PARAMETRIZATIONS, Spec
+
+STATE_COLLECTION = "parametrization_state"
+PARAMS = "params"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    if ":" in key:
+        col, path = key.split(":", 1)
+        if not col or not path:
+            raise SpecError(
+                f"spec key `{key}`: expected `<path>` (in params) or `<collection>:<path>`."
+            )
+        return col, path
+    return PARAMS, key
+
+
+def by_collection(spec: Spec) -> dict[str, Spec]:
+    out: dict[str, list] = {}
+    for key, chain in spec.entries:
+        col, path = split_key(key)
+        out.setdefault(col, []).append((path, chain))
+    return {col: Spec(tuple(entries)) for col, entries in out.items()}
+
+
+def state_slice(state_tree: Mapping | None, col: str) -> dict:
+    if not state_tree:
+        return {}
+    if col == PARAMS:
+        return {k: v for k, v in state_tree.items() if k == PARAMETRIZATIONS}
+    return dict(state_tree.get(col, {}))
+
+
+def state_merge(state_tree: dict, col: str, sub: Mapping) -> None:
+    if not sub:
+        if col != PARAMS:
+            state_tree.pop(col, None)
+        else:
+            state_tree.pop(PARAMETRIZATIONS, None)
+        return
+    if col == PARAMS:
+        state_tree[PARAMETRIZATIONS] = sub[PARAMETRIZATIONS]
+    else:
+        state_tree[col] = dict(sub)
+
+
+
+
+@contextlib.contextmanager
+def explained(cls: type, what: str, variables: Mapping):  # what: already formatted
+    """Re-raises errors about the variables handed to a parametrized module with the module's
+    name and, when the cause is a missing collection or foreign variables, what to pass instead."""
+    by_col = by_collection(cls._px_spec)
+    missing = sorted(col for col in by_col if col not in variables)
+    if missing:
+        raise NotParametrizedError(
+            f"{what}: the variables have no {', '.join(f'`{c}`' for c in missing)} "
+            f"collection; got the collections {sorted(variables) or '(none)'}. Pass the "
+            f"variables `{cls.__name__}.init` returned."
+        )
+    try:
+        yield
+    except ParametrizationError as e:
+        hint = ""
+        if isinstance(e, NotParametrizedError) and f"no `{PARAMETRIZATIONS}` entry" in str(e):
+            hint = (
+                f" These are not the variables of a `{cls.__name__}` (a plain "
+                f"`{cls._px_base.__name__}`'s, or another model's?): pass the variables "
+                f"`{cls.__name__}.init` returned, or convert plain ones with "
+                "`parametrax.tree.register`."
+            )
+        elif STATE_COLLECTION not in variables and "which it was not given" in str(e):
+            hint = (
+                f" The variables have no `{STATE_COLLECTION}` collection: pass every collection "
+                "`init` returned."
+            )
+        raise type(e)(f"{what}: {e}{hint}") from None
+
+
+def constrain_collections(spec: Spec, variables: Mapping, *, update_state: bool):
+    by_col = by_collection(spec)
+    state_tree = dict(variables.get(STATE_COLLECTION, {}))
+    new_state = dict(state_tree)
+    out = {}
+    for col, tree in variables.items():
+        if col == STATE_COLLECTION:
+            continue
+        if col in by_col:
+            value, st = _tree.forward(
+                by_col[col], tree, state_slice(state_tree, col), update_state=update_state
+            )
+            out[col] = value
+            state_merge(new_state, col, st)
+        else:
+            out[col] = tree
+    return out, new_state
