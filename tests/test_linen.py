@@ -385,10 +385,11 @@ def test_queries():
     assert px.is_parametrized(glob, "Dense_7/kernel")
 
 
-def test_wrapping_twice_appends_to_the_chain():
+def test_wrapping_twice_appends_to_the_chain():  # init semantics: tests/test_linen_wrapping.py
     once = Parametrized(nn.Dense, {"kernel": skew})
     twice = Parametrized(once, {"kernel": cayley})
-    assert twice is Parametrized(nn.Dense, {"kernel": [skew, cayley]})
+    assert px.spec_of(twice) == px.spec_of(Parametrized(nn.Dense, {"kernel": [skew, cayley]}))
+    assert twice is Parametrized(once, {"kernel": cayley})  # made once
 
 
 # --- errors: each pinned, nothing half-changed --------------------------------------------------

@@ -75,20 +75,75 @@ def explained(cls: type, what: str, variables: Mapping):  # what: already format
     try:
         yield
     except ParametrizationError as e:
+        # The hints are chosen from the structure of what was given, never from message text.
         hint = ""
-        if isinstance(e, NotParametrizedError) and f"no `{PARAMETRIZATIONS}` entry" in str(e):
+        foreign = [col for col in by_col if not _has_raw(variables[col])]
+        stateless = [] if foreign else links_without_variables(cls._px_spec, variables)
+        if isinstance(e, NotParametrizedError) and foreign:
             hint = (
                 f" These are not the variables of a `{cls.__name__}` (a plain "
                 f"`{cls._px_base.__name__}`'s, or another model's?): pass the variables "
                 f"`{cls.__name__}.init` returned, or convert plain ones with "
                 "`parametrax.tree.register`."
             )
-        elif STATE_COLLECTION not in variables and "which it was not given" in str(e):
+        elif stateless:
+            where = ", ".join(stateless)
+            given = (
+                f"The variables have no `{STATE_COLLECTION}` collection"
+                if STATE_COLLECTION not in variables
+                else f"The `{STATE_COLLECTION}` collection given has no entry for {where}"
+            )
             hint = (
-                f" The variables have no `{STATE_COLLECTION}` collection: pass every collection "
-                "`init` returned."
+                f" {given}: pass every collection `init` returned; the link state ({where}) "
+                f"lives in `{STATE_COLLECTION}`: `model.apply(variables, x)` to use it, "
+                f"`model.apply(variables, x, mutable=[\"{STATE_COLLECTION}\"])` to also advance "
+                f"it (training); holding params apart, pass `{{\"params\": params, "
+                f"\"{STATE_COLLECTION}\": variables[\"{STATE_COLLECTION}\"]}}`."
             )
         raise type(e)(f"{what}: {e}{hint}") from None
+
+
+def _has_raw(tree: Mapping) -> bool:
+    return isinstance(tree, Mapping) and PARAMETRIZATIONS in tree
+
+
+def links_without_variables(spec: Spec, variables: Mapping) -> list[str]:
+    """The links (``"`kernel` link 0"``) that own variables but find none in ``variables``.
+
+    A link whose ``init_variables`` made params keeps them at
+    ``<col>/parametrizations/<path>/<i>``, one that made state at
+    ``parametrization_state/[<col>/]parametrizations/<path>/<i>``; a link owning variables with
+    neither entry was handed variables without the state ``init`` made.
+    """
+    out = []
+    state_tree = variables.get(STATE_COLLECTION) or {}
+    for col, col_spec in by_collection(spec).items():
+        raw = variables.get(col)
+        if not _has_raw(raw):
+            continue
+        try:
+            paths = _tree.parametrized_paths(col_spec, raw)
+            resolved = col_spec.resolve(paths)
+        except ParametrizationError:
+            continue
+        state = state_slice(state_tree, col)
+        for path in sorted(resolved):
+            chain = resolved[path][1]
+            slot = _lookup(raw[PARAMETRIZATIONS], path)
+            node = _lookup(state.get(PARAMETRIZATIONS, {}), path)
+            for i, link in enumerate(chain):
+                if link.has_variables and not slot.get(str(i)) and not node.get(str(i)):
+                    name = path if col == PARAMS else f"{col}:{path}"
+                    out.append(f"`{name}` link {i}")
+    return out
+
+
+def _lookup(tree: Mapping, path: str) -> Mapping:
+    try:
+        node = _tree._get(tree, path)
+    except (KeyError, TypeError):
+        return {}
+    return node if isinstance(node, Mapping) else {}
 
 
 def constrain_collections(spec: Spec, variables: Mapping, *, update_state: bool):

@@ -185,7 +185,7 @@ def remove_parametrizations(
         return base, new
     spec = Spec(tuple((k, exact[k]) for k in remaining))
     if inspect.isclass(model):
-        return _parametrized_class(cls._px_base, spec, cls._px_unsafe), new
+        return _parametrized_class(cls._px_base, (spec,), cls._px_unsafe), new
     return Parametrized(base, spec, unsafe=cls._px_unsafe), new
 
 

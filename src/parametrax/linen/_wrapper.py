@@ -12,7 +12,12 @@ import flax.linen as nn
 import jax
 
 from parametrax import _tree
-from parametrax._errors import ParametrizationError, ParametrizationTypeError, SpecError
+from parametrax._errors import (
+    ParametrizationError,
+    ParametrizationTypeError,
+    ShapeError,
+    SpecError,
+)
 from parametrax._tree import PARAMETRIZATIONS, Spec
 from parametrax.linen import _compat
 from parametrax.linen._boxes import rebox_plain, rebox_raw, rebox_state, unbox
@@ -74,6 +79,7 @@ class _ParametrizedMixin:
     """Behaviour shared by every class ``Parametrized`` builds (see the module docstring)."""
 
     _px_spec: Spec
+    _px_layers: tuple[Spec, ...]
     _px_unsafe: bool
     _px_base: type
 
@@ -139,14 +145,15 @@ class _ParametrizedMixin:
                 f"`{cls.__name__}`: the spec names the collection(s) {missing}, which "
                 f"`{cls._px_base.__name__}` does not create; it creates {sorted(init_vars)}."
             )
+        layers = [by_collection(layer) for layer in cls._px_layers]
         results = {}
         state_tree: dict = {}
         cols = sorted(by_col)
         keys = dict(zip(cols, jax.random.split(key, len(cols)))) if key is not None else {}
         for col in cols:
             try:
-                raw, st = _tree.register(
-                    by_col[col],
+                raw, st = _register_layers(
+                    [layer[col] for layer in layers if col in layer],
                     unbox(init_vars[col]),
                     key=keys.get(col),
                     unsafe=cls._px_unsafe,
@@ -202,9 +209,12 @@ class _ParametrizedMixin:
 
 
 @functools.lru_cache(maxsize=None)
-def _parametrized_class(base: type, spec: Spec, unsafe: bool) -> type:
+def _parametrized_class(base: type, layers: tuple[Spec, ...], unsafe: bool) -> type:
+    """The class for ``base`` wrapped once per spec in ``layers`` (inner first)."""
+    spec = functools.reduce(_merge_specs, layers)
     namespace: dict[str, Any] = {
         "_px_spec": spec,
+        "_px_layers": layers,
         "_px_unsafe": unsafe,
         "_px_base": base,
         "setup": _setup_noop,
@@ -226,6 +236,83 @@ def _merge_specs(inner: Spec, outer: Spec) -> Spec:
     return Spec(tuple(merged.items()))
 
 
+def _register_layers(
+    layers: list[Spec], tree: Mapping, *, key: Any, unsafe: bool, update_state: bool
+) -> tuple[dict, dict]:
+    """Registers the first spec on ``tree``, then each later one as torch's repeated registration.
+
+    A later spec's links on a variable an earlier spec parametrized are *appended*: they see the
+    current constrained value (their ``init_variables`` and right_inverse run on it, the right
+    inverse's result is dropped) and the stored ``original`` is not touched, so the constrained
+    value becomes ``p_new(current)`` (torch's ``register_parametrization`` on a parametrized
+    tensor, spec §2.A). On a variable no earlier spec names, a later spec registers as usual.
+    """
+    raw, state = _tree.register(
+        layers[0], tree, key=key, unsafe=unsafe, update_state=update_state
+    )
+    merged = layers[0]
+    for k, spec in enumerate(layers[1:], start=1):
+        sub = jax.random.fold_in(key, k) if key is not None else None
+        lengths = {p: len(c) for p, (_, c) in merged.resolve(_tree.parametrized_paths(merged, raw)).items()}
+        current, _ = _tree.forward(merged, raw, state)
+        # `unsafe=True`: the shapes are checked once, on the whole chain, below.
+        new_raw, new_state = _tree.register(
+            spec, current, key=sub, unsafe=True, update_state=update_state
+        )
+        for path in _tree.parametrized_paths(spec, new_raw):
+            slot = _tree._get(new_raw[PARAMETRIZATIONS], path)
+            link_state = _slot_at(new_state, path)
+            if path not in lengths:  # a first registration: take the whole slot
+                _tree._set(raw.setdefault(PARAMETRIZATIONS, {}), path, slot)
+                if link_state:
+                    _tree._set(state.setdefault(PARAMETRIZATIONS, {}), path, link_state)
+                _drop(raw, path)
+                continue
+            n = lengths[path]
+            old = _tree._get(raw[PARAMETRIZATIONS], path)
+            for i, v in slot.items():
+                if not i.startswith("original"):
+                    old[str(n + int(i))] = v
+            if link_state:
+                node = _slot_at(state, path)
+                node.update({str(n + int(i)): v for i, v in link_state.items()})
+                _tree._set(state.setdefault(PARAMETRIZATIONS, {}), path, node)
+        merged = _merge_specs(merged, spec)
+    if len(layers) > 1 and not unsafe:
+        out, _ = _tree.forward(merged, raw, state)
+        flat, before = _tree.flatten(out), _tree.flatten(tree)
+        for path in _tree.parametrized_paths(merged, raw):
+            a, b = flat[path], before[path]
+            if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+                raise ShapeError(
+                    f"parametrizing `{path}`: the appended links change the variable's shape "
+                    f"or dtype ({b.dtype}{list(b.shape)} -> {a.dtype}{list(a.shape)}); pass "
+                    "`unsafe=True` to allow it."
+                )
+    return raw, state
+
+
+def _slot_at(state: Mapping, path: str) -> dict:
+    try:
+        node = _tree._get(state[PARAMETRIZATIONS], path)
+    except (KeyError, TypeError):
+        return {}
+    return dict(node)
+
+
+def _drop(raw: dict, path: str) -> None:
+    """Removes the plain leaf at ``path`` (now parametrized) and the dicts it leaves empty."""
+    segs = path.split("/")
+    nodes = [raw]
+    for seg in segs[:-1]:
+        nodes.append(nodes[-1][seg])
+    del nodes[-1][segs[-1]]
+    for node, seg in zip(reversed(nodes[:-1]), reversed(segs[:-1])):
+        if node[seg]:
+            break
+        del node[seg]
+
+
 def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa: N802
     """Wraps a linen module so that the variables named in ``spec`` are parametrized.
 
@@ -233,7 +320,11 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
       base: a ``nn.Module`` subclass (returns a subclass, like ``nn.remat``:
         ``Parametrized(nn.Dense, spec)(features=3)``) or an instance (returns a wrapping
         instance with the same fields: ``Parametrized(nn.Dense(3), spec)``). Wrapping a
-        parametrized module again appends to the chains (torch's repeated registration).
+        parametrized module again is torch's repeated registration: on a variable already
+        parametrized the new links are appended to its chain and registered on top of its
+        constrained value (only their own right inverse runs, its result dropped; the stored
+        ``original`` is untouched), so at init the value becomes ``p_new(W0)``. One wrap with
+        the whole chain instead runs every link's right inverse.
       spec: ``{path_or_glob: parametrization or [p0, p1, ...]}``. Paths are ``/``-separated
         variable paths inside the base module's ``params`` (``"kernel"``, ``"Dense_0/kernel"``,
         ``"cell/hh/kernel"``); ``*`` matches within a segment and ``**`` across segments
@@ -259,9 +350,9 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
     if inspect.isclass(base) and issubclass(base, nn.Module):
         if issubclass(base, _ParametrizedMixin):
             return _parametrized_class(
-                base._px_base, _merge_specs(base._px_spec, spec), base._px_unsafe or unsafe
+                base._px_base, (*base._px_layers, spec), base._px_unsafe or unsafe
             )
-        return _parametrized_class(base, spec, unsafe)
+        return _parametrized_class(base, (spec,), unsafe)
     if isinstance(base, nn.Module):
         cls = Parametrized(type(base), spec, unsafe=unsafe)
         kwargs = {n: getattr(base, n) for n in _base_fields(cls._px_base)}
