@@ -83,6 +83,30 @@ class _ParametrizedMixin:
     _px_unsafe: bool
     _px_base: type
 
+    # `apply(v, x, method=Base.encode)`: flax would call the base class's function on the wrapper,
+    # whose `setup` submodules live only inside the functional base call; route it by name.
+    def apply(self, variables, *args, method=None, **kwargs):
+        return super().apply(variables, *args, method=self._px_method(method), **kwargs)
+
+    def init(self, rngs, *args, method=None, **kwargs):
+        return super().init(rngs, *args, method=self._px_method(method), **kwargs)
+
+    def init_with_output(self, rngs, *args, method=None, **kwargs):
+        return super().init_with_output(rngs, *args, method=self._px_method(method), **kwargs)
+
+    def _px_method(self, method: Any) -> Any:
+        """``Base.fn`` (the base class's own function) becomes ``"fn"``, the wrapped method."""
+        name = getattr(method, "__name__", None)
+        base = type(self)._px_base
+        if (
+            isinstance(name, str)
+            and inspect.isfunction(method)
+            and getattr(base, name, None) is method
+            and name in _wrapped_method_names(base)
+        ):
+            return name
+        return method
+
     def _px_make_base(self) -> nn.Module:
         base = type(self)._px_base
         kwargs = {n: _unbind(getattr(self, n)) for n in _base_fields(base)}
@@ -318,8 +342,10 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
 
     Args:
       base: a ``nn.Module`` subclass (returns a subclass, like ``nn.remat``:
-        ``Parametrized(nn.Dense, spec)(features=3)``) or an instance (returns a wrapping
-        instance with the same fields: ``Parametrized(nn.Dense(3), spec)``). Wrapping a
+        ``Parametrized(nn.Dense, spec)(features=3)``), an instance (returns a wrapping
+        instance with the same fields: ``Parametrized(nn.Dense(3), spec)``) or a class-like
+        ``functools.partial`` (returns the same partial of the parametrized class:
+        ``Parametrized(partial(ResNet, stage_sizes=...), spec)(num_classes=10)``). Wrapping a
         parametrized module again is torch's repeated registration: on a variable already
         parametrized the new links are appended to its chain and registered on top of its
         constrained value (only their own right inverse runs, its result dropped; the stored
@@ -353,6 +379,13 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
                 base._px_base, (*base._px_layers, spec), base._px_unsafe or unsafe
             )
         return _parametrized_class(base, (spec,), unsafe)
+    if isinstance(base, functools.partial) and inspect.isclass(base.func):
+        # Flax's examples define models as class-like partials
+        # (`ResNet18 = partial(ResNet, stage_sizes=...)`): the answer is the same partial of the
+        # parametrized class.
+        return functools.partial(
+            Parametrized(base.func, spec, unsafe=unsafe), *base.args, **base.keywords
+        )
     if isinstance(base, nn.Module):
         cls = Parametrized(type(base), spec, unsafe=unsafe)
         kwargs = {n: getattr(base, n) for n in _base_fields(cls._px_base)}
@@ -365,6 +398,6 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
             kwargs["name"] = base.name  # an explicitly named layer keeps its name
         return cls(**kwargs)
     raise ParametrizationTypeError(
-        "Parametrized(base, spec): `base` must be a flax.linen Module class or instance "
-        f"(e.g. `nn.Dense` or `nn.Dense(3)`); got {type(base).__name__} {base!r}."
+        "Parametrized(base, spec): `base` must be a flax.linen Module class, instance or "
+        "class partial (e.g. `nn.Dense`, `nn.Dense(3)` or `functools.partial(nn.Dense, 3)`); got {type(base).__name__} {base!r}."
     )
