@@ -65,3 +65,69 @@ def test_method_given_as_the_base_class_function_is_the_named_method():
     np.testing.assert_allclose(by_name, x @ c["kernel"] + c["bias"], rtol=1e-6)
     v2 = model.init(KEY, x, method=AutoEncoder.encode)
     assert "enc" in v2["params"]["parametrizations"] and "dec" not in v2["params"]["parametrizations"]
+
+
+# --- differentiating a stateful chain with its state immutable ----------------------------------
+def _loss(model, variables, mutable):
+    def loss(params):
+        out = model.apply({**variables, "params": params}, jnp.ones((2, 3)), mutable=mutable)
+        return jnp.sum(out[0] if mutable else out)
+
+    return loss
+
+
+def test_grad_with_state_immutable_warns_that_the_power_iteration_is_frozen():
+    model = Parametrized(nn.Dense(3), {"kernel": px.SpectralNorm()})
+    v = model.init(KEY, jnp.ones((2, 3)))
+    with pytest.warns(px.linen.FrozenStateWarning, match=r"`parametrization_state` is not mutable.*"
+                      r"`parametrizations/kernel/0/u`.*mutable=\[\.\.\., \"parametrization_state\"\]"):
+        jax.grad(_loss(model, v, ["batch_stats"]))(v["params"])  # a ported BatchNorm train step
+    with pytest.warns(px.linen.FrozenStateWarning):
+        jax.jit(jax.vmap(jax.grad(_loss(model, v, False)), in_axes=None, axis_size=2))(v["params"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.grad(_loss(model, v, ["batch_stats", "parametrization_state"]))(v["params"])
+        model.apply(v, jnp.ones((2, 3)))  # evaluation: not differentiated
+        jax.jit(lambda v: model.apply(v, jnp.ones((2, 3))))(v)
+
+
+def test_grad_with_state_that_never_moves_does_not_warn():
+    model = Parametrized(nn.Dense(3), {"kernel": px.RandomPruning(0.5)})  # a mask: fixed state
+    v = model.init(KEY, jnp.ones((2, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.grad(_loss(model, v, False))(v["params"])
+
+
+# --- a stateful parametrized cell inside nn.RNN ---------------------------------------------------
+def _rnn(**rnn_kwargs):
+    cell = Parametrized(nn.SimpleCell, {"h/kernel": px.SpectralNorm()})
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.RNN(cell(4), **rnn_kwargs)(x)
+
+    return Model()
+
+
+def test_stateful_cell_inside_rnn_fails_at_init_with_both_fixes():
+    with pytest.raises(px.ParametrizationError, match=r"`parametrization_state`, which is immutable "
+                       r"here.*`Parametrized\(nn.RNN\(cell\), \{\"cell/<path>\": \.\.\.\}\)`.*"
+                       r"variable_broadcast=\[\"params\", \"parametrization_state\"\]"):
+        _rnn().init(KEY, jnp.ones((2, 5, 3)))
+
+
+@pytest.mark.parametrize("fix", ["broadcast", "wrap the rnn"])
+def test_both_fixes_in_the_message_work_and_advance_the_state(fix):
+    x = jnp.ones((2, 5, 3))
+    if fix == "broadcast":
+        model = _rnn(variable_broadcast=["params", "parametrization_state"])
+    else:
+        model = Parametrized(nn.RNN(nn.SimpleCell(4)), {"cell/h/kernel": px.SpectralNorm()})
+    v = model.init(KEY, x)
+    y, new = model.apply(v, x, mutable=["parametrization_state"])
+    before, after = jax.tree.leaves(v["parametrization_state"]), jax.tree.leaves(new)
+    assert len(before) == 2 and all(not np.array_equal(a, b) for a, b in zip(before, after))
+    # eval reuses the stored u, v: with the advanced ones it gives the training output
+    np.testing.assert_allclose(model.apply({**v, **new}, x), y, rtol=1e-5, atol=1e-6)

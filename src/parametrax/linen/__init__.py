@@ -36,7 +36,7 @@ Package layout::
     _compat.py       the only module that touches private Flax internals, one function per use
 """
 
-from parametrax.linen._collections import STATE_COLLECTION
+from parametrax.linen._collections import STATE_COLLECTION, FrozenStateWarning
 from parametrax.linen._functions import (
     assign,
     constrained,
@@ -50,6 +50,7 @@ from parametrax.linen._wrapper import Parametrized
 __all__ = [
     "Parametrized",
     "STATE_COLLECTION",
+    "FrozenStateWarning",
     "constrained",
     "assign",
     "remove_parametrizations",

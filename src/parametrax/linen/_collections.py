@@ -18,6 +18,11 @@ STATE_COLLECTION = "parametrization_state"
 PARAMS = "params"
 
 
+class FrozenStateWarning(UserWarning):
+    """A chain whose state would advance (a spectral norm's power iteration) is differentiated
+    with the ``parametrization_state`` collection immutable, so its state stays frozen."""
+
+
 def split_key(key: str) -> tuple[str, str]:
     if ":" in key:
         col, path = key.split(":", 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 
 
 def is_first_draw(module: nn.Module, name: str) -> bool:
@@ -72,3 +73,25 @@ def is_nowrap(fn: Any) -> bool:
     scope) through the base module's ``apply``.
     """
     return bool(getattr(fn, "nowrap", False))
+
+
+def is_differentiated(x: Any) -> bool:
+    """Whether ``x`` is being differentiated: a JAX autodiff tracer, possibly under vmap/jit.
+
+    JAX has no public predicate for this. ``jax.grad`` / ``jax.value_and_grad`` trace with
+    ``LinearizeTracer`` (JAX >= 0.5, private: ``jax._src.interpreters.ad``), ``jax.jvp`` /
+    ``jacfwd`` with ``JVPTracer`` (public as ``jax.interpreters.ad.JVPTracer``); a ``vmap``
+    above them wraps them in a ``BatchTracer`` whose ``val`` holds them. The type names and the
+    ``primal`` / ``val`` attributes are what JAX 0.4.30 .. 0.10.2 use. When JAX changes them
+    this answers False: the wrapper then only loses its frozen-state warning.
+    """
+    for _ in range(16):
+        if not isinstance(x, jax.core.Tracer):
+            return False
+        if type(x).__name__ in ("JVPTracer", "LinearizeTracer"):
+            return True
+        nxt = getattr(x, "val", None)
+        if nxt is None:
+            return False
+        x = nxt
+    return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from parametrax._tree import PARAMETRIZATIONS, Spec
 from parametrax.linen import _compat
 from parametrax.linen._boxes import rebox_plain, rebox_raw, rebox_state, unbox
 from parametrax.linen._collections import (
+    FrozenStateWarning,
     PARAMS,
     STATE_COLLECTION,
     by_collection,
@@ -128,6 +130,8 @@ class _ParametrizedMixin:
             base_vars, new_state = constrain_collections(
                 cls._px_spec, unbox(stored), update_state=update_state
             )
+        if not update_state and not initialising and STATE_COLLECTION in stored:
+            self._px_warn_if_frozen(cls, method, stored)
         mutable = [
             col
             for col in set(base_vars) | {"intermediates"}
@@ -145,6 +149,34 @@ class _ParametrizedMixin:
                 old = stored.get(STATE_COLLECTION, {}).get(k)
                 self.put_variable(STATE_COLLECTION, k, rebox_plain(v, old))
         return out
+
+    def _px_warn_if_frozen(self, cls: type, method: str, stored: Mapping) -> None:
+        """Warns when params are differentiated and a link would advance its state, but
+        ``parametrization_state`` is immutable: a train step ported with
+        ``mutable=["batch_stats"]`` would silently freeze a spectral norm's power iteration."""
+        plain = unbox(stored)
+        if not any(
+            _compat.is_differentiated(x)
+            for col in by_collection(cls._px_spec)
+            for x in jax.tree.leaves(plain.get(col, {}))
+        ):
+            return
+        _, advanced = constrain_collections(cls._px_spec, plain, update_state=True)
+        before = _tree.flatten(plain[STATE_COLLECTION])
+        moved = sorted(p for p, v in _tree.flatten(advanced).items() if v is not before.get(p))
+        if moved:
+            warnings.warn(
+                FrozenStateWarning(
+                    f"`{cls.__name__}.{method}`: the params are differentiated but "
+                    f"`{STATE_COLLECTION}` is not mutable, so the link state "
+                    f"{', '.join(f'`{p}`' for p in moved[:4])}{' ...' if len(moved) > 4 else ''} "
+                    "stays frozen at its stored value (no power iteration). In a train step "
+                    f"pass `mutable=[..., \"{STATE_COLLECTION}\"]` and keep the state it "
+                    "returns; to freeze it on purpose, filter "
+                    "`parametrax.linen.FrozenStateWarning`."
+                ),
+                stacklevel=4,
+            )
 
     def _px_rng(self, name: str) -> Any:
         """The rng stream handed to the base module.
@@ -188,6 +220,19 @@ class _ParametrizedMixin:
                 raise type(e)(f"`{cls.__name__}`{where}: {e}") from None
             results[col] = rebox_raw(raw, init_vars[col])
             state_merge(state_tree, col, rebox_state(st, init_vars[col]))
+        if state_tree and not self.is_mutable_collection(STATE_COLLECTION):
+            # At init every collection is mutable unless a lifted transform (nn.scan, nn.RNN,
+            # nn.vmap ...) around this module does not carry the state collection.
+            raise ParametrizationError(
+                f"`{cls.__name__}` registers link state in `{STATE_COLLECTION}`, which is "
+                "immutable here: a lifted transform around it (`nn.RNN`, `nn.scan`, "
+                f"`nn.vmap`, ...) does not carry `{STATE_COLLECTION}`. Either parametrize the "
+                "whole transformed module, which also evaluates the chain once per apply "
+                "instead of once per step: `Parametrized(nn.RNN(cell), {\"cell/<path>\": ...})`; "
+                "or let the transform carry the collection: `nn.RNN(cell, variable_broadcast="
+                f"[\"params\", \"{STATE_COLLECTION}\"])` (for `nn.scan`, add it to "
+                "`variable_broadcast`)."
+            )
         # Nothing is stored until every collection registered without error.
         for col, tree in init_vars.items():
             tree = results.get(col, tree)
