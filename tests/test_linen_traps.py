@@ -131,3 +131,18 @@ def test_both_fixes_in_the_message_work_and_advance_the_state(fix):
     assert len(before) == 2 and all(not np.array_equal(a, b) for a, b in zip(before, after))
     # eval reuses the stored u, v: with the advanced ones it gives the training output
     np.testing.assert_allclose(model.apply({**v, **new}, x), y, rtol=1e-5, atol=1e-6)
+
+
+def test_tabulate_lists_inner_rows_and_counts_every_raw_array_once():
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(4)(nn.relu(nn.Dense(4)(x)))
+
+    model = Parametrized(MLP(), {"*/kernel": skew})
+    table = nn.tabulate(model, KEY, compute_flops=False, console_kwargs={"width": 200})(jnp.ones((1, 4)))
+    rows = [line for line in table.splitlines() if "│ Dense_0 " in line or "│ Dense_1 " in line]
+    assert len(rows) == 2  # the inner modules' rows are there
+    raw = model.init(KEY, jnp.ones((1, 4)))["params"]
+    n = sum(a.size for a in jax.tree.leaves(raw))
+    assert n == 2 * 16 + 2 * 4 and f"Total Parameters: {n} " in table
