@@ -70,8 +70,8 @@ under ``layer_instance``).
 Package layout::
 
     __init__.py      the public names (this docstring: how the wrapper works, its rules)
-    _wrapper.py      Parametrized and the class it builds (init = registration, apply = evaluate once)
-    _functions.py    constrained / assign / remove_parametrizations / is_parametrized / spec_of / ...
+    _wrapper.py      Parametrized, the class it builds (init registers, apply evaluates once)
+    _functions.py    constrained, assign, remove_parametrizations, is_parametrized, spec_of, ...
     _collections.py  the spec split per variable collection; evaluating every chain; error context
     _boxes.py        metadata boxes (nn.Partitioned ...): unbox to compute, rebox to store
     _compat.py       the only module that touches private Flax internals, one function per use

@@ -322,7 +322,8 @@ def _register_layers(
     merged = layers[0]
     for k, spec in enumerate(layers[1:], start=1):
         sub = jax.random.fold_in(key, k) if key is not None else None
-        lengths = {p: len(c) for p, (_, c) in merged.resolve(_tree.parametrized_paths(merged, raw)).items()}
+        resolved = merged.resolve(_tree.parametrized_paths(merged, raw))
+        lengths = {path: len(chain) for path, (_, chain) in resolved.items()}
         current, _ = _tree.forward(merged, raw, state)
         # `unsafe=True`: the shapes are checked once, on the whole chain, below.
         new_raw, new_state = _tree.register(
@@ -444,5 +445,6 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
         return cls(**kwargs)
     raise ParametrizationTypeError(
         "Parametrized(base, spec): `base` must be a flax.linen Module class, instance or "
-        "class partial (e.g. `nn.Dense`, `nn.Dense(3)` or `functools.partial(nn.Dense, 3)`); got {type(base).__name__} {base!r}."
+        "class partial (e.g. `nn.Dense`, `nn.Dense(3)` or `functools.partial(nn.Dense, 3)`); "
+        f"got {type(base).__name__} {base!r}."
     )
