@@ -33,11 +33,12 @@ the shape and dtype, and the numbers); each check is also a function of its own,
    and at ``right_inverse(sample)`` (often a special point, e.g. raw zero for trivializations);
 9. :func:`check_update_base` -- **update_base** (when ``p.update_base`` exists): the value is
    unchanged by moving the base;
-10. :func:`check_vmap` -- **vmap == loop**: ``vmap`` of ``apply`` / ``apply_inverse`` over a
-    batch of raws, the variables shared, equals a loop; **vmap == broadcasting** (unless
-    ``broadcasts=False``, for a map of the whole tensor such as ``Sphere(axis=None)``):
-    calling ``p`` on the stacked raw equals ``vmap``, with the variables registration makes for
-    the stacked value (a per-value state such as a trivialization's base is mapped with it).
+10. :func:`check_vmap` -- **vmap == broadcasting**: calling ``p`` on the stacked raw equals
+    ``vmap``, with the variables registration makes for the stacked value (a per-value state
+    such as a trivialization's base is mapped with it, the rest shared); for a map of the whole
+    tensor (``broadcasts=False``: ``Sphere(axis=None)``, ``WeightNorm``), **vmap == loop**:
+    ``vmap`` of ``apply`` / ``apply_inverse`` over a batch of raws, the variables shared,
+    equals a loop.
 
 Parametrizations without ``in_manifold`` / ``sample`` / a right inverse skip those checks (pass
 ``in_manifold=`` to check membership with an oracle of your own). Parametrizations with
@@ -56,6 +57,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from parametrax._errors import ParametrizationError
 
 from parametrax.testing import checks as _checks
 from parametrax.testing._subject import Subject, default_atol, prepare
@@ -120,8 +123,8 @@ def check_parametrization(
         exists, else ``forward`` of a random raw).
       check_vmap: run the vmap checks at all.
       broadcasts: ``p`` acts on trailing axes, so a stacked raw is a batch (false for a map of
-        the whole tensor: ``Sphere(axis=None)``, ``WeightNorm``, ``SpectralNorm``); the
-        ``vmap == loop`` check still runs.
+        the whole tensor: ``Sphere(axis=None)``, ``WeightNorm``, ``SpectralNorm``; the vmap
+        check then compares ``vmap`` with a loop instead).
       raw_domain: a function ``(*raw) -> raw`` projecting raw arrays (of any leading batch
         shape) onto the raws ``forward`` is meant for; applied to every raw the kit draws.
         Default: every raw is valid.
@@ -145,14 +148,13 @@ def check_parametrization(
     )
     check_sample(s)
     check_shape_dtype(s)  # eager first: a wrong shape is reported before anything is traced
-    names = ALL_QUANTITIES
-    if check_vmap:
-        vnames = _checks._vmap_quantities(s)
-        for name in vnames:  # a map that cannot take a leading axis fails here, clearly
-            if s.trace_error((name,)) is not None:
-                _checks.check_vmap(s)
-        names = names + vnames
-    s.compute(names, "raw")
+    names = ALL_QUANTITIES + (VMAP_QUANTITIES if check_vmap else ())
+    try:
+        s.compute(names, "raw")
+    except (ValueError, TypeError, IndexError, ParametrizationError):
+        if check_vmap:  # a map that cannot take a leading axis: say so, clearly
+            _checks.check_vmap(s)
+        raise
     s.compute(names, "start")
     for check in CHECKS:
         if check not in (check_sample, check_shape_dtype):  # run above

@@ -154,6 +154,11 @@ class Subject:
         return self.membership is not None
 
     @property
+    def stateful(self) -> bool:
+        """Whether p keeps state (``update_state`` may change it)."""
+        return bool(jax.tree.leaves(self.variables["state"]))
+
+    @property
     def inexact(self) -> list[int]:
         return [i for i, r in enumerate(self.raws) if _is_inexact(r)]
 
@@ -281,6 +286,8 @@ def _q_grad(s, p, variables, raws, cot, key, raws_b):
 
 
 def _q_update_state(s, p, variables, raws, cot, key, raws_b):
+    if not s.stateful:  # nothing to update
+        return None
     y, state = p.apply(variables, *raws, update_state=True)
     again = fwd(p, with_state(variables, dict(state)), raws)
     return {"y": y, "state": dict(state), "again": again, "member": s.member_flag(y)}
@@ -295,14 +302,19 @@ def _q_update_base(s, p, variables, raws, cot, key, raws_b):
 
 
 def _q_vmap_loop(s, p, variables, raws, cot, key, raws_b):
-    """vmap and a sequential loop (``lax.map``) over the batch, the variables shared."""
+    """vmap and a sequential loop (``lax.map``) over the batch, the variables shared. Only for
+    a map that does not broadcast: for one that does, :func:`_q_broadcast` checks vmap already
+    (against the stacked call, shared variables shared and per-value ones mapped)."""
+    if s.broadcasts:
+        return None
 
     def one(rs):
-        y, _ = p.apply(variables, *rs, update_state=False)
-        yu, su = p.apply(variables, *rs, update_state=True)
-        out = {"y": y, "y_update": yu, "state_update": dict(su)}
+        out = {"y": fwd(p, variables, rs)}
+        if s.stateful:
+            yu, su = p.apply(variables, *rs, update_state=True)
+            out["update_state"] = {"y": yu, "state": dict(su)}
         if s.has_inverse:
-            r2, s2 = inv(p, variables, y, key)
+            r2, s2 = inv(p, variables, out["y"], key)
             out["inverse"] = {"raws": r2, "state": s2}
         return out
 
@@ -332,24 +344,26 @@ def _batch_axes(s, batched, single):
 def _q_broadcast(s, p, variables, raws, cot, key, raws_b):
     """Calling p on the stacked raw against vmap over the batch, with the variables that
     registration makes for the stacked value (per-value leaves mapped, shared leaves shared)."""
+    if not s.broadcasts:
+        return None
     yb = jax.vmap(lambda rs: fwd(p, variables, rs))(raws_b)
-    vb = _plain(p.init_variables(key, yb))
+    vb0 = _plain(p.init_variables(key, yb))
+    vb, out = vb0, {}
     if s.has_inverse:
-        _, st = inv(p, vb, yb, key)
-        vb = with_state(vb, st)
+        r2, st = inv(p, vb0, yb, key)
+        vb = with_state(vb0, st)
+        out["inv_broadcast"] = {"raws": r2, "value": fwd(p, vb, r2)}
     axes = _batch_axes(s, vb, variables)
-    out = {
-        "broadcast": fwd(p, vb, raws_b),
-        "vmap": jax.vmap(lambda v, rs: fwd(p, v, rs), in_axes=(axes, 0))(vb, raws_b),
-    }
+    out["broadcast"] = fwd(p, vb, raws_b)
+    out["vmap"] = jax.vmap(lambda v, rs: fwd(p, v, rs), in_axes=(axes, 0))(vb, raws_b)
     if s.has_inverse:
 
         def round_trip(v, y):
-            r2, s2 = inv(p, v, y, key)
-            return {"raws": r2, "value": fwd(p, with_state(v, s2), r2)}
+            r2_, s2_ = inv(p, v, y, key)
+            return {"raws": r2_, "value": fwd(p, with_state(v, s2_), r2_)}
 
-        out["inv_broadcast"] = round_trip(vb, yb)
-        out["inv_vmap"] = jax.vmap(round_trip, in_axes=(axes, 0))(vb, yb)
+        # from the variables before the inverse, as the stacked call above
+        out["inv_vmap"] = jax.vmap(round_trip, in_axes=(axes, 0))(vb0, yb)
     return out
 
 

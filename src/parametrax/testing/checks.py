@@ -46,10 +46,6 @@ ALL_QUANTITIES = ("apply", "round_trip", "grad", "update_state", "update_base")
 VMAP_QUANTITIES = ("vmap_loop", "broadcast")
 
 
-def _vmap_quantities(s: Subject) -> tuple:
-    return VMAP_QUANTITIES if s.broadcasts else VMAP_QUANTITIES[:1]
-
-
 def check_configuration(p) -> None:
     """`configuration`: ``p`` is a hashable parametrization and a new instance with the same
     hyperparameters (``dataclasses.replace``) compares and hashes equal, so ``jax.jit`` with
@@ -160,14 +156,16 @@ def check_jit(s: Subject) -> None:
 
 
 def check_state(s: Subject) -> None:
-    """`state`: ``apply(..., update_state=False)`` returns the state it was given;
+    """`state`: ``apply(..., update_state=False)`` returns the state it was given. With state,
     ``apply(..., update_state=True)`` returns a state of the same structure, shapes and dtypes,
-    a value with the shape and dtype kept, finite and on the manifold, and that value is the one
-    its returned state gives (``apply`` with the new state and ``update_state=False``)."""
+    a value with the shape and dtype kept and on the manifold, and that value is the one its
+    returned state gives (``apply`` with the new state and ``update_state=False``)."""
     out = s.get("apply")
     s.tree_close(
         "state", out["state"], s.variables["state"], "state returned by apply(update_state=False)"
     )
+    if not s.stateful:
+        return
     up = s.get("update_state")
     got = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype).name), up["state"])
     want = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype).name), s.variables["state"])
@@ -184,8 +182,13 @@ def check_state(s: Subject) -> None:
             f"apply(update_state=True) returned shape {tuple(y.shape)} and dtype "
             f"{jnp.dtype(y.dtype).name}; expected {s.shape} and {s.dtype.name}.",
         )
-    s.close("state", up["again"], y, "apply(new state, update_state=False) against the value "
-            "apply(update_state=True) returned with that state")
+    s.close(
+        "state",
+        up["again"],
+        y,
+        "apply(new state, update_state=False) against the value apply(update_state=True) "
+        "returned with that state",
+    )
     s.require_member("state", up["member"], y, "apply(raw, update_state=True)")
 
 
@@ -211,19 +214,18 @@ def check_update_base(s: Subject) -> None:
 
 
 def check_vmap(s: Subject) -> None:
-    """`vmap == loop`: over a batch of raws with the variables shared, ``vmap`` of ``apply``
-    (both ``update_state`` values: the value and the new state) and of ``apply_inverse`` (raw
-    and state) equals a sequential loop.
+    """`vmap == broadcasting` (when ``s.broadcasts``: ``p`` acts on trailing axes): ``p``
+    called on the stacked raw equals ``vmap`` over the batch, with the variables that
+    ``init_variables`` and ``apply_inverse`` make for the stacked value (a leaf that grows a
+    leading axis with the value, like a trivialization's base, is mapped; one that keeps its
+    shape is shared). The same for the right inverse: the raw arrays and the value read back.
 
-    `vmap == broadcasting` (when ``s.broadcasts``: ``p`` acts on trailing axes): ``p`` called on
-    the stacked raw equals ``vmap`` over the batch, with the variables that ``init_variables``
-    and ``apply_inverse`` make for the stacked value (a leaf that grows a leading axis with the
-    value, like a trivialization's base, is mapped; one that keeps its shape is shared). The
-    same for the right inverse: the raw arrays and the value read back. A map of the whole
-    tensor (``Sphere(axis=None)``, ``WeightNorm``, ``SpectralNorm``) does not broadcast:
-    prepare it with ``broadcasts=False``.
+    `vmap == loop` (a map of the whole tensor, ``broadcasts=False``: ``Sphere(axis=None)``,
+    ``WeightNorm``, ``SpectralNorm``): over a batch of raws with the variables shared, ``vmap``
+    of ``apply`` (with state, also ``update_state=True``: the value and the new state) and of
+    ``apply_inverse`` (raw and state) equals a sequential loop.
     """
-    for name in _vmap_quantities(s):
+    for name in VMAP_QUANTITIES:
         err = None if s.cached(name) else s.trace_error((name,))
         if err is not None:
             check = "vmap == loop" if name == "vmap_loop" else "vmap == broadcasting"
@@ -233,10 +235,11 @@ def check_vmap(s: Subject) -> None:
                 f"{type(err).__name__}: {err}",
             )
     loop = s.get("vmap_loop")
-    s.tree_close("vmap == loop", loop["vmap"], loop["loop"],
-                 "vmap(apply / apply_inverse) against a loop, variables shared")
-    if s.broadcasts:
-        res = s.get("broadcast")
+    if loop is not None:
+        s.tree_close("vmap == loop", loop["vmap"], loop["loop"],
+                     "vmap(apply / apply_inverse) against a loop, variables shared")
+    res = s.get("broadcast")
+    if res is not None:
         s.close("vmap == broadcasting", res["broadcast"], res["vmap"],
                 "forward(stacked raw) against vmap(forward)")
         if s.has_inverse:
