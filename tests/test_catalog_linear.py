@@ -1,9 +1,9 @@
-"""Contract and closed-form tests for the tutorial catalog (Symmetric, Skew, Cayley, MatrixExp,
-RandomPruning), driven by one table of chains."""
+"""Closed-form tests for the tutorial catalog (Symmetric, Skew, Cayley, MatrixExp, RandomPruning).
+Their contract (shape, round trip, jit, vmap, gradients, equal configs trace once) runs in the
+one table of tests/test_contract.py."""
 
 import dataclasses
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,116 +12,9 @@ import pytest
 import parametrax as px
 from parametrax import tree as ptree
 
-from _helpers import F32_ATOL, normal, orthogonality_error, skew_error, symmetry_error
+from _helpers import normal
 
 KEY = jax.random.key(0)
-
-
-def _spd_error(a):
-    a = np.asarray(a)
-    return max(symmetry_error(a), float(-np.min(np.linalg.eigvalsh(a)) + 1e-7))
-
-
-def _on_symmetric(x):
-    return x + jnp.swapaxes(x, -1, -2)
-
-
-def _on_skew(x):
-    return x - jnp.swapaxes(x, -1, -2)
-
-
-def _on_so(x):
-    # An orthogonal matrix with det +1 and no eigenvalue -1 (expm of a small skew matrix).
-    return jax.vmap(jax.scipy.linalg.expm)(0.5 * _on_skew(x).reshape((-1,) + x.shape[-2:])).reshape(
-        x.shape
-    )
-
-
-# name, chain, constraint error function (0 means on the set), maker of a point on the set
-# (None: the chain has no right inverse), whether right_inverse is a true inverse on the set.
-TABLE = [
-    ("symmetric", [px.symmetric], symmetry_error, _on_symmetric),
-    ("skew", [px.skew], skew_error, _on_skew),
-    ("skew+cayley", [px.skew, px.cayley], orthogonality_error, _on_so),
-    ("skew+matrix_exp", [px.skew, px.matrix_exp], orthogonality_error, None),
-    ("symmetric+matrix_exp", [px.symmetric, px.matrix_exp], _spd_error, None),
-]
-SHAPES = [(4, 4), (2, 3, 3)]
-
-
-@pytest.mark.parametrize("name,chain,err,make", TABLE, ids=[t[0] for t in TABLE])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-class TestContract:
-    def _register(self, chain, shape):
-        params = {"w": normal(1, shape)}
-        return ptree.register({"w": chain}, params, key=KEY)
-
-    def test_shape_dtype_kept_and_constraint_holds(self, name, chain, err, make, shape):
-        raw, state = self._register(chain, shape)
-        raw = jax.tree.map(lambda r: r + 0.3 * normal(7, r.shape), raw)  # a generic raw point
-        w = ptree.constrain({"w": chain}, raw, state)["w"]
-        chex.assert_shape(w, shape)
-        chex.assert_type(w, jnp.float32)
-        assert err(w) < 1e-4, (name, err(w))
-
-    def test_round_trip_on_the_set(self, name, chain, err, make, shape):
-        if make is None:
-            pytest.skip("chain has no right inverse")
-        raw, state = self._register(chain, shape)
-        y = make(normal(2, shape))
-        assert err(y) < 1e-4
-        raw2, state2 = ptree.assign({"w": chain}, raw, state, {"w": y})
-        w = ptree.constrain({"w": chain}, raw2, state2)["w"]
-        np.testing.assert_allclose(w, y, atol=1e-5, rtol=1e-5)
-
-    def test_jit_equals_eager(self, name, chain, err, make, shape):
-        raw, state = self._register(chain, shape)
-        eager = ptree.constrain({"w": chain}, raw, state)["w"]
-        jitted = jax.jit(lambda r, s: ptree.constrain({"w": chain}, r, s))(raw, state)["w"]
-        np.testing.assert_allclose(jitted, eager, atol=F32_ATOL, rtol=1e-5)
-
-    def test_batch_equals_vmap(self, name, chain, err, make, shape):
-        if len(shape) != 3:
-            pytest.skip("batched shapes only")
-        xs = normal(3, shape)
-        f = lambda x: ptree.constrain({"w": chain}, {"parametrizations": {"w": {"original": x}}})["w"]
-        np.testing.assert_allclose(f(xs), jax.vmap(f)(xs), atol=F32_ATOL, rtol=1e-5)
-
-    def test_finite_gradients(self, name, chain, err, make, shape):
-        raw, state = self._register(chain, shape)
-        target = normal(5, shape)
-        loss = lambda r: jnp.sum((ptree.constrain({"w": chain}, r, state)["w"] - target) ** 2)
-        g = jax.grad(loss)(raw)
-        leaves = jax.tree.leaves(g)
-        assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
-        assert any(float(jnp.max(jnp.abs(x))) > 0 for x in leaves)
-
-
-@pytest.mark.parametrize(
-    "make_a,make_b",
-    [
-        (px.Symmetric, px.Symmetric),
-        (px.Skew, px.Skew),
-        (px.Cayley, px.Cayley),
-        (px.MatrixExp, px.MatrixExp),
-        (lambda: px.RandomPruning(0.25), lambda: px.RandomPruning(0.25)),
-    ],
-)
-def test_equal_configs_hash_equal_and_trace_once(make_a, make_b):
-    a, b = make_a(), make_b()
-    assert a == b and hash(a) == hash(b)
-    assert a is not b
-    traces = []
-
-    def f(p, x):
-        traces.append(1)
-        return p.apply(p.init_variables(KEY, x), x)[0]
-
-    jf = jax.jit(f, static_argnums=0)
-    x = _on_symmetric(normal(0, (3, 3)))
-    jf(a, x)
-    jf(b, x)
-    assert len(traces) == 1
 
 
 def test_unequal_configs_differ():

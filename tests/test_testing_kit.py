@@ -8,9 +8,9 @@ import pytest
 
 import parametrax as px
 from parametrax.catalog.manifolds import Positive, Sphere
-from parametrax.testing import check_parametrization, default_atol
+from parametrax.testing import check_parametrization, check_round_trip, default_atol, prepare
 
-from _helpers import RankOne, Scale
+from _helpers import Counter, RankOne, Scale
 
 KEY = jax.random.key(0)
 
@@ -209,3 +209,52 @@ def test_strict_tolerance_is_honoured():
     # A tiny atol makes an otherwise exact float32 map fail the round trip.
     with pytest.raises(AssertionError, match="round trip"):
         check_parametrization(Positive(), (3,), KEY, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stateful links, restricted raw domains, named checks alone
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StaleUpdate(Scale):
+    """Advances its state under update_state=True but returns the value of the old state."""
+
+    def init_variables(self, key, value):
+        return {"params": {}, "state": {"s": jnp.asarray(2.0, value.dtype)}}
+
+    def apply(self, variables, x, *, update_state=False):
+        s = variables["state"]["s"]
+        return s * x, ({"s": s + 1} if update_state else variables["state"])
+
+    def apply_inverse(self, variables, value, *, key=None):
+        return value / variables["state"]["s"], variables["state"]
+
+
+def test_stateful_links_pass_with_and_without_broadcasting():
+    check_parametrization(Counter(), (3,), KEY)  # integer state advanced by update_state
+    check_parametrization(Counter(), (2, 3), KEY, broadcasts=False)  # vmap == loop, shared state
+
+
+def test_update_state_value_must_be_its_state_value():
+    with pytest.raises(AssertionError, match="failed the check `state`.*update_state=True"):
+        check_parametrization(StaleUpdate(), (3,), KEY)
+
+
+def test_restricted_raw_domain():
+    # Householder (torch's orthogonal on a tall matrix) scales column j by trunc(X[j, j]): a
+    # raw off the +-1 diagonal is not orthogonal, so the round trip fails there ...
+    def unit_diagonal(x):
+        d = jnp.diagonal(x, axis1=-2, axis2=-1)
+        sign = jnp.where(d >= 0, 1.0, -1.0).astype(x.dtype)
+        return jnp.where(jnp.eye(*x.shape[-2:], dtype=bool), sign[..., None, :], x)
+
+    p = px.Orthogonal(map="householder", use_trivialization=False)
+    with pytest.raises(AssertionError, match="failed the check `round trip`"):
+        check_parametrization(p, (5, 3), KEY)
+    # ... and holds on the raws it is meant for.
+    check_parametrization(p, (5, 3), KEY, raw_domain=unit_diagonal)
+
+
+def test_named_check_alone():
+    check_round_trip(prepare(Exp(), (3,), KEY))
+    with pytest.raises(AssertionError, match="failed the check `round trip on a given point`"):
+        check_round_trip(prepare(WrongInverse(), (3,), KEY))
