@@ -397,7 +397,7 @@ def test_assign_through_a_plain_function_has_no_right_inverse():
     with unchanged(v), pytest.raises(
         px.RightInverseError,
         match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, tanh\]: cannot "
-        r"assign through the chain \[`Skew`, function `tanh`\]: function `tanh` does not implement "
+        r"assign through the chain \[Skew, tanh\]: function `tanh` does not implement "
         r"right_inverse",
     ):
         px.assign(layer, v, {"kernel": jnp.eye(3)})

@@ -470,7 +470,12 @@ def test_error_assign_without_trivialization_is_not_implemented(m):
     plain = nn.Dense(3).init(KEY, X)["params"]["kernel"]
     np.testing.assert_array_equal(v["params"]["parametrizations"]["kernel"]["original"], plain)
     before = _frozen(v)
-    msg = "not possible to assign to the matrix exponential or the Cayley"
-    with pytest.raises(NotImplementedError, match=msg):
+    # has_right_inverse is false, so the chain refuses before calling anything ...
+    assert not Orthogonal(m, use_trivialization=False).has_right_inverse
+    with pytest.raises(px.RightInverseError, match="`Orthogonal` does not implement right_inverse"):
         px.assign(layer, v, {"kernel": jnp.eye(4, 3)}, key=KEY)
     jax.tree.map(np.testing.assert_array_equal, v, before)
+    # ... and calling the right inverse directly gives torch's message.
+    msg = "not possible to assign to the matrix exponential or the Cayley"
+    with pytest.raises(NotImplementedError, match=msg):
+        Orthogonal(m, use_trivialization=False).right_inverse(jnp.eye(4, 3))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import parametrax as px
-from parametrax.catalog.manifolds import Positive, Sphere
+from parametrax.catalog import Positive, Sphere
 from parametrax.testing import check_parametrization, default_atol
 
 from _helpers import RankOne, Scale
