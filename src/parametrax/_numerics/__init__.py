@@ -55,6 +55,7 @@ from parametrax._numerics.scalar import (
     check_scalar_map,
     clip_to_image,
     floor_tiny,
+    has_inverse,
     inv_softplus,
     inverse_or_raise,
     resolve_scalar_map,

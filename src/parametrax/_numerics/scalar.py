@@ -28,6 +28,7 @@ __all__ = [
     "inverse_or_raise",
     "clip_to_image",
     "floor_tiny",
+    "has_inverse",
 ]
 
 
@@ -166,3 +167,9 @@ def floor_tiny(y: Array) -> Array:
     """``max(y, tiny)``: keeps every positive normal number (so inverses stay exact on the set)
     and turns values <= 0 into the smallest positive one, whose raw value is finite."""
     return jnp.maximum(y, jnp.finfo(y.dtype).tiny)
+
+
+def has_inverse(f) -> bool:
+    """Whether the validated scalar map ``f`` (name, callable or pair) has an inverse: an entry
+    built on it has a right inverse exactly then."""
+    return resolve_scalar_map(f).inv is not None

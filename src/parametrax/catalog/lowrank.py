@@ -77,6 +77,11 @@ class _SVDFamily(T.Trivialized):
         if "f" in fields:
             S.check_scalar_map(owner, "f", self.f, self._f_names)
 
+    @property
+    def has_right_inverse(self) -> bool:
+        """False when ``f`` was given as a callable without its inverse."""
+        return "f" not in self.__dataclass_fields__ or S.has_inverse(self.f)
+
     # --- subclass hooks -------------------------------------------------------------------------
     def _sigma(self, s: Array) -> Array:
         """Singular values from their raw parameters."""

@@ -13,6 +13,7 @@ from parametrax._numerics import (
     check_axis_field,
     check_scalar_map,
     floor_tiny,
+    has_inverse,
     inverse_or_raise,
     normalize_axes,
     require_inexact,
@@ -46,6 +47,12 @@ class Ordered(Parametrization):
     def __post_init__(self):
         check_axis_field(self, allow_tuple=False)
         check_scalar_map("Ordered", "f", self.f, POSITIVE_MAPS)
+
+
+    @property
+    def has_right_inverse(self) -> bool:
+        """False when ``f`` was given as a callable without its inverse."""
+        return has_inverse(self.f)
 
     def forward(self, x: Array) -> Array:
         ax = _axis(self, x)

@@ -18,6 +18,7 @@ from parametrax._numerics import (
     POSITIVE_MAPS,
     check_scalar_map,
     floor_tiny,
+    has_inverse,
     inverse_or_raise,
     require_inexact,
     resolve_scalar_map,
@@ -49,6 +50,12 @@ class Positive(Parametrization):
 
     def __post_init__(self):
         check_scalar_map("Positive", "f", self.f, POSITIVE_MAPS)
+
+
+    @property
+    def has_right_inverse(self) -> bool:
+        """False when ``f`` was given as a callable without its inverse."""
+        return has_inverse(self.f)
 
     def forward(self, x: Array) -> Array:
         require_inexact(self, x, real=True)

@@ -79,6 +79,11 @@ class _SymEigen(T.Trivialized):
         if "f" in self.__dataclass_fields__:
             S.check_scalar_map(owner, "f", self.f, self._f_names)
 
+    @property
+    def has_right_inverse(self) -> bool:
+        """False when ``f`` was given as a callable without its inverse."""
+        return self._fmap().inv is not None
+
     def _fmap(self) -> S.ScalarMap:
         return S.resolve_scalar_map(getattr(self, "f", "abs"))
 

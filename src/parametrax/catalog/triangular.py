@@ -13,6 +13,7 @@ from parametrax._numerics import (
     check_scalar_map,
     default_atol,
     floor_tiny,
+    has_inverse,
     inverse_or_raise,
     max_abs,
     require_matrix,
@@ -64,6 +65,12 @@ class Cholesky(Parametrization):
 
     def __post_init__(self):
         check_scalar_map("Cholesky", "f", self.f, POSITIVE_MAPS)
+
+
+    @property
+    def has_right_inverse(self) -> bool:
+        """False when ``f`` was given as a callable without its inverse."""
+        return has_inverse(self.f)
 
     def _diag_map(self, x: Array, fn) -> Array:
         require_square(self, x, real=True)
