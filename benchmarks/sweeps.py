@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 import parametrax as px
-from parametrax.catalog.linear import Cayley, Skew
+from parametrax.catalog import Cayley, Skew
 from parametrax.catalog.orthogonal import Orthogonal
 
 from _harness import Runner, measure

@@ -485,7 +485,7 @@ def _scaled_sigmoid_map():
     catalog keeps its scalar-map table (update here if that table moves)."""
     import importlib
 
-    for mod in ("parametrax.catalog._scalar", "parametrax.catalog.lowrank"):
+    for mod in ("parametrax._numerics.scalar", "parametrax._numerics", "parametrax.catalog.lowrank"):
         try:
             table = importlib.import_module(mod).SCALAR_MAPS
         except (ImportError, AttributeError):
@@ -547,18 +547,7 @@ ORTH_MAPS = ["matrix_exp", "cayley", "householder"]
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("orth_map", [
-    pytest.param("matrix_exp", marks=xfail16(
-        "orthogonal.py:_expm calls jax.scipy.linalg.expm on bf16/f16, which refuses them "
-        "(Cayley/MatrixExp widen via linear.py:_widen; Orthogonal does not)")),
-    pytest.param("cayley", marks=xfail16(
-        "orthogonal.py:_forward -> _cayley_half solves in bf16/f16 (no LU for them on CPU); "
-        "apply_inverse's _make_orthogonal QR also refuses them")),
-    pytest.param("householder", marks=xfail16(
-        "orthogonal.py:_make_orthogonal's jnp.linalg.qr raises NotImplementedError for bf16/f16 "
-        "and _core.chain_register swallows it as 'no right inverse': raw = the value, base = I, "
-        "trunc(diag(value)) zeroes the columns, silently")),
-])
+@pytest.mark.parametrize("orth_map", ORTH_MAPS)
 def test_orthogonal_on_half_precision_works(orth_map, dtype):
     shape = (3, 3) if orth_map != "householder" else (5, 3)
     spec = {"w": px.Orthogonal(map=orth_map)}

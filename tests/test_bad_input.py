@@ -198,6 +198,30 @@ def test_mutable_dataclass_config_is_refused():
         ptree.register({"w": Mutable()}, {"w": jnp.eye(2)})
 
 
+def test_undecorated_subclass_is_a_frozen_dataclass_and_traces_once():
+    """No decorator: the subclass is still a frozen, hashable dataclass, so equal configurations
+    hit jit's cache (equinox#965: an unfrozen subclass re-traces for every instance)."""
+    traces = []
+
+    class Scale(px.Parametrization):
+        k: float = 2.0
+
+        def forward(self, x):
+            traces.append(1)
+            return self.k * x
+
+    assert dataclasses.is_dataclass(Scale) and Scale(3.0) == Scale(3.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Scale().k = 1.0
+    f = jax.jit(lambda p, x: p(x), static_argnums=0)
+    x = jnp.ones(3)
+    for _ in range(3):
+        np.testing.assert_array_equal(f(Scale(3.0), x), 3 * x)
+    assert len(traces) == 1
+    f(Scale(4.0), x)
+    assert len(traces) == 2  # a different configuration is a different trace
+
+
 def test_array_valued_config_is_refused():
     @dataclasses.dataclass(frozen=True)
     class WithArray(px.Parametrization):
@@ -395,7 +419,7 @@ def test_assign_through_a_plain_function_has_no_right_inverse():
     with unchanged(v), pytest.raises(
         px.RightInverseError,
         match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, tanh\]: cannot "
-        r"assign through the chain \[`Skew`, function `tanh`\]: function `tanh` does not implement "
+        r"assign through the chain \[Skew, tanh\]: function `tanh` does not implement "
         r"right_inverse",
     ):
         px.assign(layer, v, {"kernel": jnp.eye(3)})

@@ -1,4 +1,4 @@
-"""The Cayley map's custom derivative (``parametrax.catalog.linear.cayley_map``).
+"""The Cayley map's custom derivative (``parametrax._numerics.cayley_map``).
 
 ``Cayley.forward`` computes ``Q = (I - X)^{-1}(I + X)`` with one solve and differentiates it
 with the closed form ``dQ = 1/2 (I + Q) dX (I + Q)`` (no second factorization, no solve in the
@@ -14,7 +14,7 @@ import pytest
 from jax.test_util import check_grads
 
 import parametrax as px
-from parametrax.catalog.linear import cayley_map
+from parametrax._numerics import cayley_map
 
 from _helpers import normal
 

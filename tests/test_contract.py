@@ -89,16 +89,6 @@ def cayley_full(a):
     return jnp.linalg.solve(eye - a, eye + a)
 
 
-HAS_NO_RIGHT_INVERSE = pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="Orthogonal(map='matrix_exp'|'cayley', use_trivialization=False): has_right_inverse "
-    "is true (Orthogonal overrides apply_inverse, which has_right_inverse takes as a right "
-    "inverse) but right_inverse raises NotImplementedError; has_right_inverse must be false "
-    "there (issue 11, 'The base type')",
-)
-
-
 def row(p, shape, marks=(), **opts):
     ident = f"{p!r}-{'x'.join(map(str, shape))}"
     return pytest.param(p, shape, opts, id=ident, marks=marks)
@@ -125,9 +115,9 @@ TABLE = [
     row(px.Orthogonal(map="householder", use_trivialization=False), (5, 3),
         raw_domain=unit_diagonal, in_manifold=is_orthonormal),
     row(px.Orthogonal(map="matrix_exp", use_trivialization=False), (4, 4),
-        marks=HAS_NO_RIGHT_INVERSE, in_manifold=is_orthonormal),
+        in_manifold=is_orthonormal),
     row(px.Orthogonal(map="cayley", use_trivialization=False), (4, 3),
-        marks=HAS_NO_RIGHT_INVERSE, in_manifold=is_orthonormal),
+        in_manifold=is_orthonormal),
     # --- norms (maps of the whole tensor: no broadcasting over a leading axis) ----------------
     row(px.SpectralNorm(), (4, 3), broadcasts=False),
     row(px.SpectralNorm(axis=(0, 2), n_power_iterations=3), (2, 3, 2), broadcasts=False),

@@ -12,7 +12,8 @@ import pytest
 
 import parametrax as px
 from parametrax import tree as ptree
-from parametrax.catalog.norms import AxisError, SpectralNorm, WeightNorm
+from parametrax import AxisError
+from parametrax.catalog.norms import SpectralNorm, WeightNorm
 
 from _helpers import rand
 

@@ -323,3 +323,26 @@ def test_long_adam_run_keeps_the_constraint(name, dtype):
     # The error is measured every 50 steps (200 times), not only at the end.
     assert errs.max() < LONG_RUN_TOL[dtype], (name, jnp.dtype(dtype).name, errs.max())
     assert losses[-100:].mean() < losses[0]
+
+
+@pytest.mark.parametrize("dt, tol", [(jnp.float32, 5e-5)])
+@pytest.mark.parametrize("kind", ["skew", "symmetric", "general"])
+def test_the_one_expm_matches_float64_scipy(kind, dt, tol):
+    """The one matrix exponential (``_numerics.expm``, used by MatrixExp, Orthogonal and the
+    trivializations) against float64 ``scipy.linalg.expm``, spectral norms 1e-3..50, batched
+    (each matrix keeps its own scaling: a tiny one next to a large one stays accurate)."""
+    import scipy.linalg
+
+    from parametrax._numerics import expm
+
+    rng = np.random.default_rng(0)
+    mats = []
+    for norm in (1e-3, 1e-1, 1.0, 5.0, 20.0, 50.0):
+        g = rng.standard_normal((6, 6))
+        a = {"skew": g - g.T, "symmetric": g + g.T, "general": g}[kind]
+        mats.append(a / np.linalg.norm(a, 2) * norm)
+    a = np.stack(mats).astype(dt)
+    got = np.asarray(expm(jnp.asarray(a)), np.float64)
+    for ai, gi in zip(a, got):
+        ref = scipy.linalg.expm(ai.astype(np.float64))
+        assert np.linalg.norm(gi - ref) <= tol * np.linalg.norm(ref)

@@ -470,7 +470,29 @@ def test_error_assign_without_trivialization_is_not_implemented(m):
     plain = nn.Dense(3).init(KEY, X)["params"]["kernel"]
     np.testing.assert_array_equal(v["params"]["parametrizations"]["kernel"]["original"], plain)
     before = _frozen(v)
-    msg = "not possible to assign to the matrix exponential or the Cayley"
-    with pytest.raises(NotImplementedError, match=msg):
+    # has_right_inverse is false, so the chain refuses before calling anything ...
+    assert not Orthogonal(m, use_trivialization=False).has_right_inverse
+    with pytest.raises(px.RightInverseError, match="`Orthogonal` does not implement right_inverse"):
         px.assign(layer, v, {"kernel": jnp.eye(4, 3)}, key=KEY)
     jax.tree.map(np.testing.assert_array_equal, v, before)
+    # ... and calling the right inverse directly gives torch's message.
+    msg = "not possible to assign to the matrix exponential or the Cayley"
+    with pytest.raises(NotImplementedError, match=msg):
+        Orthogonal(m, use_trivialization=False).right_inverse(jnp.eye(4, 3))
+
+
+@pytest.mark.parametrize("m", ORTHOGONAL_MAPS)
+@pytest.mark.parametrize("dt", [jnp.bfloat16, jnp.float16])
+def test_half_precision_is_computed_in_float32(m, dt):
+    """One dtype rule with Cayley/MatrixExp: bfloat16/float16 are widened to float32 for the
+    maths and cast back (no deep jax.scipy / LAPACK TypeError)."""
+    w = jax.random.normal(KEY, (5, 3))
+    for triv in (False, True):
+        p = Orthogonal(m, use_trivialization=triv)
+        raw, st = ptree.register({"w": p}, {"w": w.astype(dt)}, key=KEY)
+        q = ptree.constrain({"w": p}, raw, st)["w"]
+        assert q.dtype == dt
+        want = ptree.constrain({"w": p}, *ptree.register({"w": p}, {"w": w}, key=KEY))["w"]
+        np.testing.assert_allclose(np.asarray(q, np.float32), want, atol=2e-2)
+        qf = np.asarray(q, np.float32)
+        np.testing.assert_allclose(qf.T @ qf, np.eye(3), atol=3e-2)

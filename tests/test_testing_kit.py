@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import parametrax as px
-from parametrax.catalog.manifolds import Positive, Sphere
+from parametrax.catalog import Positive, Sphere
 from parametrax.testing import check_parametrization, check_round_trip, default_atol, prepare
 
 from _helpers import Counter, RankOne, Scale

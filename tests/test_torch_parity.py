@@ -18,7 +18,8 @@ import pytest
 
 import parametrax as px
 from parametrax import tree as ptree
-from parametrax.catalog.norms import AxisError, SpectralNorm, WeightNorm
+from parametrax import AxisError
+from parametrax.catalog.norms import SpectralNorm, WeightNorm
 from parametrax.catalog.orthogonal import Orthogonal
 
 from _helpers import rand
@@ -210,8 +211,12 @@ def test_orthogonal_assignment(m, triv, dt):
             msg = "not possible to assign to the matrix exponential"
             with pytest.raises(NotImplementedError, match=msg):
                 mod.weight = torch.tensor(q)
-            with pytest.raises(NotImplementedError, match=msg):
+            # ours declares it has no right inverse (has_right_inverse is false), so the chain
+            # refuses with a RightInverseError before running anything
+            with pytest.raises(px.RightInverseError, match="`Orthogonal` does not implement"):
                 ptree.assign(spec, raw, state, {"w": q}, key=KEY)
+            with pytest.raises(NotImplementedError, match=msg):
+                p.right_inverse(q)
             continue
         for value in (q, r):
             raw2, state2 = ptree.assign(spec, raw, state, {"w": value}, key=jax.random.key(i))

@@ -11,6 +11,7 @@ from parametrax._core import (
     as_parametrization,
 )
 from parametrax._errors import (
+    AxisError,
     NotParametrizedError,
     ParametrizationError,
     ParametrizationTypeError,
@@ -18,24 +19,16 @@ from parametrax._errors import (
     ShapeError,
     SpecError,
 )
-from parametrax.tree import Spec
-from parametrax.catalog.linear import (
-    Cayley,
-    MatrixExp,
-    RandomPruning,
-    Skew,
-    Symmetric,
-    cayley,
-    matrix_exp,
-    skew,
-    symmetric,
-)
-from parametrax.catalog.manifolds import (
+from parametrax.tree import Spec, update_base
+from parametrax._numerics import inv_softplus
+from parametrax.catalog import (
+    ORTHOGONAL_MAPS,
     PSD,
     PSSD,
     SL,
     SO,
     AlmostOrthogonal,
+    Cayley,
     Cholesky,
     FixedRank,
     Grassmannian,
@@ -43,20 +36,27 @@ from parametrax.catalog.manifolds import (
     Invertible,
     LowerTriangular,
     LowRank,
+    MatrixExp,
     Ordered,
+    Orthogonal,
     Positive,
     PositiveDefinite,
     PSSDFixedRank,
     PSSDLowRank,
+    RandomPruning,
     Simplex,
+    Skew,
+    SpectralNorm,
     Sphere,
     SphereEmbedded,
     Stiefel,
-    inv_softplus,
-    update_base,
+    Symmetric,
+    WeightNorm,
+    cayley,
+    matrix_exp,
+    skew,
+    symmetric,
 )
-from parametrax.catalog.norms import AxisError, SpectralNorm, WeightNorm
-from parametrax.catalog.orthogonal import ORTHOGONAL_MAPS, Orthogonal
 from parametrax.linen import (
     STATE_COLLECTION,
     Parametrized,

@@ -9,16 +9,19 @@ import contextlib
 import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from parametrax._errors import (
+from parametrax._errors import (  # describe, name_of: re-exported for the fronts
     ParametrizationError,
     ParametrizationTypeError,
     RightInverseError,
     ShapeError,
+    chain_repr,
+    describe,
+    name_of,
 )
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "as_parametrization",
     "as_chain",
     "describe",
+    "name_of",
     "empty_variables",
     "original_names",
 ]
@@ -40,7 +44,32 @@ def empty_variables() -> Variables:
     return {"params": {}, "state": {}}
 
 
-class Parametrization:
+_AUTO = "_parametrax_auto_dataclass"  # what the automatic dataclass step added to a class
+
+
+class _ParametrizationMeta(type):
+    """Lets an explicit ``@dataclasses.dataclass(...)`` on a subclass win over the automatic one.
+
+    ``Parametrization.__init_subclass__`` turns every subclass into a frozen dataclass as soon
+    as its body runs; a decorator written on the class runs after that. ``dataclasses`` starts
+    by setting ``__dataclass_params__``: when it does so on a class that was made a dataclass
+    automatically, the methods and field defaults of the automatic step are taken back first,
+    so the decorator sees the class as written (``eq=False``, ``frozen=False``, ``kw_only``
+    fields and ``default_factory`` then behave exactly as the decorator alone would make them).
+    """
+
+    def __setattr__(cls, name, value):
+        if name == "__dataclass_params__" and _AUTO in cls.__dict__:
+            added, saved = cls.__dict__[_AUTO]
+            type.__delattr__(cls, _AUTO)
+            for attr in added:
+                type.__delattr__(cls, attr)
+            for attr, original in saved.items():
+                type.__setattr__(cls, attr, original)
+        super().__setattr__(name, value)
+
+
+class Parametrization(metaclass=_ParametrizationMeta):
     """A pure ``forward`` / ``right_inverse`` pair: the unit every parametrax API works with.
 
     The contract a subclass keeps:
@@ -61,6 +90,20 @@ class Parametrization:
     * Matrix parametrizations act on the last two axes and broadcast over leading ones.
     * Subclasses are frozen, hashable dataclasses whose fields are plain hyperparameters (no
       arrays, no lambdas): equal configurations compare equal, so ``jax.jit`` never re-traces.
+      Every subclass is made a frozen dataclass automatically when it is defined (as equinox
+      does), so the decorator is optional; an explicit ``@dataclasses.dataclass(...)`` replaces
+      the automatic one (then its options, e.g. ``frozen=False``, are the ones that hold). A
+      family base declares the fields its members share once (``kw_only`` where members add
+      required fields after them).
+
+    Optional methods (declared here as ``None``; a subclass that has them defines them, and
+    ``callable(getattr(p, name, None))`` tells whether it does):
+
+    * ``in_manifold(x, atol=None) -> bool array``: whether ``x`` is on the constraint set, to
+      ``atol`` (default :func:`parametrax._numerics.default_atol` of ``x.dtype``);
+    * ``sample(key, shape, dtype=float32) -> array``: a random point of the set;
+    * ``update_base(variables, *raw) -> (raw, state)``: dynamic trivialization (moves a base
+      point kept as state to the current value; the value is unchanged).
 
     Extra variables (the one protocol both the linen and the NNX fronts consume). A
     parametrization that owns variables overrides three methods instead of the two above:
@@ -77,6 +120,22 @@ class Parametrization:
 
     The defaults of these three delegate to ``forward`` / ``right_inverse`` with no variables.
     """
+
+    in_manifold: ClassVar[Callable[..., Array] | None] = None
+    sample: ClassVar[Callable[..., Array] | None] = None
+    update_base: ClassVar[Callable[..., tuple] | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        before = dict(cls.__dict__)
+        annotations = cls.__dict__.get("__annotations__", {})
+        dataclasses.dataclass(frozen=True)(cls)
+        added = tuple(
+            n for n in cls.__dict__ if n not in before and not n.startswith("__dataclass_")
+        )
+        saved = {n: before[n] for n in annotations if n in before and cls.__dict__.get(n, _AUTO)
+                 is not before[n]}
+        type.__setattr__(cls, _AUTO, (added, saved))
 
     # --- the simple protocol -------------------------------------------------------------------
     def forward(self, *raw: Array) -> Array:
@@ -121,7 +180,6 @@ class Parametrization:
         return self.forward(*raw)
 
 
-@dataclasses.dataclass(frozen=True)
 class FunctionParametrization(Parametrization):
     """A plain callable used as a forward-only parametrization (no right inverse).
 
@@ -130,26 +188,13 @@ class FunctionParametrization(Parametrization):
     """
 
     fn: Callable[..., Array]
+    wraps_function: ClassVar[bool] = True  # messages name the function (see _errors.name_of)
 
     def forward(self, *raw: Array) -> Array:
         return self.fn(*raw)
 
     def __repr__(self) -> str:
         return f"FunctionParametrization({getattr(self.fn, '__qualname__', repr(self.fn))})"
-
-
-def name_of(p: Any) -> str:
-    """The bare name of a parametrization: its class name, or a plain callable's name."""
-    if isinstance(p, FunctionParametrization):
-        return getattr(p.fn, "__qualname__", repr(p.fn))
-    return type(p).__name__
-
-
-def describe(p: Any) -> str:
-    """A short name for messages: the class name, or the function name for plain callables."""
-    if isinstance(p, FunctionParametrization):
-        return f"function `{name_of(p)}`"
-    return f"`{name_of(p)}`"
 
 
 def as_parametrization(obj: Any) -> Parametrization:
@@ -422,7 +467,7 @@ def chain_right_inverse(
     for link in chain:
         if not link.has_right_inverse:
             raise RightInverseError(
-                f"cannot assign through the chain [{', '.join(describe(p) for p in chain)}]: "
+                f"cannot assign through the chain {chain_repr(chain)}: "
                 f"{describe(link)} does not implement right_inverse."
             )
     n = len(chain)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from parametrax.catalog.linear import cayley_map
+from parametrax._numerics import cayley_map
 
 FD_EPS = 1e-5
 FD_TOL = 1e-6

@@ -65,3 +65,21 @@ def test_float64_long_adam_run():
     p, _ = jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), None, length=2000)[0])(params)
     k = px.constrained(layer, {"params": p})["params"]["kernel"]
     assert k.dtype == jnp.float64 and orth_err(k) < ORTH_TOL_F64
+
+
+@pytest.mark.parametrize("kind", ["skew", "symmetric", "general"])
+def test_the_one_expm_matches_scipy_in_float64(kind):
+    """``_numerics.expm`` against ``scipy.linalg.expm`` in float64, spectral norms 1e-3..50."""
+    import scipy.linalg
+
+    from parametrax._numerics import expm
+
+    rng = np.random.default_rng(0)
+    for norm in (1e-3, 1e-1, 1.0, 5.0, 20.0, 50.0):
+        g = rng.standard_normal((6, 6))
+        a = {"skew": g - g.T, "symmetric": g + g.T, "general": g}[kind]
+        a = a / np.linalg.norm(a, 2) * norm
+        ref = scipy.linalg.expm(a)
+        got = np.asarray(expm(jnp.asarray(a, jnp.float64)))
+        assert got.dtype == np.float64
+        assert np.linalg.norm(got - ref) <= 1e-11 * np.linalg.norm(ref), norm

@@ -24,16 +24,29 @@ their raw parts, keeping ``s`` and the value.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from parametrax._core import Parametrization, Variables, describe
-from parametrax._errors import ParametrizationError
-from parametrax._numerics import mT
-from parametrax.catalog import _scalar as S
+from parametrax._core import Variables
+from parametrax._errors import ParametrizationError, describe
+from parametrax._numerics import (
+    check_positive_int,
+    complete,
+    default_atol,
+    eye_batch,
+    flip_last_col,
+    haar,
+    haar_special,
+    mT,
+    require_matrix,
+    require_rank,
+    require_shape,
+    require_square,
+)
+from parametrax._numerics import scalar as S
 from parametrax.catalog import _trivialization as T
 
 __all__ = ["LowRank", "FixedRank", "Invertible", "SL", "AlmostOrthogonal"]
@@ -49,21 +62,25 @@ def _masks(n: int, k: int, r: int) -> tuple[Array, Array]:
     return lower, upper
 
 
-class _SVDFamily(Parametrization):
+class _SVDFamily(T.Trivialized):
     """Shared implementation of ``U diag(σ(s)) Vᵀ``; subclasses define the σ map."""
 
     _square_only = False
-    _f_names: tuple[str, ...] = ("softplus", "exp")
-    triv: str | Callable = "expm"
+    _f_names: ClassVar[tuple[str, ...]] = ("softplus", "exp")
 
     def __post_init__(self):
+        super().__post_init__()
         owner = type(self).__name__
-        T.check_triv(owner, self.triv)
         fields = self.__dataclass_fields__
         if "rank" in fields:
-            T.check_positive_int(owner, "rank", self.rank)
+            check_positive_int(owner, "rank", self.rank)
         if "f" in fields:
             S.check_scalar_map(owner, "f", self.f, self._f_names)
+
+    @property
+    def has_right_inverse(self) -> bool:
+        """False when ``f`` was given as a callable without its inverse."""
+        return "f" not in self.__dataclass_fields__ or S.has_inverse(self.f)
 
     # --- subclass hooks -------------------------------------------------------------------------
     def _sigma(self, s: Array) -> Array:
@@ -86,13 +103,13 @@ class _SVDFamily(Parametrization):
     # --- shapes ---------------------------------------------------------------------------------
     def _rank(self, x: Array) -> int:
         if self._square_only:
-            T.require_square(self, x)
+            require_square(self, x, real=True)
             return x.shape[-1]
         rank = getattr(self, "rank", None)
         if rank is None:
-            T.require_matrix(self, x)
+            require_matrix(self, x, real=True)
             return min(x.shape[-2:])
-        T.require_rank(self, x, rank)
+        require_rank(self, x, rank, real=True)
         return rank
 
     @staticmethod
@@ -114,8 +131,8 @@ class _SVDFamily(Parametrization):
         return {
             "params": {},
             "state": {
-                "base_u": T.eye_batch(batch, big, value.dtype),
-                "base_v": T.eye_batch(batch, small, value.dtype),
+                "base_u": eye_batch(batch, big, value.dtype),
+                "base_v": eye_batch(batch, small, value.dtype),
             },
         }
 
@@ -124,8 +141,8 @@ class _SVDFamily(Parametrization):
         x = self._tall(raw)
         big, small = x.shape[-2:]
         bu, bv = state["base_u"], state["base_v"]
-        T.require_shape(self, bu.shape[-2:], (big, big), "the base point `state['base_u']`")
-        T.require_shape(self, bv.shape[-2:], (small, small), "the base point `state['base_v']`")
+        require_shape(self, bu.shape[-2:], (big, big), "the base point `state['base_u']`")
+        require_shape(self, bv.shape[-2:], (small, small), "the base point `state['base_v']`")
         u = T.stiefel_point(bu, x[..., :, :r], self.triv)
         v = T.stiefel_point(bv, mT(x[..., :r, :]), self.triv)
         sigma = self._sigma(jnp.diagonal(x, axis1=-2, axis2=-1)[..., :r])
@@ -147,13 +164,13 @@ class _SVDFamily(Parametrization):
         u, sv, vh = jnp.linalg.svd(y, full_matrices=False)
         if self._fix_det():
             neg = jnp.linalg.det(u) * jnp.linalg.det(vh) < 0
-            u = T.flip_last_col(u, neg)
+            u = flip_last_col(u, neg)
         u_r, v_r, sv_r = u[..., :, :r], mT(vh)[..., :, :r], sv[..., :r]
         scale = jnp.maximum(1.0, sv[..., :1])
         s = self._sigma_inverse(sv_r, scale).astype(value.dtype)
         idx = jnp.arange(r)
         raw = jnp.zeros_like(y).at[..., idx, idx].set(s)
-        state = {**variables["state"], "base_u": T.complete(u_r), "base_v": T.complete(v_r)}
+        state = {**variables["state"], "base_u": complete(u_r), "base_v": complete(v_r)}
         return self._untall(raw, value), state
 
     def right_inverse(self, value: Array) -> Array:
@@ -177,7 +194,7 @@ class _SVDFamily(Parametrization):
     # --- manifold utilities ---------------------------------------------------------------------
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         r = self._rank(x)
-        atol = T.default_atol(x.dtype) if atol is None else atol
+        atol = default_atol(x.dtype) if atol is None else atol
         sv = jnp.linalg.svd(x, compute_uv=False)
         tol = atol * jnp.maximum(1.0, sv[..., :1])
         return jnp.all(self._sv_ok(sv, tol, r, x))
@@ -191,9 +208,9 @@ class _SVDFamily(Parametrization):
         batch = shape[:-2]
         ku, kv, ks = jax.random.split(key, 3)
         if self._fix_det():
-            u, v = T.haar_special(ku, batch, big, dtype), T.haar_special(kv, batch, small, dtype)
+            u, v = haar_special(ku, batch, big, dtype), haar_special(kv, batch, small, dtype)
         else:
-            u, v = T.haar(ku, batch, big, r, dtype), T.haar(kv, batch, small, r, dtype)
+            u, v = haar(ku, batch, big, r, dtype), haar(kv, batch, small, r, dtype)
         sigma = self._sample_sigma(ks, batch + (r,), dtype)
         x = (u * sigma[..., None, :]) @ mT(v)
         return mT(x) if shape[-2] < shape[-1] else x
@@ -203,7 +220,6 @@ def _geo_normalise(sigma: Array) -> Array:
     return sigma * jnp.exp(-jnp.mean(jnp.log(sigma), axis=-1, keepdims=True))
 
 
-@dataclasses.dataclass(frozen=True)
 class LowRank(_SVDFamily):
     r"""Matrices of rank at most ``rank``: ``X = U diag(s) Vᵀ`` (any real ``s``).
 
@@ -219,7 +235,6 @@ class LowRank(_SVDFamily):
     """
 
     rank: int
-    triv: str | Callable = "expm"
 
     def _sigma(self, s):
         return s
@@ -243,7 +258,6 @@ class _PositiveSigma:
         return inv(S.clip_to_image(m, sigma, jnp.finfo(sigma.dtype).eps * scale))
 
 
-@dataclasses.dataclass(frozen=True)
 class FixedRank(_PositiveSigma, _SVDFamily):
     r"""Matrices of rank exactly ``rank``: ``X = U diag(f(s)) Vᵀ`` with ``f > 0``.
 
@@ -254,13 +268,11 @@ class FixedRank(_PositiveSigma, _SVDFamily):
 
     rank: int
     f: str | Callable | tuple = "softplus"
-    triv: str | Callable = "expm"
 
     def _sv_ok(self, sv, tol, r, x):
         return jnp.all(sv[..., r:] <= tol, axis=-1) & (sv[..., r - 1] > tol[..., 0])
 
 
-@dataclasses.dataclass(frozen=True)
 class Invertible(_PositiveSigma, _SVDFamily):
     r"""Square matrices with positive determinant, ``GL⁺(n)``: ``X = U diag(f(s)) Vᵀ`` with
     ``U, V`` orthogonal of constant ``det U · det V = 1`` and ``f > 0``.
@@ -273,7 +285,6 @@ class Invertible(_PositiveSigma, _SVDFamily):
 
     _square_only = True
     f: str | Callable | tuple = "softplus"
-    triv: str | Callable = "expm"
 
     def _fix_det(self):
         return True
@@ -283,7 +294,6 @@ class Invertible(_PositiveSigma, _SVDFamily):
         return sign > 0
 
 
-@dataclasses.dataclass(frozen=True)
 class SL(_SVDFamily):
     r"""The special linear group ``SL(n)``: ``det X = 1``. ``X = U diag(σ) Vᵀ`` with
     ``σ = f(s) / (∏ f(s))^{1/n}`` and ``det U · det V = 1``.
@@ -296,7 +306,6 @@ class SL(_SVDFamily):
 
     _square_only = True
     f: str | Callable | tuple = "softplus"
-    triv: str | Callable = "expm"
 
     def _fix_det(self):
         return True
@@ -318,7 +327,6 @@ class SL(_SVDFamily):
         return (sign > 0) & (jnp.abs(jnp.expm1(logdet)) <= n * tol[..., 0])
 
 
-@dataclasses.dataclass(frozen=True)
 class AlmostOrthogonal(_SVDFamily):
     r"""Matrices whose singular values lie in ``[1 - lam, 1 + lam]``:
     ``X = U diag(1 + lam f(s)) Vᵀ`` with ``f`` onto ``[-1, 1]`` (geotorch's
@@ -330,10 +338,9 @@ class AlmostOrthogonal(_SVDFamily):
     clips singular values into ``[1 - lam, 1 + lam]`` elsewhere (the nearest such matrix).
     """
 
-    _f_names = ("sin", "tanh", "scaled_sigmoid")
+    _f_names: ClassVar[tuple[str, ...]] = ("sin", "tanh", "scaled_sigmoid")
     lam: float
     f: str | Callable | tuple = "sin"
-    triv: str | Callable = "expm"
 
     def __post_init__(self):
         super().__post_init__()

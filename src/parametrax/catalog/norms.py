@@ -55,7 +55,6 @@ Torch's ``dim`` names the output axis **in torch's layout** (Linear ``(out, in)`
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -65,56 +64,12 @@ from jax import lax
 
 from parametrax._core import Parametrization, Variables
 from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
-from parametrax._numerics import require_inexact, safe_norm
+from parametrax._numerics import check_axis_field, normalize_axes, require_inexact, safe_norm
 
-__all__ = ["SpectralNorm", "WeightNorm", "AxisError"]
+__all__ = ["SpectralNorm", "WeightNorm"]
 
 Array = jax.Array
 _HIGHEST = lax.Precision.HIGHEST
-
-
-class AxisError(ShapeError, IndexError):
-    """An ``axis`` out of range for the array (an ``IndexError`` too, as torch raises)."""
-
-
-def _normalize_axis_field(obj, allow_none: bool) -> None:
-    """Checks ``obj.axis`` (an int, a non-empty tuple of ints, or None if allowed); a list
-    becomes a tuple so that equal configurations hash equal."""
-    axis = obj.axis
-    if isinstance(axis, list):
-        axis = tuple(axis)
-        object.__setattr__(obj, "axis", axis)
-    ok = (
-        (axis is None and allow_none)
-        or (isinstance(axis, int) and not isinstance(axis, bool))
-        or (
-            isinstance(axis, tuple)
-            and len(axis) > 0
-            and all(isinstance(a, int) and not isinstance(a, bool) for a in axis)
-        )
-    )
-    if not ok:
-        what = "an int, a non-empty tuple of ints" + (" or None" if allow_none else "")
-        raise ParametrizationTypeError(
-            f"`{type(obj).__name__}`: `axis` must be {what}; got {axis!r}."
-        )
-
-
-def _resolve_axes(p, axis, ndim: int) -> tuple[int, ...]:
-    """Normalised non-negative output axes, in the order given; errors name the range."""
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    out = []
-    for a in axes:
-        if not -ndim <= a < ndim:
-            lo, hi = -max(ndim, 1), max(ndim, 1) - 1
-            raise AxisError(
-                f"`{p!r}`: axis out of range (expected to be in range of [{lo}, {hi}] but got "
-                f"{a}) for an array with {ndim} dimension(s)."
-            )
-        out.append(a % ndim)
-    if len(set(out)) != len(out):
-        raise AxisError(f"`{p!r}`: repeated axis in {axis!r} for an array with {ndim} dimensions.")
-    return tuple(out)
 
 
 def _normalize(x: Array, eps: float) -> Array:
@@ -140,7 +95,6 @@ def _power_iteration(mat: Array, u: Array, v: Array, *, n: int, eps: float):
     return lax.fori_loop(0, n, body, (u, v))
 
 
-@dataclasses.dataclass(frozen=True)
 class SpectralNorm(Parametrization):
     r"""``W -> W / sigma``, ``sigma = u^H W_mat v`` from power iteration (torch's
     ``spectral_norm``).
@@ -210,12 +164,12 @@ class SpectralNorm(Parametrization):
             raise ParametrizationError(
                 f"`SpectralNorm`: `eps` must be a non-negative float; got {self.eps!r}."
             )
-        _normalize_axis_field(self, allow_none=False)
+        check_axis_field(self)
 
     # --- the matrix view ---------------------------------------------------------------------
     def matrix_view(self, w: Array) -> Array:
         """``W_mat``: output axes to the front, flattened to rows; the rest (C order) to columns."""
-        axes = _resolve_axes(self, self.axis, w.ndim)
+        axes = normalize_axes(self, self.axis, w.shape)
         h = math.prod(w.shape[a] for a in axes)
         moved = jnp.moveaxis(w, axes, tuple(range(len(axes))))
         return moved.reshape(h, -1)
@@ -227,7 +181,7 @@ class SpectralNorm(Parametrization):
         require_inexact(self, w)
         if w.ndim == 0:
             raise ShapeError(f"`{self!r}` needs an array with at least 1 dimension; got a scalar.")
-        _resolve_axes(self, self.axis, w.ndim)
+        normalize_axes(self, self.axis, w.shape)
 
     # --- the variables protocol ----------------------------------------------------------------
     def init_variables(self, key: Array, value: Array) -> Variables:
@@ -286,7 +240,6 @@ class SpectralNorm(Parametrization):
 # ------------------------------------------------------------------------------------------------
 # Weight norm
 # ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
 class WeightNorm(Parametrization):
     r"""``(g, v) -> g * v / ||v||`` with the norm over every axis except ``axis`` (torch's
     ``weight_norm``).
@@ -320,7 +273,7 @@ class WeightNorm(Parametrization):
     axis: int | tuple[int, ...] | None = -1
 
     def __post_init__(self):
-        _normalize_axis_field(self, allow_none=True)
+        check_axis_field(self, allow_none=True)
 
     @classmethod
     def from_torch(cls, dim: int | None = 0) -> WeightNorm:
@@ -334,7 +287,7 @@ class WeightNorm(Parametrization):
     def _norm(self, x: Array) -> Array:
         if self.axis is None:
             return safe_norm(x)
-        keep = _resolve_axes(self, self.axis, x.ndim)
+        keep = normalize_axes(self, self.axis, x.shape)
         others = tuple(a for a in range(x.ndim) if a not in keep)
         return safe_norm(x, axis=others, keepdims=True)
 

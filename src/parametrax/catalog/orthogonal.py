@@ -1,4 +1,6 @@
-r"""Orthogonal and unitary matrices: PyTorch's ``torch.nn.utils.parametrizations.orthogonal``.
+r"""Maps onto the orthogonal group: the tutorial's :class:`Cayley` and :class:`MatrixExp`, and
+:class:`Orthogonal` (orthogonal and unitary matrices, PyTorch's
+``torch.nn.utils.parametrizations.orthogonal``).
 
 :class:`Orthogonal` reproduces torch's ``_Orthogonal`` on the **last two axes as given**: the
 same three maps (``"matrix_exp"``, ``"cayley"``, ``"householder"``), the same default rule, the
@@ -41,20 +43,31 @@ arrays coincide.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from jax import lax
 
 from parametrax._core import Parametrization, Variables
 from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
-from parametrax._numerics import mH, mT, require_matrix
-from parametrax.catalog.linear import cayley_map
+from parametrax._numerics import (
+    cayley_half,
+    cayley_map,
+    expm,
+    eye_like,
+    mH,
+    mT,
+    qr_positive,
+    require_matrix,
+    require_square,
+    solve,
+    widen,
+    widened,
+)
+from parametrax.catalog.linear import SQUARE_HINT
 
-__all__ = ["Orthogonal", "ORTHOGONAL_MAPS"]
+__all__ = ["Cayley", "MatrixExp", "Orthogonal", "ORTHOGONAL_MAPS", "cayley", "matrix_exp"]
 
 Array = jax.Array
 
@@ -91,21 +104,6 @@ def _skew_from_lower(x: Array) -> Array:
     if n != k:
         y = jnp.concatenate([y, jnp.zeros(y.shape[:-1] + (n - k,), y.dtype)], axis=-1)
     return y - mH(y)
-
-
-def _expm(a: Array) -> Array:
-    if a.ndim == 2:
-        return jsl.expm(a)
-    flat = a.reshape((-1,) + a.shape[-2:])
-    return jax.vmap(jsl.expm)(flat).reshape(a.shape)
-
-
-@jax.jit
-def _cayley_half(a: Array) -> Array:
-    """``(I - A/2)^{-1} (I + A/2)`` (torch's ``linalg.solve(I - A/2, I + A/2)``): one solve,
-    with :func:`~parametrax.catalog.linear.cayley_map`'s derivative (two products, no second
-    solve)."""
-    return cayley_map(0.5 * a)
 
 
 @jax.jit
@@ -185,14 +183,6 @@ def _householder_reflectors(q: Array) -> Array:
 
 
 @jax.jit
-def _make_orthogonal(a: Array) -> Array:
-    """The Q factor of ``a = QR`` (``a`` tall, real or complex) with ``diag(R)`` real >= 0."""
-    q, r = jnp.linalg.qr(a, mode="reduced")
-    d = jnp.diagonal(r, axis1=-2, axis2=-1)
-    return q * jnp.sign(d)[..., None, :]
-
-
-@jax.jit
 def _is_orthogonal(q: Array) -> Array:
     """Torch's ``_is_orthogonal``: ``allclose(Q^H Q, I, rtol=1e-5, atol=10 n eps)`` over the
     whole batch at once (one boolean, as ``torch.allclose`` gives), without Python branching."""
@@ -215,17 +205,78 @@ def _forward(x: Array, base: Array | None, *, m: str) -> Array:
         q = q * d[..., None, :]
     else:
         a = _skew_from_lower(x)
-        q = _expm(a) if m == "matrix_exp" else _cayley_half(a)
+        q = expm(a) if m == "matrix_exp" else cayley_half(a)
         q = q[..., :k] if n != k else q
     if base is not None:
         q = jnp.matmul(base, q, precision=_HIGHEST)
     return mT(q) if transposed else q
 
 
+@widened
+def _inverse_cayley(value: Array) -> Array:
+    eye = eye_like(value)
+    return solve(value + eye, value - eye)
+
+
+# ------------------------------------------------------------------------------------------------
+# The tutorial's maps
+# ------------------------------------------------------------------------------------------------
+class Cayley(Parametrization):
+    r"""The Cayley map ``X -> (I + X)(I - X)^{-1}``, computed as the solve ``(I - X)^{-1}(I + X)``.
+
+    The two factors commute, so both forms are equal. Fed a skew-symmetric ``X`` (chain it after
+    :class:`Skew`) it returns an orthogonal matrix with determinant +1 and no eigenvalue -1; this
+    is the tutorial's ``CayleyMap`` (no factor 1/2, unlike ``Orthogonal(map="cayley")``).
+    Defined when ``X`` has no eigenvalue 1 (always true for skew-symmetric ``X``).
+
+    Cost: the forward pass is one LU factorization and its two triangular solves; the
+    derivative needs no second factorization and no solve at all (see :func:`parametrax._numerics.cayley_map`:
+    ``(I - X)^{-1} = (I + Q)/2``, so the gradient is two matrix products).
+
+    ``right_inverse(A) = (A + I)^{-1}(A - I)``, the inverse Cayley map, exact when ``A`` has no
+    eigenvalue -1 (an orthogonal matrix with det +1 in general position). The tutorial's version
+    reads a global variable instead of its argument; this one does not.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from parametrax import skew, cayley
+    >>> Q = cayley(skew(jax.random.normal(jax.random.key(0), (4, 4))))
+    >>> bool(jnp.allclose(Q.T @ Q, jnp.eye(4), atol=1e-5))
+    True
+    """
+
+    def forward(self, x: Array) -> Array:
+        require_square(self, x, SQUARE_HINT)
+        return cayley_map(x)
+
+    def right_inverse(self, value: Array) -> Array:
+        require_square(self, value, SQUARE_HINT)
+        return _inverse_cayley(value)
+
+
+class MatrixExp(Parametrization):
+    r"""The matrix exponential ``X -> expm(X)`` (:func:`parametrax._numerics.expm`: scaling and
+    squaring, batched natively, at least as accurate as ``jax.scipy.linalg.expm``).
+
+    Chained after :class:`Skew` it gives orthogonal matrices with det +1; after
+    :class:`Symmetric`, symmetric positive-definite ones. Like the tutorial's
+    ``MatrixExponential`` it has no right inverse, so assigning through a chain that contains
+    it is an error (use ``Orthogonal(map="matrix_exp")``, whose trivialization can be assigned).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from parametrax import symmetric, matrix_exp
+    >>> P = matrix_exp(symmetric(jax.random.normal(jax.random.key(0), (3, 3))))
+    >>> bool(jnp.all(jnp.linalg.eigvalsh(P) > 0))
+    True
+    """
+
+    def forward(self, x: Array) -> Array:
+        require_square(self, x, SQUARE_HINT)
+        return expm(x)
+
+
 # ------------------------------------------------------------------------------------------------
 # The parametrization
 # ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
 class Orthogonal(Parametrization):
     r"""Orthogonal (real) or unitary (complex) matrices on the last two axes, as torch's
     ``orthogonal``.
@@ -332,17 +383,27 @@ class Orthogonal(Parametrization):
     def has_variables(self) -> bool:  # the base point exists only with the trivialization
         return self.use_trivialization
 
+    @property
+    def has_right_inverse(self) -> bool:
+        """True with the trivialization (the base moves to the value) and for householder;
+        ``"matrix_exp"`` and ``"cayley"`` without it have none. ``map=None`` resolves to
+        householder for the non-square real matrices that default to it; on a square or complex
+        matrix (which resolve to ``"matrix_exp"``) assigning raises ``NotImplementedError``."""
+        return self.use_trivialization or self.map in (None, "householder")
+
     # --- the maps ----------------------------------------------------------------------------
-    def forward(self, x: Array, base: Array | None = None) -> Array:
+    def forward(self, x: Array, *, base: Array | None = None) -> Array:
         """Torch's ``_Orthogonal.forward`` on ``x`` with base point ``base`` (``(..., n, n)``
         in the tall view, ``n = max`` of the last two sizes). Without ``base`` no base is
-        applied (the map with ``use_trivialization=False``, or equivalently ``base = I``)."""
+        applied (the map with ``use_trivialization=False``, or equivalently ``base = I``).
+        ``base`` is keyword-only: a second positional array is reserved by the contract for a
+        second raw array. bfloat16 / float16 are computed in float32 and cast back."""
         x = jnp.asarray(x)
         m = self._check(x)
         if base is not None:
             base = jnp.asarray(base)
             self._check_base(base, _tall(x)[0])
-        return _forward(x, base, m=m)
+        return widened(_forward)(x, base, m=m)
 
     def _check_base(self, base: Array, tall: Array) -> None:
         n, k = tall.shape[-2:]
@@ -368,7 +429,7 @@ class Orthogonal(Parametrization):
         if m != "householder":
             raise NotImplementedError(f"`{self!r}`: {NOT_ASSIGNABLE}")
         q, transposed = _tall(lax.stop_gradient(value))
-        a = _householder_reflectors(q)
+        a = widened(_householder_reflectors)(q)
         return mT(a) if transposed else a
 
     # --- the variables protocol (trivialization) ---------------------------------------------
@@ -394,7 +455,7 @@ class Orthogonal(Parametrization):
                 f"`{self!r}` needs its state `base` (made by `init_variables` and set by the "
                 f"right inverse); got state keys {sorted(state)}."
             )
-        return self.forward(x, state["base"]), state
+        return self.forward(x, base=state["base"]), state
 
     def apply_inverse(self, variables: Variables, value: Array, *, key: Array | None = None):
         if not self.use_trivialization:
@@ -406,18 +467,28 @@ class Orthogonal(Parametrization):
         old = variables["state"].get("base")
         if old is not None:
             self._check_base(old, q)
+        base = self._new_base(widen(q), key, value.shape).astype(q.dtype)
+        rows, cols = value.shape[-2:]
+        neg_eye = jnp.broadcast_to(-_rect_eye(rows, cols, value.dtype), value.shape)
+        return neg_eye, {**variables["state"], "base": base}
+
+    def _new_base(self, q: Array, key: Array | None, shape: tuple) -> Array:
+        """The base point for the tall value ``q`` (see the class docstring)."""
+        n, k = q.shape[-2:]
         if n == k:
-            base = jnp.where(_is_orthogonal(q), q, _make_orthogonal(q))
+            base = jnp.where(_is_orthogonal(q), q, qr_positive(q))
         else:
             if key is None:
                 raise ParametrizationError(
                     f"`{self!r}`: setting the base point of a non-square "
-                    f"{tuple(value.shape)} matrix completes it with random columns and needs a "
+                    f"{tuple(shape)} matrix completes it with random columns and needs a "
                     "PRNG key; pass `key=` (e.g. `parametrax.assign(model, variables, values, "
                     "key=key)`)."
                 )
             noise = jax.random.normal(key, q.shape[:-2] + (n, n - k), q.dtype)
-            base = _make_orthogonal(jnp.concatenate([q, noise], axis=-1))
-        rows, cols = value.shape[-2:]
-        neg_eye = jnp.broadcast_to(-_rect_eye(rows, cols, value.dtype), value.shape)
-        return neg_eye, {**variables["state"], "base": base}
+            base = qr_positive(jnp.concatenate([q, noise], axis=-1))
+        return base
+
+
+cayley = Cayley()
+matrix_exp = MatrixExp()

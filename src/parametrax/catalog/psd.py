@@ -22,15 +22,26 @@ be assigned: no inverse), or a pair ``(f, f_inverse)`` of hashable callables.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from parametrax._core import Parametrization, Variables, describe
-from parametrax._numerics import mT
-from parametrax.catalog import _scalar as S
+from parametrax._core import Variables
+from parametrax._errors import describe
+from parametrax._numerics import (
+    check_positive_int,
+    complete,
+    default_atol,
+    eye_batch,
+    haar,
+    mT,
+    require_rank,
+    require_shape,
+    require_square,
+)
+from parametrax._numerics import scalar as S
 from parametrax.catalog import _trivialization as T
 
 __all__ = ["PositiveDefinite", "PSD", "PSSD", "PSSDLowRank", "PSSDFixedRank"]
@@ -54,20 +65,24 @@ def _set_diag(x: Array, vals: Array) -> Array:
     return x.at[..., idx, idx].set(vals)
 
 
-class _SymEigen(Parametrization):
+class _SymEigen(T.Trivialized):
     """Shared implementation: ``Q diag(f(λ)) Qᵀ`` with a trivialized ``Q``."""
 
-    _f_names: tuple[str, ...] = ("softplus", "exp")
-    triv: str | Callable = "expm"
+    _f_names: ClassVar[tuple[str, ...]] = ("softplus", "exp")
 
     # subclasses: _rank(n), _fmap() and in-manifold extras
     def __post_init__(self):
+        super().__post_init__()
         owner = type(self).__name__
-        T.check_triv(owner, self.triv)
         if "rank" in self.__dataclass_fields__:
-            T.check_positive_int(owner, "rank", self.rank)
+            check_positive_int(owner, "rank", self.rank)
         if "f" in self.__dataclass_fields__:
             S.check_scalar_map(owner, "f", self.f, self._f_names)
+
+    @property
+    def has_right_inverse(self) -> bool:
+        """False when ``f`` was given as a callable without its inverse."""
+        return self._fmap().inv is not None
 
     def _fmap(self) -> S.ScalarMap:
         return S.resolve_scalar_map(getattr(self, "f", "abs"))
@@ -75,9 +90,9 @@ class _SymEigen(Parametrization):
     def _rank(self, x: Array) -> int:
         rank = getattr(self, "rank", None)
         if rank is None:
-            T.require_square(self, x)
+            require_square(self, x, real=True)
             return x.shape[-1]
-        T.require_rank(self, x, rank, square=True)
+        require_rank(self, x, rank, square=True, real=True)
         return rank
 
     # --- variables protocol ---------------------------------------------------------------------
@@ -85,12 +100,12 @@ class _SymEigen(Parametrization):
         del key
         self._rank(value)
         n = value.shape[-1]
-        return {"params": {}, "state": {"base": T.eye_batch(value.shape[:-2], n, value.dtype)}}
+        return {"params": {}, "state": {"base": eye_batch(value.shape[:-2], n, value.dtype)}}
 
     def _compute(self, base: Array, x: Array) -> Array:
         r = self._rank(x)
         n = x.shape[-1]
-        T.require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
+        require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
         q = T.stiefel_point(base, x[..., :, :r], self.triv)
         lam = jnp.diagonal(x, axis1=-2, axis2=-1)[..., :r]
         w = self._fmap().f(lam)
@@ -103,7 +118,7 @@ class _SymEigen(Parametrization):
     def forward(self, x: Array) -> Array:
         """The map at the canonical base (the identity), without state."""
         self._rank(x)
-        return self._compute(T.eye_batch(x.shape[:-2], x.shape[-1], x.dtype), x)
+        return self._compute(eye_batch(x.shape[:-2], x.shape[-1], x.dtype), x)
 
     def apply_inverse(self, variables: Variables, value: Array, *, key=None):
         del key
@@ -117,7 +132,7 @@ class _SymEigen(Parametrization):
         floor = jnp.finfo(value.dtype).eps * scale
         lam = inv(S.clip_to_image(m, w_r, floor))
         raw = _set_diag(jnp.zeros_like(value), lam.astype(value.dtype))
-        return raw, {**variables["state"], "base": T.complete(v_r)}
+        return raw, {**variables["state"], "base": complete(v_r)}
 
     def right_inverse(self, value: Array) -> Array:
         raise NotImplementedError(
@@ -140,7 +155,7 @@ class _SymEigen(Parametrization):
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         r = self._rank(x)
-        atol = T.default_atol(x.dtype) if atol is None else atol
+        atol = default_atol(x.dtype) if atol is None else atol
         w = jnp.linalg.eigvalsh(_sym(x))
         scale = jnp.maximum(1.0, jnp.max(jnp.abs(w), axis=-1, keepdims=True))
         tol = atol * scale
@@ -155,12 +170,11 @@ class _SymEigen(Parametrization):
         shape = tuple(shape)
         r = self._rank(jax.ShapeDtypeStruct(shape, dtype))
         kq, kw = jax.random.split(key)
-        q = T.haar(kq, shape[:-2], shape[-1], r, dtype)
+        q = haar(kq, shape[:-2], shape[-1], r, dtype)
         w = self._sample_eigs(kw, shape[:-2] + (r,), dtype)
         return _sym((q * w[..., None, :]) @ mT(q))
 
 
-@dataclasses.dataclass(frozen=True)
 class PositiveDefinite(_SymEigen):
     r"""Symmetric positive definite matrices: ``A = Q diag(f(λ)) Qᵀ`` with ``f > 0``.
 
@@ -179,7 +193,6 @@ class PositiveDefinite(_SymEigen):
     """
 
     f: str | Callable | tuple = "softplus"
-    triv: str | Callable = "expm"
 
     def _eig_ok(self, w, tol, r):
         return jnp.min(w, axis=-1) > 0
@@ -188,7 +201,6 @@ class PositiveDefinite(_SymEigen):
 PSD = PositiveDefinite
 
 
-@dataclasses.dataclass(frozen=True)
 class PSSD(_SymEigen):
     r"""Symmetric positive semidefinite matrices: ``A = Q diag(|λ|) Qᵀ`` (geotorch's ``PSSD``).
 
@@ -196,14 +208,12 @@ class PSSD(_SymEigen):
     matrix in the Frobenius norm). Raw layout and state: module docstring.
     """
 
-    _f_names = ("abs",)
-    triv: str | Callable = "expm"
+    _f_names: ClassVar[tuple[str, ...]] = ("abs",)
 
     def _eig_ok(self, w, tol, r):
         return jnp.min(w, axis=-1) >= -tol[..., 0]
 
 
-@dataclasses.dataclass(frozen=True)
 class PSSDLowRank(_SymEigen):
     r"""Symmetric positive semidefinite matrices of rank at most ``rank``:
     ``A = Q diag(|λ|) Qᵀ`` with ``Q`` ``n x rank`` (geotorch's ``PSSDLowRank``).
@@ -212,9 +222,8 @@ class PSSDLowRank(_SymEigen):
     eigenpairs, negative ones clipped to 0 (the nearest such matrix in the Frobenius norm).
     """
 
-    _f_names = ("abs",)
+    _f_names: ClassVar[tuple[str, ...]] = ("abs",)
     rank: int
-    triv: str | Callable = "expm"
 
     def _eig_ok(self, w, tol, r):
         n = w.shape[-1]
@@ -222,7 +231,6 @@ class PSSDLowRank(_SymEigen):
         return (jnp.min(w, axis=-1) >= -tol[..., 0]) & small
 
 
-@dataclasses.dataclass(frozen=True)
 class PSSDFixedRank(_SymEigen):
     r"""Symmetric positive semidefinite matrices of rank exactly ``rank``:
     ``A = Q diag(f(λ)) Qᵀ`` with ``Q`` ``n x rank`` and ``f > 0`` (softplus by default; geotorch's
@@ -234,7 +242,6 @@ class PSSDFixedRank(_SymEigen):
 
     rank: int
     f: str | Callable | tuple = "softplus"
-    triv: str | Callable = "expm"
 
     def _eig_ok(self, w, tol, r):
         n = w.shape[-1]

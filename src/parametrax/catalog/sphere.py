@@ -10,58 +10,41 @@ broadcast; ``axis=None`` normalises everything, batch axes included.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
-from parametrax._core import Parametrization, Variables, describe
-from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
-from parametrax._numerics import safe_norm
-from parametrax.catalog import _trivialization as T
+from parametrax._core import Parametrization, Variables
+from parametrax._errors import ParametrizationError, ShapeError, describe
+from parametrax._numerics import (
+    check_axis_field,
+    default_atol,
+    normalize_axes,
+    require_inexact,
+    safe_norm,
+)
 
 __all__ = ["Sphere", "SphereEmbedded"]
 
 Array = jax.Array
 
 
-def _check_radius_axis(owner: str, radius, axis) -> None:
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
-        raise ParametrizationError(f"`{owner}`: `radius` must be a positive float; got {radius!r}.")
-    ok = axis is None or (isinstance(axis, int) and not isinstance(axis, bool))
-    if isinstance(axis, tuple):
-        ok = len(axis) > 0 and all(isinstance(a, int) and not isinstance(a, bool) for a in axis)
-    if not ok:
-        raise ParametrizationTypeError(
-            f"`{owner}`: `axis` must be an int, a non-empty tuple of ints or None (the whole "
-            f"tensor); got {axis!r}. (Use a tuple, not a list: the configuration must be "
-            "hashable.)"
-        )
-
-
 class _SphereBase(Parametrization):
+    """The fields both spheres share: ``radius`` (positive) and ``axis`` (the module docstring)."""
+
     radius: float = 1.0
     axis: int | tuple[int, ...] | None = -1
 
     def __post_init__(self):
-        _check_radius_axis(type(self).__name__, self.radius, self.axis)
+        r = self.radius
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
+            raise ParametrizationError(
+                f"{describe(self)}: `radius` must be a positive float; got {r!r}."
+            )
+        check_axis_field(self, allow_none=True)
 
     def _axes(self, x: Array) -> tuple[int, ...]:
-        T.require_real_float(self, x)
-        if self.axis is None:
-            return tuple(range(x.ndim))
-        axes = (self.axis,) if isinstance(self.axis, int) else self.axis
-        out = []
-        for a in axes:
-            if not -x.ndim <= a < x.ndim or x.ndim == 0:
-                raise ShapeError(
-                    f"{describe(self)}: `axis`={self.axis!r} is out of range for an array of "
-                    f"shape {tuple(x.shape)} ({x.ndim} dimension(s))."
-                )
-            out.append(a % x.ndim)
-        if len(set(out)) != len(out):
-            raise ShapeError(f"{describe(self)}: `axis`={self.axis!r} repeats an axis.")
-        return tuple(out)
+        require_inexact(self, x, real=True)
+        return normalize_axes(self, self.axis, x.shape)
 
     def _norm(self, x: Array) -> Array:
         return safe_norm(x, axis=self._axes(x), keepdims=True)
@@ -72,7 +55,7 @@ class _SphereBase(Parametrization):
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         """Whether every vector has norm ``radius`` to ``atol * max(1, radius)``."""
-        atol = T.default_atol(x.dtype) if atol is None else atol
+        atol = default_atol(x.dtype) if atol is None else atol
         err = jnp.abs(self._norm(x) - self.radius)
         return jnp.all(err <= atol * max(1.0, float(self.radius)))
 
@@ -82,7 +65,6 @@ class _SphereBase(Parametrization):
         return self.radius * self._unit(g)
 
 
-@dataclasses.dataclass(frozen=True)
 class SphereEmbedded(_SphereBase):
     r"""The sphere by projection: ``x -> radius * x / ||x||`` (norm over ``axis``).
 
@@ -97,9 +79,6 @@ class SphereEmbedded(_SphereBase):
     [[1.2000000476837158, 1.600000023841858], [2.0, 0.0]]
     """
 
-    radius: float = 1.0
-    axis: int | tuple[int, ...] | None = -1
-
     def forward(self, x: Array) -> Array:
         return self.radius * self._unit(x)
 
@@ -108,7 +87,6 @@ class SphereEmbedded(_SphereBase):
         return value
 
 
-@dataclasses.dataclass(frozen=True)
 class Sphere(_SphereBase):
     r"""The sphere by the exponential map at a base point ``b`` (state, unit norm):
 
@@ -122,9 +100,6 @@ class Sphere(_SphereBase):
     Shapes: any; ``axis`` as in the module docstring. Without state, :meth:`forward` uses the
     base ``b = e_0`` (the first coordinate vector along ``axis``).
     """
-
-    radius: float = 1.0
-    axis: int | tuple[int, ...] | None = -1
 
     def init_variables(self, key: Array, value: Array) -> Variables:
         del key

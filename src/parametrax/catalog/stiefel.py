@@ -23,19 +23,34 @@ one ``N x N`` skew matrix to an orthogonal one (it is vmapped over leading axes)
 Dynamic trivialization (geotorch's ``update_base``): ``p.update_base(variables, raw)`` returns
 ``(zeros, {"base": B @ triv(A)})``: the base moves to the current point and the raw array is
 reset, the constrained value is unchanged. On whole trees, use
-:func:`parametrax.catalog.manifolds.update_base`, which works inside ``jax.jit`` (``when=``).
+:func:`parametrax.tree.update_base`, which works inside ``jax.jit`` (``when=``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from parametrax._core import Parametrization, Variables, describe
-from parametrax._numerics import mT
+from parametrax._core import Variables
+from parametrax._errors import describe
+from parametrax._numerics import (
+    complete,
+    default_atol,
+    eye_batch,
+    haar,
+    haar_special,
+    keep_or_project,
+    mT,
+    on_manifold_tol,
+    orthonormality_error,
+    polar,
+    require_matrix,
+    require_shape,
+    require_square,
+    special_polar,
+    torus,
+)
 from parametrax.catalog import _trivialization as T
 
 __all__ = ["Stiefel", "SO", "Grassmannian"]
@@ -43,25 +58,21 @@ __all__ = ["Stiefel", "SO", "Grassmannian"]
 Array = jax.Array
 
 
-class _OrthogonalFamily(Parametrization):
+class _OrthogonalFamily(T.Trivialized):
     """Shared implementation; subclasses set the three class flags below."""
 
     _square_only = False  # SO
     _special = False  # det +1 (SO)
     _horizontal = False  # Grassmannian: no rotation within the subspace
-    triv: str | Callable = "expm"
-
-    def __post_init__(self):
-        T.check_triv(type(self).__name__, self.triv)
 
     # --- shapes ---------------------------------------------------------------------------------
     def _check(self, x: Array) -> None:
         if self._square_only:
-            T.require_square(
-                self, x, " For orthonormal columns of a non-square matrix use `Stiefel`."
+            require_square(
+                self, x, " For orthonormal columns of a non-square matrix use `Stiefel`.", real=True
             )
         else:
-            T.require_matrix(self, x)
+            require_matrix(self, x, real=True)
 
     @staticmethod
     def _wide(x: Array) -> bool:
@@ -76,12 +87,12 @@ class _OrthogonalFamily(Parametrization):
         del key
         self._check(value)
         n = max(value.shape[-2:])
-        return {"params": {}, "state": {"base": T.eye_batch(value.shape[:-2], n, value.dtype)}}
+        return {"params": {}, "state": {"base": eye_batch(value.shape[:-2], n, value.dtype)}}
 
     def _base(self, variables: Variables, x: Array) -> Array:
         base = variables["state"]["base"]
         n = max(x.shape[-2:])
-        T.require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
+        require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
         return base
 
     def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
@@ -95,7 +106,7 @@ class _OrthogonalFamily(Parametrization):
         """The map at the canonical base ``B = I``: ``triv(A)[..., :, :K]`` (no state)."""
         self._check(x)
         n = max(x.shape[-2:])
-        base = T.eye_batch(x.shape[:-2], n, x.dtype)
+        base = eye_batch(x.shape[:-2], n, x.dtype)
         return self.apply({"params": {}, "state": {"base": base}}, x)[0]
 
     def project(self, value: Array) -> Array:
@@ -104,12 +115,12 @@ class _OrthogonalFamily(Parametrization):
         self._check(value)
         y = self._tall(value)
         if self._special:
-            proj = T.special_polar(y)
-            ok = (T.orthonormality_error(y) <= T.on_manifold_tol(y.dtype)) & (jnp.linalg.det(y) > 0)
+            proj = special_polar(y)
+            ok = (orthonormality_error(y) <= on_manifold_tol(y.dtype)) & (jnp.linalg.det(y) > 0)
         else:
-            proj = T.polar(y)
-            ok = T.orthonormality_error(y) <= T.on_manifold_tol(y.dtype)
-        out = T.keep_or_project(y, proj, ok)
+            proj = polar(y)
+            ok = orthonormality_error(y) <= on_manifold_tol(y.dtype)
+        out = keep_or_project(y, proj, ok)
         return mT(out) if self._wide(value) else out
 
     def apply_inverse(self, variables: Variables, value: Array, *, key=None):
@@ -118,7 +129,7 @@ class _OrthogonalFamily(Parametrization):
         del key
         self._check(value)
         y = self._tall(self.project(value))
-        base = T.complete(y)
+        base = complete(y)
         return jnp.zeros_like(value), {**variables["state"], "base": base}
 
     def right_inverse(self, value: Array) -> Array:
@@ -142,9 +153,9 @@ class _OrthogonalFamily(Parametrization):
         """Whether every matrix of ``x`` has orthonormal columns (rows if wide) to ``atol``
         (``max |XᵀX - I| <= atol``; SO also needs ``det > 0``). A traced boolean scalar."""
         self._check(x)
-        atol = T.default_atol(x.dtype) if atol is None else atol
+        atol = default_atol(x.dtype) if atol is None else atol
         y = self._tall(x)
-        ok = T.orthonormality_error(y) <= atol
+        ok = orthonormality_error(y) <= atol
         if self._special:
             ok = ok & (jnp.linalg.det(y) > 0)
         return jnp.all(ok)
@@ -162,15 +173,14 @@ class _OrthogonalFamily(Parametrization):
         n, k = max(shape[-2:]), min(shape[-2:])
         batch = shape[:-2]
         if init == "torus":
-            q = T.torus(key, batch, n, dtype)[..., :, :k]
+            q = torus(key, batch, n, dtype)[..., :, :k]
         elif self._special:
-            q = T.haar_special(key, batch, n, dtype)
+            q = haar_special(key, batch, n, dtype)
         else:
-            q = T.haar(key, batch, n, k, dtype)
+            q = haar(key, batch, n, k, dtype)
         return mT(q) if shape[-2] < shape[-1] else q
 
 
-@dataclasses.dataclass(frozen=True)
 class Stiefel(_OrthogonalFamily):
     r"""Matrices with orthonormal columns (tall, ``n >= k``) or rows (wide): the Stiefel
     manifold ``V(max, min)``; square matrices give the orthogonal group O(n) (the determinant of
@@ -196,10 +206,8 @@ class Stiefel(_OrthogonalFamily):
     True
     """
 
-    triv: str | Callable = "expm"
 
 
-@dataclasses.dataclass(frozen=True)
 class SO(_OrthogonalFamily):
     r"""The special orthogonal group ``SO(n)``: square orthogonal matrices with ``det = +1``.
 
@@ -220,10 +228,8 @@ class SO(_OrthogonalFamily):
 
     _square_only = True
     _special = True
-    triv: str | Callable = "expm"
 
 
-@dataclasses.dataclass(frozen=True)
 class Grassmannian(_OrthogonalFamily):
     r"""The Grassmannian ``Gr(n, k)`` of ``k``-dimensional subspaces of ``R^n``, represented by
     matrices with orthonormal columns (rows if wide) spanning the subspace.
@@ -238,4 +244,3 @@ class Grassmannian(_OrthogonalFamily):
     """
 
     _horizontal = True
-    triv: str | Callable = "expm"

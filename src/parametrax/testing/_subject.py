@@ -18,23 +18,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from parametrax._numerics import default_atol  # the one tolerance table, shared with in_manifold
 from parametrax._core import Parametrization, as_parametrization, describe
 from parametrax._errors import ParametrizationError
 
 __all__ = ["Subject", "prepare", "default_atol", "BATCH", "NOISE"]
 
-_DEFAULT_ATOL = {2: 1e-2, 4: 1e-4, 8: 1e-9}
 #: Size of the batch the vmap checks stack.
 BATCH = 3
 #: Standard deviation of the noise that moves the starting raw value to a generic one.
 NOISE = 0.5
 
 
-# folded into parametrax._numerics.default_atol by the lead
-def default_atol(dtype) -> float:
-    """The kit's tolerance per dtype (float16/bfloat16 1e-2, float32 1e-4, float64 1e-9); errors
-    are measured relative to ``max(1, max|expected|)``."""
-    return _DEFAULT_ATOL.get(jnp.dtype(dtype).itemsize, 1e-4)
+
 
 
 # ------------------------------------------------------------------------------------------------

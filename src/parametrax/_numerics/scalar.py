@@ -18,7 +18,18 @@ from parametrax._errors import ParametrizationError, ParametrizationTypeError
 
 Array = jax.Array
 
-__all__ = ["inv_softplus", "ScalarMap", "SCALAR_MAPS", "resolve_scalar_map", "check_scalar_map"]
+__all__ = [
+    "inv_softplus",
+    "ScalarMap",
+    "SCALAR_MAPS",
+    "POSITIVE_MAPS",
+    "resolve_scalar_map",
+    "check_scalar_map",
+    "inverse_or_raise",
+    "clip_to_image",
+    "floor_tiny",
+    "has_inverse",
+]
 
 
 def inv_softplus(y: Array) -> Array:
@@ -146,3 +157,19 @@ def clip_to_image(m: ScalarMap, y: Array, floor: Array | float) -> Array:
         return jnp.maximum(y, m.lo + floor)
     ulp = 4 * jnp.finfo(y.dtype).eps
     return jnp.clip(y, m.lo + ulp * (m.hi - m.lo), m.hi - ulp * (m.hi - m.lo))
+
+
+#: The scalar maps onto ``(0, inf)`` the positive entries accept by name.
+POSITIVE_MAPS = ("softplus", "exp")
+
+
+def floor_tiny(y: Array) -> Array:
+    """``max(y, tiny)``: keeps every positive normal number (so inverses stay exact on the set)
+    and turns values <= 0 into the smallest positive one, whose raw value is finite."""
+    return jnp.maximum(y, jnp.finfo(y.dtype).tiny)
+
+
+def has_inverse(f) -> bool:
+    """Whether the validated scalar map ``f`` (name, callable or pair) has an inverse: an entry
+    built on it has a right inverse exactly then."""
+    return resolve_scalar_map(f).inv is not None

@@ -1,0 +1,62 @@
+"""The numerics the catalog shares, each piece once (a parametrization module imports from here,
+never from another catalog module):
+
+* :mod:`~parametrax._numerics.checks`: the one dtype rule (bfloat16 / float16 computed in
+  float32), ``require_*`` shape checks, the one axis rule (:class:`AxisError`), the one
+  tolerance table :func:`default_atol`;
+* :mod:`~parametrax._numerics.linalg`: the one matrix exponential :func:`expm`, the one Cayley
+  map :func:`cayley_map` (custom derivative; :func:`cayley_half` is it at ``A/2``), polar and QR
+  projections, Newton–Schulz, safe norms;
+* :mod:`~parametrax._numerics.sampling`: Haar and torus sampling;
+* :mod:`~parametrax._numerics.scalar`: scalar maps (softplus and its stable inverse, ...) named
+  from one closed table.
+"""
+
+from parametrax._numerics.checks import (
+    check_axis_field,
+    check_positive_int,
+    default_atol,
+    normalize_axes,
+    on_manifold_tol,
+    require_inexact,
+    require_matrix,
+    require_matrix_shape,
+    require_rank,
+    require_shape,
+    require_square,
+    widen,
+    widened,
+)
+from parametrax._numerics.linalg import (
+    cayley_half,
+    cayley_map,
+    complete,
+    expm,
+    eye_batch,
+    eye_like,
+    flip_last_col,
+    keep_or_project,
+    max_abs,
+    mH,
+    mT,
+    newton_schulz,
+    orthonormality_error,
+    polar,
+    qr_positive,
+    safe_norm,
+    solve,
+    special_polar,
+)
+from parametrax._numerics.sampling import haar, haar_special, torus
+from parametrax._numerics.scalar import (
+    POSITIVE_MAPS,
+    SCALAR_MAPS,
+    ScalarMap,
+    check_scalar_map,
+    clip_to_image,
+    floor_tiny,
+    has_inverse,
+    inv_softplus,
+    inverse_or_raise,
+    resolve_scalar_map,
+)

@@ -1,0 +1,55 @@
+"""Random points of the orthogonal group and of Stiefel manifolds: Haar and torus sampling."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+__all__ = ["haar", "haar_special", "torus"]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def haar(key: Array, batch: tuple, n: int, k: int, dtype) -> Array:
+    """Haar-uniform ``(..., n, k)`` (n >= k) matrices with orthonormal columns: the Q factor of
+    a Gaussian matrix with the signs fixed so that ``diag(R) > 0`` (Mezzadri 2007). bfloat16 /
+    float16 are drawn and factored in float32, then cast."""
+    wide = jnp.promote_types(dtype, jnp.float32)
+    g = jax.random.normal(key, tuple(batch) + (n, k), wide)
+    q, r = jnp.linalg.qr(g)
+    d = jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))
+    d = jnp.where(d == 0, jnp.ones_like(d), d)
+    return (q * d[..., None, :]).astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def haar_special(key: Array, batch: tuple, n: int, dtype) -> Array:
+    """Haar-uniform SO(n): a Haar O(n) sample with its first column negated when det < 0."""
+    wide = jnp.promote_types(dtype, jnp.float32)
+    q = haar(key, batch, n, n, wide)
+    neg = jnp.linalg.det(q) < 0
+    sign = jnp.where(neg, -1.0, 1.0).astype(wide)
+    first = q[..., :, :1] * sign[..., None, None]
+    return jnp.concatenate([first, q[..., :, 1:]], axis=-1).astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def torus(key: Array, batch: tuple, n: int, dtype) -> Array:
+    """geotorch's "torus" initialisation for RNNs (Henaff et al. 2016): block-diagonal 2x2
+    rotations by angles ``θ ~ U(-π, π)`` (a 1 in the corner when ``n`` is odd); this is
+    ``expm`` of the block-diagonal skew matrix with blocks ``[[0, -θ], [θ, 0]]``."""
+    m = n // 2
+    theta = jax.random.uniform(key, tuple(batch) + (m,), dtype, -jnp.pi, jnp.pi)
+    c, s = jnp.cos(theta), jnp.sin(theta)
+    diag = jnp.ones(tuple(batch) + (n,), dtype)
+    diag = diag.at[..., 0 : 2 * m : 2].set(c).at[..., 1 : 2 * m : 2].set(c)
+    q = diag[..., :, None] * jnp.eye(n, dtype=dtype)
+    if m:
+        sub = jnp.zeros(tuple(batch) + (n - 1,), dtype).at[..., 0::2].set(s)
+        rows = jnp.arange(n - 1) + 1
+        cols = jnp.arange(n - 1)
+        q = q.at[..., rows, cols].set(sub).at[..., cols, rows].set(-sub)
+    return q

@@ -1,0 +1,98 @@
+"""Triangular matrices: ``LowerTriangular`` and ``Cholesky`` (tril with a positive diagonal)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from parametrax._core import Parametrization
+from parametrax._numerics import (
+    POSITIVE_MAPS,
+    check_scalar_map,
+    default_atol,
+    floor_tiny,
+    has_inverse,
+    inverse_or_raise,
+    max_abs,
+    require_matrix,
+    require_square,
+    resolve_scalar_map,
+)
+
+__all__ = ["LowerTriangular", "Cholesky"]
+
+Array = jax.Array
+
+
+class LowerTriangular(Parametrization):
+    r"""Lower-triangular matrices: ``x -> tril(x)`` on the last two axes (any ``n x k``).
+
+    ``right_inverse = tril`` (exact on the set). The strict upper triangle of the raw array is
+    unused (zero gradient).
+    """
+
+    def forward(self, x: Array) -> Array:
+        require_matrix(self, x, real=True)
+        return jnp.tril(x)
+
+    def right_inverse(self, value: Array) -> Array:
+        require_matrix(self, value, real=True)
+        return jnp.tril(value)
+
+    def in_manifold(self, x: Array, atol: float | None = None) -> Array:
+        """``max |triu(x, 1)| <= atol``."""
+        require_matrix(self, x, real=True)
+        return max_abs(jnp.triu(x, 1)) <= (default_atol(x.dtype) if atol is None else atol)
+
+    def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
+        """``tril`` of a standard normal matrix."""
+        return self.forward(jax.random.normal(key, tuple(shape), dtype))
+
+
+class Cholesky(Parametrization):
+    r"""Cholesky factors: lower-triangular square matrices with a positive diagonal,
+    ``x -> tril(x, -1) + diag(f(diag x))`` (``f``: ``"softplus"`` default, or ``"exp"``).
+
+    Shapes ``(..., n, n)``. ``right_inverse`` replaces the diagonal by ``f^{-1}`` of it (exact
+    for a positive diagonal; entries ``<= 0`` are first raised to the smallest normal number).
+    ``L Lᵀ`` then ranges over the positive definite matrices (TFP's ``FillScaleTriL`` without
+    the vector packing).
+    """
+
+    f: str | Callable | tuple = "softplus"
+
+    def __post_init__(self):
+        check_scalar_map("Cholesky", "f", self.f, POSITIVE_MAPS)
+
+
+    @property
+    def has_right_inverse(self) -> bool:
+        """False when ``f`` was given as a callable without its inverse."""
+        return has_inverse(self.f)
+
+    def _diag_map(self, x: Array, fn) -> Array:
+        require_square(self, x, real=True)
+        n = x.shape[-1]
+        d = jnp.diagonal(x, axis1=-2, axis2=-1)
+        idx = jnp.arange(n)
+        return jnp.tril(x, -1).at[..., idx, idx].set(fn(d))
+
+    def forward(self, x: Array) -> Array:
+        return self._diag_map(x, resolve_scalar_map(self.f).f)
+
+    def right_inverse(self, value: Array) -> Array:
+        inv = inverse_or_raise("Cholesky", resolve_scalar_map(self.f))
+        return self._diag_map(value, lambda d: inv(floor_tiny(d)))
+
+    def in_manifold(self, x: Array, atol: float | None = None) -> Array:
+        """Square, ``max |triu(x, 1)| <= atol`` and ``diag(x) > 0``."""
+        require_square(self, x, real=True)
+        return (max_abs(jnp.triu(x, 1)) <= (default_atol(x.dtype) if atol is None else atol)) & jnp.all(
+            jnp.diagonal(x, axis1=-2, axis2=-1) > 0
+        )
+
+    def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
+        """``forward`` of a standard normal matrix."""
+        return self.forward(jax.random.normal(key, tuple(shape), dtype))
