@@ -157,7 +157,7 @@ def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok
     # parametrax
     model = px.Parametrized(nn.Dense, {"kernel": Orthogonal(map=map_name)})(features=n)
     variables = model.init(jax.random.key(seed), x)
-    variables = px.assign(model, variables, {"kernel": jnp.asarray(w0)}, key=jax.random.key(1))
+    variables = px.linen.assign(model, variables, {"kernel": jnp.asarray(w0)}, key=jax.random.key(1))
     variables = jax.tree.map(lambda a: a, dict(variables))
     params = dict(variables["params"])
     params["bias"] = jnp.asarray(b0)
@@ -217,7 +217,7 @@ def _w1_tutorial(n, w0, b0, x, y, opt, seed, torch_ok, inline=True):
     runners = []
     model = px.Parametrized(nn.Dense, {"kernel": [px.Skew(), px.Cayley()]})(features=n)
     variables = model.init(jax.random.key(seed), x)
-    variables = px.assign(model, variables, {"kernel": jnp.asarray(w0)})
+    variables = px.linen.assign(model, variables, {"kernel": jnp.asarray(w0)})
     params = jax.tree.map(lambda a: a, dict(variables["params"]))
     params["bias"] = jnp.asarray(b0)
     raw0 = params["parametrizations"]["kernel"]["original"]
@@ -318,7 +318,7 @@ def w2_rnn(*, hidden=256, inputs=32, steps=100, batch=64, seed=0, torch_ok=True,
     spec = {path: Orthogonal(map="matrix_exp")}
     model = px.Parametrized(RNNModel(hidden), spec)
     variables = model.init(jax.random.key(seed), x)
-    variables = px.assign(model, variables, {path: jnp.asarray(wh)})
+    variables = px.linen.assign(model, variables, {path: jnp.asarray(wh)})
     params = jax.tree.map(lambda a: a, dict(variables["params"]))
     params["SimpleCell_0"] = {"i": {"kernel": jnp.asarray(wi), "bias": jnp.asarray(bi)}}
     params["out"] = {"kernel": jnp.asarray(wo), "bias": jnp.asarray(bo)}
@@ -458,7 +458,7 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
     if spectral:
         # store the same kernels through the right inverse (identity for SpectralNorm), keep
         # the u, v drawn at init (shared with the other implementations below)
-        variables = px.assign(
+        variables = px.linen.assign(
             model, variables, {f"conv{i}/kernel": jnp.asarray(ks[i]) for i in range(3)}
         )
         params = jax.tree.map(lambda a: a, dict(variables["params"]))
@@ -466,13 +466,13 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
             params[f"conv{i}"] = {"bias": jnp.asarray(bs[i])}
         params["head"] = plain["head"]
         rest = {k: v for k, v in variables.items() if k != "params"}
-        sn_state = rest[px.STATE_COLLECTION]["parametrizations"]
+        sn_state = rest[px.linen.STATE_COLLECTION]["parametrizations"]
         uv = [(sn_state[f"conv{i}"]["kernel"]["0"]["u"], sn_state[f"conv{i}"]["kernel"]["0"]["v"])
               for i in range(3)]
 
         def px_loss(params, rest, x, y):
             out, upd = model.apply(
-                {"params": params, **rest}, x, mutable=[px.STATE_COLLECTION]
+                {"params": params, **rest}, x, mutable=[px.linen.STATE_COLLECTION]
             )
             return _bce(out, y), {**rest, **upd}
         runners.append(jax_runner(PX + label, px_loss, params, rest, (x, y), opt,
@@ -600,7 +600,7 @@ def w4_mlp(*, weight_norm: bool, width=512, depth=3, inputs=784, batch=256, seed
     if weight_norm:
         model = px.Parametrized(base, {"*/kernel": WeightNorm()})
         variables = model.init(jax.random.key(seed), x)
-        variables = px.assign(model, variables, {f"{n}/kernel": plain[n]["kernel"] for n in names})
+        variables = px.linen.assign(model, variables, {f"{n}/kernel": plain[n]["kernel"] for n in names})
         params = jax.tree.map(lambda a: a, dict(variables["params"]))
         for n in names:
             params[n] = {"bias": plain[n]["bias"]}

@@ -195,9 +195,9 @@ def train(kind: str, args, key) -> np.ndarray:
         if args.retract_every and kind in ("expm", "cayley") and (i + 1) % args.retract_every == 0:
             # dynamic trivialization: move the base point to the current kernel
             v = {"params": params, **rest}
-            current = px.constrained(model, v)
+            current = px.linen.constrain(model, v)
             kernel = _get(current["params"], _kernel_path(current["params"]))
-            v = px.assign(model, v, {_kernel_path(current["params"]): kernel})
+            v = px.linen.assign(model, v, {_kernel_path(current["params"]): kernel})
             params = v["params"]
             rest = {k: x for k, x in v.items() if k != "params"}
         if i % 20 == 0:

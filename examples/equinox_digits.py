@@ -16,7 +16,7 @@ training loop is the usual ``eqx.filter_jit`` + ``eqx.filter_value_and_grad`` + 
 (weight decay on the raw arrays). The script checks, after training, that the hidden weight has
 orthonormal rows, that the conv kernel's matrix (``(out, in*kh*kw)``, torch's ``dim=0`` view)
 has spectral norm 1 (after the power iteration has caught up with the last step), that the test accuracy is at least 90 % with the default flags, and that
-``px.equinox.bake`` gives back a plain ``CNN`` computing the same outputs.
+``px.equinox.remove_parametrizations`` gives back a plain ``CNN`` computing the same outputs.
 """
 
 from __future__ import annotations
@@ -111,12 +111,12 @@ def main(argv=None) -> int:
     catch_up = eqx.filter_jit(lambda m, s: m(xte[0], state=s)[1])
     for _ in range(200):
         state = catch_up(model, state)
-    plain = px.equinox.constrained(model, state)
+    plain = px.equinox.constrain(model, state)
     w = np.asarray(plain.hidden.weight)
     ortho = float(np.max(np.abs(w @ w.T - np.eye(w.shape[0]))))
     conv = np.asarray(plain.conv.weight).reshape(plain.conv.weight.shape[0], -1)
     sigma = float(np.linalg.norm(conv, 2))
-    baked = px.equinox.bake(model, state)
+    baked = px.equinox.remove_parametrizations(model, state)
     same = float(np.max(np.abs(jax.vmap(baked)(xte[:32]) - jax.vmap(
         lambda xi: model(xi, state=state, inference=True)[0])(xte[:32]))))
     print(f"loss {first:.3f} -> {last:.3f}; test accuracy {acc:.3f}")

@@ -83,7 +83,7 @@ def main():
     raw1 = p["parametrizations"]["Dense_1"]["kernel"]["original"]
     assert raw1.sharding.is_equivalent_to(NamedSharding(mesh, P("model", None)), raw1.ndim)
     for name in ("Dense_0", "Dense_1"):
-        k = np.asarray(px.constrained(model, {"params": p})["params"][name]["kernel"])
+        k = np.asarray(px.linen.constrain(model, {"params": p})["params"][name]["kernel"])
         assert np.allclose(k.T @ k, np.eye(N), atol=1e-5)
     ok(f"20 sharded Adam steps: loss {float(loss):.4f}, kernels still sharded and orthogonal")
 

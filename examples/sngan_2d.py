@@ -97,7 +97,7 @@ def train(spectral: bool, args, key):
     g_opt = optax.adam(args.lr, b1=0.5, b2=0.999)
     d_opt = optax.adam(args.lr, b1=0.5, b2=0.999)
     g_os, d_os = g_opt.init(g_params), d_opt.init(d_params)
-    mutable = [px.STATE_COLLECTION] if spectral else []
+    mutable = [px.linen.STATE_COLLECTION] if spectral else []
 
     def d_apply(d_params, d_state, x):
         if spectral:  # training mode: the power iteration advances, return the new state

@@ -59,7 +59,7 @@ section("Introduction to parametrizations")
 # torch:  parametrize.register_parametrization(nn.Linear(3, 3), "weight", Symmetric())
 layer = Parametrized(nn.Dense(3), {"kernel": px.symmetric})
 v = layer.init(key, x)
-A = px.constrained(layer, v)["params"]["kernel"]
+A = px.linen.constrain(layer, v)["params"]["kernel"]
 print("A =\n", A)
 check("the kernel is symmetric: A == A.T", bool(jnp.all(A == A.T)))
 
@@ -67,7 +67,7 @@ check("the kernel is symmetric: A == A.T", bool(jnp.all(A == A.T)))
 # two axes, so each (in, out) slice, one per spatial position, is skew-symmetric.
 conv = Parametrized(nn.Conv(features=5, kernel_size=(3, 3)), {"kernel": px.skew})
 cv = conv.init(key, jnp.ones((1, 8, 8, 5)))
-K = px.constrained(conv, cv)["params"]["kernel"]
+K = px.linen.constrain(conv, cv)["params"]["kernel"]
 print("conv kernel shape (kh, kw, in, out):", K.shape)
 check(
     "every (in, out) slice of the conv kernel is skew-symmetric",
@@ -147,17 +147,17 @@ section("Concatenating parametrizations")
 eye = jnp.eye(3)
 layer_orthogonal = Parametrized(nn.Dense(3), {"kernel": [px.skew, px.cayley]})
 ov = layer_orthogonal.init(key, x)
-Q = px.constrained(layer_orthogonal, ov)["params"]["kernel"]
+Q = px.linen.constrain(layer_orthogonal, ov)["params"]["kernel"]
 print("Skew + Cayley: |Q^T Q - I| =", max_abs(Q.T @ Q - eye))
 check("Skew + Cayley gives an orthogonal kernel", max_abs(Q.T @ Q - eye) < 1e-5)
 
 layer_expm = Parametrized(nn.Dense(3), {"kernel": [px.skew, px.matrix_exp]})
-Q2 = px.constrained(layer_expm, layer_expm.init(key, x))["params"]["kernel"]
+Q2 = px.linen.constrain(layer_expm, layer_expm.init(key, x))["params"]["kernel"]
 print("Skew + MatrixExp: |Q^T Q - I| =", max_abs(Q2.T @ Q2 - eye))
 check("Skew + MatrixExp gives an orthogonal kernel", max_abs(Q2.T @ Q2 - eye) < 1e-5)
 
 layer_spd = Parametrized(nn.Dense(3), {"kernel": [px.symmetric, px.matrix_exp]})
-S = px.constrained(layer_spd, layer_spd.init(key, x))["params"]["kernel"]
+S = px.linen.constrain(layer_spd, layer_spd.init(key, x))["params"]["kernel"]
 eigs = jnp.linalg.eigvalsh(S)
 print("Symmetric + MatrixExp: eigenvalues =", eigs)
 check("Symmetric + MatrixExp gives a positive definite kernel", max_abs(S - S.T) < 1e-5 and float(eigs.min()) > 0)
@@ -166,21 +166,21 @@ check("Symmetric + MatrixExp gives a positive definite kernel", max_abs(S - S.T)
 section("Initializing parametrizations")
 # torch:  layer_orthogonal.weight = X   ->   px.assign returns new variables.
 X = px.matrix_exp(px.skew(jax.random.normal(jax.random.key(1), (3, 3))))  # orthogonal, det +1
-ov = px.assign(layer_orthogonal, ov, {"kernel": X})
-Q = px.constrained(layer_orthogonal, ov)["params"]["kernel"]
+ov = px.linen.assign(layer_orthogonal, ov, {"kernel": X})
+Q = px.linen.constrain(layer_orthogonal, ov)["params"]["kernel"]
 print("after assigning X: |kernel - X| =", max_abs(Q - X))
 check("assigning an orthogonal X makes the kernel X (Cayley's right inverse)", max_abs(Q - X) < 1e-5)
 
 # The tutorial's CayleyMap.right_inverse read a global `X`, so a second assignment silently
 # restored the first. parametrax's inverts the value it is given:
 X2 = px.matrix_exp(px.skew(jax.random.normal(jax.random.key(2), (3, 3))))
-ov = px.assign(layer_orthogonal, ov, {"kernel": X2})
-Q = px.constrained(layer_orthogonal, ov)["params"]["kernel"]
+ov = px.linen.assign(layer_orthogonal, ov, {"kernel": X2})
+Q = px.linen.constrain(layer_orthogonal, ov)["params"]["kernel"]
 check("a second assignment takes the new matrix, not the old one", max_abs(Q - X2) < 1e-5)
 
 # Assigning through a chain with no right inverse is a clear error, as in torch.
 try:
-    px.assign(layer_expm, layer_expm.init(key, x), {"kernel": X})
+    px.linen.assign(layer_expm, layer_expm.init(key, x), {"kernel": X})
     raise AssertionError("assignment should fail")
 except px.RightInverseError as e:
     print("Skew + MatrixExp refuses assignment:", str(e)[:100], "...")
@@ -192,8 +192,8 @@ pv = pruned.init(key, jnp.ones((1, 4)))
 mask = pv["parametrization_state"]["parametrizations"]["kernel"]["0"]["mask"]
 print("pruning mask (non-trainable state, drawn from the init key):\n", mask)
 W = jnp.ones((4, 4))
-pv = px.assign(pruned, pv, {"kernel": W})
-P = px.constrained(pruned, pv)["params"]["kernel"]
+pv = px.linen.assign(pruned, pv, {"kernel": W})
+P = px.linen.constrain(pruned, pv)["params"]["kernel"]
 check("after assigning W the pruned kernel is W * mask", bool(jnp.all(P == W * mask)))
 check("the mask zeroes some entries", float(mask.sum()) < mask.size)
 
@@ -201,13 +201,13 @@ check("the mask zeroes some entries", float(mask.sum()) < mask.size)
 section("Removing parametrizations")
 layer = Parametrized(nn.Dense(3), {"kernel": px.symmetric})
 v = layer.init(key, x)
-A = px.constrained(layer, v)["params"]["kernel"]
-base, base_v = px.remove_parametrizations(layer, v)
+A = px.linen.constrain(layer, v)["params"]["kernel"]
+base, base_v = px.linen.remove_parametrizations(layer, v)
 print("after removal:", type(base).__name__, jax.tree.map(jnp.shape, base_v))
 check("leave_parametrized=True keeps the symmetric value", bool(jnp.all(base_v["params"]["kernel"] == A)))
 check("the plain Dense computes what the parametrized one did", max_abs(base.apply(base_v, x) - layer.apply(v, x)) < 1e-6)
 
-base, base_v = px.remove_parametrizations(layer, v, leave_parametrized=False)
+base, base_v = px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
 check(
     "leave_parametrized=False leaves the raw original (its upper triangle)",
     bool(jnp.all(base_v["params"]["kernel"] == v["params"]["parametrizations"]["kernel"]["original"])),

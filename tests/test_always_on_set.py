@@ -84,7 +84,7 @@ def test_readme_recipe_dense_orthogonal_one_adamw_step_stays_orthogonal():
 
     updates, opt = tx.update(jax.grad(loss)(params), opt, params)
     params = optax.apply_updates(params, updates)
-    k = px.constrained(model, {**variables, "params": params})["params"]["kernel"]
+    k = px.linen.constrain(model, {**variables, "params": params})["params"]["kernel"]
     assert finite(k)
     assert orth_err(k) < 1e-4
 
@@ -151,7 +151,7 @@ def test_dense_with_zeros_init_and_orthogonal_kernel_is_orthogonal():
     model = px.Parametrized(nn.Dense, {"kernel": px.Orthogonal()})(
         3, kernel_init=nn.initializers.zeros)
     variables = model.init(KEY, jnp.ones((1, 5)))
-    k = px.constrained(model, variables)["params"]["kernel"]
+    k = px.linen.constrain(model, variables)["params"]["kernel"]
     assert finite(k) and orth_err(k) < 1e-4
 
 
@@ -331,9 +331,9 @@ def test_linen_base_module_write_through_stateful_inverse_is_kept():
     variables = model.init(KEY, x, jnp.eye(3))
     c, s = np.cos(0.7), np.sin(0.7)
     target = jnp.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], jnp.float32)
-    _, mutated = model.apply(variables, x, target, mutable=["stats", px.STATE_COLLECTION])
+    _, mutated = model.apply(variables, x, target, mutable=["stats", px.linen.STATE_COLLECTION])
     new = {**variables, **mutated}
-    w = np.asarray(px.constrained(model, new)["stats"]["w"])
+    w = np.asarray(px.linen.constrain(model, new)["stats"]["w"])
     np.testing.assert_allclose(w, np.asarray(target), atol=1e-5)
 
 
@@ -540,7 +540,7 @@ def test_update_base_with_missing_state_is_a_clear_error():
     spec = {"w": px.SO()}
     raw, _ = register(spec, np.eye(3, dtype=np.float32))
     with pytest.raises(px.ParametrizationError, match="base"):
-        px.update_base(spec, raw, {})
+        px.tree.update_base(spec, raw, {})
 
 
 ORTH_MAPS = ["matrix_exp", "cayley", "householder"]

@@ -247,7 +247,7 @@ def test_is_parametrized_name_must_be_a_string():
         px.ParametrizationTypeError,
         match=r"is_parametrized: `name` must be a variable path string like 'kernel'; got int 3",
     ):
-        px.is_parametrized(Parametrized(nn.Dense(3), {"kernel": skew}), 3)
+        px.linen.is_parametrized(Parametrized(nn.Dense(3), {"kernel": skew}), 3)
 
 
 # --- leaves: kind, rank, shape, dtype ------------------------------------------------------------
@@ -422,7 +422,7 @@ def test_assign_through_a_plain_function_has_no_right_inverse():
         r"assign through the chain \[Skew, tanh\]: function `tanh` does not implement "
         r"right_inverse",
     ):
-        px.assign(layer, v, {"kernel": jnp.eye(3)})
+        px.linen.assign(layer, v, {"kernel": jnp.eye(3)})
 
 
 def test_user_error_inside_right_inverse_keeps_its_type_and_gains_the_path():
@@ -449,7 +449,7 @@ def test_assign_a_vector_to_a_matrix():
         r"value assigned has shape \(3,\) and dtype float32; expected shape \(3, 3\) and dtype "
         r"float32 \(those of the current value\)",
     ):
-        px.assign(layer, v, {"kernel": jnp.ones(3)})
+        px.linen.assign(layer, v, {"kernel": jnp.ones(3)})
 
 
 @pytest.mark.parametrize("bad,kind", [([[1.0]], "list"), (None, "NoneType")], ids=["list", "None"])
@@ -470,7 +470,7 @@ def test_assign_complex_to_a_real_variable():
         match=r"parametrizing `Dense_0/kernel` with \[Skew\]: the value assigned has shape \(4, 4\) "
         r"and dtype complex64; expected shape \(4, 4\) and dtype float32",
     ):
-        px.assign(layer, v, {"Dense_0/kernel": jnp.eye(4, dtype=jnp.complex64)})
+        px.linen.assign(layer, v, {"Dense_0/kernel": jnp.eye(4, dtype=jnp.complex64)})
 
 
 def test_assign_with_a_glob_key():
@@ -481,7 +481,7 @@ def test_assign_with_a_glob_key():
         match=r"assign to `ParametrizedMLP`: assign takes exact variable paths, not globs or "
         r"non-strings; got '\*/kernel'",
     ):
-        px.assign(layer, v, {"*/kernel": jnp.zeros((4, 4))})
+        px.linen.assign(layer, v, {"*/kernel": jnp.zeros((4, 4))})
 
 
 def test_assign_to_a_collection_the_spec_does_not_name():
@@ -492,7 +492,7 @@ def test_assign_to_a_collection_the_spec_does_not_name():
         match=r"assign: `batch_stats:mean` is not parametrized in `ParametrizedDense` \(spec keys: "
         r"`kernel`\)",
     ):
-        px.assign(layer, v, {"batch_stats:mean": jnp.ones(3)})
+        px.linen.assign(layer, v, {"batch_stats:mean": jnp.ones(3)})
 
 
 def test_assign_inf_through_linen():
@@ -503,7 +503,7 @@ def test_assign_inf_through_linen():
         match=r"assign to `ParametrizedDense`: the value assigned to `kernel` contains NaN or Inf; "
         r"refusing to store it",
     ):
-        px.assign(layer, v, {"kernel": jnp.eye(3).at[0, 1].set(jnp.inf)})
+        px.linen.assign(layer, v, {"kernel": jnp.eye(3).at[0, 1].set(jnp.inf)})
 
 
 def test_assign_several_values_one_bad_changes_nothing():
@@ -511,7 +511,7 @@ def test_assign_several_values_one_bad_changes_nothing():
     v = layer.init(KEY, X4)
     good = px.skew(jnp.ones((4, 4)))
     with unchanged(v), pytest.raises(px.ShapeError, match=r"parametrizing `Dense_1/kernel`"):
-        px.assign(layer, v, {"Dense_0/kernel": good, "Dense_1/kernel": jnp.eye(3)})
+        px.linen.assign(layer, v, {"Dense_0/kernel": good, "Dense_1/kernel": jnp.eye(3)})
 
 
 # --- removal -------------------------------------------------------------------------------------
@@ -523,7 +523,7 @@ def test_remove_glob_matching_nothing():
         match=r"remove_parametrizations: `\*/bias` is not parametrized in `ParametrizedMLP`; the "
         r"parametrized variables are `Dense_0/kernel`, `Dense_1/kernel`",
     ):
-        px.remove_parametrizations(layer, v, "*/bias")
+        px.linen.remove_parametrizations(layer, v, "*/bias")
 
 
 def test_remove_all_with_leave_parametrized_false_and_one_multi_array_chain_removes_nothing():
@@ -535,7 +535,7 @@ def test_remove_all_with_leave_parametrized_false_and_one_multi_array_chain_remo
         r"\[RankOne\]: cannot leave unparametrized \(`leave_parametrized=False`\) a variable "
         r"parametrized in terms of 2 arrays \(original0..original1\)",
     ):
-        px.remove_parametrizations(layer, v, leave_parametrized=False)
+        px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
 
 
 def test_remove_from_plain_variables():
@@ -547,7 +547,7 @@ def test_remove_from_plain_variables():
         r"`parametrizations` entry.*\(top-level keys: `bias`, `kernel`\). These are not the "
         r"variables of a `ParametrizedDense` \(a plain `Dense`'s",
     ):
-        px.remove_parametrizations(layer, plain)
+        px.linen.remove_parametrizations(layer, plain)
 
 
 # --- variables handed to apply -------------------------------------------------------------------
@@ -602,10 +602,10 @@ def test_constrained_and_assign_without_the_state_collection():
     v = layer.init(KEY, X3)
     params_only = {"params": v["params"]}
     with unchanged(params_only):
-        with pytest.raises(px.ParametrizationError, match=r"constrained\(`ParametrizedDense`\): .*'mask'"):
-            px.constrained(layer, params_only)
+        with pytest.raises(px.ParametrizationError, match=r"constrain\(`ParametrizedDense`\): .*'mask'"):
+            px.linen.constrain(layer, params_only)
         with pytest.raises(px.ParametrizationError, match=r"assign to `ParametrizedDense`: .*'mask'"):
-            px.assign(layer, params_only, {"kernel": jnp.eye(3)})
+            px.linen.assign(layer, params_only, {"kernel": jnp.eye(3)})
 
 
 def test_tree_forward_without_state():

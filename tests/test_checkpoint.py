@@ -69,7 +69,7 @@ def test_variables_round_trip_and_outputs_are_identical(tmp_path):
     restored = _restore(tmp_path / "ckpt", v)
     _assert_identical(restored, v)
     np.testing.assert_array_equal(model.apply(restored, x), model.apply(v, x))
-    _assert_identical(px.constrained(model, restored), px.constrained(model, v))
+    _assert_identical(px.linen.constrain(model, restored), px.linen.constrain(model, v))
 
 
 def test_restore_without_a_target_gives_the_same_tree(tmp_path):
@@ -139,7 +139,7 @@ def test_interrupted_training_resumes_bit_for_bit(tmp_path):
     np.testing.assert_array_equal(np.array(l_first + l_second), np.array(l_full))
     _assert_identical(p_res, p_full)
     _assert_identical(o_res, o_full)
-    k = px.constrained(model, {"params": p_res, **state})["params"]["Dense_0"]["kernel"]
+    k = px.linen.constrain(model, {"params": p_res, **state})["params"]["Dense_0"]["kernel"]
     np.testing.assert_allclose(np.asarray(k).T @ np.asarray(k), np.eye(6), atol=1e-5)
 
 
@@ -149,7 +149,7 @@ def test_restored_model_can_be_baked_and_served_by_the_plain_module(tmp_path):
     v = model.init(KEY, x)
     _save(tmp_path / "ckpt", v)
     restored = _restore(tmp_path / "ckpt", v)
-    base, base_vars = px.remove_parametrizations(model, restored)
+    base, base_vars = px.linen.remove_parametrizations(model, restored)
     assert type(base) is Net and set(base_vars) == {"params"}
     np.testing.assert_allclose(base.apply(base_vars, x), model.apply(v, x), rtol=1e-6, atol=1e-6)
     _save(tmp_path / "baked", base_vars)

@@ -18,7 +18,7 @@ KEY = jax.random.key(0)
 def test_linear_weight_is_out_by_in_and_orthonormal_rows():
     lin = eqx.nn.Linear(5, 3, key=KEY)
     model = peqx.Parametrized(lin, {"weight": px.Orthogonal(use_trivialization=False)})
-    w = peqx.constrained(model).weight
+    w = peqx.constrain(model).weight
     assert w.shape == (3, 5)
     assert orthogonality_error(np.asarray(w).T) < 1e-5  # rows orthonormal: W Wᵀ = I
     x = jnp.asarray(rand(1, (5,)))
@@ -47,11 +47,11 @@ def test_mlp_trains_with_filter_grad_and_keeps_the_constraint():
     for _ in range(30):
         model, opt_state, value = step(model, opt_state)
         losses.append(float(value))
-        for layer in peqx.constrained(model).layers:
+        for layer in peqx.constrain(model).layers:
             w = np.asarray(layer.weight)
             assert orthogonality_error(w if w.shape[0] >= w.shape[1] else w.T) < 2e-5
     assert losses[-1] < 0.9 * losses[0]
-    plain = peqx.bake(model)
+    plain = peqx.remove_parametrizations(model)
     assert type(plain) is eqx.nn.MLP
     np.testing.assert_allclose(jax.vmap(plain)(x), jax.vmap(model)(x), atol=1e-6)
 
@@ -62,7 +62,7 @@ def test_stateful_spectral_norm_through_eqx_state():
     x = jnp.ones(6)
     for _ in range(30):  # training calls advance the power iteration
         _, state = model(x, state=state)
-    w = peqx.constrained(model, state).weight
+    w = peqx.constrain(model, state).weight
     assert abs(np.linalg.norm(np.asarray(w), 2) - 1.0) < 1e-3
     _, same = model(x, state=state, inference=True)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(same), jax.tree.leaves(state))
@@ -78,9 +78,9 @@ def test_assign_and_update_base():
     q = np.linalg.qr(rand(4, (4, 4)))[0]
     q = jnp.asarray(q @ np.diag([np.sign(np.linalg.det(q)), 1, 1, 1]), jnp.float32)
     model, state = peqx.assign(model, {"weight": q}, state)
-    np.testing.assert_allclose(peqx.constrained(model, state).weight, q, atol=1e-5)
+    np.testing.assert_allclose(peqx.constrain(model, state).weight, q, atol=1e-5)
     model, state = peqx.update_base(model, state)
-    np.testing.assert_allclose(peqx.constrained(model, state).weight, q, atol=1e-5)
+    np.testing.assert_allclose(peqx.constrain(model, state).weight, q, atol=1e-5)
 
 
 def test_errors():

@@ -28,7 +28,7 @@ def test_design_card_usage_gives_orthogonal_kernel():
     OrthoDense = Parametrized(nn.Dense, {"kernel": [skew, cayley]})
     layer = OrthoDense(features=3)
     variables = layer.init(KEY, X3)
-    k = px.constrained(layer, variables)["params"]["kernel"]
+    k = px.linen.constrain(layer, variables)["params"]["kernel"]
     assert orthogonality_error(k) < 1e-5
     y = layer.apply(variables, X3)
     np.testing.assert_allclose(y, X3 @ k + variables["params"]["bias"], rtol=1e-6, atol=1e-6)
@@ -65,7 +65,7 @@ def test_paths_mlp_glob_and_state_collection():
             }
         },
     }
-    c = px.constrained(model, v)
+    c = px.linen.constrain(model, v)
     mask = v["parametrization_state"]["parametrizations"]["Dense_0"]["kernel"]["0"]["mask"]
     np.testing.assert_array_equal(
         c["params"]["Dense_0"]["kernel"],
@@ -78,18 +78,18 @@ def test_paths_exact_nested_key():
     v = model.init(KEY, jnp.ones((1, 4)))
     assert shapes(v["params"]["parametrizations"]) == {"Dense_1": {"kernel": {"original": (4, 4)}}}
     assert "kernel" in v["params"]["Dense_0"]
-    assert symmetry_error(px.constrained(model, v)["params"]["Dense_1"]["kernel"]) == 0
+    assert symmetry_error(px.linen.constrain(model, v)["params"]["Dense_1"]["kernel"]) == 0
 
 
 def test_conv_kernel_skew_on_last_two_axes():
     # A Conv kernel is (kh, kw, in, out): matrix maps act on (in, out), batched over (kh, kw).
     conv = Parametrized(nn.Conv(4, (3, 3)), {"kernel": skew})
     v = conv.init(KEY, jnp.ones((1, 8, 8, 4)))
-    k = px.constrained(conv, v)["params"]["kernel"]
+    k = px.linen.constrain(conv, v)["params"]["kernel"]
     assert k.shape == (3, 3, 4, 4)
     assert skew_error(k) == 0
     y = conv.apply(v, jnp.ones((1, 8, 8, 4)))
-    np.testing.assert_allclose(y, nn.Conv(4, (3, 3)).apply(px.constrained(conv, v), jnp.ones((1, 8, 8, 4))), atol=1e-6)
+    np.testing.assert_allclose(y, nn.Conv(4, (3, 3)).apply(px.linen.constrain(conv, v), jnp.ones((1, 8, 8, 4))), atol=1e-6)
 
 
 def test_rnn_recurrent_kernel():
@@ -97,10 +97,10 @@ def test_rnn_recurrent_kernel():
     xs = normal(1, (2, 7, 3))
     v = rnn.init(KEY, xs)
     assert shapes(v["params"]["parametrizations"]) == {"cell": {"h": {"kernel": {"original": (5, 5)}}}}
-    k = px.constrained(rnn, v)["params"]["cell"]["h"]["kernel"]
+    k = px.linen.constrain(rnn, v)["params"]["cell"]["h"]["kernel"]
     assert orthogonality_error(k) < 1e-5
     np.testing.assert_allclose(
-        rnn.apply(v, xs), nn.RNN(nn.SimpleCell(5)).apply(px.constrained(rnn, v), xs), atol=1e-6
+        rnn.apply(v, xs), nn.RNN(nn.SimpleCell(5)).apply(px.linen.constrain(rnn, v), xs), atol=1e-6
     )
 
 
@@ -132,7 +132,7 @@ def test_setup_submodule():
 def test_other_methods_are_forwarded():
     emb = Parametrized(nn.Embed(5, 5), {"embedding": px.symmetric})
     v = emb.init(KEY, jnp.array([0, 1]))
-    e = px.constrained(emb, v)["params"]["embedding"]
+    e = px.linen.constrain(emb, v)["params"]["embedding"]
     np.testing.assert_allclose(emb.apply(v, jnp.ones((1, 5)), method="attend"), jnp.ones((1, 5)) @ e.T, atol=1e-6)
 
 
@@ -149,7 +149,7 @@ def test_init_projects_non_orthogonal_kernel_through_chain():
     # Skew's right_inverse keeps triu(K, 1): the constrained value is the skew part of K's upper triangle.
     plain_k = nn.Dense(3).init(KEY, X3)["params"]["kernel"]
     layer = Parametrized(nn.Dense(3), {"kernel": skew})
-    k = px.constrained(layer, layer.init(KEY, X3))["params"]["kernel"]
+    k = px.linen.constrain(layer, layer.init(KEY, X3))["params"]["kernel"]
     np.testing.assert_allclose(k, jnp.triu(plain_k, 1) - jnp.triu(plain_k, 1).T)
 
 
@@ -159,7 +159,7 @@ def test_multi_array_originals_and_link_params():
     assert shapes(v["params"]["parametrizations"]) == {
         "kernel": {"original0": (3,), "original1": (4,), "1": {"s": ()}}
     }
-    k = px.constrained(layer, v)["params"]["kernel"]
+    k = px.linen.constrain(layer, v)["params"]["kernel"]
     assert np.linalg.matrix_rank(np.asarray(k), tol=1e-5) == 1
     g = jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, jnp.ones((1, 3))) ** 2))(v["params"])
     for leaf in jax.tree.leaves(g["parametrizations"]):
@@ -185,7 +185,7 @@ def test_optax_training_keeps_orthogonal_every_step():
     for _ in range(60):
         params, state, loss = step(params, state)
         losses.append(float(loss))
-        assert orthogonality_error(px.constrained(layer, {"params": params})["params"]["kernel"]) < 1e-5
+        assert orthogonality_error(px.linen.constrain(layer, {"params": params})["params"]["kernel"]) < 1e-5
     assert losses[-1] < 0.3 * losses[0]
 
 
@@ -323,14 +323,14 @@ def test_parametrize_a_buffer():
         "BatchNorm_0": {"mean": (3,)},
         "parametrizations": {"BatchNorm_0": {"var": {"original": (3,)}}},
     }
-    c = px.constrained(model, v)
+    c = px.linen.constrain(model, v)
     np.testing.assert_array_equal(c["batch_stats"]["BatchNorm_0"]["var"], [0.0, 1.0, 1.0])
     # Training updates the running stats; the parametrized one goes through right_inverse.
     _, upd = model.apply(v, x, mutable=["batch_stats"])
     v2 = {**v, **upd}
-    var = px.constrained(model, v2)["batch_stats"]["BatchNorm_0"]["var"]
+    var = px.linen.constrain(model, v2)["batch_stats"]["BatchNorm_0"]["var"]
     assert float(var[0]) == 0.0 and float(var[1]) != 1.0
-    base, bv = px.remove_parametrizations(model, v2)
+    base, bv = px.linen.remove_parametrizations(model, v2)
     assert shapes(bv["batch_stats"]) == {"BatchNorm_0": {"mean": (3,), "var": (3,)}}
     np.testing.assert_array_equal(bv["batch_stats"]["BatchNorm_0"]["var"], var)
 
@@ -340,8 +340,8 @@ def test_assign_sets_constrained_value():
     layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
     v = layer.init(KEY, X3)
     q = px.cayley(px.skew(normal(8, (3, 3))))
-    v2 = px.assign(layer, v, {"kernel": q})
-    np.testing.assert_allclose(px.constrained(layer, v2)["params"]["kernel"], q, atol=1e-5)
+    v2 = px.linen.assign(layer, v, {"kernel": q})
+    np.testing.assert_allclose(px.linen.constrain(layer, v2)["params"]["kernel"], q, atol=1e-5)
     np.testing.assert_array_equal(v2["params"]["bias"], v["params"]["bias"])
     assert v["params"]["parametrizations"]["kernel"]["original"] is not v2["params"]["parametrizations"]["kernel"]["original"]
 
@@ -350,19 +350,19 @@ def test_remove_leave_parametrized_true_and_false():
     layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
     v = layer.init(KEY, X3)
     y = layer.apply(v, X3)
-    base, bv = px.remove_parametrizations(layer, v)
+    base, bv = px.linen.remove_parametrizations(layer, v)
     assert type(base) is nn.Dense and base.features == 3
     assert shapes(bv) == {"params": {"bias": (3,), "kernel": (3, 3)}}
     np.testing.assert_allclose(base.apply(bv, X3), y, atol=1e-6)
-    base, bv = px.remove_parametrizations(layer, v, leave_parametrized=False)
+    base, bv = px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
     np.testing.assert_array_equal(bv["params"]["kernel"], v["params"]["parametrizations"]["kernel"]["original"])
 
 
 def test_remove_some_keeps_the_rest():
     model = Parametrized(MLP, {"*/kernel": skew})()
     v = model.init(KEY, jnp.ones((1, 4)))
-    m2, v2 = px.remove_parametrizations(model, v, "Dense_0/kernel")
-    assert px.is_parametrized(m2, "Dense_1/kernel") and not px.is_parametrized(m2, "Dense_0/kernel")
+    m2, v2 = px.linen.remove_parametrizations(model, v, "Dense_0/kernel")
+    assert px.linen.is_parametrized(m2, "Dense_1/kernel") and not px.linen.is_parametrized(m2, "Dense_0/kernel")
     np.testing.assert_allclose(m2.apply(v2, jnp.ones((1, 4))), model.apply(v, jnp.ones((1, 4))), atol=1e-6)
 
 
@@ -370,25 +370,25 @@ def test_remove_multi_array_originals():
     layer = Parametrized(nn.Dense(4), {"kernel": RankOne()})
     v = layer.init(KEY, jnp.ones((1, 3)))
     with pytest.raises(px.ParametrizationError, match=r"cannot leave unparametrized \(`leave_parametrized=False`\)"):
-        px.remove_parametrizations(layer, v, leave_parametrized=False)
-    base, bv = px.remove_parametrizations(layer, v)
-    np.testing.assert_allclose(bv["params"]["kernel"], px.constrained(layer, v)["params"]["kernel"])
+        px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
+    base, bv = px.linen.remove_parametrizations(layer, v)
+    np.testing.assert_allclose(bv["params"]["kernel"], px.linen.constrain(layer, v)["params"]["kernel"])
 
 
 def test_queries():
     layer = Parametrized(nn.Dense(3), {"kernel": skew})
-    assert px.is_parametrized(layer) and px.is_parametrized(layer, "kernel")
-    assert not px.is_parametrized(layer, "bias") and not px.is_parametrized(nn.Dense(3))
-    assert px.type_before_parametrizations(layer) is nn.Dense
-    assert px.type_before_parametrizations(nn.Dense(3)) is nn.Dense
+    assert px.linen.is_parametrized(layer) and px.linen.is_parametrized(layer, "kernel")
+    assert not px.linen.is_parametrized(layer, "bias") and not px.linen.is_parametrized(nn.Dense(3))
+    assert px.linen.type_before_parametrizations(layer) is nn.Dense
+    assert px.linen.type_before_parametrizations(nn.Dense(3)) is nn.Dense
     glob = Parametrized(MLP, {"*/kernel": skew})()
-    assert px.is_parametrized(glob, "Dense_7/kernel")
+    assert px.linen.is_parametrized(glob, "Dense_7/kernel")
 
 
 def test_wrapping_twice_appends_to_the_chain():  # init semantics: tests/test_linen_wrapping.py
     once = Parametrized(nn.Dense, {"kernel": skew})
     twice = Parametrized(once, {"kernel": cayley})
-    assert px.spec_of(twice) == px.spec_of(Parametrized(nn.Dense, {"kernel": [skew, cayley]}))
+    assert px.linen.spec_of(twice) == px.linen.spec_of(Parametrized(nn.Dense, {"kernel": [skew, cayley]}))
     assert twice is Parametrized(once, {"kernel": cayley})  # made once
 
 
@@ -425,7 +425,7 @@ def test_error_assign_without_right_inverse_leaves_variables():
     v = layer.init(KEY, X3)
     before = jax.tree.map(np.asarray, v)
     with pytest.raises(px.RightInverseError, match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, MatrixExp\]: cannot assign through the chain .* `MatrixExp` does not implement right_inverse"):
-        px.assign(layer, v, {"kernel": jnp.eye(3)})
+        px.linen.assign(layer, v, {"kernel": jnp.eye(3)})
     jax.tree.map(np.testing.assert_array_equal, v, before)
 
 
@@ -433,18 +433,18 @@ def test_error_assign_wrong_shape_and_unknown_name():
     layer = Parametrized(nn.Dense(3), {"kernel": skew})
     v = layer.init(KEY, X3)
     with pytest.raises(px.ShapeError, match=r"has shape \(2, 2\) and dtype float32; expected shape \(3, 3\)"):
-        px.assign(layer, v, {"kernel": jnp.eye(2)})
+        px.linen.assign(layer, v, {"kernel": jnp.eye(2)})
     with pytest.raises(px.NotParametrizedError, match=r"cannot assign to `bias`: it is not parametrized"):
-        px.assign(layer, v, {"bias": jnp.ones(3)})
+        px.linen.assign(layer, v, {"bias": jnp.ones(3)})
 
 
 def test_error_remove_unparametrized():
     layer = Parametrized(nn.Dense(3), {"kernel": skew})
     v = layer.init(KEY, X3)
     with pytest.raises(px.NotParametrizedError, match=r"`bias` is not parametrized in `ParametrizedDense`; the parametrized variables are `kernel`"):
-        px.remove_parametrizations(layer, v, "bias")
+        px.linen.remove_parametrizations(layer, v, "bias")
     with pytest.raises(px.NotParametrizedError, match=r"`Dense` is not a parametrized module"):
-        px.remove_parametrizations(nn.Dense(3), v)
+        px.linen.remove_parametrizations(nn.Dense(3), v)
 
 
 def test_error_bad_base_and_spec():
@@ -486,7 +486,7 @@ def test_unsafe_allows_dtype_changing_forward():
     layer = Parametrized(nn.Dense(3), {"kernel": to_bf16}, unsafe=True)
     v = layer.init(KEY, X3)
     assert v["params"]["parametrizations"]["kernel"]["original"].dtype == jnp.float32
-    assert px.constrained(layer, v)["params"]["kernel"].dtype == jnp.bfloat16
+    assert px.linen.constrain(layer, v)["params"]["kernel"].dtype == jnp.bfloat16
     assert layer.apply(v, X3).shape == (2, 3)
 
 
@@ -496,9 +496,9 @@ def test_remove_with_several_exact_spec_keys():
     model = Parametrized(MLP, {"Dense_0/kernel": skew, "Dense_1/kernel": px.symmetric})()
     v = model.init(KEY, jnp.ones((1, 4)))
     y = model.apply(v, jnp.ones((1, 4)))
-    m2, v2 = px.remove_parametrizations(model, v, "Dense_1/kernel")
-    assert px.is_parametrized(m2, "Dense_0/kernel") and not px.is_parametrized(m2, "Dense_1/kernel")
+    m2, v2 = px.linen.remove_parametrizations(model, v, "Dense_1/kernel")
+    assert px.linen.is_parametrized(m2, "Dense_0/kernel") and not px.linen.is_parametrized(m2, "Dense_1/kernel")
     np.testing.assert_allclose(m2.apply(v2, jnp.ones((1, 4))), y, atol=1e-6)
-    base, bv = px.remove_parametrizations(model, v)
+    base, bv = px.linen.remove_parametrizations(model, v)
     assert type(base) is MLP
     np.testing.assert_allclose(base.apply(bv, jnp.ones((1, 4))), y, atol=1e-6)

@@ -45,10 +45,10 @@ def test_class_partial_gives_the_same_partial_of_the_parametrized_class():
     PNet2 = Parametrized(Net2, {"*/kernel": skew})
     assert isinstance(PNet2, functools.partial) and PNet2.keywords == {"width": 4, "depth": 2}
     model = PNet2()
-    assert (model.width, model.depth) == (4, 2) and px.is_parametrized(model, "Dense_1/kernel")
+    assert (model.width, model.depth) == (4, 2) and px.linen.is_parametrized(model, "Dense_1/kernel")
     v = model.init(KEY, jnp.ones((1, 4)))
     plain = Net2().init(KEY, jnp.ones((1, 4)))
-    k = px.constrained(model, v)["params"]["Dense_1"]["kernel"]
+    k = px.linen.constrain(model, v)["params"]["Dense_1"]["kernel"]
     assert skew_error(k) == 0.0
     # init registered the plain model's kernel: its strict upper triangle is kept
     np.testing.assert_array_equal(np.triu(k, 1), np.triu(plain["params"]["Dense_1"]["kernel"], 1))
@@ -61,7 +61,7 @@ def test_method_given_as_the_base_class_function_is_the_named_method():
     by_name = model.apply(v, x, method="encode")
     by_function = model.apply(v, x, method=AutoEncoder.encode)
     np.testing.assert_array_equal(by_function, by_name)
-    c = px.constrained(model, v)["params"]["enc"]
+    c = px.linen.constrain(model, v)["params"]["enc"]
     np.testing.assert_allclose(by_name, x @ c["kernel"] + c["bias"], rtol=1e-6)
     v2 = model.init(KEY, x, method=AutoEncoder.encode)
     assert "enc" in v2["params"]["parametrizations"] and "dec" not in v2["params"]["parametrizations"]

@@ -59,13 +59,13 @@ def test_twice_wrapped_double_matches_torch_and_is_not_the_one_chain():
     twice = Parametrized(Parametrized(nn.Dense(3), {"kernel": Double()}), {"kernel": Double()})
     v = twice.init(KEY, X3)
     weight, original = torch_twice(plain, TDouble(), TDouble())
-    np.testing.assert_allclose(px.constrained(twice, v)["params"]["kernel"], weight, rtol=1e-6)
+    np.testing.assert_allclose(px.linen.constrain(twice, v)["params"]["kernel"], weight, rtol=1e-6)
     np.testing.assert_allclose(v["params"]["parametrizations"]["kernel"]["original"], original, rtol=1e-6)
     np.testing.assert_allclose(weight, 2 * np.asarray(plain), rtol=1e-6)  # torch: p_new(W0)
     # One wrap with the chain [Double, Double] registers through both right inverses instead.
     once = Parametrized(nn.Dense(3), {"kernel": [Double(), Double()]})
     np.testing.assert_allclose(
-        px.constrained(once, once.init(KEY, X3))["params"]["kernel"], plain, rtol=1e-6
+        px.linen.constrain(once, once.init(KEY, X3))["params"]["kernel"], plain, rtol=1e-6
     )
 
 
@@ -74,7 +74,7 @@ def test_twice_wrapped_skew_then_cayley_matches_torch():
     twice = Parametrized(Parametrized(nn.Dense, {"kernel": skew}), {"kernel": cayley})(3)
     v = twice.init(KEY, X3)
     weight, original = torch_twice(plain, TSkew(), _TorchCayley())
-    k = px.constrained(twice, v)["params"]["kernel"]
+    k = px.linen.constrain(twice, v)["params"]["kernel"]
     np.testing.assert_allclose(k, weight, atol=1e-5)
     np.testing.assert_allclose(v["params"]["parametrizations"]["kernel"]["original"], original, atol=1e-6)
     np.testing.assert_allclose(k.T @ k, np.eye(3), atol=1e-5)
@@ -95,13 +95,13 @@ def test_twice_wrapped_appended_link_variables_and_new_paths():
     # The appended links are links 1 and 2 of the one chain, their variables initialised on top.
     assert sorted(slot) == ["1", "original"] and float(slot["1"]["s"]) == 3.0
     assert set(v["parametrization_state"]["parametrizations"]["kernel"]) == {"2"}
-    c = px.constrained(twice, v)["params"]
+    c = px.linen.constrain(twice, v)["params"]
     np.testing.assert_allclose(c["kernel"], 3 * plain["kernel"], rtol=1e-6)  # Scale(3)(W0): W0 untouched
     # bias was not parametrized before: a first registration, exact at init.
     np.testing.assert_allclose(c["bias"], plain["bias"], atol=0)
     assert "bias" not in v["params"]
     # the spec is the one merged chain, and the class is made once
-    assert px.spec_of(twice).chain_for("kernel") == (Double(), Scale(3.0), Counter())
+    assert px.linen.spec_of(twice).chain_for("kernel") == (Double(), Scale(3.0), Counter())
     assert type(twice) is Parametrized(inner, {"kernel": [Scale(3.0), Counter()], "bias": Double()}).__class__
 
 
@@ -119,4 +119,4 @@ def test_missing_state_collection_names_it_and_shows_the_apply_call():
     with pytest.raises(px.ParametrizationError, match=r"collection given has no entry for `kernel` link 0.*" + fix):
         layer.apply({"params": v["params"], "parametrization_state": {}}, X3)
     with pytest.raises(px.ParametrizationError, match=fix):
-        px.constrained(layer, {"params": v["params"]})
+        px.linen.constrain(layer, {"params": v["params"]})

@@ -53,7 +53,7 @@ def test_orthogonal_long_adam_run(map_, shape):
     target = x @ jax.random.normal(jax.random.key(2), (n_in, n_out))  # not reachable: keeps pushing
 
     def err(v):
-        k = px.constrained(layer, v)["params"]["kernel"]
+        k = px.linen.constrain(layer, v)["params"]["kernel"]
         return jnp.max(jnp.abs(k.T @ k - jnp.eye(n_out)))
 
     p, losses, errs = _long_run(layer, x, target, err)
@@ -68,7 +68,7 @@ def test_weight_norm_long_adam_run():
     target = jnp.tanh(x @ jax.random.normal(jax.random.key(2), (4, 6))) * 5.0
 
     def err(v):
-        k = px.constrained(layer, v)["params"]["kernel"]
+        k = px.linen.constrain(layer, v)["params"]["kernel"]
         g = v["params"]["parametrizations"]["kernel"]["original0"]
         return jnp.max(jnp.abs(jnp.linalg.norm(k, axis=0) - jnp.abs(g.reshape(-1))) / (jnp.abs(g.reshape(-1)) + 1e-6))
 
@@ -110,7 +110,7 @@ def test_positive_definite_long_adam_run():
     target = x @ jax.random.normal(jax.random.key(2), (n, n))  # indefinite: not reachable
 
     def err(v):
-        k = px.constrained(layer, v)["params"]["kernel"]
+        k = px.linen.constrain(layer, v)["params"]["kernel"]
         asym = jnp.max(jnp.abs(k - k.T))
         return jnp.maximum(asym, -jnp.min(jnp.linalg.eigvalsh(k)))  # > 0 when off the set
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import parametrax as px
 from parametrax import tree as ptree
 from parametrax import _numerics as N
-from parametrax import update_base
+from parametrax.tree import update_base
 from parametrax._numerics import inv_softplus
 from parametrax.catalog import (
     PSSD,
@@ -576,7 +576,7 @@ def test_linen_dense_on_stiefel_trains_and_stays_orthonormal():
     shapes = jax.tree.map(jnp.shape, variables)
     assert shapes["params"]["parametrizations"]["kernel"] == {"original": (5, 3)}
     assert shapes["parametrization_state"]["parametrizations"]["kernel"]["0"] == {"base": (5, 5)}
-    kernel_of = jax.jit(lambda v: px.constrained(layer, v)["params"]["kernel"])
+    kernel_of = jax.jit(lambda v: px.linen.constrain(layer, v)["params"]["kernel"])
     kernel0 = kernel_of(variables)
     assert orthogonality_error(kernel0) < ON_MANIFOLD
 
@@ -593,7 +593,7 @@ def test_linen_dense_on_stiefel_trains_and_stays_orthonormal():
         value, g = jax.value_and_grad(loss)(params)
         upd, opt_state = opt.update(g, opt_state)
         params = optax.apply_updates(params, upd)
-        params, pstate = update_base(px.spec_of(layer), params, pstate, when=i % 5 == 4)
+        params, pstate = update_base(px.linen.spec_of(layer), params, pstate, when=i % 5 == 4)
         return params, pstate, opt_state, value
 
     losses = []

@@ -20,7 +20,7 @@ from _helpers import rand
 F32_ATOL = 1e-5
 F32_RTOL = 1e-4
 KEY = jax.random.key(0)
-STATE = px.STATE_COLLECTION
+STATE = px.linen.STATE_COLLECTION
 
 
 def unit(seed, n):
@@ -344,7 +344,7 @@ def test_embed_axis0_normalises_each_embedding():
     g2 = 2.0 * g
     v2 = jax.tree.map(lambda x: x, v)
     v2["params"]["parametrizations"]["embedding"]["original0"] = g2
-    e = px.constrained(emb, v2)["params"]["embedding"]
+    e = px.linen.constrain(emb, v2)["params"]["embedding"]
     close(np.linalg.norm(e, axis=1, keepdims=True), np.abs(g2))
 
 

@@ -97,7 +97,7 @@ def test_bfloat16_dense_layer_init_apply_and_grad():
     x = jax.random.normal(KEY, (4, 8), jnp.bfloat16)
     v = layer.init(KEY, x)
     assert v["params"]["parametrizations"]["kernel"]["original"].dtype == jnp.bfloat16
-    k = px.constrained(layer, v)["params"]["kernel"]
+    k = px.linen.constrain(layer, v)["params"]["kernel"]
     assert k.dtype == jnp.bfloat16 and orth_err(k) < ORTH_TOL[jnp.bfloat16]
 
     @jax.jit
@@ -153,7 +153,7 @@ def test_one_by_one_is_the_identity(name):
     # The only 1x1 skew matrix is 0, and expm(0) = cayley(0) = 1: SO(1) = {1}.
     layer = px.Parametrized(nn.Dense(1), {"kernel": SO_CHAINS[name]})
     v = layer.init(KEY, jnp.ones((2, 1)))
-    np.testing.assert_array_equal(px.constrained(layer, v)["params"]["kernel"], [[1.0]])
+    np.testing.assert_array_equal(px.linen.constrain(layer, v)["params"]["kernel"], [[1.0]])
     x = jnp.array([[2.0], [-3.0]])
     np.testing.assert_allclose(layer.apply(v, x), x + v["params"]["bias"], rtol=1e-6)
     np.testing.assert_array_equal(px.symmetric(jnp.full((1, 1), 5.0)), [[5.0]])
@@ -302,7 +302,7 @@ def _long_run(chain, dtype, n=8):
 
     def block(carry, _):  # CHECK_EVERY steps, then the constraint error of the kernel reached
         carry, values = jax.lax.scan(step, carry, None, length=CHECK_EVERY)
-        k = px.constrained(layer, {"params": carry[0]})["params"]["kernel"].astype(jnp.float32)
+        k = px.linen.constrain(layer, {"params": carry[0]})["params"]["kernel"].astype(jnp.float32)
         return carry, (values, jnp.max(jnp.abs(k.T @ k - jnp.eye(n))))
 
     @jax.jit

@@ -308,7 +308,7 @@ def test_linen_dense_layout_and_init_is_qr_of_the_plain_kernel():
         "parametrization_state": {"parametrizations": {"kernel": {"0": {"base": (4, 4)}}}},
     }
     plain = nn.Dense(3).init(KEY, X)["params"]["kernel"]
-    k = px.constrained(layer, v)["params"]["kernel"]
+    k = px.linen.constrain(layer, v)["params"]["kernel"]
     np.testing.assert_allclose(k, qr_positive(plain), atol=F32_ATOL)  # no transpose anywhere
     y = layer.apply(v, X)
     np.testing.assert_allclose(y, X @ k + v["params"]["bias"], atol=1e-6)
@@ -317,10 +317,10 @@ def test_linen_dense_layout_and_init_is_qr_of_the_plain_kernel():
 def test_linen_remove_leave_parametrized_false_gives_minus_identity():
     layer = px.Parametrized(nn.Dense(3), {"kernel": Orthogonal()})
     v = layer.init(KEY, X)
-    _, plain = px.remove_parametrizations(layer, v, leave_parametrized=False)
+    _, plain = px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
     np.testing.assert_array_equal(plain["params"]["kernel"], -np.eye(4, 3))  # torch's quirk
-    _, plain = px.remove_parametrizations(layer, v)
-    k = px.constrained(layer, v)["params"]["kernel"]
+    _, plain = px.linen.remove_parametrizations(layer, v)
+    k = px.linen.constrain(layer, v)["params"]["kernel"]
     np.testing.assert_allclose(plain["params"]["kernel"], k)
 
 
@@ -354,7 +354,7 @@ def test_adam_200_steps_under_jit_stays_orthogonal(m, triv, features):
             l, g = jax.value_and_grad(loss)(params)
             updates, state = opt.update(g, state, params)
             params = optax.apply_updates(params, updates)
-            k = px.constrained(layer, {"params": params, **rest})["params"]["kernel"]
+            k = px.linen.constrain(layer, {"params": params, **rest})["params"]["kernel"]
             kk = k if k.shape[0] >= k.shape[1] else k.T
             err = jnp.max(jnp.abs(kk.T @ kk - jnp.eye(kk.shape[1])))
             return (params, state), (l, err)
@@ -450,7 +450,7 @@ def test_error_assign_wrong_shape_changes_nothing():
     v = layer.init(KEY, X)
     before = _frozen(v)
     with pytest.raises(px.ShapeError, match=r"has shape \(5, 5\).*expected shape \(4, 3\)"):
-        px.assign(layer, v, {"kernel": jnp.ones((5, 5))}, key=KEY)
+        px.linen.assign(layer, v, {"kernel": jnp.ones((5, 5))}, key=KEY)
     jax.tree.map(np.testing.assert_array_equal, v, before)
 
 
@@ -459,7 +459,7 @@ def test_error_assign_without_key_for_non_square_changes_nothing():
     v = layer.init(KEY, X)
     before = _frozen(v)
     with pytest.raises(px.ParametrizationError, match="needs a PRNG key; pass `key=`"):
-        px.assign(layer, v, {"kernel": jnp.eye(4, 3)})
+        px.linen.assign(layer, v, {"kernel": jnp.eye(4, 3)})
     jax.tree.map(np.testing.assert_array_equal, v, before)
 
 
@@ -473,7 +473,7 @@ def test_error_assign_without_trivialization_is_not_implemented(m):
     # has_right_inverse is false, so the chain refuses before calling anything ...
     assert not Orthogonal(m, use_trivialization=False).has_right_inverse
     with pytest.raises(px.RightInverseError, match="`Orthogonal` does not implement right_inverse"):
-        px.assign(layer, v, {"kernel": jnp.eye(4, 3)}, key=KEY)
+        px.linen.assign(layer, v, {"kernel": jnp.eye(4, 3)}, key=KEY)
     jax.tree.map(np.testing.assert_array_equal, v, before)
     # ... and calling the right inverse directly gives torch's message.
     msg = "not possible to assign to the matrix exponential or the Cayley"

@@ -40,7 +40,7 @@ def test_jit_init_and_apply_equal_eager(ortho):
     layer, v = ortho
     close(jax.jit(layer.init)(KEY, X), v)
     close(jax.jit(layer.apply)(v, X), layer.apply(v, X))
-    close(jax.jit(px.constrained, static_argnums=0)(layer, v), px.constrained(layer, v))
+    close(jax.jit(px.constrained, static_argnums=0)(layer, v), px.linen.constrain(layer, v))
 
 
 # --- jax.grad, jvp: against finite differences ---------------------------------------------------
@@ -60,7 +60,7 @@ def test_grad_equals_the_chain_rule_through_the_constrained_kernel(ortho):
     # d loss / d raw = vjp of the map applied to d loss / d kernel of the plain Dense.
     layer, v = ortho
     loss_plain = lambda pv: jnp.sum(nn.Dense(N).apply(pv, X) ** 2)
-    g_kernel = jax.grad(loss_plain)(px.constrained(layer, v))["params"]["kernel"]
+    g_kernel = jax.grad(loss_plain)(px.linen.constrain(layer, v))["params"]["kernel"]
     raw = v["params"]["parametrizations"]["kernel"]["original"]
     _, vjp = jax.vjp(lambda r: px.cayley(px.skew(r)), raw)
     (expected,) = vjp(g_kernel)
@@ -81,7 +81,7 @@ def test_vmap_ensemble_over_init_keys_and_apply():
         vi = init(k, X)
         close(member(ensemble, i), vi)
         close(out[i], apply(vi, X))
-        kernel = px.constrained(layer, member(ensemble, i))["params"]["kernel"]
+        kernel = px.linen.constrain(layer, member(ensemble, i))["params"]["kernel"]
         np.testing.assert_allclose(kernel.T @ kernel, np.eye(N), atol=1e-5)
 
 
@@ -150,7 +150,7 @@ def test_nn_scan_over_parametrized_layers_equals_a_loop():
     apply = jax.jit(OrthoDense(N).apply)
     for i in range(depth):
         c = jnp.tanh(apply({"params": member(layers, i)}, c))
-        k = px.constrained(OrthoDense(N), {"params": member(layers, i)})["params"]["kernel"]
+        k = px.linen.constrain(OrthoDense(N), {"params": member(layers, i)})["params"]["kernel"]
         np.testing.assert_allclose(k.T @ k, np.eye(N), atol=1e-5)
     close(out, c)
 
@@ -172,13 +172,13 @@ def test_nn_scan_with_broadcast_params_shares_one_layer():
 def test_nn_vmap_equals_a_loop_and_keeps_state_per_member():
     vm = nn.vmap(
         PrunedDense,
-        variable_axes={"params": 0, px.STATE_COLLECTION: 0},
+        variable_axes={"params": 0, px.linen.STATE_COLLECTION: 0},
         split_rngs={"params": True},
         in_axes=0,
     )(N)
     xs = jax.random.normal(jax.random.key(2), (4, 3, N))
     v = jax.jit(vm.init)(KEY, xs)
-    assert v[px.STATE_COLLECTION]["parametrizations"]["kernel"]["0"]["mask"].shape == (4, N, N)
+    assert v[px.linen.STATE_COLLECTION]["parametrizations"]["kernel"]["0"]["mask"].shape == (4, N, N)
     out = jax.jit(vm.apply)(v, xs)
     apply = jax.jit(PrunedDense(N).apply)
     for i in range(4):
@@ -243,7 +243,7 @@ def test_donated_buffers_give_the_same_result():
 def test_stateful_update_under_jit_equals_eager():
     counter_layer = PrunedDense(N)
     v = counter_layer.init(KEY, X)
-    f = lambda v: counter_layer.apply(v, X, mutable=[px.STATE_COLLECTION])
+    f = lambda v: counter_layer.apply(v, X, mutable=[px.linen.STATE_COLLECTION])
     y_j, s_j = jax.jit(f)(v)
     y_e, s_e = f(v)
     close(y_j, y_e)

@@ -131,17 +131,17 @@ def test_assign_and_bake():
     q = px.cayley(px.skew(normal(3, (3, 3))))
     raw2, state2 = ptree.assign(spec, raw, state, {"w": q})
     np.testing.assert_allclose(ptree.constrain(spec, raw2, state2)["w"], q, atol=1e-5)
-    baked, st = ptree.bake(spec, raw2, state2)
+    baked, st = ptree.remove_parametrizations(spec, raw2, state2)
     assert sorted(baked) == ["b", "w"] and st == {}
     np.testing.assert_allclose(baked["w"], q, atol=1e-5)
-    raw_left, _ = ptree.bake(spec, raw2, state2, leave_parametrized=False)
+    raw_left, _ = ptree.remove_parametrizations(spec, raw2, state2, leave_parametrized=False)
     np.testing.assert_allclose(raw_left["w"], raw2["parametrizations"]["w"]["original"])
 
 
 def test_bake_some_keeps_others():
     spec = {"*/kernel": px.skew}
     raw, state = ptree.register(spec, mlp_params())
-    tree, _ = ptree.bake(spec, raw, state, names=["Dense_0/kernel"])
+    tree, _ = ptree.remove_parametrizations(spec, raw, state, names=["Dense_0/kernel"])
     assert "kernel" in tree["Dense_0"]
     assert ptree.parametrized_paths(spec, tree) == ["Dense_1/kernel"]
 
@@ -308,15 +308,15 @@ def test_error_assign_or_remove_unparametrized():
     with pytest.raises(px.NotParametrizedError, match=r"cannot assign to `Dense_1/kernel`: it is not parametrized; the parametrized variables are `Dense_0/kernel`"):
         ptree.assign(spec, raw, st, {"Dense_1/kernel": jnp.eye(3)})
     with pytest.raises(px.NotParametrizedError, match=r"cannot remove the parametrization of `scale`"):
-        ptree.bake(spec, raw, st, names="scale")
+        ptree.remove_parametrizations(spec, raw, st, names="scale")
 
 
 def test_error_leave_parametrized_false_with_several_originals():
     z = jnp.outer(jnp.arange(3.0), jnp.ones(2))
     raw, st = ptree.register({"w": RankOne()}, {"w": z})
     with pytest.raises(px.ParametrizationError, match=r"cannot leave unparametrized \(`leave_parametrized=False`\) a variable parametrized in terms of 2 arrays"):
-        ptree.bake({"w": RankOne()}, raw, st, leave_parametrized=False)
-    tree, _ = ptree.bake({"w": RankOne()}, raw, st, leave_parametrized=True)
+        ptree.remove_parametrizations({"w": RankOne()}, raw, st, leave_parametrized=False)
+    tree, _ = ptree.remove_parametrizations({"w": RankOne()}, raw, st, leave_parametrized=True)
     np.testing.assert_allclose(tree["w"], z, atol=1e-5)
 
 

@@ -94,9 +94,9 @@ def test_assign_bake_and_update_base_return_the_same_type():
     raw3, state3 = ptree.update_base(spec, raw2, state2)
     assert type(raw3) is Pair
     np.testing.assert_allclose(ptree.constrain(spec, raw3, state3).first.w, q, atol=1e-5)
-    some, _ = ptree.bake(spec, raw3, state3, names="second/w")
+    some, _ = ptree.remove_parametrizations(spec, raw3, state3, names="second/w")
     assert isinstance(some.first.w, ptree.RawLeaf) and not isinstance(some.second.w, ptree.RawLeaf)
-    plain, st = ptree.bake(spec, raw3, state3)
+    plain, st = ptree.remove_parametrizations(spec, raw3, state3)
     assert type(plain) is Pair and jax.tree.structure(plain) == jax.tree.structure(model())
     assert skew_error(plain.second.w) == 0 and st == {}
 

@@ -2,14 +2,24 @@
 
 The JAX answer to PyTorch's ``torch.nn.utils.parametrize``: a parametrization is a pure
 ``forward`` / ``right_inverse`` pair; models store raw values and read ``forward(raw)``.
+
+The public API, one name per object (the alias policy is in ``parametrax._deprecation``):
+
+* ``px.Parametrized`` -- the linen front's entry point; the rest of the linen front is
+  ``px.linen`` (``constrain``, ``assign``, ``remove_parametrizations``, ``update_base``, ...);
+* ``px.tree`` -- the same operations on any pytree, without Flax;
+* ``px.nnx`` -- torch's in-place workflow on NNX modules; ``px.equinox`` -- equinox Modules
+  (imported on first use: equinox is optional);
+* the catalog (``px.Orthogonal``, ``px.SpectralNorm``, ``px.Stiefel``, ...; every entry of
+  ``parametrax.catalog``), the contract (``Parametrization``, ``as_parametrization``) and the
+  errors; ``parametrax.testing`` is the contract kit for your own parametrizations.
+
+See ``ARCHITECTURE.md`` for which module owns what.
 """
 
-from parametrax import nnx, tree
-from parametrax._core import (
-    FunctionParametrization,
-    Parametrization,
-    as_parametrization,
-)
+from parametrax import linen, nnx, tree
+from parametrax._core import Parametrization, as_parametrization
+from parametrax._deprecation import module_getattr as _module_getattr
 from parametrax._errors import (
     AxisError,
     NotParametrizedError,
@@ -19,12 +29,7 @@ from parametrax._errors import (
     ShapeError,
     SpecError,
 )
-from parametrax.tree import Spec, update_base
-from parametrax._numerics import inv_softplus
 from parametrax.catalog import (
-    ORTHOGONAL_MAPS,
-    PSD,
-    PSSD,
     SL,
     SO,
     AlmostOrthogonal,
@@ -41,6 +46,7 @@ from parametrax.catalog import (
     Orthogonal,
     Positive,
     PositiveDefinite,
+    PSSD,
     PSSDFixedRank,
     PSSDLowRank,
     RandomPruning,
@@ -57,18 +63,28 @@ from parametrax.catalog import (
     skew,
     symmetric,
 )
-from parametrax.linen import (
-    STATE_COLLECTION,
-    Parametrized,
-    assign,
-    constrained,
-    is_parametrized,
-    remove_parametrizations,
-    spec_of,
-    type_before_parametrizations,
-)
+from parametrax.linen import Parametrized
+from parametrax.tree import Spec
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
+
+_MOVED = {
+    # the linen front's functions live in px.linen (px.Parametrized stays at the top)
+    "constrained": "parametrax.linen:constrain",
+    "assign": "parametrax.linen:assign",
+    "remove_parametrizations": "parametrax.linen:remove_parametrizations",
+    "is_parametrized": "parametrax.linen:is_parametrized",
+    "type_before_parametrizations": "parametrax.linen:type_before_parametrizations",
+    "spec_of": "parametrax.linen:spec_of",
+    "STATE_COLLECTION": "parametrax.linen:STATE_COLLECTION",
+    "update_base": "parametrax.tree:update_base",
+    # second names and helpers that were public by accident
+    "PSD": "parametrax:PositiveDefinite",
+    "inv_softplus": "parametrax._numerics:inv_softplus",
+    "FunctionParametrization": "parametrax._core:FunctionParametrization",
+    "ORTHOGONAL_MAPS": "parametrax.catalog.orthogonal:ORTHOGONAL_MAPS",
+}
+_deprecated = _module_getattr(__name__, _MOVED)
 
 
 def __getattr__(name: str):
@@ -77,19 +93,22 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("parametrax.equinox")
-    raise AttributeError(f"module 'parametrax' has no attribute {name!r}")
+    return _deprecated(name)
+
 
 __all__ = [
     "Parametrization",
-    "FunctionParametrization",
     "as_parametrization",
     "Spec",
+    "Parametrized",
+    "linen",
     "tree",
     "nnx",
     # errors
     "ParametrizationError",
     "ParametrizationTypeError",
     "ShapeError",
+    "AxisError",
     "SpecError",
     "RightInverseError",
     "NotParametrizedError",
@@ -100,17 +119,14 @@ __all__ = [
     "MatrixExp",
     "RandomPruning",
     "Orthogonal",
-    "ORTHOGONAL_MAPS",
     "SpectralNorm",
     "WeightNorm",
-    "AxisError",
     "Stiefel",
     "SO",
     "Grassmannian",
     "Sphere",
     "SphereEmbedded",
     "PositiveDefinite",
-    "PSD",
     "PSSD",
     "PSSDLowRank",
     "PSSDFixedRank",
@@ -125,19 +141,8 @@ __all__ = [
     "LowerTriangular",
     "Cholesky",
     "Ordered",
-    "update_base",
-    "inv_softplus",
     "symmetric",
     "skew",
     "cayley",
     "matrix_exp",
-    # linen front
-    "Parametrized",
-    "STATE_COLLECTION",
-    "constrained",
-    "assign",
-    "remove_parametrizations",
-    "is_parametrized",
-    "type_before_parametrizations",
-    "spec_of",
 ]

@@ -33,9 +33,9 @@ do: build with ``model, state = eqx.nn.make_with_state(px.equinox.Parametrized)(
 key=k)`` and call ``out, state = model(x, state=state)`` (``inference=True`` evaluates with the
 stored state and returns it unchanged). The state never reaches the gradient.
 
-``px.equinox.constrained(model, state)`` is the plain wrapped module with the constrained
+``px.equinox.constrain(model, state)`` is the plain wrapped module with the constrained
 values (torch's ``m.weight`` for every variable), ``assign`` is torch's ``m.weight = X``,
-``bake`` is ``remove_parametrizations`` and ``update_base`` moves trivialization bases.
+``remove_parametrizations`` is torch's and ``update_base`` moves trivialization bases.
 """
 
 from __future__ import annotations
@@ -50,7 +50,14 @@ from parametrax import tree as ptree
 from parametrax._errors import ParametrizationError, ParametrizationTypeError
 from parametrax.tree import Spec
 
-__all__ = ["Parametrized", "constrained", "assign", "bake", "update_base", "spec_of"]
+__all__ = [
+    "Parametrized",
+    "constrain",
+    "assign",
+    "remove_parametrizations",
+    "update_base",
+    "spec_of",
+]
 
 
 def _has_leaves(tree: Any) -> bool:
@@ -72,7 +79,7 @@ class Parametrized(eqx.Module):
     >>> import jax, jax.numpy as jnp, equinox as eqx, parametrax as px
     >>> lin = eqx.nn.Linear(5, 3, key=jax.random.key(0))
     >>> model = px.equinox.Parametrized(lin, {"weight": px.Orthogonal(use_trivialization=False)})
-    >>> W = px.equinox.constrained(model).weight                 # (out, in) = (3, 5)
+    >>> W = px.equinox.constrain(model).weight                 # (out, in) = (3, 5)
     >>> bool(jnp.allclose(W @ W.T, jnp.eye(3), atol=1e-5))
     True
     >>> model(jnp.ones(5)).shape
@@ -154,9 +161,9 @@ def spec_of(model: Parametrized) -> Spec:
     return _check(model, "spec_of").spec
 
 
-def constrained(model: Parametrized, state: Any = None) -> Any:
+def constrain(model: Parametrized, state: Any = None) -> Any:
     """The wrapped module with every parametrized array replaced by its constrained value."""
-    model = _check(model, "constrained")
+    model = _check(model, "constrain")
     return ptree.constrain(model.spec, model.raw, model._pstate(state))
 
 
@@ -173,11 +180,13 @@ def assign(
     return new
 
 
-def bake(model: Parametrized, state: Any = None, *, leave_parametrized: bool = True) -> Any:
+def remove_parametrizations(
+    model: Parametrized, state: Any = None, *, leave_parametrized: bool = True
+) -> Any:
     """Torch's ``remove_parametrizations`` for every variable: the plain wrapped module, holding
     the constrained values (or the raw ``original`` with ``leave_parametrized=False``)."""
-    model = _check(model, "bake")
-    module, _ = ptree.bake(
+    model = _check(model, "remove_parametrizations")
+    module, _ = ptree.remove_parametrizations(
         model.spec, model.raw, model._pstate(state), leave_parametrized=leave_parametrized
     )
     return module

@@ -87,14 +87,14 @@ def test_partition_specs_are_kept_on_originals_state_and_after_removal():
     want = {
         "params": {"bias": P("model"), "parametrizations": {"kernel": {"original": P(None, "model")}}},
         # the pruning mask has the kernel's shape, so it is sharded like the kernel
-        px.STATE_COLLECTION: {"parametrizations": {"kernel": {"2": {"mask": P(None, "model")}}}},
+        px.linen.STATE_COLLECTION: {"parametrizations": {"kernel": {"2": {"mask": P(None, "model")}}}},
     }
     assert nn.get_partition_spec(v) == want
     assert nn.get_partition_spec(jax.eval_shape(model.init, KEY, x)) == want
     _, mutated = model.apply(v, x, mutable=True)
     assert nn.get_partition_spec(mutated) == want
-    assert nn.get_partition_spec(px.assign(model, v, {"kernel": jnp.eye(N)})) == want
-    _, plain = px.remove_parametrizations(model, v)
+    assert nn.get_partition_spec(px.linen.assign(model, v, {"kernel": jnp.eye(N)})) == want
+    _, plain = px.linen.remove_parametrizations(model, v)
     assert nn.get_partition_spec(plain) == {"params": {"bias": P("model"), "kernel": P(None, "model")}}
     # the baked variables shard exactly like the plain module's own
     assert nn.get_partition_spec(plain) == nn.get_partition_spec(dense.init(KEY, x))

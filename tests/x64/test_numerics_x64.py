@@ -63,7 +63,7 @@ def test_float64_long_adam_run():
         return (optax.apply_updates(p, u), o), None
 
     p, _ = jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), None, length=2000)[0])(params)
-    k = px.constrained(layer, {"params": p})["params"]["kernel"]
+    k = px.linen.constrain(layer, {"params": p})["params"]["kernel"]
     assert k.dtype == jnp.float64 and orth_err(k) < ORTH_TOL_F64
 
 

@@ -16,7 +16,7 @@ entry                  set                                         state        
 ``Grassmannian``       subspaces (orthonormal representative)      base (N x N)           ``stiefel``
 ``Sphere``             fixed norm along ``axis`` (exp map)         base (value's shape)   ``sphere``
 ``SphereEmbedded``     fixed norm along ``axis`` (projection)      -                      ``sphere``
-``PositiveDefinite``   symmetric positive definite (``PSD``)       base (n x n)           ``psd``
+``PositiveDefinite``   symmetric positive definite                 base (n x n)           ``psd``
 ``PSSD``               symmetric positive semidefinite             base (n x n)           ``psd``
 ``PSSDLowRank``        PSSD of rank <= r                           base (n x n)           ``psd``
 ``PSSDFixedRank``      PSSD of rank r                              base (n x n)           ``psd``
@@ -49,7 +49,6 @@ from parametrax.catalog.lowrank import SL, AlmostOrthogonal, FixedRank, Invertib
 from parametrax.catalog.norms import SpectralNorm, WeightNorm
 from parametrax.catalog.ordered import Ordered
 from parametrax.catalog.orthogonal import (
-    ORTHOGONAL_MAPS,
     Cayley,
     MatrixExp,
     Orthogonal,
@@ -58,7 +57,7 @@ from parametrax.catalog.orthogonal import (
 )
 from parametrax.catalog.positive import Interval, Positive
 from parametrax.catalog.pruning import RandomPruning
-from parametrax.catalog.psd import PSD, PSSD, PositiveDefinite, PSSDFixedRank, PSSDLowRank
+from parametrax.catalog.psd import PSSD, PositiveDefinite, PSSDFixedRank, PSSDLowRank
 from parametrax.catalog.simplex import Simplex
 from parametrax.catalog.sphere import Sphere, SphereEmbedded
 from parametrax.catalog.stiefel import SO, Grassmannian, Stiefel
@@ -70,14 +69,12 @@ __all__ = [
     "Cayley",
     "MatrixExp",
     "Orthogonal",
-    "ORTHOGONAL_MAPS",
     "Stiefel",
     "SO",
     "Grassmannian",
     "Sphere",
     "SphereEmbedded",
     "PositiveDefinite",
-    "PSD",
     "PSSD",
     "PSSDLowRank",
     "PSSDFixedRank",

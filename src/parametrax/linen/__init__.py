@@ -71,28 +71,33 @@ Package layout::
 
     __init__.py      the public names (this docstring: how the wrapper works, its rules)
     _wrapper.py      Parametrized, the class it builds (init registers, apply evaluates once)
-    _functions.py    constrained, assign, remove_parametrizations, is_parametrized, spec_of, ...
+    _functions.py    constrain, assign, remove_parametrizations, is_parametrized, spec_of, ...
     _collections.py  the spec split per variable collection; evaluating every chain; error context
     _boxes.py        metadata boxes (nn.Partitioned ...): unbox to compute, rebox to store
     _compat.py       the only module that touches private Flax internals, one function per use
 """
 
+from parametrax._deprecation import module_getattr as _module_getattr
 from parametrax.linen._collections import STATE_COLLECTION, FrozenStateWarning
 from parametrax.linen._functions import (
     assign,
-    constrained,
+    constrain,
     is_parametrized,
     remove_parametrizations,
     spec_of,
     type_before_parametrizations,
 )
+from parametrax.linen._update_base import update_base
 from parametrax.linen._wrapper import Parametrized
+
+__getattr__ = _module_getattr(__name__, {"constrained": "parametrax.linen:constrain"})
 
 __all__ = [
     "Parametrized",
     "STATE_COLLECTION",
     "FrozenStateWarning",
-    "constrained",
+    "constrain",
+    "update_base",
     "assign",
     "remove_parametrizations",
     "is_parametrized",

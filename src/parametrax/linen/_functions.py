@@ -51,15 +51,15 @@ def spec_of(model: Any) -> Spec:
     return _require_parametrized(model, "spec_of")._px_spec
 
 
-def constrained(model: Any, variables: Mapping) -> dict:
+def constrain(model: Any, variables: Mapping) -> dict:
     """The variables the base module sees (torch's ``layer.weight``): every chain evaluated once,
     without state updates, with the layout of the plain base module's variables.
 
-    >>> # constrained(layer, variables)["params"]["kernel"]
+    >>> # constrain(layer, variables)["params"]["kernel"]
     """
-    cls = _require_parametrized(model, "constrained")
-    variables = _check_variables(variables, "constrained")
-    with explained(cls, f"constrained(`{cls.__name__}`)", variables):
+    cls = _require_parametrized(model, "constrain")
+    variables = _check_variables(variables, "constrain")
+    with explained(cls, f"constrain(`{cls.__name__}`)", variables):
         out, _ = constrain_collections(cls._px_spec, unbox(variables), update_state=False)
     return out
 
@@ -167,7 +167,7 @@ def remove_parametrizations(
         if not col_names:
             continue
         with explained(cls, what, variables):
-            tree, st = _tree.bake(
+            tree, st = _tree.remove_parametrizations(
                 by_col[col],
                 plain[col],
                 state_slice(state_tree, col),

@@ -408,12 +408,13 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
     Example::
 
         >>> import jax, jax.numpy as jnp, flax.linen as nn
-        >>> from parametrax import Parametrized, skew, cayley, constrained
+        >>> from parametrax import Parametrized, skew, cayley
+        >>> from parametrax.linen import constrain
         >>> layer = Parametrized(nn.Dense, {"kernel": [skew, cayley]})(features=3)
         >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 3)))
         >>> jax.tree.map(jnp.shape, variables)
         {'params': {'bias': (3,), 'parametrizations': {'kernel': {'original': (3, 3)}}}}
-        >>> K = constrained(layer, variables)["params"]["kernel"]
+        >>> K = constrain(layer, variables)["params"]["kernel"]
         >>> bool(jnp.allclose(K.T @ K, jnp.eye(3), atol=1e-5))
         True
     """

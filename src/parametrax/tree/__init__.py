@@ -18,16 +18,17 @@ in place by a :class:`RawLeaf` holding its raw arrays. Spec keys are ``/``-joine
 True
 """
 
+from parametrax._deprecation import module_getattr as _module_getattr
 from parametrax.tree import paths
 from parametrax.tree._ops import (
     PARAMETRIZATIONS,
     RawLeaf,
     assign,
-    bake,
     constrain,
     forward,
     parametrized_paths,
     register,
+    remove_parametrizations,
 )
 from parametrax.tree._spec import Spec
 from parametrax.tree._update_base import has_base, update_base
@@ -41,10 +42,12 @@ __all__ = [
     "forward",
     "constrain",
     "assign",
-    "bake",
+    "remove_parametrizations",
     "parametrized_paths",
     "flatten",
     "update_base",
     "has_base",
     "paths",
 ]
+
+__getattr__ = _module_getattr(__name__, {"bake": "parametrax.tree:remove_parametrizations"})

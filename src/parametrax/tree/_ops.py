@@ -1,4 +1,4 @@
-"""register / forward / constrain / assign / bake over any pytree.
+"""register / forward / constrain / assign / remove_parametrizations over any pytree.
 
 Two layouts of the raw tree, chosen by the tree given to :func:`register`:
 
@@ -58,7 +58,7 @@ __all__ = [
     "forward",
     "constrain",
     "assign",
-    "bake",
+    "remove_parametrizations",
     "parametrized_paths",
 ]
 
@@ -319,13 +319,13 @@ def register(
     if isinstance(tree, Mapping) and PARAMETRIZATIONS in tree:
         raise SpecError(
             f"the tree already has a top-level `{PARAMETRIZATIONS}` entry: it is already a raw "
-            "tree. Use `assign` to set values, or `bake` first to start again."
+            "tree. Use `assign` to set values, or `remove_parametrizations` first to start again."
         )
     flat, treedef = leaves_with_paths(tree, is_leaf=_stop)
     if any(_is_raw_leaf(leaf) for _, leaf in flat):
         raise SpecError(
             "the tree already holds `RawLeaf` nodes: it is already a raw tree. Use `assign` to "
-            "set values, or `bake` first to start again."
+            "set values, or `remove_parametrizations` first to start again."
         )
     _unique_paths(flat)
     leaves = dict(flat)
@@ -506,7 +506,7 @@ def assign(
     return view.with_slots(new_slots), new_state
 
 
-def bake(
+def remove_parametrizations(
     spec: Any,
     raw: Any,
     state: Mapping | None = None,
