@@ -274,7 +274,7 @@ def test_tree_register_with_nan_raises():
 
 def test_nnx_register_parametrization_with_nan_raises():
     layer = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    layer.kernel.value = jnp.full((2, 3), jnp.nan)
+    layer.kernel[...] = jnp.full((2, 3), jnp.nan)
     with pytest.raises(px.ParametrizationError, match="(?i)nan|inf|finite"):
         px.nnx.register_parametrization(layer, "kernel", px.Positive())
 
@@ -359,13 +359,13 @@ class _InconsistentState(px.Parametrization):
 
 def test_nnx_failed_assignment_leaves_the_module_unchanged():
     layer = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
-    w0 = np.asarray(layer.kernel.value)
+    w0 = np.asarray(layer.kernel[...])
     px.nnx.register_parametrization(layer, "kernel", _InconsistentState(), key=KEY)
-    before = np.asarray(layer.parametrizations["kernel"].original.value)
+    before = np.asarray(layer.parametrizations["kernel"].original[...])
     with pytest.raises(px.ParametrizationError):
         layer.kernel = jnp.asarray(w0 + 1000.0)
     np.testing.assert_array_equal(
-        np.asarray(layer.parametrizations["kernel"].original.value), before)
+        np.asarray(layer.parametrizations["kernel"].original[...]), before)
 
 
 # ------------------------------------------------------------------------------------------------
