@@ -57,6 +57,8 @@ from parametrax.catalog import (
     skew,
     symmetric,
 )
+from parametrax.catalog import CorrelationCholesky, Hurwitz
+from parametrax import projections  # imports optax only when `project` is called
 from parametrax.linen import (
     STATE_COLLECTION,
     Parametrized,
@@ -140,4 +142,8 @@ __all__ = [
     "is_parametrized",
     "type_before_parametrizations",
     "spec_of",
+    # issue 14's first slice
+    "Hurwitz",
+    "CorrelationCholesky",
+    "projections",
 ]
