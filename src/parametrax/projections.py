@@ -30,9 +30,9 @@ in a reparametrizing spec):
 * :func:`non_neg` (:class:`NonNeg`): entries ``>= 0``.
 
 Keras's default ``axis=0`` is kept: for a Flax ``Dense`` kernel ``(in, out)`` it constrains
-each output unit's incoming weight vector. optax is needed only by :func:`project` (it is
-imported when :func:`project` is called, never by importing this module): parametrax does not
-depend on optax at run time.
+each output unit's incoming weight vector. Only :func:`project` needs optax, and this module
+imports it only inside :func:`project`: it is not a run-time dependency of parametrax's own
+code (flax itself depends on optax, so it is installed wherever parametrax is).
 
 >>> import jax.numpy as jnp, optax
 >>> from parametrax import projections
