@@ -8,6 +8,8 @@ no ``in_manifold`` of its own. A row the entry fails is ``xfail(strict=True)`` w
 cause, so fixing the entry turns it into a failure that asks for the mark to go.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,6 +79,23 @@ def is_spd(y, atol):
 
 def in_open_unit_interval(y, atol):
     return bool(np.all(np.abs(_np(y)) < 1))
+
+
+def is_hurwitz(y, atol, alpha=0.0):
+    """numpy's eigenvalues: every real part < -alpha (strict)."""
+    return bool(np.all(np.linalg.eigvals(_np(y)).real < -alpha))
+
+
+def is_correlation_cholesky(y, atol):
+    """Lower triangular, positive diagonal, and ``L Lᵀ`` a correlation matrix (numpy)."""
+    y = _np(y)
+    c = y @ np.swapaxes(y, -1, -2)
+    return (
+        bool(np.max(np.abs(np.triu(y, 1))) <= atol)
+        and bool(np.all(np.diagonal(y, axis1=-2, axis2=-1) > 0))
+        and bool(np.max(np.abs(np.diagonal(c, axis1=-2, axis2=-1) - 1)) <= atol)
+        and bool(np.all(np.linalg.eigvalsh(c) > 0))
+    )
 
 
 def gaussian(shape, seed=1):
@@ -158,6 +177,16 @@ TABLE = [
     row(px.Cholesky(f="exp"), (2, 3, 3)),
     row(px.Ordered(), (2, 5)),
     row(px.Ordered(axis=0, f="exp"), (4, 2), broadcasts=False),
+    # --- issue 14: Hurwitz, correlation Cholesky factors, Keras's projections ------------------
+    row(px.Hurwitz(), (3, 3), in_manifold=is_hurwitz),
+    row(px.Hurwitz(alpha=0.5), (2, 4, 4), in_manifold=functools.partial(is_hurwitz, alpha=0.5)),
+    row(px.CorrelationCholesky(), (4, 4), in_manifold=is_correlation_cholesky),
+    row(px.CorrelationCholesky(), (2, 3, 3)),
+    row(px.projections.max_norm(1.5), (3, 4), broadcasts=False),  # axis=0: the leading axis
+    row(px.projections.MaxNorm(2.0, axis=-1), (3, 4)),
+    row(px.projections.unit_norm(), (4, 2), broadcasts=False),
+    row(px.projections.UnitNorm(axis=-1), (2, 3)),
+    row(px.projections.non_neg(), (2, 3)),
 ]
 
 

@@ -751,6 +751,8 @@ EVERY_ENTRY = [
     LowerTriangular(),
     Cholesky(),
     Cholesky(f=jnp.exp),
+    px.Hurwitz(alpha=0.1),
+    px.CorrelationCholesky(),
 ]
 _SQ = (4, 4)
 

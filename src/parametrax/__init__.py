@@ -63,6 +63,8 @@ from parametrax.catalog import (
     skew,
     symmetric,
 )
+from parametrax.catalog import CorrelationCholesky, Hurwitz
+from parametrax import projections  # imports optax only when `project` is called
 from parametrax.linen import Parametrized
 from parametrax.tree import Spec
 
@@ -145,4 +147,7 @@ __all__ = [
     "skew",
     "cayley",
     "matrix_exp",
+    "Hurwitz",
+    "CorrelationCholesky",
+    "projections",
 ]

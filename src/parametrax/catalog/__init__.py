@@ -34,6 +34,8 @@ entry                  set                                         state        
 ``LowerTriangular``    tril                                        -                      ``triangular``
 ``Cholesky``           tril with a positive diagonal               -                      ``triangular``
 ``RandomPruning``      ``X * mask`` (a fixed random mask)          mask                   ``pruning``
+``Hurwitz``            eigenvalues with real part < -alpha         - (two raw arrays)     ``hurwitz``
+CorrelationCholesky    tril, diag > 0, unit rows (``L Lᵀ``: corr)  -                      ``correlation``
 =====================  ==========================================  =====================  ===============
 
 Every entry is a frozen, hashable dataclass (automatically: see :class:`parametrax.Parametrization`).
@@ -62,6 +64,8 @@ from parametrax.catalog.simplex import Simplex
 from parametrax.catalog.sphere import Sphere, SphereEmbedded
 from parametrax.catalog.stiefel import SO, Grassmannian, Stiefel
 from parametrax.catalog.triangular import Cholesky, LowerTriangular
+from parametrax.catalog.hurwitz import Hurwitz
+from parametrax.catalog.correlation import CorrelationCholesky
 
 __all__ = [
     "Symmetric",
@@ -96,4 +100,6 @@ __all__ = [
     "skew",
     "cayley",
     "matrix_exp",
+    "Hurwitz",
+    "CorrelationCholesky",
 ]

@@ -1,0 +1,207 @@
+r"""Hurwitz (continuous-time stable) matrices: ``Hurwitz`` (geotorch's ``Hurwitz``).
+
+A square matrix is *Hurwitz* when every eigenvalue has a negative real part: ``x' = A x`` then
+decays to 0 (stable linear dynamical systems, neural ODEs, state-space models). With a decay
+margin ``alpha >= 0`` the set is ``{A : Re λ(A) < -alpha}``, i.e. ``A + alpha I`` is Hurwitz.
+
+The maths (Lyapunov's theorem): ``B`` is Hurwitz iff the Lyapunov equation
+``BW + WBᵀ = -I`` has a symmetric positive-definite solution ``W``. Then ``Q = W^{-1}`` and
+``C = BW`` give ``B = C Q`` with ``C + Cᵀ = BW + WBᵀ = -I``, i.e. ``C = J - I/2`` with ``J``
+skew. Conversely every ``B = (J - I/2) Q`` (``J`` skew, ``Q`` positive definite) is Hurwitz:
+``BᵀQ + QB = -Q²`` is negative definite. So ``(J, Q) -> (J - I/2) Q`` is a bijection from
+(skew) x (positive definite) onto the Hurwitz matrices: ``n(n-1)/2 + n(n+1)/2 = n²`` numbers,
+the dimension of the set. It is the dissipative-Hamiltonian form of a stable system (geotorch
+writes the same set as ``P^{-1}(S - Q/2) - alpha I`` with a second PSD factor, which adds
+``n(n+1)/2`` redundant numbers).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from parametrax._core import Parametrization
+from parametrax._errors import ParametrizationError, ParametrizationTypeError
+from parametrax._numerics import expm, eye_like, mT, require_square, widen, widened
+
+__all__ = ["Hurwitz"]
+
+Array = jax.Array
+_HIGHEST = lax.Precision.HIGHEST
+# Margin of the projection of a value that is not Hurwitz (see Hurwitz.right_inverse).
+_SHIFT_MARGIN = 1e-2
+
+
+def _mm(a: Array, b: Array) -> Array:
+    return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def _symmetric_of(x: Array) -> Array:
+    """``tril(x) + tril(x, -1)ᵀ``: the symmetric matrix held by the lower triangle of ``x``."""
+    return jnp.tril(x) + mT(jnp.tril(x, -1))
+
+
+def lyapunov(b: Array, refine: int = 1) -> Array:
+    r"""The solution ``P`` of ``BᵀP + PB = -I`` for square ``(..., n, n)`` ``B`` (batched).
+
+    Solved as the ``n² x n²`` linear system ``(Bᵀ ⊗ I + I ⊗ Bᵀ) vec(P) = -vec(I)`` (row-major
+    ``vec``), LU-factorised once, followed by ``refine`` steps of iterative refinement (solve
+    again for the residual ``BᵀP + PB + I``): the residual, which decides whether
+    ``BᵀP + PB`` is negative definite, then stays small even when the system is badly
+    conditioned. ``O(n⁶)`` work, fine for the sizes of state matrices (``n`` up to a few
+    dozen); it is only run by ``right_inverse`` and ``in_manifold``, never in ``forward``. The
+    system is singular when two eigenvalues of ``B`` sum to 0 (the result is then not finite).
+    ``P`` is symmetrised.
+    """
+    n = b.shape[-1]
+    batch = b.shape[:-2]
+    bt = mT(b)
+    eye = jnp.eye(n, dtype=b.dtype)
+    kron = jnp.einsum("...ij,kl->...ikjl", bt, eye) + jnp.einsum("ij,...kl->...ikjl", eye, bt)
+    lu_piv = jax.scipy.linalg.lu_factor(kron.reshape(batch + (n * n, n * n)))
+
+    def solve_vec(rhs: Array) -> Array:  # (..., n, n) -> (..., n, n)
+        flat = rhs.reshape(batch + (n * n, 1))
+        return jax.scipy.linalg.lu_solve(lu_piv, flat).reshape(b.shape)
+
+    minus_eye = jnp.broadcast_to(-eye, b.shape)
+    p = solve_vec(minus_eye)
+    for _ in range(refine):
+        residual = _mm(bt, p) + _mm(p, b) - minus_eye
+        p = p - solve_vec(residual)
+    return (p + mT(p)) / 2
+
+
+def _is_pd(p: Array) -> Array:
+    """Per matrix (batch shape): ``p`` is finite and positive definite (Cholesky succeeds)."""
+    return jnp.all(jnp.isfinite(jnp.linalg.cholesky(p)), axis=(-2, -1))
+
+
+@widened
+def _forward(x: Array, alpha: float) -> Array:
+    u = jnp.triu(x, 1)
+    eye = eye_like(x)
+    return _mm(u - mT(u) - 0.5 * eye, expm(_symmetric_of(x))) - alpha * eye
+
+
+class Hurwitz(Parametrization):
+    r"""Square matrices whose eigenvalues all have real part ``< -alpha`` (geotorch's ``Hurwitz``).
+
+    The map (one raw array ``X`` of the value's shape ``(..., n, n)``, every entry used)::
+
+        J = triu(X, 1) - triu(X, 1)ᵀ             skew (the strict upper triangle)
+        S = tril(X) + tril(X, -1)ᵀ               symmetric (the lower triangle and diagonal)
+        Q = expm(S)                              positive definite
+        A = (J - I/2) Q - alpha I
+
+    A bijection from ``R^{n x n}`` onto the set (see the module docstring; ``expm`` is a
+    bijection from the symmetric onto the positive-definite matrices), so an optimizer stepping
+    on ``X`` never leaves it. ``X = 0`` gives ``A = -(1/2 + alpha) I``. ``forward`` costs one
+    :func:`parametrax._numerics.expm` and one product, no solve and no eigenvalue. Every
+    eigenvalue has real part ``<= -alpha - λ_min(Q)/2 = -alpha - exp(λ_min(S))/2`` (from
+    ``BᵀQ + QB = -Q²``). The exponential (rather than a Cholesky factor, whose condition number
+    grows exponentially with ``n`` for random raws) keeps that margin well above the rounding
+    of the computed ``A`` (about ``eps ||J - I/2|| ||Q||``) for raws of moderate size; raws so
+    large that ``exp(λ_min(S))`` falls to that rounding can lose membership to it, so take
+    ``alpha > 0`` for a margin that survives any rounding.
+
+    ``right_inverse(A)``: with ``B = A + alpha I``, solves ``BW + WBᵀ = -I`` (:func:`lyapunov`
+    of ``Bᵀ``), and reads ``X`` off ``J = skew(BW)`` and ``S = log(Q) = -log(W)`` (by ``eigh``
+    of ``W``): exact up to rounding (about ``eps cond(W) ||B||``) for every ``A`` in the
+    set. A value that is not in the set (``W`` not positive definite) is **projected** by a
+    shift to the left, ``A - (λ_max(sym(B)) + δ) I`` with ``sym(B) = (B + Bᵀ)/2`` and
+    ``δ = 10⁻² max(1, |λ(sym(B))|_max)`` (then ``sym`` of the shifted ``B`` is negative
+    definite, so it is Hurwitz), and that is inverted. The shift keeps the eigenvectors and
+    moves every eigenvalue by one real amount; it is not the nearest matrix of the set (that
+    problem is non-convex, with no closed form). The Lyapunov solves cost ``O(n⁶)``; they run at
+    registration and assignment only.
+
+    ``in_manifold(x)``: square, real, and ``P`` from ``(x + alpha I)ᵀP + P(x + alpha I) = -I`` is
+    finite and positive definite (its Cholesky factorisation succeeds), which by Lyapunov's
+    theorem is ``max Re λ(x) < -alpha`` (a strict inequality; ``atol`` is not used). No
+    non-symmetric eigensolver is needed, so it runs on every backend.
+
+    ``sample(key, shape)``: a random point well inside the set (see :meth:`sample`).
+
+    Shapes ``(..., n, n)``, real floating point (bfloat16 / float16: the right inverse computes
+    in float32); leading axes are batch axes.
+
+    Args:
+      alpha: the decay margin, a Python float ``>= 0``: eigenvalues have real part ``< -alpha``.
+
+    >>> import jax, numpy as np
+    >>> from parametrax.catalog.hurwitz import Hurwitz
+    >>> h = Hurwitz(alpha=0.5)
+    >>> a = h(jax.random.normal(jax.random.key(0), (4, 4)))
+    >>> bool(np.linalg.eigvals(np.asarray(a)).real.max() < -0.5)
+    True
+    >>> bool(h.in_manifold(a))
+    True
+    >>> err = np.abs(h(h.right_inverse(a)) - a).max() / np.abs(a).max()
+    >>> bool(err < 1e-4)                        # the right inverse, up to rounding
+    True
+    """
+
+    alpha: float = 0.0
+
+    def __post_init__(self):
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)):
+            raise ParametrizationTypeError(
+                f"`Hurwitz`: `alpha` must be a Python float; got {type(a).__name__} {a!r} "
+                "(arrays are not hashable configuration)."
+            )
+        if not (a >= 0 and a != float("inf")):
+            raise ParametrizationError(
+                f"`Hurwitz`: `alpha` (the decay margin: eigenvalues have real part < -alpha) "
+                f"must be a finite float >= 0; got {a!r}."
+            )
+        object.__setattr__(self, "alpha", float(a))
+
+    def forward(self, x: Array) -> Array:
+        require_square(self, x, real=True)
+        return _forward(x, alpha=self.alpha)
+
+    def right_inverse(self, value: Array) -> Array:
+        require_square(self, value, real=True)
+        dtype = value.dtype
+        b = widen(value)
+        eye = eye_like(b)
+        b = b + self.alpha * eye
+        # Off the set (W not positive definite): shift left until sym(B) < 0 (see docstring).
+        ok = _is_pd(lyapunov(mT(b)))
+        sym = (b + mT(b)) / 2
+        lam = jnp.linalg.eigvalsh(sym)
+        margin = _SHIFT_MARGIN * jnp.maximum(1.0, jnp.max(jnp.abs(lam), axis=-1))
+        shift = jnp.where(ok, 0.0, jnp.maximum(lam[..., -1] + margin, 0.0))
+        b = b - shift[..., None, None] * eye
+        # W from B W + W Bᵀ = -I, Q = W^{-1}, J = skew(B W).
+        w = lyapunov(mT(b))
+        c = _mm(b, w)
+        lam_w, v = jnp.linalg.eigh(w)
+        lam_w = jnp.maximum(lam_w, jnp.finfo(lam_w.dtype).tiny)
+        s = -_mm(v * jnp.log(lam_w)[..., None, :], mT(v))  # log(W^{-1})
+        raw = jnp.triu(c - mT(c), 1) / 2 + jnp.tril(s)
+        return raw.astype(dtype)
+
+    def in_manifold(self, x: Array, atol: float | None = None) -> Array:
+        """``max Re λ(x) < -alpha``, tested by Lyapunov's theorem (see the class docstring;
+        strict: ``atol`` is not used)."""
+        del atol
+        require_square(self, x, real=True)
+        b = widen(x)
+        return jnp.all(_is_pd(lyapunov(b + self.alpha * eye_like(b))))
+
+    def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
+        """``(J - I/2) Q - alpha I`` with ``J = (G₁ - G₁ᵀ)/sqrt(2n)`` and ``Q = I + G₂G₂ᵀ/n``
+        (``G`` standard normal): a point well inside the set, every eigenvalue's real part
+        ``<= -alpha - 1/2`` (``λ_min(Q) >= 1``)."""
+        shape = tuple(shape)
+        g1, g2 = jax.random.normal(key, (2,) + shape, dtype)
+        require_square(self, g1, real=True)
+        n = shape[-1]
+        eye = eye_like(g1)
+        j = (g1 - mT(g1)) / jnp.sqrt(2.0 * n).astype(dtype)
+        q = eye + _mm(g2, mT(g2)) / n
+        return _mm(j - 0.5 * eye, q) - self.alpha * eye

@@ -1,0 +1,277 @@
+"""Hurwitz matrices: closed forms, numpy eigenvalues as the membership oracle, the Lyapunov
+right inverse and its documented projection, training in the tree API, linen and NNX (the
+contract runs in the table of tests/test_contract.py)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.test_util import check_grads
+
+import parametrax as px
+from parametrax import nnx as pnnx
+from parametrax import tree as ptree
+from parametrax.catalog.hurwitz import lyapunov
+
+ROUND_TRIP = 1e-4  # float32, relative to max(1, max|A|), for values well inside the set
+STEPS = 60
+
+
+def normal(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+def max_real(a):
+    """numpy's eigenvalues (the oracle): the largest real part per matrix."""
+    return np.linalg.eigvals(np.asarray(a, np.float64)).real.max(axis=-1)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b)))
+
+
+# ------------------------------------------------------------------------------------------------
+# forward: closed form and membership
+# ------------------------------------------------------------------------------------------------
+def test_forward_closed_form_zero_lower_triangle():
+    # Nothing on or below the diagonal: S = 0, Q = I, so A = J - I/2 - alpha I; a skew J has
+    # purely imaginary eigenvalues, so every Re λ is -1/2 - alpha.
+    x = np.zeros((3, 3), np.float32)
+    x[0, 1], x[0, 2], x[1, 2] = 2.0, -1.0, 0.5
+    a = np.asarray(px.Hurwitz(alpha=0.25)(jnp.asarray(x)))
+    j = np.triu(x, 1) - np.triu(x, 1).T
+    np.testing.assert_allclose(a, j - 0.75 * np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.eigvals(a).real, -0.75, atol=1e-5)
+    np.testing.assert_allclose(px.Hurwitz()(jnp.zeros((2, 2))), -0.5 * np.eye(2), atol=1e-7)
+
+
+def test_forward_closed_form_diagonal():
+    # J = 0 and a diagonal S: A = -exp(diag d) / 2 - alpha I.
+    d = np.array([-1.0, 0.0, 2.0], np.float32)
+    a = np.asarray(px.Hurwitz(alpha=0.1)(jnp.diag(jnp.asarray(d))))
+    np.testing.assert_allclose(a, np.diag(-np.exp(d) / 2 - 0.1), rtol=1e-5)
+
+
+def test_forward_closed_form_general():
+    # Q = expm(S) from scipy (an independent matrix exponential).
+    from scipy.linalg import expm as scipy_expm
+
+    x = np.asarray(normal(12, (4, 4)), np.float64)
+    s_ = np.tril(x) + np.tril(x, -1).T
+    j = np.triu(x, 1) - np.triu(x, 1).T
+    expected = (j - 0.5 * np.eye(4)) @ scipy_expm(s_) - 0.3 * np.eye(4)
+    got = px.Hurwitz(alpha=0.3)(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 2.0])
+def test_forward_is_hurwitz_for_any_raw(alpha):
+    h = px.Hurwitz(alpha=alpha)
+    for seed, scale in [(0, 1.0), (1, 2.0), (2, 0.1)]:
+        x = scale * normal(seed, (8, 5, 5))
+        a = h(x)
+        assert a.shape == (8, 5, 5)
+        assert np.all(max_real(a) < -alpha)
+        assert bool(h.in_manifold(a))
+
+
+def test_eigenvalue_bound_from_lyapunov():
+    # Re λ <= -alpha - exp(λ_min(S))/2 (the class docstring), S from the raw's lower triangle.
+    x = normal(10, (20, 4, 4))
+    a = px.Hurwitz(alpha=0.2)(x)
+    xs = np.asarray(x, np.float64)
+    s_ = np.tril(xs) + np.swapaxes(np.tril(xs, -1), -1, -2)
+    bound = -0.2 - np.exp(np.linalg.eigvalsh(s_)[:, 0]) / 2
+    assert np.all(max_real(a) <= bound + 1e-4)
+
+
+def test_in_manifold_agrees_with_numpy_eigenvalues():
+    h = px.Hurwitz(alpha=0.5)
+    m = np.asarray(normal(3, (40, 4, 4))) - 2.0 * np.eye(4, dtype=np.float32)
+    truth = max_real(m) < -0.5
+    margin = np.abs(max_real(m) + 0.5) > 1e-2  # leave out the float32 edge
+    assert 5 < truth.sum() < 35  # both kinds present
+    got = np.array([bool(h.in_manifold(jnp.asarray(mi))) for mi in m])
+    np.testing.assert_array_equal(got[margin], truth[margin])
+    assert not bool(h.in_manifold(jnp.asarray(m)))  # a batch: all of them or False
+
+
+def test_lyapunov_solution():
+    b = np.asarray(px.Hurwitz().sample(jax.random.key(1), (3, 4, 4)), np.float64)
+    p = np.asarray(lyapunov(jnp.asarray(b, jnp.float32)), np.float64)
+    res = np.swapaxes(b, -1, -2) @ p + p @ b + np.eye(4)
+    assert np.max(np.abs(res)) < 1e-4
+    assert np.all(np.linalg.eigvalsh(p) > 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# right inverse: exact on the set, a documented projection off it
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_round_trip_on_samples(alpha):
+    h = px.Hurwitz(alpha=alpha)
+    a = h.sample(jax.random.key(2), (6, 4, 4))
+    assert np.all(max_real(a) < -alpha)
+    x = h.right_inverse(a)
+    assert x.shape == a.shape and x.dtype == a.dtype
+    assert rel_err(h(x), a) < ROUND_TRIP
+
+
+def test_round_trip_needs_the_lyapunov_branch():
+    # Hurwitz but with an indefinite symmetric part: Q = I cannot represent it.
+    a = jnp.array([[-1.0, 10.0, 0.0], [0.0, -2.0, 5.0], [0.0, 0.0, -0.5]])
+    assert np.linalg.eigvalsh(np.asarray(a + a.T)).max() > 0
+    h = px.Hurwitz()
+    x = h.right_inverse(a)
+    assert rel_err(h(x), a) < ROUND_TRIP
+    assert np.max(np.abs(np.tril(np.asarray(x)))) > 0.1  # Q = expm(S) is not the identity
+
+
+def test_right_inverse_is_the_inverse_of_forward():
+    # A bijection: right_inverse(forward(X)) == X for raws of moderate size.
+    h = px.Hurwitz(alpha=0.3)
+    x = normal(11, (5, 3, 3))
+    np.testing.assert_allclose(h.right_inverse(h(x)), x, atol=1e-3)
+
+
+def test_projection_of_a_value_off_the_set_is_the_documented_shift():
+    h = px.Hurwitz(alpha=0.2)
+    a = np.asarray(normal(5, (4, 4)))
+    assert max_real(a) > -0.2
+    got = np.asarray(h(h.right_inverse(jnp.asarray(a))), np.float64)
+    b = a.astype(np.float64) + 0.2 * np.eye(4)
+    lam = np.linalg.eigvalsh((b + b.T) / 2)
+    delta = 1e-2 * max(1.0, np.abs(lam).max())
+    expected = a - max(lam[-1] + delta, 0.0) * np.eye(4)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert max_real(got) < -0.2
+
+
+def test_right_inverse_bfloat16_and_jit():
+    h = px.Hurwitz(alpha=0.1)
+    a = h.sample(jax.random.key(3), (3, 3)).astype(jnp.bfloat16)
+    x = jax.jit(h.right_inverse)(a)
+    assert x.dtype == jnp.bfloat16
+    assert max_real(np.asarray(h(x), np.float32)) < -0.1
+
+
+def test_gradients_match_finite_differences():
+    h = px.Hurwitz(alpha=0.1)
+    x = normal(6, (3, 3))
+    c = normal(7, (3, 3))
+    check_grads(lambda x: jnp.sum(c * h(x)), (x,), order=1, modes=["rev"],
+                eps=1e-2, atol=2e-2, rtol=2e-2)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------------
+def test_bad_configuration():
+    with pytest.raises(px.ParametrizationError, match="`alpha`.*>= 0; got -1"):
+        px.Hurwitz(alpha=-1.0)
+    with pytest.raises(px.ParametrizationError, match="finite"):
+        px.Hurwitz(alpha=float("inf"))
+    with pytest.raises(px.ParametrizationTypeError, match="Python float; got str"):
+        px.Hurwitz(alpha="0.1")
+    assert px.Hurwitz(1) == px.Hurwitz(1.0) and hash(px.Hurwitz(1)) == hash(px.Hurwitz(1.0))
+
+
+def test_bad_shapes():
+    h = px.Hurwitz()
+    with pytest.raises(px.ShapeError, match="square"):
+        h.right_inverse(jnp.ones((3, 4)))
+    with pytest.raises(px.ShapeError, match="floating"):
+        h.right_inverse(jnp.ones((3, 3), jnp.int32))
+    with pytest.raises(px.ShapeError, match="square"):
+        h(jnp.ones((2, 3)))
+    with pytest.raises(px.ShapeError, match="square"):
+        h.sample(jax.random.key(0), (2, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# training: the tree API, linen, NNX
+# ------------------------------------------------------------------------------------------------
+TARGET = jnp.array([[0.5, 1.0, 0.0], [-1.0, 0.3, 0.0], [0.0, 0.0, -2.0]])  # unstable
+
+
+def test_tree_api_training_stays_hurwitz():
+    h = px.Hurwitz(alpha=0.1)
+    spec = {"A": h}
+    raw, state = ptree.register(spec, {"A": -jnp.eye(3), "b": jnp.zeros(3)})
+    assert set(raw["parametrizations"]["A"]) == {"original"}
+    tx = optax.adam(0.05)
+    opt = tx.init(raw)
+
+    @jax.jit
+    def step(raw, opt):
+        loss, g = jax.value_and_grad(
+            lambda r: jnp.sum((ptree.constrain(spec, r, state)["A"] - TARGET) ** 2))(raw)
+        u, opt = tx.update(g, opt, raw)
+        return optax.apply_updates(raw, u), opt, loss
+
+    losses = []
+    for _ in range(STEPS):
+        raw, opt, loss = step(raw, opt)
+        losses.append(float(loss))
+        assert max_real(ptree.constrain(spec, raw, state)["A"]) < -0.1
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_linen_dense_registers_the_projection_and_trains():
+    layer = px.Parametrized(nn.Dense, {"kernel": px.Hurwitz()})(features=4, use_bias=False)
+    x = normal(8, (16, 4))
+    variables = layer.init(jax.random.key(0), x)
+    slot = variables["params"]["parametrizations"]["kernel"]
+    assert set(slot) == {"original"}
+    plain = nn.Dense(4, use_bias=False).init(jax.random.key(0), x)["params"]["kernel"]
+    kernel = px.linen.constrain(layer, variables)["params"]["kernel"]
+    if max_real(plain) < 0:  # registration keeps a Hurwitz kernel ...
+        np.testing.assert_allclose(kernel, plain, atol=1e-4)
+    assert max_real(kernel) < 0  # ... and projects any other
+    np.testing.assert_allclose(layer.apply(variables, x), x @ kernel, atol=1e-4)
+
+    params = variables["params"]
+    tx = optax.adam(0.05)
+    opt = tx.init(params)
+    y = 2.0 * x  # the best fit, kernel 2 I, is unstable: the fit presses on the edge
+
+    @jax.jit
+    def step(params, opt):
+        loss, g = jax.value_and_grad(
+            lambda p: jnp.mean((layer.apply({"params": p}, x) - y) ** 2))(params)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), opt, loss
+
+    losses = []
+    for _ in range(STEPS):
+        params, opt, loss = step(params, opt)
+        losses.append(float(loss))
+        assert max_real(px.linen.constrain(layer, {"params": params})["params"]["kernel"]) < 0
+    assert losses[-1] < losses[0]
+
+
+def test_nnx_register_assign_and_train():
+    layer = nnx.Linear(3, 3, use_bias=False, rngs=nnx.Rngs(0))
+    pnnx.register_parametrization(layer, "kernel", px.Hurwitz(alpha=0.2))
+    assert max_real(layer.kernel) < -0.2
+    a = px.Hurwitz(alpha=0.2).sample(jax.random.key(4), (3, 3))
+    layer.kernel = a  # the right inverse, in place
+    assert rel_err(layer.kernel, a) < ROUND_TRIP
+
+    optimizer = nnx.Optimizer(layer, optax.adam(0.05), wrt=nnx.Param)
+    x = normal(9, (16, 3))
+    y = x @ TARGET
+
+    @nnx.jit
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(layer, optimizer)) for _ in range(STEPS)]
+    assert max_real(layer.kernel) < -0.2
+    assert losses[-1] < losses[0]
