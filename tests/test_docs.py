@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import pathlib
 import re
+import sys
+import types
 import warnings
 
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["index.md", "getting_started.md"]
+PAGES = ["index.md", "getting_started.md", "recipes.md"]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
@@ -34,4 +36,10 @@ def test_snippet_runs(page, code):
     pytest.importorskip("optax")
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # the docs use no deprecated name
-        exec(compile(code, f"docs/{page}", "exec"), {"__name__": "__docs__"})
+        # a real module: classes defined by a snippet (flax Modules are dataclasses) need one
+        mod = types.ModuleType("_parametrax_docs_snippet")
+        sys.modules[mod.__name__] = mod
+        try:
+            exec(compile(code, f"docs/{page}", "exec"), mod.__dict__)
+        finally:
+            del sys.modules[mod.__name__]
