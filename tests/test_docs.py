@@ -13,7 +13,7 @@ import warnings
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["index.md", "getting_started.md", "recipes.md"]
+PAGES = ["index.md", "getting_started.md", "concepts.md", "recipes.md"]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
