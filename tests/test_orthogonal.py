@@ -577,3 +577,26 @@ def test_cayley_right_inverse_batched_names_the_bad_matrix_and_nans_under_jit():
     out = np.asarray(jax.jit(px.cayley.right_inverse)(batch))  # cannot raise: NaN, not huge
     assert np.all(np.isnan(out[1])) and np.all(np.isfinite(out[[0, 2]]))
     np.testing.assert_allclose(out[0], 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [10.0, 1e2, 1e3, 1e4])
+def test_matrix_exp_orthogonality_within_the_documented_bound(scale):
+    # The docstring's measured range: max |Q^T Q - I| <= 1.5e-7 ||A||_1 in float32 (no
+    # re-orthogonalisation: each squaring doubles the rounding error).
+    x = rand(11, (4, 6, 6)) * np.float32(scale)
+    a = np.tril(x, -1) - np.swapaxes(np.tril(x, -1), -1, -2)
+    norm1 = np.max(np.sum(np.abs(a), axis=-2), axis=-1)
+    q = np.asarray(Orthogonal("matrix_exp", False)(jnp.asarray(x)), np.float64)
+    for qi, ni in zip(q, norm1):
+        assert orth_err(qi) <= 1.5e-7 * ni + 1e-6
+
+
+@pytest.mark.parametrize("m", ["matrix_exp", "cayley"])
+def test_complex_zero_and_batched_rank_deficient_values_are_unitary(m):
+    z = np.zeros((2, 5, 3), np.complex64)
+    z[1] = rand(12, (5, 3)) + 1j * rand(13, (5, 3))
+    z[1][:, 2] = 0
+    p = Orthogonal(m)
+    raw, state = ptree.register({"w": p}, {"w": jnp.asarray(z)}, key=KEY)
+    q = np.asarray(ptree.constrain({"w": p}, raw, state)["w"])
+    assert np.all(np.isfinite(q)) and orth_err(q) < 1e-5

@@ -320,7 +320,9 @@ class MatrixExp(Parametrization):
     r"""The matrix exponential ``X -> expm(X)`` (:func:`parametrax._numerics.expm`: scaling and
     squaring, batched natively, at least as accurate as ``jax.scipy.linalg.expm``).
 
-    Chained after :class:`Skew` it gives orthogonal matrices with det +1; after
+    Chained after :class:`Skew` it gives orthogonal matrices with det +1 (to rounding, which
+    grows with the input: ``max |Q^T Q - I| ~ 5e-8 ||X||_1`` in float32, at most ``1.5e-7
+    ||X||_1``: registering a value of norm 1e4 keeps it as the raw value, about 1e-3 off); after
     :class:`Symmetric`, symmetric positive-definite ones. Like the tutorial's
     ``MatrixExponential`` it has no right inverse, so assigning through a chain that contains
     it is an error (use ``Orthogonal(map="matrix_exp")``, whose trivialization can be assigned).
@@ -351,6 +353,13 @@ class Orthogonal(Parametrization):
 
     * ``"matrix_exp"``: ``Q = expm(A)[:, :k]``, ``A = Y - Y^H``, ``Y = [tril(X), 0]`` padded to
       ``n x n`` (the strict upper part of ``X`` is ignored; a real diagonal cancels).
+      Orthogonality degrades with the raw size: scaling and squaring doubles the rounding
+      error at each of its ``log2 ||A||_1`` squarings, so in float32 ``max |Q^T Q - I|`` is
+      about ``5e-8 ||A||_1`` (at most ``1.5e-7 ||A||_1``, measured for n = 3 to 64, raw
+      scales 10 to 1e4): within ``1e-4`` up to ``||A||_1 ~ 700``, ``1e-3`` at ``~1e4``. With
+      the trivialization (default) assignments move the base, not the raw value, which stays
+      small; without it, an initial value of norm 1e4 is kept as the raw value and is that
+      far off (``float64``: ``~1e-16 ||A||_1``).
     * ``"cayley"``: ``Q = ((I - A/2)^{-1} (I + A/2))[:, :k]`` (note the ``1/2``, unlike the
       tutorial's :class:`~parametrax.Cayley`).
     * ``"householder"`` (real only): ``Q`` is the first ``k`` columns of ``H_1 ... H_k`` with
