@@ -807,3 +807,66 @@ def test_forward_mode_derivatives_work_on_every_entry(p):
     eps = 1e-3
     fd = (f(raw + eps * t) - f(raw - eps * t)) / (2 * eps)
     np.testing.assert_allclose(jvp, fd, atol=3e-2 * max(1.0, float(jnp.max(jnp.abs(fd)))))
+
+
+# --- issue 16: half precision of the orthogonal family, zero vectors on the sphere ---------------
+def _np_orth_err(q):
+    q = np.asarray(q, np.float64)
+    if q.shape[-2] < q.shape[-1]:
+        q = np.swapaxes(q, -1, -2)
+    return float(np.max(np.abs(np.swapaxes(q, -1, -2) @ q - np.eye(q.shape[-1]))))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("entry,shape", [
+    (Stiefel(), (6, 3)), (Stiefel(triv="cayley"), (3, 6)), (Grassmannian(), (4, 4)),
+    (Grassmannian(triv="cayley"), (6, 3)), (SO(), (4, 4)), (SO(triv="cayley"), (5, 5))], ids=str)
+def test_half_precision_gaussian_is_projected_not_kept(entry, shape, dtype):
+    # on_manifold_tol(bf16) was 100 eps = 0.78: a bf16 Gaussian counted as orthonormal and
+    # became the base point. Bound: one rounding of an orthonormal matrix (2 eps) and the base's.
+    w = jax.random.normal(KEY, (3,) + shape, jnp.float32).astype(dtype)
+    raw, state = ptree.register({"w": entry}, {"w": w}, key=KEY)
+    raw = jax.tree.map(lambda r: r + jnp.asarray(0.05, r.dtype), raw)
+    q = ptree.constrain({"w": entry}, raw, state)["w"]
+    assert q.dtype == dtype
+    eps = float(jnp.finfo(dtype).eps)
+    assert _np_orth_err(q) < 4 * eps
+    if isinstance(entry, SO):
+        assert np.all(np.linalg.det(np.asarray(q, np.float64)) > 0)
+    if not isinstance(entry, SO):  # the polar factor, computed independently in float64
+        u, _, vt = np.linalg.svd(np.asarray(w, np.float64), full_matrices=False)
+        np.testing.assert_allclose(np.asarray(entry.project(w), np.float64), u @ vt, atol=2 * eps)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_rounded_manifold_point_is_kept_exactly(dtype):
+    q = jnp.asarray(np.linalg.qr(np.random.default_rng(0).standard_normal((6, 3)))[0], dtype)
+    np.testing.assert_array_equal(np.asarray(Stiefel().project(q)), np.asarray(q))
+    far = q.at[0, 0].add(0.25)
+    assert not np.array_equal(np.asarray(Stiefel().project(far)), np.asarray(far))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("axis", [-1, -2, None])
+def test_sphere_embedded_zero_vector_maps_to_a_point_of_the_sphere(axis, dtype):
+    p = SphereEmbedded(radius=2.0, axis=axis)
+    w = np.random.default_rng(1).standard_normal((4, 3))
+    w[1] = 0.0
+    w[:, 2] = 0.0
+    w = jnp.asarray(w if axis is not None else np.zeros((4, 3)), dtype)
+    raw, state = ptree.register({"w": p}, {"w": w}, key=KEY)
+    y = np.asarray(ptree.constrain({"w": p}, raw, state)["w"], np.float64)
+    norms = np.sqrt(np.sum(y * y, axis=axis))
+    np.testing.assert_allclose(norms, 2.0, rtol=2 * float(jnp.finfo(dtype).eps))
+    g = jax.grad(lambda r: jnp.sum(p(r).astype(jnp.float32) * jnp.arange(12.0).reshape(4, 3)))(
+        raw["parametrizations"]["w"]["original"])
+    assert np.all(np.isfinite(np.asarray(g, np.float64)))
+    np.testing.assert_allclose(np.asarray(p(jnp.zeros((4, 3), dtype)), np.float64).sum(), 2.0 * (
+        4 if axis == -1 else 3 if axis == -2 else 1))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_sphere_embedded_tiny_and_huge_vectors_stay_on_the_sphere(scale):
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((5, 4)) * scale, jnp.float32)
+    y = np.asarray(SphereEmbedded()(x), np.float64)
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), 1.0, rtol=1e-6)

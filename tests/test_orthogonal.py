@@ -118,7 +118,7 @@ def test_householder_batched_matches_explicit_reflectors():
     q = np.asarray(Orthogonal("householder", False)(jnp.asarray(x)))
     for idx in np.ndindex(3, 2):
         sub = x[idx].copy()
-        d = np.trunc(np.diagonal(sub))  # torch multiplies column j by int(diag_j)
+        d = np.where(np.diagonal(sub) < 0, -1.0, 1.0)  # column j times sign(diag_j), sign(0)=1
         np.testing.assert_allclose(q[idx], _reflector_product_f64(sub) * d, atol=2e-6)
 
 
@@ -140,11 +140,49 @@ def test_complex_matrix_exp_1x1_is_a_phase():
     np.testing.assert_allclose(q, [[np.exp(2j * z.imag)]], atol=1e-6)
 
 
-def test_householder_truncates_the_diagonal_like_torchs_int():
-    x = np.zeros((4, 3), np.float32)
-    x[np.arange(3), np.arange(3)] = [0.5, -1.7, 2.3]
-    q = np.asarray(Orthogonal("householder", False)(x))
-    np.testing.assert_allclose(q.T @ q, np.diag([0.0, 1.0, 4.0]), atol=1e-6)
+def test_householder_scales_columns_by_the_sign_of_the_diagonal():
+    # Not torch's int(diag) (which gives column scales 0, -1, 2 here): sign with sign(0) = +1,
+    # so every finite raw diagonal gives orthonormal columns.
+    x = np.zeros((5, 4), np.float32)
+    x[np.arange(4), np.arange(4)] = [0.5, -1.7, 2.3, 0.0]
+    q = np.asarray(Orthogonal("householder", False)(x), np.float64)
+    np.testing.assert_allclose(q.T @ q, np.eye(4), atol=1e-6)
+    # zero tails: v_j = e_j, H_j flips e_j, so Q = -E times the signs
+    np.testing.assert_allclose(q, -np.eye(5, 4) * [1.0, -1.0, 1.0, 1.0], atol=1e-7)
+    g = jax.grad(lambda y: jnp.sum(Orthogonal("householder", False)(y) * 3.0))(jnp.asarray(x))
+    assert np.all(np.diagonal(np.asarray(g)) == 0)  # the signs get no gradient
+
+
+@pytest.mark.parametrize("decay", ["adamw", "lion"])
+def test_householder_stays_orthonormal_under_weight_decay(decay):
+    # torch's defect: the stored -1 decays to -0.9999999, int() gives 0, the column vanishes.
+    tx = {"adamw": optax.adamw(1e-3, weight_decay=1e-2),
+          "lion": optax.lion(1e-3, weight_decay=1.0)}[decay]
+    p = Orthogonal("householder", False)
+    x = p.right_inverse(jnp.asarray(rand(3, (6, 3))))
+    assert set(np.abs(np.diagonal(np.asarray(x))).tolist()) == {1.0}
+    opt = tx.init(x)
+    for _ in range(3):
+        upd, opt = tx.update(jnp.zeros_like(x), opt, x)  # only the decay moves x
+        x = optax.apply_updates(x, upd)
+    assert np.all(np.abs(np.diagonal(np.asarray(x))) < 1)  # trunc would give 0 columns
+    assert orth_err(np.asarray(p(x), np.float64)) < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (6, 3), (3, 6)])
+@pytest.mark.parametrize("triv", [True, False])
+@pytest.mark.parametrize("m", MAPS)
+def test_rank_deficient_values_give_orthonormal_columns(m, triv, shape):
+    # sign(0) = 0 in the QR sign fix (and in the Householder reflectors) zeroed these columns
+    rng = np.random.default_rng(4)
+    low = np.outer(rng.standard_normal(shape[0]), rng.standard_normal(shape[1]))
+    col0 = rng.standard_normal(shape)
+    col0[:, 1] = 0.0
+    p = Orthogonal(m, triv)
+    for w in (np.zeros(shape), low, col0):
+        raw, state = ptree.register({"w": p}, {"w": jnp.asarray(w, jnp.float32)}, key=KEY)
+        q = np.asarray(ptree.constrain({"w": p}, raw, state)["w"], np.float64)
+        assert np.all(np.isfinite(q)) and orth_err(q) < 1e-5
 
 
 # --- the constraint holds for generic raw values ---------------------------------------------
@@ -496,3 +534,69 @@ def test_half_precision_is_computed_in_float32(m, dt):
         np.testing.assert_allclose(np.asarray(q, np.float32), want, atol=2e-2)
         qf = np.asarray(q, np.float32)
         np.testing.assert_allclose(qf.T @ qf, np.eye(3), atol=3e-2)
+
+
+# --- the tutorial's Cayley map: values with an eigenvalue -1 are refused ------------------------
+def _rotation(theta, n=3):
+    q = np.eye(n)
+    q[:2, :2] = [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
+    return q.astype(np.float32)
+
+
+def _det_minus_one(n, seed):
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) > 0:
+        q[:, 0] *= -1
+    return q.astype(np.float32)
+
+
+@pytest.mark.parametrize("value", [
+    _rotation(np.pi), -np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32)[[1, 0, 3, 2]],
+    _det_minus_one(5, 0), _rotation(np.pi - 1e-4)], ids=["pi", "-I", "perm", "det-1", "pi-1e-4"])
+def test_cayley_right_inverse_refuses_an_eigenvalue_minus_one(value):
+    with pytest.raises(px.RightInverseError, match=r'eigenvalue .*-1.*Orthogonal\(map="cayley"\)'):
+        px.cayley.right_inverse(jnp.asarray(value))
+    with pytest.raises(px.RightInverseError, match="eigenvalue"):
+        ptree.register({"w": [px.skew, px.cayley]}, {"w": jnp.asarray(value)})
+
+
+def test_cayley_right_inverse_keeps_values_short_of_the_bound():
+    # an angle pi - d has raw eigenvalue cot(d / 2): 200 at d = 0.01, kept and exact
+    value = _rotation(np.pi - 1e-2)
+    x = np.asarray(px.cayley.right_inverse(jnp.asarray(value)), np.float64)
+    np.testing.assert_allclose(np.linalg.norm(x, 2), 1 / np.tan(5e-3), rtol=1e-3)
+    eye = np.eye(3)
+    np.testing.assert_allclose(np.linalg.solve(eye - x, eye + x), value, atol=1e-5)
+
+
+def test_cayley_right_inverse_batched_names_the_bad_matrix_and_nans_under_jit():
+    batch = jnp.stack([jnp.eye(3), jnp.asarray(_rotation(np.pi)), jnp.asarray(_rotation(0.3))])
+    with pytest.raises(px.RightInverseError, match=r"batch index \(1,\)"):
+        px.cayley.right_inverse(batch)
+    out = np.asarray(jax.jit(px.cayley.right_inverse)(batch))  # cannot raise: NaN, not huge
+    assert np.all(np.isnan(out[1])) and np.all(np.isfinite(out[[0, 2]]))
+    np.testing.assert_allclose(out[0], 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [10.0, 1e2, 1e3, 1e4])
+def test_matrix_exp_orthogonality_within_the_documented_bound(scale):
+    # The docstring's measured range: max |Q^T Q - I| <= 1.5e-7 ||A||_1 in float32 (no
+    # re-orthogonalisation: each squaring doubles the rounding error).
+    x = rand(11, (4, 6, 6)) * np.float32(scale)
+    a = np.tril(x, -1) - np.swapaxes(np.tril(x, -1), -1, -2)
+    norm1 = np.max(np.sum(np.abs(a), axis=-2), axis=-1)
+    q = np.asarray(Orthogonal("matrix_exp", False)(jnp.asarray(x)), np.float64)
+    for qi, ni in zip(q, norm1):
+        assert orth_err(qi) <= 1.5e-7 * ni + 1e-6
+
+
+@pytest.mark.parametrize("m", ["matrix_exp", "cayley"])
+def test_complex_zero_and_batched_rank_deficient_values_are_unitary(m):
+    z = np.zeros((2, 5, 3), np.complex64)
+    z[1] = rand(12, (5, 3)) + 1j * rand(13, (5, 3))
+    z[1][:, 2] = 0
+    p = Orthogonal(m)
+    raw, state = ptree.register({"w": p}, {"w": jnp.asarray(z)}, key=KEY)
+    q = np.asarray(ptree.constrain({"w": p}, raw, state)["w"])
+    assert np.all(np.isfinite(q)) and orth_err(q) < 1e-5

@@ -44,6 +44,7 @@ from parametrax._numerics.linalg import (
     polar,
     qr_positive,
     safe_norm,
+    sign_or_one,
     solve,
     special_polar,
 )

@@ -202,6 +202,14 @@ def default_atol(dtype) -> float:
 
 
 def on_manifold_tol(dtype) -> float:
-    """The tolerance under which a value counts as already on the manifold when assigned (then
-    it is kept exactly instead of projected): ``100 eps``."""
-    return float(100 * jnp.finfo(dtype).eps)
+    """The tolerance under which a value of ``dtype`` counts as already on the manifold when
+    assigned (then it is kept exactly instead of projected), for an error such as
+    ``max |QᵀQ - I|`` computed in the widened dtype (:func:`widen` first).
+
+    float32 / float64 (and complex): ``100 eps``. bfloat16 / float16: ``2 eps`` of the half
+    dtype. Rounding an exactly orthonormal ``Q`` to it moves every entry of ``QᵀQ`` by at most
+    ``2u + u² < 2 eps`` (``u = eps / 2``, Cauchy–Schwarz on the unit columns), so the roundings
+    of points of the manifold are kept and everything farther is projected. (``100 eps`` of
+    bfloat16 would be 0.78: a bfloat16 Gaussian matrix would count as orthonormal.)"""
+    finfo = jnp.finfo(dtype)
+    return float((2 if finfo.bits <= 16 else 100) * finfo.eps)

@@ -33,6 +33,7 @@ __all__ = [
     "special_polar",
     "flip_last_col",
     "qr_positive",
+    "sign_or_one",
     "complete",
     "orthonormality_error",
     "keep_or_project",
@@ -231,13 +232,27 @@ def special_polar(x: Array) -> Array:
     return flip_last_col(u, neg) @ vh
 
 
+def sign_or_one(d: Array) -> Array:
+    """``sign(d)`` with ``+1`` where ``d == 0`` (``-0.0`` included); for complex ``d`` the phase
+    ``d / |d|``, ``1`` at 0. The sign fix of every QR here: ``jnp.sign(0) == 0`` would zero the
+    column of a rank-deficient (e.g. all-zero) input instead of keeping its orthonormal Q
+    column."""
+    s = jnp.sign(d)
+    return jnp.where(d == 0, jnp.ones_like(s), s)
+
+
 @jax.jit
 @widened
 def qr_positive(a: Array) -> Array:
-    """The Q factor of ``a = QR`` (``a`` tall, real or complex) with ``diag(R)`` real >= 0."""
+    """The Q factor of ``a = QR`` (``a`` tall, real or complex) with ``diag(R)`` real >= 0.
+
+    Defined for every finite ``a``, rank-deficient or zero included: the Householder QR's Q is
+    orthonormal whatever the rank, and a zero ``R_jj`` keeps its column's sign
+    (:func:`sign_or_one`), so the result always has orthonormal columns (for a zero ``a``, the
+    identity's columns)."""
     q, r = jnp.linalg.qr(a, mode="reduced")
     d = jnp.diagonal(r, axis1=-2, axis2=-1)
-    return q * jnp.sign(d)[..., None, :]
+    return q * sign_or_one(d)[..., None, :]
 
 
 @jax.jit

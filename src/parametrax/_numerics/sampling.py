@@ -7,6 +7,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from parametrax._numerics.linalg import sign_or_one
+
 Array = jax.Array
 
 __all__ = ["haar", "haar_special", "torus"]
@@ -20,8 +22,7 @@ def haar(key: Array, batch: tuple, n: int, k: int, dtype) -> Array:
     wide = jnp.promote_types(dtype, jnp.float32)
     g = jax.random.normal(key, tuple(batch) + (n, k), wide)
     q, r = jnp.linalg.qr(g)
-    d = jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))
-    d = jnp.where(d == 0, jnp.ones_like(d), d)
+    d = sign_or_one(jnp.diagonal(r, axis1=-2, axis2=-1))
     return (q * d[..., None, :]).astype(dtype)
 
 

@@ -44,13 +44,20 @@ arrays coincide.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from parametrax._core import Parametrization, Variables
-from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
+from parametrax._errors import (
+    ParametrizationError,
+    ParametrizationTypeError,
+    RightInverseError,
+    ShapeError,
+)
 from parametrax._numerics import (
     cayley_half,
     cayley_map,
@@ -61,6 +68,7 @@ from parametrax._numerics import (
     qr_positive,
     require_matrix,
     require_square,
+    sign_or_one,
     solve,
     widen,
     widened,
@@ -173,8 +181,8 @@ def _householder_reflectors(q: Array) -> Array:
         upd = r - (tau[..., None, None] * v[..., :, None]) * w[..., None, :]
         r = jnp.where(jnp.arange(k) >= j, upd, r)
         # column j of the result: R's entries above the diagonal, sign(R_jj) on it, v below
-        # (sign(0) == 0 for a zero column, as torch gives).
-        newcol = jnp.where(rows < j, col, vtail) + (rows == j) * jnp.sign(beta)[..., None]
+        # (+1 for a zero column, where torch stores sign(0) = 0 and loses the column).
+        newcol = jnp.where(rows < j, col, vtail) + (rows == j) * sign_or_one(beta)[..., None]
         out = lax.dynamic_update_index_in_dim(out, newcol[..., :, None], j, axis=-1)
         return r, out
 
@@ -201,7 +209,9 @@ def _forward(x: Array, base: Array | None, *, m: str) -> Array:
     n, k = x.shape[-2:]
     if m == "householder":
         q = _householder_product(x)
-        d = lax.stop_gradient(jnp.trunc(jnp.diagonal(x, axis1=-2, axis2=-1)))
+        # The column signs: sign(diag) with sign(0) = +1, never torch's trunc (see the class
+        # docstring): every finite raw diagonal gives +-1, so the columns stay orthonormal.
+        d = lax.stop_gradient(sign_or_one(jnp.diagonal(x, axis1=-2, axis2=-1)))
         q = q * d[..., None, :]
     else:
         a = _skew_from_lower(x)
@@ -212,10 +222,51 @@ def _forward(x: Array, base: Array | None, *, m: str) -> Array:
     return mT(q) if transposed else q
 
 
+def cayley_raw_bound(dtype) -> float:
+    """The largest raw value (Frobenius norm of one matrix) :meth:`Cayley.right_inverse` returns:
+    ``1 / sqrt(eps)`` of the dtype the maths runs in (float32 for half dtypes: ``2896``;
+    float64: ``6.7e7``).
+
+    Why there: an eigenvalue ``e^{i(pi - d)}`` of the value gives the raw value an eigenvalue
+    of modulus ``cot(d / 2) ~ 2 / d``, and the Cayley map's derivative along that eigenpair is
+    ``2 / (1 + mu^2)``: at ``|mu| = 1 / sqrt(eps)`` it is ``2 eps``, below rounding, so a raw
+    value past the bound can never be trained back (and at ``d = 0`` the solve is singular)."""
+    return 1.0 / math.sqrt(float(jnp.finfo(jnp.promote_types(dtype, jnp.float32)).eps))
+
+
 @widened
-def _inverse_cayley(value: Array) -> Array:
+def _inverse_cayley(value: Array) -> tuple[Array, Array]:
+    """``(A + I)^{-1}(A - I)`` and, per matrix, its Frobenius norm (``inf`` if not finite)."""
     eye = eye_like(value)
-    return solve(value + eye, value - eye)
+    x = solve(value + eye, value - eye)
+    norm = jnp.sqrt(jnp.sum(jnp.abs(x) ** 2, axis=(-2, -1)))
+    return x, jnp.where(jnp.isfinite(norm), norm, jnp.inf)
+
+
+def _refuse_eigenvalue_minus_one(p, value: Array, x: Array, norm: Array) -> Array:
+    """``x`` where the value is representable; otherwise an error (concrete values) or NaN
+    (traced values, which cannot raise: a NaN raw value is loud, a huge one would be silent)."""
+    bad = ~(norm <= cayley_raw_bound(value.dtype))
+    if isinstance(bad, jax.core.Tracer):
+        return jnp.where(bad[..., None, None], jnp.asarray(jnp.nan, x.dtype), x)
+    bad = np.asarray(bad)
+    if not bad.any():
+        return x
+    where = ""
+    if bad.ndim:
+        idx = [tuple(int(i) for i in ix) for ix in zip(*np.nonzero(bad))]
+        where = f" (batch index {idx[0]}" + (f" and {len(idx) - 1} more" if len(idx) > 1 else "")
+        where += ")"
+    worst = float(np.max(np.where(bad, np.asarray(norm), 0)))
+    raise RightInverseError(
+        f"`{p!r}`: the value of shape {tuple(value.shape)}{where} has an eigenvalue at (or "
+        f"within rounding of) -1: its inverse Cayley transform has norm {worst:.3g}, above the "
+        f"bound {cayley_raw_bound(value.dtype):.3g} (1/sqrt(eps)) where the map's gradient is "
+        "below rounding. The Cayley map never reaches an eigenvalue -1: no orthogonal matrix "
+        "with det -1 (half of what `nn.initializers.orthogonal()` draws), no rotation by pi, "
+        "not -I. Use `Orthogonal(map=\"cayley\")`, which reaches every orthogonal matrix "
+        "through its base point, or assign a matrix without eigenvalue -1."
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,6 +288,17 @@ class Cayley(Parametrization):
     eigenvalue -1 (an orthogonal matrix with det +1 in general position). The tutorial's version
     reads a global variable instead of its argument; this one does not.
 
+    The Cayley map never reaches an eigenvalue -1: not an orthogonal matrix with det -1 (half of
+    what ``flax.linen.initializers.orthogonal()`` draws), not a rotation by pi, not ``-I``.
+    Near one the raw value explodes (``~2/d`` for an eigenvalue ``e^{i(pi - d)}``) and its
+    gradient vanishes (``~d^2/2``). So ``right_inverse`` refuses a value whose raw value would
+    exceed :func:`cayley_raw_bound` (``1/sqrt(eps)``, 2896 in float32: an eigenvalue within
+    about ``7e-4`` rad of -1) with a :class:`~parametrax.RightInverseError` that names the fix,
+    ``Orthogonal(map="cayley")``, which reaches every orthogonal matrix through its base point.
+    Under a JAX transformation (a traced value) it cannot raise: the refused matrices get a NaN
+    raw value instead, never a silent huge one (the NaN/Inf checks of registration and
+    assignment then refuse it wherever the result is concrete).
+
     >>> import jax, jax.numpy as jnp
     >>> from parametrax import skew, cayley
     >>> Q = cayley(skew(jax.random.normal(jax.random.key(0), (4, 4))))
@@ -250,14 +312,17 @@ class Cayley(Parametrization):
 
     def right_inverse(self, value: Array) -> Array:
         require_square(self, value, SQUARE_HINT)
-        return _inverse_cayley(value)
+        x, norm = _inverse_cayley(value)
+        return _refuse_eigenvalue_minus_one(self, value, x, norm)
 
 
 class MatrixExp(Parametrization):
     r"""The matrix exponential ``X -> expm(X)`` (:func:`parametrax._numerics.expm`: scaling and
     squaring, batched natively, at least as accurate as ``jax.scipy.linalg.expm``).
 
-    Chained after :class:`Skew` it gives orthogonal matrices with det +1; after
+    Chained after :class:`Skew` it gives orthogonal matrices with det +1 (to rounding, which
+    grows with the input: ``max |Q^T Q - I| ~ 5e-8 ||X||_1`` in float32, at most ``1.5e-7
+    ||X||_1``: registering a value of norm 1e4 keeps it as the raw value, about 1e-3 off); after
     :class:`Symmetric`, symmetric positive-definite ones. Like the tutorial's
     ``MatrixExponential`` it has no right inverse, so assigning through a chain that contains
     it is an error (use ``Orthogonal(map="matrix_exp")``, whose trivialization can be assigned).
@@ -288,14 +353,25 @@ class Orthogonal(Parametrization):
 
     * ``"matrix_exp"``: ``Q = expm(A)[:, :k]``, ``A = Y - Y^H``, ``Y = [tril(X), 0]`` padded to
       ``n x n`` (the strict upper part of ``X`` is ignored; a real diagonal cancels).
+      Orthogonality degrades with the raw size: scaling and squaring doubles the rounding
+      error at each of its ``log2 ||A||_1`` squarings, so in float32 ``max |Q^T Q - I|`` is
+      about ``5e-8 ||A||_1`` (at most ``1.5e-7 ||A||_1``, measured for n = 3 to 64, raw
+      scales 10 to 1e4): within ``1e-4`` up to ``||A||_1 ~ 700``, ``1e-3`` at ``~1e4``. With
+      the trivialization (default) assignments move the base, not the raw value, which stays
+      small; without it, an initial value of norm 1e4 is kept as the raw value and is that
+      far off (``float64``: ``~1e-16 ||A||_1``).
     * ``"cayley"``: ``Q = ((I - A/2)^{-1} (I + A/2))[:, :k]`` (note the ``1/2``, unlike the
       tutorial's :class:`~parametrax.Cayley`).
     * ``"householder"`` (real only): ``Q`` is the first ``k`` columns of ``H_1 ... H_k`` with
       ``H_j = I - tau_j v_j v_j^T``, ``v_j = e_j + tril(X, -1)[:, j]``, ``tau_j = 2/||v_j||^2``,
-      then column ``j`` is scaled by ``trunc(X[j, j])`` with no gradient (torch's ``.int()``:
-      the diagonal is meant to stay at +-1 and training never moves it). Computed in compact
-      WY form (two products and a ``k x k`` triangular solve; O(nk) memory in the backward
-      pass, where applying the reflectors one by one would hold O(nk^2)).
+      then column ``j`` is scaled by ``sign(X[j, j])`` (``+1`` where ``X[j, j] == 0``) with no
+      gradient. **Deviation from torch**, which scales by ``X[j, j].int()`` (truncation): torch
+      stores +-1 there and its gradient is zero, but weight decay (``optax.adamw``, Lion) still
+      moves -1 to -0.9999999, whose truncation is 0, and the column vanishes (torch has this
+      defect). ``sign`` equals ``trunc`` on the +-1 torch stores, so the numbers are torch's on
+      every raw value torch produces, and every finite raw value maps onto the set. Computed
+      in compact WY form (two products and a ``k x k`` triangular solve; O(nk) memory in the
+      backward pass, where applying the reflectors one by one would hold O(nk^2)).
     * ``map=None`` resolves when the array is first seen: ``"matrix_exp"`` for square or complex
       matrices, ``"householder"`` otherwise (torch's rule).
 
@@ -306,7 +382,10 @@ class Orthogonal(Parametrization):
     (torch's "dynamic trivialization": assigning the current value moves the base there and
     resets the raw value): for a square orthogonal value (torch's ``_is_orthogonal``
     tolerance) ``B`` is the value itself, kept exactly; otherwise ``B`` is the Q factor of its
-    QR decomposition with ``diag(R) >= 0``. A non-square value is first completed to ``n x n``
+    QR decomposition with ``diag(R) >= 0``: orthogonal for every finite value, rank-deficient
+    or zero included (a zero ``R_jj`` keeps the Householder Q's column: ``sign(0) = +1``, where
+    torch's ``sign(0) = 0`` zeroes it; a zero kernel gives the base ``I``). A non-square value
+    is first completed to ``n x n``
     with Gaussian columns drawn from the PRNG key given to the right inverse (torch uses its
     global RNG), so only the first ``k`` columns of ``B`` are determined by the value. The raw
     value returned is torch's ``-I``-like array (zeros with ``-1`` on the diagonal), on which
@@ -315,7 +394,9 @@ class Orthogonal(Parametrization):
 
     ``use_trivialization=False``: no state. For ``"householder"`` the right inverse is a
     Householder QR (torch's ``geqrf`` path): ``forward(right_inverse(V))`` is the QR Q factor of
-    ``V`` with ``diag(R) > 0``. ``"matrix_exp"`` and ``"cayley"`` have no right inverse: at
+    ``V`` with ``diag(R) >= 0`` (a zero or dependent column of ``V`` still gives an
+    orthonormal column, where torch gives zeros). ``"matrix_exp"`` and ``"cayley"`` have no
+    right inverse: at
     registration the initial value is kept as the raw value (the weight becomes
     ``forward(W)``, as in torch) and assigning raises ``NotImplementedError``.
 

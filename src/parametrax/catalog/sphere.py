@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from parametrax._core import Parametrization, Variables
 from parametrax._errors import ParametrizationError, ShapeError, describe
@@ -21,6 +22,7 @@ from parametrax._numerics import (
     normalize_axes,
     require_inexact,
     safe_norm,
+    widen,
 )
 
 __all__ = ["Sphere", "SphereEmbedded"]
@@ -47,11 +49,32 @@ class _SphereBase(Parametrization):
         return normalize_axes(self, self.axis, x.shape)
 
     def _norm(self, x: Array) -> Array:
-        return safe_norm(x, axis=self._axes(x), keepdims=True)
+        """The norm over ``axis`` in at least float32 (not cast back)."""
+        return safe_norm(widen(x), axis=self._axes(x), keepdims=True)
+
+    def _canonical(self, x: Array) -> Array:
+        """``e_0`` along ``axis`` (the first coordinate vector), broadcast to ``x``'s shape."""
+        axes = self._axes(x)
+        idx = jnp.ones((), bool)
+        for a in axes:
+            shape = [1] * x.ndim
+            shape[a] = x.shape[a]
+            idx = idx & (jnp.arange(x.shape[a]).reshape(shape) == 0)
+        return jnp.broadcast_to(idx, x.shape).astype(x.dtype)
 
     def _unit(self, x: Array) -> Array:
-        n = self._norm(x)
-        return x / jnp.where(n > 0, n, jnp.ones_like(n))
+        """``x / |x|`` over ``axis``, in at least float32 (not cast back); ``e_0`` where the
+        vector is zero. Scaled by its largest entry first, so that no finite vector underflows
+        to a zero norm or overflows to an infinite one (the map is scale-invariant, so the
+        scale carries no gradient)."""
+        axes = self._axes(x)
+        xw = widen(x)
+        m = lax.stop_gradient(jnp.max(jnp.abs(xw), axis=axes, keepdims=True))
+        zero = m == 0
+        y = xw / jnp.where(zero, jnp.ones_like(m), m)
+        n = safe_norm(y, axis=axes, keepdims=True)
+        u = y / jnp.where(n > 0, n, jnp.ones_like(n))
+        return jnp.where(zero, self._canonical(xw), u)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         """Whether every vector has norm ``radius`` to ``atol * max(1, radius)``."""
@@ -62,15 +85,20 @@ class _SphereBase(Parametrization):
     def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
         """Uniform on the sphere (a normalised Gaussian), scaled by ``radius``."""
         g = jax.random.normal(key, tuple(shape), dtype)
-        return self.radius * self._unit(g)
+        return (self.radius * self._unit(g)).astype(dtype)
 
 
 class SphereEmbedded(_SphereBase):
     r"""The sphere by projection: ``x -> radius * x / ||x||`` (norm over ``axis``).
 
     Shapes: any; ``axis`` as in the module docstring. ``right_inverse(y) = y`` is exact on the
-    sphere (it projects any other non-zero value). The zero vector maps to zero (off the
-    sphere; its gradient is 0, not NaN). geotorch's ``SphereEmbedded``.
+    sphere (it projects any other non-zero value). A zero vector has no direction: it maps to
+    the fixed point ``radius * e_0`` (the first coordinate vector along ``axis``), and its right
+    inverse is ``radius * e_0``, so a zero initial value (``kernel_init=zeros``) registers on
+    the sphere with a raw value the gradient reaches (geotorch returns the zero vector, off the
+    sphere). Every finite raw value maps onto the sphere: the norm is taken after scaling by
+    the largest entry (no underflow of tiny vectors, no overflow of huge ones). bfloat16 /
+    float16 are computed in float32. geotorch's ``SphereEmbedded``.
 
     >>> import jax.numpy as jnp
     >>> from parametrax.catalog.sphere import SphereEmbedded
@@ -80,11 +108,12 @@ class SphereEmbedded(_SphereBase):
     """
 
     def forward(self, x: Array) -> Array:
-        return self.radius * self._unit(x)
+        return (self.radius * self._unit(x)).astype(x.dtype)
 
     def right_inverse(self, value: Array) -> Array:
         self._axes(value)
-        return value
+        zero = self._norm(value) == 0
+        return jnp.where(zero, self.radius * self._canonical(value), value).astype(value.dtype)
 
 
 class Sphere(_SphereBase):
@@ -98,21 +127,15 @@ class Sphere(_SphereBase):
     ``v = 0`` (``sinc`` and a safe norm). geotorch's ``Sphere``.
 
     Shapes: any; ``axis`` as in the module docstring. Without state, :meth:`forward` uses the
-    base ``b = e_0`` (the first coordinate vector along ``axis``).
+    base ``b = e_0`` (the first coordinate vector along ``axis``). A zero value has no
+    direction: ``apply_inverse`` keeps the old base there (``e_0`` at registration), a point of
+    the sphere. bfloat16 / float16 are computed in float32 (the base is stored in the value's
+    dtype).
     """
 
     def init_variables(self, key: Array, value: Array) -> Variables:
         del key
         return {"params": {}, "state": {"base": self._canonical(value)}}
-
-    def _canonical(self, x: Array) -> Array:
-        axes = self._axes(x)
-        idx = jnp.ones((), bool)
-        for a in axes:
-            shape = [1] * x.ndim
-            shape[a] = x.shape[a]
-            idx = idx & (jnp.arange(x.shape[a]).reshape(shape) == 0)
-        return jnp.broadcast_to(idx, x.shape).astype(x.dtype)
 
     def _exp(self, base: Array, x: Array) -> Array:
         axes = self._axes(x)
@@ -126,23 +149,26 @@ class Sphere(_SphereBase):
                 f"{tuple(base.shape)}; expected {tuple(x.shape)}, the raw array's shape (or a "
                 "shape that broadcasts to it)."
             )
+        x, base = widen(x), widen(base)  # half dtypes: computed in float32, not cast back
         v = x - jnp.sum(x * base, axis=axes, keepdims=True) * base
         t = safe_norm(v, axis=axes, keepdims=True)
         return jnp.cos(t) * base + jnp.sinc(t / jnp.pi) * v
 
     def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
         del update_state
-        return self.radius * self._exp(variables["state"]["base"], x), variables["state"]
+        y = self.radius * self._exp(variables["state"]["base"], x)
+        return y.astype(x.dtype), variables["state"]
 
     def forward(self, x: Array) -> Array:
-        return self.radius * self._exp(self._canonical(x), x)
+        return (self.radius * self._exp(self._canonical(x), x)).astype(x.dtype)
 
     def apply_inverse(self, variables: Variables, value: Array, *, key=None):
         del key
+        old = variables["state"]["base"]
         unit = self._unit(value)
-        # A zero vector has no direction: keep the old base there.
+        # A zero vector has no direction: keep the old base there (on the sphere).
         zero = self._norm(value) == 0
-        base = jnp.where(zero, variables["state"]["base"], unit)
+        base = jnp.where(zero, widen(old), unit).astype(old.dtype)
         return jnp.zeros_like(value), {**variables["state"], "base": base}
 
     def right_inverse(self, value: Array) -> Array:
@@ -153,5 +179,6 @@ class Sphere(_SphereBase):
 
     def update_base(self, variables: Variables, x: Array):
         """``(zeros, state with base <- current point / radius)``; the value is unchanged."""
-        y = self._exp(variables["state"]["base"], x)
-        return jnp.zeros_like(x), {**variables["state"], "base": self._unit(y)}
+        base = variables["state"]["base"]
+        y = self._exp(base, x)
+        return jnp.zeros_like(x), {**variables["state"], "base": self._unit(y).astype(base.dtype)}

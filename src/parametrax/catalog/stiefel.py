@@ -50,6 +50,7 @@ from parametrax._numerics import (
     require_square,
     special_polar,
     torus,
+    widen,
 )
 from parametrax.catalog import _trivialization as T
 
@@ -99,7 +100,9 @@ class _OrthogonalFamily(T.Trivialized):
         del update_state
         self._check(x)
         base = self._base(variables, x)
-        q = T.stiefel_point(base, self._tall(x), self.triv, horizontal=self._horizontal)
+        # half dtypes: computed in float32 (base and raw widened), rounded once at the end
+        q = T.stiefel_point(widen(base), widen(self._tall(x)), self.triv,
+                            horizontal=self._horizontal).astype(x.dtype)
         return (mT(q) if self._wide(x) else q), variables["state"]
 
     def forward(self, x: Array) -> Array:
@@ -111,15 +114,22 @@ class _OrthogonalFamily(T.Trivialized):
 
     def project(self, value: Array) -> Array:
         """The nearest point of the manifold (polar factor; SO: special polar); a value already
-        on it (to ``100 eps``) is returned unchanged."""
+        on it (:func:`~parametrax._numerics.on_manifold_tol`: ``100 eps``; bfloat16 / float16:
+        ``2 eps`` of the half dtype, i.e. a rounded point of the manifold) is returned
+        unchanged. Computed in float32 for half dtypes."""
         self._check(value)
-        y = self._tall(value)
+        return self._project_wide(value).astype(value.dtype)
+
+    def _project_wide(self, value: Array) -> Array:
+        """:meth:`project` in at least float32 (the result is not cast back)."""
+        y = widen(self._tall(value))
+        err = orthonormality_error(y)
+        ok = jnp.isfinite(err) & (err <= on_manifold_tol(value.dtype))
         if self._special:
             proj = special_polar(y)
-            ok = (orthonormality_error(y) <= on_manifold_tol(y.dtype)) & (jnp.linalg.det(y) > 0)
+            ok = ok & (jnp.linalg.det(y) > 0)
         else:
             proj = polar(y)
-            ok = orthonormality_error(y) <= on_manifold_tol(y.dtype)
         out = keep_or_project(y, proj, ok)
         return mT(out) if self._wide(value) else out
 
@@ -128,8 +138,8 @@ class _OrthogonalFamily(T.Trivialized):
         exact for every point of the manifold."""
         del key
         self._check(value)
-        y = self._tall(self.project(value))
-        base = complete(y)
+        y = self._tall(self._project_wide(value))
+        base = complete(y).astype(value.dtype)
         return jnp.zeros_like(value), {**variables["state"], "base": base}
 
     def right_inverse(self, value: Array) -> Array:
@@ -145,7 +155,8 @@ class _OrthogonalFamily(T.Trivialized):
         unchanged (one Newton–Schulz step also removes rounding drift from the new base)."""
         self._check(x)
         base = self._base(variables, x)
-        new = T.moved_base(base, self._tall(x), self.triv, horizontal=self._horizontal)
+        new = T.moved_base(widen(base), widen(self._tall(x)), self.triv,
+                           horizontal=self._horizontal).astype(base.dtype)
         return jnp.zeros_like(x), {**variables["state"], "base": new}
 
     # --- manifold utilities ---------------------------------------------------------------------
@@ -154,7 +165,7 @@ class _OrthogonalFamily(T.Trivialized):
         (``max |XᵀX - I| <= atol``; SO also needs ``det > 0``). A traced boolean scalar."""
         self._check(x)
         atol = default_atol(x.dtype) if atol is None else atol
-        y = self._tall(x)
+        y = widen(self._tall(x))
         ok = orthonormality_error(y) <= atol
         if self._special:
             ok = ok & (jnp.linalg.det(y) > 0)
