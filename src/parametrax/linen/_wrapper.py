@@ -222,7 +222,7 @@ class _ParametrizedMixin:
                 )
             except ParametrizationError as e:
                 where = f" in collection `{col}`" if col != PARAMS else ""
-                raise type(e)(f"`{cls.__name__}`{where}: {e}") from None
+                raise type(e)(f"`{cls.__name__}`{where}: {e}") from e.__cause__
             results[col] = rebox_raw(raw, init_vars[col])
             state_merge(state_tree, col, rebox_state(st, init_vars[col]))
         if state_tree and not self.is_mutable_collection(STATE_COLLECTION):
@@ -278,13 +278,14 @@ class _ParametrizedMixin:
                 raw = unbox(stored[col])
                 if changed:
                     before = state_slice(state_tree, col)
-                    with explained(cls, f"`{cls.__name__}` writing {_paths.listing(changed)}", stored):
+                    names = [p if col == PARAMS else f"{col}:{p}" for p in changed]
+                    with explained(cls, f"`{cls.__name__}` writing {_paths.listing(names)}", stored):
                         raw, after = _tree.assign(
                             by_col[col], raw, before, {p: flat[p] for p in changed}
                         )
                     old_leaves = {id(x) for x in jax.tree.leaves(before)}
                     if any(id(x) not in old_leaves for x in jax.tree.leaves(after)):
-                        moved += [p if col == PARAMS else f"{col}:{p}" for p in changed]
+                        moved += names
                         state_merge(state_tree, col, after)
                 for p, v in flat.items():
                     if p not in parametrized:

@@ -344,7 +344,7 @@ def register(
                 chain, leaf, key=keys.get(path), unsafe=unsafe, update_state=update_state
             )
         except ParametrizationError as e:
-            raise with_context(e, _context(path, chain)) from None
+            raise with_context(e, _context(path, chain)) from e.__cause__
         except Exception as e:
             _add_note(e, _context(path, chain))
             raise
@@ -387,7 +387,7 @@ def forward(
                 chain, originals, params, lstate, update_state=update_state
             )
         except ParametrizationError as e:
-            raise with_context(e, _context(path, chain)) from None
+            raise with_context(e, _context(path, chain)) from e.__cause__
         except Exception as e:
             _add_note(e, _context(path, chain))
             raise
@@ -490,7 +490,7 @@ def assign(
                 chain, value, originals, params, lstate, key=keys.get(path)
             )
         except ParametrizationError as e:
-            raise with_context(e, ctx) from None
+            raise with_context(e, ctx) from e.__cause__
         except Exception as e:
             _add_note(e, f"assigning to `{path}` through {chain_repr(chain)}")
             raise

@@ -67,7 +67,7 @@ def _rebase(spec: Spec, raw: Any, state: dict) -> tuple[Any, dict]:
         try:
             new_originals, lstate = chain_update_base(chain, originals, params, lstate)
         except ParametrizationError as e:
-            raise with_context(e, f"update_base at `{path}`") from None
+            raise with_context(e, f"update_base at `{path}`") from e.__cause__
         new_slots[path] = _make_slot(new_originals, params)
         _put_state(new_state, path, lstate)
     if not new_slots:
