@@ -128,7 +128,8 @@ class SpectralNorm(Parametrization):
     The right inverse (registration and assignment) is the identity on ``W`` (torch's) and sets
     ``u``, ``v`` to the exact top singular pair of ``W_mat`` (an SVD, in at least float32), so
     assigning ``W`` reads back ``W / sigma(W)`` with the true ``sigma`` (torch keeps the old
-    ``u``, ``v``). Registration therefore starts from converged ``u``, ``v`` (the 15 warm-up
+    ``u``, ``v``; re-assigning the value read back, ``u^H W_mat v = 1``, keeps them).
+    Registration therefore starts from converged ``u``, ``v`` (the 15 warm-up
     iterations of ``init_variables`` are superseded), and with the state collection mutable runs
     ``n_power_iterations`` more. A concrete all-zero ``W`` is refused at registration and
     assignment (``sigma = 0``: no direction to normalise); where ``sigma`` is exactly 0 in the
@@ -255,7 +256,10 @@ class SpectralNorm(Parametrization):
         So ``forward`` reads back ``W / sigma(W)`` with the exact largest singular value
         (computed by an SVD in at least float32), at registration and at every assignment;
         keeping the previous ``u``, ``v`` would divide by ``u^H W v`` for the old weight's
-        vectors (assigning ``3 I`` read back about ``16 I``). A concrete all-zero ``W`` is
+        vectors (assigning ``3 I`` read back about ``16 I``). One exception keeps ``u``, ``v``:
+        a value the current ``u``, ``v`` already read back as itself (``u^H W_mat v = 1`` to
+        rounding: 32 ulps of float32 plus 4 of the value's dtype, e.g. assigning the value read back, or a module writing back the kernel it read),
+        for which the assignment is a no-op. A concrete all-zero ``W`` is
         refused: it has no direction, ``sigma = 0`` and ``W / sigma`` is undefined (the forward
         would return it unchanged, off the set). Traced values cannot be inspected.
         """
@@ -265,8 +269,21 @@ class SpectralNorm(Parametrization):
         _refuse_zero(self, value)
         if value.ndim == 1:
             return value, variables["state"]
-        self._stored(variables["state"], self.matrix_view(value))
-        u, v = _top_singular_pair(lax.stop_gradient(self.matrix_view(value)))
+        mat = lax.stop_gradient(self.matrix_view(value))
+        u0, v0 = self._stored(variables["state"], mat)
+        u, v = _top_singular_pair(mat)
+        # The value read back now (u0^H W v0 = 1 to rounding: `assign(constrained(...))`, a
+        # module writing back the kernel it read) keeps u, v: re-assigning it is a no-op.
+        wide = jnp.promote_types(mat.dtype, jnp.float32)
+        current = jnp.vdot(
+            u0.astype(wide),
+            jnp.matmul(mat.astype(wide), v0.astype(wide), precision=_HIGHEST),
+            precision=_HIGHEST,
+        )
+        # rounding of the product (in float32 or wider) and of W itself (in its own dtype)
+        tol = 32 * float(jnp.finfo(wide).eps) + 4 * float(jnp.finfo(mat.dtype).eps)
+        keep = jnp.abs(current - 1) <= tol
+        u, v = jnp.where(keep, u0, u), jnp.where(keep, v0, v)
         return value, {**variables["state"], "u": u, "v": v}
 
 
