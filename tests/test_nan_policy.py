@@ -120,8 +120,11 @@ def test_linen_base_module_writing_nan_to_a_parametrized_variable_is_refused():
 
     model = px.Parametrized(Writes, {"stats:w": px.skew})()
     variables = model.init(KEY, jnp.ones(3), jnp.eye(3))
-    with pytest.raises(px.ParametrizationError, match=r"`ParametrizedWrites` writing `stats:w`: parametrizing `w` with "
-                       r"\[Skew\]: the value assigned contains 1 NaN"):
+    with pytest.raises(
+        px.ParametrizationError,
+        match=r"`ParametrizedWrites` writing `stats:w`: parametrizing `w` with \[Skew\]: the value "
+        "assigned contains 1 NaN",
+    ):
         model.apply(variables, jnp.ones(3), jnp.eye(3).at[0, 1].set(jnp.nan), mutable=["stats"])
 
 
@@ -161,7 +164,9 @@ def test_linen_assign_of_a_value_the_chain_cannot_represent_changes_nothing():
     layer = px.Parametrized(nn.Dense(3), {"kernel": [px.skew, px.cayley]})
     v = layer.init(KEY, jnp.ones((1, 3)))
     before = _frozen(v)
-    with pytest.raises(px.RightInverseError, match=r"assign to `ParametrizedDense`.*`kernel`.*`Cayley`"):
+    with pytest.raises(
+        px.RightInverseError, match=r"assign to `ParametrizedDense`.*`kernel`.*`Cayley`"
+    ):
         px.assign(layer, v, {"kernel": -jnp.eye(3)})
     _same(v, before)
 
@@ -307,7 +312,8 @@ def test_spectral_norm_assignment_reads_back_w_over_numpy_sigma(shape):
     rng = np.random.default_rng(1)
     raw, state = ptree.register(spec, {"w": jnp.asarray(rng.standard_normal(shape), jnp.float32)},
                                 key=KEY)
-    for w in (3 * np.eye(*shape), 5 * rng.standard_normal(shape), 1e-6 * rng.standard_normal(shape)):
+    for w in (3 * np.eye(*shape), 5 * rng.standard_normal(shape),
+              1e-6 * rng.standard_normal(shape)):
         w = w.astype(np.float32)
         raw, state = ptree.assign(spec, raw, state, {"w": jnp.asarray(w)})
         out = np.asarray(ptree.constrain(spec, raw, state)["w"])

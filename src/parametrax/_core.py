@@ -84,9 +84,14 @@ class Parametrization(metaclass=_ParametrizationMeta):
     * ``right_inverse(value)`` maps a constrained value back to raw array(s) with
       ``forward(right_inverse(value)) == value`` for every ``value`` on the constraint set (it need
       not be a true inverse elsewhere: it may project). It returns one array, or a tuple of arrays
-      when ``forward`` takes several. A parametrization without a right inverse simply does not
-      override it; then initialisation treats it as the identity and assigning through it is an
-      error (torch's behaviour).
+      when ``forward`` takes several (a count ``forward`` cannot take is a clear error at
+      registration). A parametrization without a right inverse simply does not override it;
+      then initialisation treats it as the identity and assigning through it is an error
+      (torch's behaviour). One with a right inverse for some inputs only raises
+      ``NotImplementedError`` from its own ``right_inverse`` for the others (initialisation then
+      treats it as the identity too); a ``NotImplementedError`` raised deeper, in code the right
+      inverse calls, is an error (see :func:`chain_register`).
+    * What is stored must be finite: see :mod:`parametrax._finite` (the NaN / Inf policy).
     * A chain ``[p0, p1, ..., pk]`` computes ``pk(...p1(p0(raw)))``: ``forward`` runs in list
       order, ``right_inverse`` in reverse order (as in torch; the opposite of ``distrax.Chain``).
     * Shape and dtype are kept: ``forward(x).shape == x.shape``. A forward that changes them is
@@ -356,7 +361,7 @@ def chain_register(
             state[i] = dict(st)
         raws, is_seq = _as_raw_tuple(raw, link, first=(i == 0))
         current = raws if is_seq else raws[0]
-        outputs = dict(zip(original_names(len(raws) if is_seq else None), raws)) if i == 0 else raws
+        outputs = _named(raws, is_seq) if i == 0 else raws
         _finite.check_link(chain, i, outputs=outputs, state=state[i])
     raws = current if is_seq else (current,)
     if not is_seq:
@@ -396,6 +401,10 @@ def chain_register(
 
 
 _NO_INVERSE = object()
+
+
+def _named(raws: tuple, is_seq: bool) -> dict[str, Any]:
+    return dict(zip(original_names(len(raws) if is_seq else None), raws))
 
 
 def _register_inverse(link: Parametrization, params: dict, state: dict, value: Any, key: Any):
@@ -614,7 +623,7 @@ def chain_right_inverse(
         new_state[i] = dict(st)
         raws, is_seq = _as_raw_tuple(raw, link, first=(i == 0))
         current = raws if is_seq else raws[0]
-        outputs = dict(zip(original_names(len(raws) if is_seq else None), raws)) if i == 0 else raws
+        outputs = _named(raws, is_seq) if i == 0 else raws
         _finite.check_link(chain, i, outputs=outputs, state=new_state[i])
     raws = current if is_seq else (current,)
     names = original_names(len(raws) if is_seq else None)

@@ -258,8 +258,9 @@ class SpectralNorm(Parametrization):
         keeping the previous ``u``, ``v`` would divide by ``u^H W v`` for the old weight's
         vectors (assigning ``3 I`` read back about ``16 I``). One exception keeps ``u``, ``v``:
         a value the current ``u``, ``v`` already read back as itself (``u^H W_mat v = 1`` to
-        rounding: 32 ulps of float32 plus 4 of the value's dtype, e.g. assigning the value read back, or a module writing back the kernel it read),
-        for which the assignment is a no-op. A concrete all-zero ``W`` is
+        rounding: 32 ulps of float32 plus 4 of the value's dtype; e.g. assigning the value
+        read back, or a module writing back the kernel it read), for which the assignment is a
+        no-op. A concrete all-zero ``W`` is
         refused: it has no direction, ``sigma = 0`` and ``W / sigma`` is undefined (the forward
         would return it unchanged, off the set). Traced values cannot be inspected.
         """

@@ -279,7 +279,8 @@ class _ParametrizedMixin:
                 if changed:
                     before = state_slice(state_tree, col)
                     names = [p if col == PARAMS else f"{col}:{p}" for p in changed]
-                    with explained(cls, f"`{cls.__name__}` writing {_paths.listing(names)}", stored):
+                    what = f"`{cls.__name__}` writing {_paths.listing(names)}"
+                    with explained(cls, what, stored):
                         raw, after = _tree.assign(
                             by_col[col], raw, before, {p: flat[p] for p in changed}
                         )
