@@ -500,8 +500,8 @@ def test_assign_inf_through_linen():
     v = layer.init(KEY, X3)
     with unchanged(v), pytest.raises(
         px.ParametrizationError,
-        match=r"assign to `ParametrizedDense`: the value assigned to `kernel` contains NaN or Inf; "
-        r"refusing to store it",
+        match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
+        r"value assigned contains 1 Inf among 9 entries; refusing to store it",
     ):
         px.linen.assign(layer, v, {"kernel": jnp.eye(3).at[0, 1].set(jnp.inf)})
 

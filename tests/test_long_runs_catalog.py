@@ -92,7 +92,12 @@ def test_spectral_norm_of_an_all_zero_matrix_is_zero_with_finite_gradients():
     from parametrax import tree as ptree
 
     sn = px.SpectralNorm()
-    raw, st = ptree.register({"w": sn}, {"w": jnp.zeros((3, 4))}, key=KEY)
+    # Registering a zero value is refused (issue 16: it is off the set); a raw value trained to
+    # zero still gives zeros with finite gradients.
+    with pytest.raises(px.ParametrizationError, match="the value is all zero"):
+        ptree.register({"w": sn}, {"w": jnp.zeros((3, 4))}, key=KEY)
+    raw, st = ptree.register({"w": sn}, {"w": jnp.ones((3, 4))}, key=KEY)
+    raw = jax.tree.map(jnp.zeros_like, raw)
     np.testing.assert_array_equal(ptree.constrain({"w": sn}, raw, st)["w"], jnp.zeros((3, 4)))
     g = jax.grad(lambda r: jnp.sum(ptree.forward({"w": sn}, r, st, update_state=True)[0]["w"]))(raw)
     assert bool(jnp.all(jnp.isfinite(g["parametrizations"]["w"]["original"])))

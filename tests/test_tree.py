@@ -298,7 +298,10 @@ def test_error_assign_wrong_shape_and_dtype():
 def test_error_assign_nan():
     spec = {"w": px.skew}
     raw, st = ptree.register(spec, {"w": jnp.eye(3)})
-    with pytest.raises(px.ParametrizationError, match="the value assigned to `w` contains NaN or Inf"):
+    with pytest.raises(
+        px.ParametrizationError,
+        match=r"parametrizing `w` with \[Skew\]: the value assigned contains 9 NaN among 9 entries",
+    ):
         ptree.assign(spec, raw, st, {"w": jnp.full((3, 3), jnp.nan)})
 
 

@@ -1,6 +1,9 @@
 """The parametrization contract, the loose-input converter and chain evaluation.
 
 Nothing here knows about trees, Flax or NNX: this is the maths of one parametrized array.
+Registration (:func:`chain_register`, :func:`chain_append`) and assignment
+(:func:`chain_right_inverse`) apply parametrax's one NaN / Inf policy, documented in
+:mod:`parametrax._finite`; every front goes through them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from parametrax import _finite
 from parametrax._errors import (  # describe, name_of: re-exported for the fronts
     ParametrizationError,
     ParametrizationTypeError,
@@ -80,9 +84,14 @@ class Parametrization(metaclass=_ParametrizationMeta):
     * ``right_inverse(value)`` maps a constrained value back to raw array(s) with
       ``forward(right_inverse(value)) == value`` for every ``value`` on the constraint set (it need
       not be a true inverse elsewhere: it may project). It returns one array, or a tuple of arrays
-      when ``forward`` takes several. A parametrization without a right inverse simply does not
-      override it; then initialisation treats it as the identity and assigning through it is an
-      error (torch's behaviour).
+      when ``forward`` takes several (a count ``forward`` cannot take is a clear error at
+      registration). A parametrization without a right inverse simply does not override it;
+      then initialisation treats it as the identity and assigning through it is an error
+      (torch's behaviour). One with a right inverse for some inputs only raises
+      ``NotImplementedError`` from its own ``right_inverse`` for the others (initialisation then
+      treats it as the identity too); a ``NotImplementedError`` raised deeper, in code the right
+      inverse calls, is an error (see :func:`chain_register`).
+    * What is stored must be finite: see :mod:`parametrax._finite` (the NaN / Inf policy).
     * A chain ``[p0, p1, ..., pk]`` computes ``pk(...p1(p0(raw)))``: ``forward`` runs in list
       order, ``right_inverse`` in reverse order (as in torch; the opposite of ``distrax.Chain``).
     * Shape and dtype are kept: ``forward(x).shape == x.shape``. A forward that changes them is
@@ -311,10 +320,20 @@ def chain_register(
 
     Returns ``(originals, link_params, link_state)`` where ``originals`` maps ``original`` (or
     ``original0``, ...) to arrays and the two lists hold each link's variables in chain order.
-    A ``right_inverse`` that raises NotImplementedError, or none at all, counts as the identity
-    here (torch swallows it at registration; assignment does not).
+    A link without a right inverse counts as the identity here (torch's behaviour at
+    registration; assignment refuses it): one whose ``has_right_inverse`` is false, or whose own
+    ``right_inverse`` / ``apply_inverse`` raises ``NotImplementedError`` itself (torch's way of
+    saying "none for this input", e.g. ``Orthogonal(map=None)`` resolving to the matrix
+    exponential). A ``NotImplementedError`` raised deeper, inside the code a right inverse
+    calls (LAPACK's "Unsupported dtype", a bug), is not swallowed: it becomes a
+    :class:`RightInverseError` naming the link, with the original as its cause.
+
+    The NaN / Inf policy (:mod:`parametrax._finite`) is applied: the value, each link's variables
+    and right-inverse output, and (unless ``unsafe``) the value computed from the stored raw
+    values must be finite when concrete.
     """
     value = jnp.asarray(value)
+    _finite.check_value(value, "the value to register")
     n = len(chain)
     init_keys = _split(key, 2 * n)
     params: list[dict] = [{}] * n
@@ -333,15 +352,17 @@ def chain_register(
         else:
             v = empty_variables()
         params[i], state[i] = dict(v["params"]), dict(v["state"])
-        try:
-            raw, st = link.apply_inverse(
-                {"params": params[i], "state": state[i]}, current, key=init_keys[n + i]
-            )
-            state[i] = dict(st)
-        except NotImplementedError:
+        _finite.check_link(chain, i, params=params[i], state=state[i], producer="init_variables")
+        raw = _register_inverse(link, params[i], state[i], current, init_keys[n + i])
+        if raw is _NO_INVERSE:
             raw = current
+        else:
+            raw, st = raw
+            state[i] = dict(st)
         raws, is_seq = _as_raw_tuple(raw, link, first=(i == 0))
         current = raws if is_seq else raws[0]
+        outputs = _named(raws, is_seq) if i == 0 else raws
+        _finite.check_link(chain, i, outputs=outputs, state=state[i])
     raws = current if is_seq else (current,)
     if not is_seq:
         (r,) = raws
@@ -351,6 +372,7 @@ def chain_register(
                 f"value has dtype {jnp.dtype(value.dtype).name}, right_inverse returned "
                 f"{jnp.dtype(r.dtype).name}."
             )
+    _check_arity(chain[0], raws, params[0], state[0])
     originals = dict(zip(original_names(len(raws) if is_seq else None), raws))
     if not unsafe:
         out, _ = chain_forward(chain, originals, params, state, update_state=False)
@@ -367,9 +389,91 @@ def chain_register(
                 f"variable unless `unsafe=True`: the variable has {_spec_of(value)}, the "
                 f"parametrized value has {_spec_of(out)}."
             )
+        found = _finite.nonfinite(out)
+        if found is not None:
+            raise _finite.produced_error(
+                chain,
+                [f"the chain maps the raw values it stored back to a value with {found}"],
+            )
     if update_state:
         _, state = chain_forward(chain, originals, params, state, update_state=True)
     return originals, params, state
+
+
+_NO_INVERSE = object()
+
+
+def _named(raws: tuple, is_seq: bool) -> dict[str, Any]:
+    return dict(zip(original_names(len(raws) if is_seq else None), raws))
+
+
+def _register_inverse(link: Parametrization, params: dict, state: dict, value: Any, key: Any):
+    """``link.apply_inverse`` at registration: ``(raw, state)``, or ``_NO_INVERSE`` when the link
+    has no right inverse (see :func:`chain_register` for the rule)."""
+    try:
+        return link.apply_inverse({"params": params, "state": state}, value, key=key)
+    except NotImplementedError as e:
+        if not link.has_right_inverse or _raised_by_own_inverse(link, e):
+            return _NO_INVERSE
+        raise RightInverseError(
+            f"the right inverse of {describe(link)} failed with NotImplementedError: {e} "
+            f"(on a value of {_spec_of(value)}). {describe(link)} has a right inverse "
+            "(`has_right_inverse` is true) and the error was raised inside the code it calls, "
+            "not by the link itself, so it is not taken as 'no right inverse' (which would store "
+            "the value itself as the raw value): e.g. a LAPACK routine without this dtype."
+        ) from e
+
+
+def _raised_by_own_inverse(link: Parametrization, err: BaseException) -> bool:
+    """Whether ``err`` was raised by a ``right_inverse`` / ``apply_inverse`` method of ``link``'s
+    class itself (its innermost frame is one of them), not by code they call."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    codes = set()
+    for klass in type(link).__mro__:
+        for name in ("right_inverse", "apply_inverse"):
+            fn = klass.__dict__.get(name)
+            fn = inspect.unwrap(fn) if callable(fn) else None
+            code = getattr(fn, "__code__", None)
+            if code is not None and klass is not Parametrization:
+                codes.add(code)
+    return tb.tb_frame.f_code in codes
+
+
+def _check_arity(link: Parametrization, raws: tuple, params: dict, state: dict) -> None:
+    """Refuses raw arrays the first link's forward cannot take (a right_inverse returning two
+    arrays for a one-array forward, or one for two), before calling it."""
+    if link.has_variables or type(link).apply is not Parametrization.apply:
+        fn, args = link.apply, ({"params": params, "state": state}, *raws)
+        what = "apply(variables, *raw)"
+    elif getattr(type(link), "wraps_function", False):
+        fn, args, what = link.fn, raws, "the function"
+    else:
+        fn, args, what = link.forward, raws, "forward"
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return
+    try:
+        sig.bind(*args)
+    except TypeError:
+        pos = [
+            p
+            for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if what.startswith("apply"):
+            pos = pos[1:]
+        takes = f"{len(pos)} raw array{'s' if len(pos) != 1 else ''}"
+        raise RightInverseError(
+            f"{describe(link)}.right_inverse returned {len(raws)} "
+            f"array{'s' if len(raws) != 1 else ''}, but its {what} takes {takes} "
+            f"(signature {sig}): right_inverse must return one array per raw argument of "
+            "forward (a tuple only when forward takes several)."
+        ) from None
 
 
 def chain_forward(
@@ -437,7 +541,8 @@ def _gather(x: Any) -> Any:
 def _missing_variables(link: Parametrization, i: int, variables: Variables):
     """Turns the KeyError of a link reading a variable it was not given into a clear error.
 
-    It happens when the state made at registration is not passed back.
+    It happens when the state made at registration is not passed back (to a forward, an
+    assignment or ``update_base``).
     """
     try:
         yield
@@ -448,8 +553,41 @@ def _missing_variables(link: Parametrization, i: int, variables: Variables):
         raise ParametrizationError(
             f"{describe(link)} (link {i} of the chain) reads its variable {e}, which it was not "
             f"given: it received params {got['params']} and state {got['state']}. Pass back the "
-            "state made at registration (the `state` returned by `register`)."
+            "state made at registration (the `state` returned by `register`, or the linen "
+            "`parametrization_state` collection)."
         ) from None
+
+
+def chain_update_base(
+    chain: tuple[Parametrization, ...],
+    originals: dict[str, Array],
+    params: Sequence[dict],
+    state: Sequence[dict],
+) -> tuple[dict[str, Array], list[dict]]:
+    """Dynamic trivialization: ``chain[0].update_base(variables, *raw)``, the stored raw values
+    and link state after moving the first link's base point to the current value.
+
+    A link state not passed back (the state made at registration) is a clear error naming the
+    missing entry, as in :func:`chain_forward`.
+    """
+    link = chain[0]
+    variables = {"params": params[0], "state": state[0]}
+    if "original" in originals:
+        args: tuple = (originals["original"],)
+    else:
+        args = tuple(originals[f"original{i}"] for i in range(len(originals)))
+    with _missing_variables(link, 0, variables):
+        out, st = link.update_base(variables, *args)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    names = original_names(len(outs) if isinstance(out, (tuple, list)) else None)
+    if set(names) != set(originals):
+        raise RightInverseError(
+            f"{describe(link)}.update_base returned {len(outs)} array(s) ({', '.join(names)}) "
+            f"but the variable stores {len(originals)} ({', '.join(sorted(originals))})."
+        )
+    new_state = [dict(s) for s in state]
+    new_state[0] = dict(st)
+    return dict(zip(names, outs)), new_state
 
 
 def chain_right_inverse(
@@ -463,13 +601,15 @@ def chain_right_inverse(
 ) -> tuple[dict[str, Array], list[dict]]:
     """Torch's ``module.weight = value``: right_inverse in reverse order, checked against the
     stored originals (same names, shapes and dtypes: stricter than torch, which lets an identity
-    right_inverse silently reshape the original)."""
+    right_inverse silently reshape the original), and by the NaN / Inf policy
+    (:mod:`parametrax._finite`: the value, and each link's output and state)."""
     for link in chain:
         if not link.has_right_inverse:
             raise RightInverseError(
                 f"cannot assign through the chain {chain_repr(chain)}: "
                 f"{describe(link)} does not implement right_inverse."
             )
+    _finite.check_value(value, "the value assigned")
     n = len(chain)
     keys = _split(key, n)
     new_state = [dict(s) for s in state]
@@ -483,6 +623,8 @@ def chain_right_inverse(
         new_state[i] = dict(st)
         raws, is_seq = _as_raw_tuple(raw, link, first=(i == 0))
         current = raws if is_seq else raws[0]
+        outputs = _named(raws, is_seq) if i == 0 else raws
+        _finite.check_link(chain, i, outputs=outputs, state=new_state[i])
     raws = current if is_seq else (current,)
     names = original_names(len(raws) if is_seq else None)
     if set(names) != set(originals):
@@ -507,6 +649,7 @@ def chain_append(
     *,
     key: Array | None,
     unsafe: bool = False,
+    offset: int = 0,
 ) -> tuple[list[dict], list[dict]]:
     """Torch's repeated registration: appends ``chain`` to a chain whose value is ``value``.
 
@@ -514,7 +657,9 @@ def chain_append(
     each new link gets its variables from ``init_variables(key, its input)`` and, unless
     ``unsafe``, is checked on the current value: its forward, and its right inverse if it has
     one, must keep the shape and dtype (torch §2.A). Returns ``(link_params, link_state)`` of
-    the new links, in chain order. Nothing is changed: the caller stores the links.
+    the new links, in chain order. Nothing is changed: the caller stores the links. The new
+    links' variables must be finite (:mod:`parametrax._finite`); ``offset`` (the length of the
+    stored chain) numbers them in messages.
     """
     n = len(chain)
     keys = _split(key, 2 * n)
@@ -532,6 +677,10 @@ def chain_append(
         else:
             v = empty_variables()
         variables = {"params": dict(v["params"]), "state": dict(v["state"])}
+        _finite.check_link(
+            chain, j, params=variables["params"], state=variables["state"],
+            producer="init_variables", offset=offset,
+        )
         params.append(variables["params"])
         state.append(variables["state"])
         if unsafe and not any(q.has_variables for q in chain[j + 1 :]):
@@ -547,10 +696,10 @@ def chain_append(
         if not unsafe:
             _check_appended(link, y, x, "returned")
             if link.has_right_inverse:
-                try:
-                    z, _ = link.apply_inverse(variables, x, key=keys[n + j])
-                except NotImplementedError:
-                    z = None
+                z = _register_inverse(
+                    link, variables["params"], variables["state"], x, keys[n + j]
+                )
+                z = None if z is _NO_INVERSE else z[0]
                 if z is not None:
                     (z,), _ = _as_raw_tuple(z, link, first=False)
                     _check_appended(link, y, z, "right_inverse returned")

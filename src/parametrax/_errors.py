@@ -87,7 +87,8 @@ def chain_repr(chain: Any) -> str:
 
 
 def with_context(err: BaseException, context: str) -> BaseException:
-    """``err`` with ``context`` (where it happened) added; raise the result ``from None``.
+    """``err`` with ``context`` (where it happened) added; raise the result
+    ``from err.__cause__`` (``from None`` would drop the cause this copies).
 
     A :class:`ParametrizationError` (parametrax's own message) comes back as a copy of the same
     class whose message starts with ``context``, with the original's ``__cause__`` and notes.

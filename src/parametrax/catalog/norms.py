@@ -60,6 +60,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from parametrax._core import Parametrization, Variables
@@ -114,16 +115,35 @@ class SpectralNorm(Parametrization):
       (torch iterates on every *access* of ``module.weight``, so a forward that reads it twice
       iterates twice; under ``parametrize.cached()`` once per forward, which is what happens
       here). Registering with the state collection mutable (linen's ``init`` always is) runs
-      15 + ``n_power_iterations`` iterations, as torch's registration in training mode does.
+      ``n_power_iterations`` iterations after the right inverse's exact ``u``, ``v`` (see
+      below).
     * ``apply(..., update_state=False)`` (evaluation) reuses the stored ``u``, ``v`` and changes
       nothing.
 
     ``sigma = vdot(u, W_mat v)`` conjugates ``u`` (correct for complex ``W``; ``sigma`` is then
     complex with a vanishing imaginary part) and is not passed through ``abs``, as in torch.
     ``normalize(x) = x / max(||x||, eps)``. A 1-D ``W`` is simply normalised,
-    ``W / max(||W||, eps)``, with no state. The right inverse is the identity (torch's), so
-    assigning ``W`` reads back ``W / sigma(W)``. Where ``sigma`` is exactly 0 (an all-zero
-    ``W``) the value is returned unchanged, with finite gradients, instead of torch's NaN.
+    ``W / max(||W||, eps)``, with no state.
+
+    The right inverse (registration and assignment) is the identity on ``W`` (torch's) and sets
+    ``u``, ``v`` to the exact top singular pair of ``W_mat`` (an SVD, in at least float32), so
+    assigning ``W`` reads back ``W / sigma(W)`` with the true ``sigma`` (torch keeps the old
+    ``u``, ``v``; re-assigning the value read back, ``u^H W_mat v = 1``, keeps them).
+    Registration therefore starts from converged ``u``, ``v`` (the 15 warm-up
+    iterations of ``init_variables`` are superseded), and with the state collection mutable runs
+    ``n_power_iterations`` more. A concrete all-zero ``W`` is refused at registration and
+    assignment (``sigma = 0``: no direction to normalise); where ``sigma`` is exactly 0 in the
+    forward (a raw value trained to zero) the value is returned unchanged, with finite
+    gradients, instead of torch's NaN.
+
+    **The lag.** Between assignments only ``n_power_iterations`` iterations run per training
+    apply, from the previous ``u``, ``v``. ``sigma`` is therefore the estimate for a recent
+    weight, not the current one: it is exact while the weight moves slowly relative to its own
+    norm and its spectral gap, and underestimates ``sigma`` (the output's spectral norm exceeds
+    1) when a step changes the weight by much relative to its norm, e.g. the first steps from a
+    tiny initial weight, or with a small gap between its top singular values. Raise
+    ``n_power_iterations`` (each iteration is two matrix-vector products) where that matters,
+    or re-assign the weight (``assign``) to re-converge ``u``, ``v`` exactly.
 
     Layouts: the default ``axis=-1`` is the output axis of Flax ``Dense``/``Conv``/
     ``ConvTranspose`` kernels, so ``Parametrized(nn.Conv, {"kernel": SpectralNorm()})`` is
@@ -231,10 +251,62 @@ class SpectralNorm(Parametrization):
         return u, v
 
     def apply_inverse(self, variables: Variables, value: Array, *, key: Array | None = None):
+        """The identity on ``W``, with ``u``, ``v`` set to the top singular pair of ``W_mat``.
+
+        So ``forward`` reads back ``W / sigma(W)`` with the exact largest singular value
+        (computed by an SVD in at least float32), at registration and at every assignment;
+        keeping the previous ``u``, ``v`` would divide by ``u^H W v`` for the old weight's
+        vectors (assigning ``3 I`` read back about ``16 I``). One exception keeps ``u``, ``v``:
+        a value the current ``u``, ``v`` already read back as itself (``u^H W_mat v = 1`` to
+        rounding: 32 ulps of float32 plus 4 of the value's dtype; e.g. assigning the value
+        read back, or a module writing back the kernel it read), for which the assignment is a
+        no-op. A concrete all-zero ``W`` is
+        refused: it has no direction, ``sigma = 0`` and ``W / sigma`` is undefined (the forward
+        would return it unchanged, off the set). Traced values cannot be inspected.
+        """
         del key
         value = jnp.asarray(value)
         self._check(value)
-        return value, variables["state"]
+        _refuse_zero(self, value)
+        if value.ndim == 1:
+            return value, variables["state"]
+        mat = lax.stop_gradient(self.matrix_view(value))
+        u0, v0 = self._stored(variables["state"], mat)
+        u, v = _top_singular_pair(mat)
+        # The value read back now (u0^H W v0 = 1 to rounding: `assign(constrain(...))`, a
+        # module writing back the kernel it read) keeps u, v: re-assigning it is a no-op.
+        wide = jnp.promote_types(mat.dtype, jnp.float32)
+        current = jnp.vdot(
+            u0.astype(wide),
+            jnp.matmul(mat.astype(wide), v0.astype(wide), precision=_HIGHEST),
+            precision=_HIGHEST,
+        )
+        # rounding of the product (in float32 or wider) and of W itself (in its own dtype)
+        tol = 32 * float(jnp.finfo(wide).eps) + 4 * float(jnp.finfo(mat.dtype).eps)
+        keep = jnp.abs(current - 1) <= tol
+        u, v = jnp.where(keep, u0, u), jnp.where(keep, v0, v)
+        return value, {**variables["state"], "u": u, "v": v}
+
+
+def _refuse_zero(p: SpectralNorm, value: Array) -> None:
+    if isinstance(value, jax.core.Tracer):
+        return
+    a = np.asarray(value)
+    if a.size and not np.any(a != 0):
+        raise ParametrizationError(
+            f"`{p!r}`: the value is all zero, so its largest singular value is 0 and "
+            "W / sigma(W) is undefined (a zero weight has no direction to normalise; the forward "
+            "would return it unchanged, off the set of unit spectral norm). Register or assign a "
+            "non-zero value (e.g. the layer's default initializer instead of `zeros`)."
+        )
+
+
+def _top_singular_pair(mat: Array) -> tuple[Array, Array]:
+    """``(u, v)`` with ``u^H mat v = sigma_max``, in ``mat``'s dtype (the SVD runs in at least
+    float32: LAPACK has no half precision)."""
+    wide = jnp.promote_types(mat.dtype, jnp.float32)
+    u, _, vh = jnp.linalg.svd(mat.astype(wide), full_matrices=False)
+    return u[:, 0].astype(mat.dtype), jnp.conj(vh[0]).astype(mat.dtype)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,9 +5,13 @@ How it works: the wrapper is a subclass of the base module class (so it has the 
 module *functionally*. At ``init`` it initialises the base module, registers the spec on the
 base variables (right_inverse of the initial values) and stores the raw tree in its own scope.
 At ``apply`` it evaluates every chain once, hands the constrained variables to the base module's
-``apply`` and writes back whatever the base module mutated. The constraint is therefore computed
-once per ``apply``, however often the base module reads the value (an RNN scanning 100 steps
-over its recurrent kernel evaluates the map once, not 100 times).
+``apply`` and writes back whatever the base module mutated (a write to a parametrized variable
+goes through its chain's right inverse, like torch's setter, and keeps the link state that
+inverse moves, a trivialization's base or a spectral norm's ``u``, ``v``: pass
+``parametrization_state`` as mutable, or the call says the write would be lost). NaN / Inf is
+refused at ``init``, ``assign`` and such writes (``parametrax._finite``). The constraint is
+therefore computed once per ``apply``, however often the base module reads the value (an RNN
+scanning 100 steps over its recurrent kernel evaluates the map once, not 100 times).
 
 Variables layout (torch's ``state_dict``, functionally)::
 

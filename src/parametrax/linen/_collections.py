@@ -106,7 +106,7 @@ def explained(cls: type, what: str, variables: Mapping):  # what: already format
                 f"it (training); holding params apart, pass `{{\"params\": params, "
                 f"\"{STATE_COLLECTION}\": variables[\"{STATE_COLLECTION}\"]}}`."
             )
-        raise type(e)(f"{what}: {e}{hint}") from None
+        raise type(e)(f"{what}: {e}{hint}") from e.__cause__
 
 
 def _has_raw(tree: Mapping) -> bool:

@@ -141,12 +141,16 @@ class _ParametrizedMixin:
         out = base.apply(
             base_vars, *args, rngs=rngs, method=method, mutable=mutable or False, **kwargs
         )
+        state_now = new_state if update_state else unbox(stored.get(STATE_COLLECTION, {}))
+        written = None
         if mutable:
             out, mutated = out
             if not initialising:  # at init the values were just stored: keep them as made
-                self._px_write_back(mutated, stored, by_col, base_vars)
-        if update_state and new_state:
-            for k, v in new_state.items():
+                written = self._px_write_back(mutated, stored, by_col, base_vars, state_now)
+        if written is not None:
+            state_now = written
+        if (update_state and new_state) or written is not None:
+            for k, v in state_now.items():
                 old = stored.get(STATE_COLLECTION, {}).get(k)
                 self.put_variable(STATE_COLLECTION, k, rebox_plain(v, old))
         return out
@@ -218,7 +222,7 @@ class _ParametrizedMixin:
                 )
             except ParametrizationError as e:
                 where = f" in collection `{col}`" if col != PARAMS else ""
-                raise type(e)(f"`{cls.__name__}`{where}: {e}") from None
+                raise type(e)(f"`{cls.__name__}`{where}: {e}") from e.__cause__
             results[col] = rebox_raw(raw, init_vars[col])
             state_merge(state_tree, col, rebox_state(st, init_vars[col]))
         if state_tree and not self.is_mutable_collection(STATE_COLLECTION):
@@ -243,8 +247,17 @@ class _ParametrizedMixin:
             self.put_variable(STATE_COLLECTION, k, v)
 
     def _px_write_back(
-        self, mutated: Mapping, stored: Mapping, by_col: Mapping, given: Mapping
-    ) -> None:
+        self, mutated: Mapping, stored: Mapping, by_col: Mapping, given: Mapping, state: Mapping
+    ) -> dict | None:
+        """Stores what the base module wrote. A write to a parametrized variable goes through
+        its chain's right inverse (torch's setter), from the link ``state`` of this call
+        (advanced by the forward when training); returns the new state tree when such a write
+        moved link state (a trivialization's base, a spectral norm's ``u``, ``v``), else
+        ``None``. Moved state that ``parametrization_state`` cannot take (not mutable) is an
+        error: dropping it would lose the write."""
+        cls = type(self)
+        state_tree = dict(state)
+        moved: list[str] = []
         for col, tree in mutated.items():
             if col == "intermediates":
                 for k, v in tree.items():
@@ -263,11 +276,18 @@ class _ParametrizedMixin:
                 # The base module wrote to a parametrized variable (e.g. a running average that
                 # is parametrized): store it through the right_inverse chain, like torch's setter.
                 raw = unbox(stored[col])
-                state = state_slice(unbox(stored.get(STATE_COLLECTION, {})), col)
                 if changed:
-                    raw, state = _tree.assign(
-                        by_col[col], raw, state, {p: flat[p] for p in changed}
-                    )
+                    before = state_slice(state_tree, col)
+                    names = [p if col == PARAMS else f"{col}:{p}" for p in changed]
+                    what = f"`{cls.__name__}` writing {_paths.listing(names)}"
+                    with explained(cls, what, stored):
+                        raw, after = _tree.assign(
+                            by_col[col], raw, before, {p: flat[p] for p in changed}
+                        )
+                    old_leaves = {id(x) for x in jax.tree.leaves(before)}
+                    if any(id(x) not in old_leaves for x in jax.tree.leaves(after)):
+                        moved += names
+                        state_merge(state_tree, col, after)
                 for p, v in flat.items():
                     if p not in parametrized:
                         _paths.set_path(raw, p, v)
@@ -276,6 +296,17 @@ class _ParametrizedMixin:
             else:
                 for k, v in tree.items():
                     self.put_variable(col, k, rebox_plain(v, stored.get(col, {}).get(k)))
+        if not moved:
+            return None
+        if not self.is_mutable_collection(STATE_COLLECTION):
+            raise ParametrizationError(
+                f"`{cls.__name__}`: the base module wrote the parametrized variable(s) "
+                f"{', '.join(f'`{p}`' for p in moved)}, whose right inverse moves link state "
+                f"(kept in `{STATE_COLLECTION}`), but `{STATE_COLLECTION}` is not mutable here, "
+                "so the write would be lost. Pass "
+                f"`mutable=[..., \"{STATE_COLLECTION}\"]` and keep the state it returns."
+            )
+        return state_tree
 
 
 @functools.lru_cache(maxsize=None)

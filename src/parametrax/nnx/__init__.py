@@ -101,7 +101,8 @@ Differences from torch, on purpose
   ``nnx.state`` (e.g. with orbax) is still the portable route.
 * NaN / Inf is refused wherever arrays are stored: the value registered or assigned, and the raw
   values and link variables a right inverse or ``init_variables`` produces from it (a finite value
-  the chain cannot represent, such as Cayley given a rotation by π). See ``_finite.py``; traced
+  the chain cannot represent, such as Cayley given a rotation by π): parametrax's one policy,
+  applied by the core and documented in ``parametrax._finite``; traced
   values are not checked.
 
 Package layout
@@ -111,7 +112,6 @@ Package layout
 * ``_classes``: the generated ``Parametrized<Class>`` subclasses and their properties.
 * ``_memo``: evaluating a chain on a module, the per-trace memo and ``cached()``.
 * ``_register`` / ``_assign`` / ``_remove``: the operations.
-* ``_finite``: the NaN / Inf policy.
 * ``_util``: argument checks, messages, Variable copies, the train/eval inference.
 * ``_compat``: every use of private Flax / JAX attributes, each commented (flax 0.12).
 """

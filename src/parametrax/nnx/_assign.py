@@ -22,7 +22,6 @@ from parametrax.nnx._containers import (
     _qualified,
     is_parametrized,
 )
-from parametrax.nnx import _finite
 from parametrax.nnx._memo import (
     _check_state,
     _inputs,
@@ -47,14 +46,12 @@ def _assign(module: Any, name: str, value: Any, *, key: Array | None) -> None:
             raise ParametrizationTypeError(
                 f"{what}: expected an array; got {type(value).__name__}."
             ) from None
-    _finite.check_value(what, value, "the value assigned")
     originals, params, state = _inputs(plist)
     try:
         raw, new_state = chain_right_inverse(plist.chain, value, originals, params, state, key=key)
         _check_state(plist, new_state, "apply_inverse")
     except ParametrizationError as e:
         raise with_context(e, what) from e.__cause__
-    _finite.check_produced(what, plist.chain, raw, [{}] * len(new_state), new_state)
     targets = [v for v in vars(plist).values() if isinstance(v, nnx.Variable)]
     _check_mutable([plist], targets + _state_variables(plist), what)
     for n, r in raw.items():

@@ -15,7 +15,7 @@ from parametrax._errors import (
     SpecError,
     with_context,
 )
-from parametrax.nnx import _compat, _finite
+from parametrax.nnx import _compat
 from parametrax.nnx._classes import _parametrized_class
 from parametrax.nnx._containers import (
     PARAMETRIZATIONS,
@@ -152,12 +152,10 @@ def _register_first(module, name, chain, *, unsafe, key, what, mode) -> None:
         )
     if key is None and _needs_key(chain):
         raise _missing_key_error(what, chain)
-    _finite.check_value(what, value, "the value to register")
     try:
         originals, params, state = chain_register(chain, value, key=key, unsafe=unsafe)
     except ParametrizationError as e:
         raise with_context(e, what) from e.__cause__
-    _finite.check_produced(what, chain, originals, params, state)
     if "original" in originals:
         orig_vars = {"original": var}
     else:
@@ -185,10 +183,9 @@ def _append(module, name, chain, *, unsafe, key, what, mode) -> None:
         raise _missing_key_error(what, chain)
     y = _evaluate(plist, update_state=False)
     try:
-        params, state = chain_append(chain, y, key=key, unsafe=unsafe)
+        params, state = chain_append(chain, y, key=key, unsafe=unsafe, offset=len(plist))
     except ParametrizationError as e:
         raise with_context(e, what) from e.__cause__
-    _finite.check_produced(what, chain, {}, params, state, offset=len(plist))
     new_links = [ParametrizationLink(p, params[j], state[j]) for j, p in enumerate(chain)]
     _check_mutable([plist], [], what)
     n = len(plist)

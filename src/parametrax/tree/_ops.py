@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from parametrax import _core
+from parametrax import _core, _finite
 from parametrax._errors import (
     NotParametrizedError,
     ParametrizationError,
@@ -307,8 +307,10 @@ def register(
     in place as a :class:`RawLeaf` otherwise (or ``original0``, ``original1``, ... when the
     first link's right_inverse returns several arrays). Parametrizations that own variables
     initialise them from ``key``. With ``unsafe=False`` a chain whose forward changes the shape
-    or dtype is refused. Returns ``(raw, state)``; ``tree`` is never modified and nothing is
-    returned on error.
+    or dtype is refused. Concrete values containing NaN or Inf are refused, and so are non-finite
+    raw values or link variables the chain produces from a finite value (the NaN / Inf policy,
+    :mod:`parametrax._finite`; traced values are not checked). Returns ``(raw, state)``;
+    ``tree`` is never modified and nothing is returned on error.
 
     >>> import jax.numpy as jnp, parametrax as px
     >>> raw, state = px.tree.register({"1": px.skew}, [jnp.ones(2), jnp.eye(2)])
@@ -342,7 +344,7 @@ def register(
                 chain, leaf, key=keys.get(path), unsafe=unsafe, update_state=update_state
             )
         except ParametrizationError as e:
-            raise with_context(e, _context(path, chain)) from None
+            raise with_context(e, _context(path, chain)) from e.__cause__
         except Exception as e:
             _add_note(e, _context(path, chain))
             raise
@@ -385,7 +387,7 @@ def forward(
                 chain, originals, params, lstate, update_state=update_state
             )
         except ParametrizationError as e:
-            raise with_context(e, _context(path, chain)) from None
+            raise with_context(e, _context(path, chain)) from e.__cause__
         except Exception as e:
             _add_note(e, _context(path, chain))
             raise
@@ -427,16 +429,6 @@ def _select(slots: Mapping, names: Any, *, verb: str) -> list[str]:
     return sorted(chosen)
 
 
-def _finite_check(path: str, value: Any) -> None:
-    if isinstance(value, jax.core.Tracer):
-        return  # cannot look inside traced values; documented
-    if not bool(jnp.all(jnp.isfinite(value))):
-        raise ParametrizationError(
-            f"the value assigned to `{path}` contains NaN or Inf; refusing to store it (a "
-            "non-finite raw value would poison every later step)."
-        )
-
-
 def assign(
     spec: Any,
     raw: Any,
@@ -450,8 +442,10 @@ def assign(
     Runs each chain's right_inverse (reverse order) and returns new ``(raw, state)`` whose
     constrained value at ``path`` is ``forward(right_inverse(X))``; the raw tree keeps its
     layout and type. The value must have the shape and dtype of the current constrained value;
-    the raw arrays keep theirs. Concrete values containing NaN or Inf are refused. Nothing is
-    returned on error.
+    the raw arrays keep theirs. Concrete values containing NaN or Inf are refused, and so are
+    non-finite raw values or state the right inverse produces from a finite value (the NaN / Inf
+    policy, :mod:`parametrax._finite`; traced values are not checked). Nothing is returned on
+    error.
     """
     spec = Spec.of(spec)
     if not isinstance(values, Mapping):
@@ -489,7 +483,6 @@ def assign(
                 f"{value.dtype.name}; expected shape {tuple(want.shape)} and dtype "
                 f"{jnp.dtype(want.dtype).name} (those of the current value)."
             )
-        _finite_check(path, value)
         originals, params = _slot_parts(slot, len(chain))
         lstate = _state_parts(state, path, len(chain))
         try:
@@ -497,7 +490,7 @@ def assign(
                 chain, value, originals, params, lstate, key=keys.get(path)
             )
         except ParametrizationError as e:
-            raise with_context(e, ctx) from None
+            raise with_context(e, ctx) from e.__cause__
         except Exception as e:
             _add_note(e, f"assigning to `{path}` through {chain_repr(chain)}")
             raise
@@ -517,7 +510,8 @@ def remove_parametrizations(
     """Removes parametrizations (torch's ``remove_parametrizations``), returning ``(tree, state)``.
 
     ``names`` are variable paths or globs (default: all). With ``leave_parametrized=True`` each
-    removed variable keeps its current constrained value; with ``False`` it becomes the raw
+    removed variable keeps its current constrained value (refused when that is concretely
+    NaN / Inf: :mod:`parametrax._finite`); with ``False`` it becomes the raw
     ``original`` (refused when the chain stores several raw arrays, as in torch). When every
     variable is removed the result has the plain tree's layout and type, and the state is ``{}``.
     """
@@ -538,6 +532,24 @@ def remove_parametrizations(
     if leave_parametrized:
         constrained, _ = forward(spec, raw, state)
         values = {path: _leaf_at(constrained, path) for path in paths}
+        for path in paths:
+            found = _finite.nonfinite(values[path])
+            if found is not None:
+                slot, chain = slots[path]
+                bad_raw = [k for k, v in jax.tree_util.tree_leaves_with_path(dict(slot))
+                           if _finite.nonfinite(v) is not None]
+                why = (
+                    "its raw values are already non-finite (an optimizer step diverged?)"
+                    if bad_raw
+                    else "its raw values are finite: the chain maps them off the finite numbers"
+                )
+                raise ParametrizationError(
+                    f"{_context(path, chain)}: cannot remove the parametrization with "
+                    f"`leave_parametrized=True`: the constrained value contains {found} ({why}); "
+                    "refusing to bake it into a plain variable (the NaN / Inf policy). Assign a "
+                    "finite value first, or remove with `leave_parametrized=False` to keep the "
+                    "raw value."
+                )
     else:
         values = {path: slots[path][0]["original"] for path in paths}
     new_state = to_dict(state) if state else {}

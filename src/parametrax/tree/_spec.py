@@ -47,7 +47,7 @@ class Spec:
             try:
                 entries.append((key.strip("/"), _core.as_chain(chain)))
             except ParametrizationError as e:
-                raise with_context(e, f"spec key `{key}`") from None
+                raise with_context(e, f"spec key `{key}`") from e.__cause__
         return cls(tuple(entries))
 
     def keys(self) -> tuple[str, ...]:

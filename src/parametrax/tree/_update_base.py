@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from parametrax._core import describe, original_names
+from parametrax._core import chain_update_base, describe
 from parametrax._errors import ParametrizationError, SpecError, with_context
 from parametrax.tree._ops import (
     _put_state,
@@ -47,12 +47,6 @@ def has_base(p: Any) -> bool:
     return callable(getattr(p, "update_base", None))
 
 
-def _originals_args(originals: Mapping) -> tuple:
-    if "original" in originals:
-        return (originals["original"],)
-    return tuple(originals[f"original{i}"] for i in range(len(originals)))
-
-
 def _rebase(spec: Spec, raw: Any, state: dict) -> tuple[Any, dict]:
     view = _RawTree(raw)
     slots = view.resolve(spec)
@@ -66,21 +60,14 @@ def _rebase(spec: Spec, raw: Any, state: dict) -> tuple[Any, dict]:
                     "of its chain; only the first parametrization of a chain reads the stored "
                     "raw array, so only its base can move. Put it first."
                 )
-        link = chain[0]
-        if not has_base(link):
+        if not has_base(chain[0]):
             continue
         originals, params = _slot_parts(slot, len(chain))
         lstate = _state_parts(state, path, len(chain))
-        variables = {"params": params[0], "state": lstate[0]}
         try:
-            out, st = link.update_base(variables, *_originals_args(originals))
+            new_originals, lstate = chain_update_base(chain, originals, params, lstate)
         except ParametrizationError as e:
-            raise with_context(e, f"update_base at `{path}`") from None
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        names = original_names(len(outs) if isinstance(out, (tuple, list)) else None)
-        new_originals = dict(zip(names, outs, strict=True))
-        lstate = list(lstate)
-        lstate[0] = dict(st)
+            raise with_context(e, f"update_base at `{path}`") from e.__cause__
         new_slots[path] = _make_slot(new_originals, params)
         _put_state(new_state, path, lstate)
     if not new_slots:
