@@ -47,19 +47,25 @@ def main() -> None:
     cayley = jax.jit(lambda x: px.cayley(px.skew(x)))
     expm = jax.jit(lambda x: px.matrix_exp(px.skew(x)))
     inverse = jax.jit(lambda q: px.skew.right_inverse(px.cayley.right_inverse(q)))
-    print("dtype     | orth [skew,cayley] | orth [skew,matrix_exp] | round trip [skew,cayley]")
+    print("dtype     | orth [skew,cayley] | orth [skew,matrix_exp] | round trip [skew,cayley] (refused)")
     for dtype in DTYPES:
         worst = [0.0, 0.0, 0.0]
+        refused = 0
         for n in range(1, 17):
             x = jnp.asarray(raws(n, dtype), dtype)
             q = cayley(x)
             worst[0] = max(worst[0], orth_err(q))
             worst[1] = max(worst[1], orth_err(expm(x)))
-            back = cayley(inverse(q))
-            diff = np.abs(np.asarray(back, np.float64) - np.asarray(q, np.float64))
-            worst[2] = max(worst[2], float(np.max(diff)))
+            back = np.asarray(cayley(inverse(q)), np.float64)
+            # Under jit a matrix Cayley cannot represent (eigenvalue within rounding of -1: its
+            # inverse is past 1/sqrt(eps)) comes back NaN; eagerly it is a RightInverseError.
+            ok = np.all(np.isfinite(back), axis=(-2, -1))
+            refused += int(np.sum(~ok))
+            diff = np.abs(back[ok] - np.asarray(q, np.float64)[ok])
+            worst[2] = max(worst[2], float(np.max(diff)) if diff.size else 0.0)
         name = jnp.dtype(dtype).name
-        print(f"{name:9} | {worst[0]:18.1e} | {worst[1]:22.1e} | {worst[2]:.1e}")
+        print(f"{name:9} | {worst[0]:18.1e} | {worst[1]:22.1e} | {worst[2]:.1e}"
+              f"  ({refused} of {16 * 20} refused)")
 
     print("\nhuge norms, float32, 8x8, 3 seeds: max orthogonality error")
     rng = np.random.default_rng(0)

@@ -76,6 +76,36 @@ def test_spd_chain_in_low_precision(dtype):
     assert np.min(np.linalg.eigvalsh((a + a.T) / 2)) > 0
 
 
+# The docs' table (docs/catalog/tolerances.md), asserted over its whole stated range: n <= 16 and
+# raw skew matrices of Frobenius norm log-uniform in [1e-2, 10 n] (benchmarks/tolerances.py
+# measures the maxima quoted there).
+FULL_ORTH_TOL = {jnp.bfloat16: 1e-2, jnp.float16: 2e-3, jnp.float32: 3e-5}
+FULL_ROUND_TRIP_TOL = {jnp.bfloat16: 5e-2, jnp.float16: 1.5e-2, jnp.float32: 1e-5}
+
+
+def _skew_raws(n, seeds=20):
+    rng = np.random.default_rng(n)
+    norms = np.exp(rng.uniform(np.log(1e-2), np.log(10 * n), seeds))
+    up = np.triu(rng.standard_normal((seeds, n, n)), 1)
+    f = np.linalg.norm(up - np.swapaxes(up, -1, -2), axis=(-2, -1), keepdims=True)
+    return up * (norms[:, None, None] / np.where(f == 0, 1.0, f))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_tolerance_table_over_its_whole_stated_range(dtype):
+    cayley = jax.jit(lambda x: px.cayley(px.skew(x)))
+    expm = jax.jit(lambda x: px.matrix_exp(px.skew(x)))
+    inverse = jax.jit(lambda q: px.skew.right_inverse(px.cayley.right_inverse(q)))
+    for n in (2, 9, 16):
+        x = jnp.asarray(_skew_raws(n), dtype)
+        q = cayley(x)
+        assert orth_err(q) < FULL_ORTH_TOL[dtype]
+        assert orth_err(expm(x)) < FULL_ORTH_TOL[dtype]
+        back = f64(cayley(inverse(q)))
+        assert np.all(np.isfinite(back))  # no matrix of the range is past Cayley's bound
+        assert np.max(np.abs(back - f64(q))) < FULL_ROUND_TRIP_TOL[dtype]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_cayley_round_trip_per_dtype(dtype):
     spec = {"w": SO_CHAINS["cayley"]}
