@@ -54,6 +54,7 @@ from parametrax._numerics.scalar import (
     ScalarMap,
     check_scalar_map,
     clip_to_image,
+    floor_ratio,
     floor_tiny,
     has_inverse,
     interior_margin,

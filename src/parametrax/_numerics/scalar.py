@@ -34,6 +34,7 @@ __all__ = [
     "rank_floor",
     "raise_into",
     "raise_small",
+    "floor_ratio",
     "positive_image",
     "strictly_increasing",
     "log_positive",
@@ -221,22 +222,32 @@ def rank_floor(dtype) -> float:
     return 10.0 * default_atol(dtype)
 
 
-def raise_into(y: Array, off: Array, scale: Array | float = 1.0) -> Array:
-    """``y`` with the entries where ``off`` holds replaced by ``interior_margin(y.dtype) *
-    max(1, scale)`` (``scale`` broadcasts against ``y``): the one projection of values on or
-    beyond the boundary ``0`` of an open set. Other entries are kept exactly."""
-    m = interior_margin(y.dtype) * jnp.maximum(1.0, jnp.asarray(scale, y.dtype))
+def raise_into(y: Array, off: Array, scale: Array | float = 1.0, dtype=None) -> Array:
+    """``y`` with the entries where ``off`` holds replaced by ``interior_margin(dtype) *
+    max(1, scale)`` (``scale`` broadcasts against ``y``; ``dtype``: the value's, when ``y`` is
+    computed wider): the one projection of values on or beyond the boundary ``0`` of an open
+    set. Other entries are kept exactly."""
+    m = interior_margin(y.dtype if dtype is None else dtype)
+    m = m * jnp.maximum(1.0, jnp.asarray(scale, y.dtype))
     return jnp.where(off, jnp.broadcast_to(m, y.shape).astype(y.dtype), y)
 
 
-def raise_small(sigma: Array, top: Array, ratio: float) -> Array:
-    """Singular values / eigenvalues ``sigma`` with those below ``max(ratio * top, tiny)``
-    (``top`` the largest, broadcasting against ``sigma``) raised to ``interior_margin *
+def raise_small(sigma: Array, top: Array, ratio: float, dtype=None) -> Array:
+    """Singular values / eigenvalues ``sigma`` with those below ``max(ratio * max(1, top),
+    tiny)`` (``top`` the largest, broadcasting against ``sigma``) raised to ``interior_margin *
     max(1, top)`` by :func:`raise_into`: the projection of the positive-spectrum entries
-    (fixed rank, invertible, positive definite, special linear) onto their open sets."""
+    (fixed rank, invertible, positive definite, special linear) onto their open sets. The
+    ``max(1, .)`` is the library's one tolerance convention (:func:`default_atol`)."""
     tiny = jnp.finfo(sigma.dtype).tiny
-    off = ~(sigma >= jnp.maximum(ratio * top, tiny))
-    return raise_into(sigma, off, top)
+    off = ~(sigma >= jnp.maximum(ratio * jnp.maximum(1.0, top), tiny))
+    return raise_into(sigma, off, top, dtype)
+
+
+def floor_ratio(sigma: Array, ratio: float) -> Array:
+    """``max(sigma, ratio * max(1, max(sigma)))`` along the last axis: the forward floor of
+    the fixed-rank entries (``ratio = rank_floor(dtype)``)."""
+    top = jnp.max(sigma, axis=-1, keepdims=True)
+    return jnp.maximum(sigma, ratio * jnp.maximum(1.0, top))
 
 
 def positive_image(y: Array) -> Array:

@@ -22,13 +22,13 @@ singular values) elsewhere. ``update_base`` moves both bases to the current fact
 their raw parts, keeping ``s`` and the value.
 
 Open sets (issue 16): for the entries whose singular values must be positive, a singular value
-too small to count (below ``max(ratio * σ_max, tiny)``, the ratio named by each entry) is raised
-strictly inside, to ``interior_margin(dtype) * max(1, σ_max)``
+too small to count (below ``max(default_atol(dtype) * max(1, σ_max), tiny)``, the tolerance
+``in_manifold`` uses) is raised strictly inside, to ``interior_margin(dtype) * max(1, σ_max)``
 (:func:`parametrax._numerics.scalar.raise_small`; ``1e-2`` in float32, ``0.2`` in half
 precision), where its raw value ``f^{-1}`` stays where gradients reach it. The forward maps
 clamp ``f(s)`` to ``>= tiny`` (softplus / exp underflow to 0), and the fixed-rank and
-special-linear ones keep ``σ_min >= rank_floor(dtype) * σ_max`` (``1e-3`` in float32), so every
-raw value maps onto the set numerically, not only in exact arithmetic.
+special-linear ones keep ``σ_min >= rank_floor(dtype) * max(1, σ_max)`` (``1e-3`` in float32),
+so every raw value maps onto the set numerically, not only in exact arithmetic.
 
 Dtypes: bfloat16 / float16 values are computed in float32 (XLA has no half-precision SVD on
 CPU) and the results cast back.
@@ -266,8 +266,11 @@ class LowRank(_SVDFamily):
 
 class _PositiveSigma:
     """σ = f(s) for a positive ``f`` (the ``f`` field): FixedRank's and Invertible's hooks.
-    ``_floor(dtype)``: the smallest ratio σ / σ_max the forward keeps (0: only ``tiny``);
-    ``_keep(dtype)``: the ratio below which ``apply_inverse`` raises a singular value."""
+    ``_floor(dtype)``: the smallest ratio σ / max(1, σ_max) the forward keeps (0: only ``tiny``);
+    ``_keep(dtype)``: the ratio below which ``apply_inverse`` raises a singular value: the rank
+    tolerance ``default_atol`` (a singular value between it and the forward's floor is kept,
+    and the forward moves it up to the floor: a move of at most ``rank_floor * max(1, σ_max)``,
+    continuous in the value)."""
 
     def _floor(self, dtype) -> float:
         return 0.0
@@ -278,13 +281,11 @@ class _PositiveSigma:
     def _sigma(self, s, dtype):
         sigma = S.positive_image(S.resolve_scalar_map(self.f).f(s))
         ratio = self._floor(dtype)
-        if ratio:
-            sigma = jnp.maximum(sigma, ratio * jnp.max(sigma, axis=-1, keepdims=True))
-        return sigma
+        return S.floor_ratio(sigma, ratio) if ratio else sigma
 
     def _sigma_inverse(self, sigma, top, dtype):
         inv = S.inverse_or_raise(type(self).__name__, S.resolve_scalar_map(self.f))
-        return inv(S.raise_small(sigma, top, max(self._keep(dtype), self._floor(dtype))))
+        return inv(S.raise_small(sigma, top, self._keep(dtype), dtype))
 
 
 class FixedRank(_PositiveSigma, _SVDFamily):
@@ -293,13 +294,15 @@ class FixedRank(_PositiveSigma, _SVDFamily):
     Shapes ``(..., n, k)``, ``rank <= min(n, k)``. ``f``: ``"softplus"`` (default), ``"exp"``,
     a callable or an ``(f, f_inverse)`` pair. geotorch's ``FixedRank``.
 
-    The forward map keeps ``σ_i >= rank_floor(dtype) * σ_max`` (``1e-3`` in float32, ``0.1``
+    The forward map keeps ``σ_i >= rank_floor(dtype) * max(1, σ_max)`` (``1e-3`` in float32, ``0.1``
     in half precision: ten times ``in_manifold``'s rank tolerance), so every raw value maps onto
     a matrix of numerical rank exactly ``rank``; the image is the rank-``rank`` matrices whose
     kept singular values are within that ratio of the largest. ``apply_inverse`` is the
-    truncated SVD; kept singular values below ``rank_floor * σ_max`` (e.g. the missing ones of
-    a value of lower rank) are raised to ``interior_margin(dtype) * max(1, σ_max)`` (``1e-2``
-    in float32, ``0.2`` in half precision).
+    truncated SVD; kept singular values below the rank tolerance ``default_atol(dtype) *
+    max(1, σ_max)`` (e.g. the missing ones of a value of lower rank) are raised to
+    ``interior_margin(dtype) * max(1, σ_max)`` (``1e-2`` in float32, ``0.2`` in half
+    precision); those between the tolerance and the floor are kept and the forward raises
+    them to the floor.
     """
 
     rank: int
@@ -318,9 +321,9 @@ class Invertible(_PositiveSigma, _SVDFamily):
 
     Shapes ``(..., n, n)``. ``f``: ``"softplus"`` (default), ``"exp"``, a callable or an
     ``(f, f_inverse)`` pair. The forward clamps ``f(s)`` to ``>= tiny``. ``apply_inverse`` is
-    exact on GL⁺ (singular values above ``default_atol(dtype) * σ_max``); for ``det X <= 0`` it
+    exact on GL⁺ (singular values above ``default_atol(dtype) * max(1, σ_max)``); for ``det X <= 0`` it
     negates the singular vector of the smallest singular value, and it raises singular values
-    below ``default_atol * σ_max`` (a numerically singular value) to ``interior_margin(dtype) *
+    below ``default_atol * max(1, σ_max)`` (a numerically singular value) to ``interior_margin(dtype) *
     max(1, σ_max)``. geotorch's ``GLp``.
     """
 
@@ -346,10 +349,11 @@ class SL(_SVDFamily):
     evaluated without underflow (``log softplus(s) = s`` below -15), so ``det = 1`` holds
     exactly in the singular values even where ``f(s)`` itself underflows to 0 (where the
     direct ``f(s) / (∏ f(s))^{1/n}`` is ``0 * inf = NaN``). ``l`` is first raised to
-    ``max(l) + log(rank_floor(dtype))`` (``σ_min >= 1e-3 σ_max`` in float32): a matrix with
+    ``max(l) + log(rank_floor(dtype))`` (``σ_min >= 1e-3 σ_max`` in float32; ``σ_max >= 1`` on SL): a matrix with
     ``det = 1`` that rounding can tell from a singular one, and ``exp`` that cannot overflow.
     ``apply_inverse`` is exact on SL(n) within that ratio; elsewhere it raises the singular
-    values below ``rank_floor * σ_max`` to ``interior_margin(dtype) * max(1, σ_max)``, divides
+    values below ``default_atol(dtype) * max(1, σ_max)`` (numerically zero) to
+    ``interior_margin(dtype) * max(1, σ_max)``, divides
     them by their geometric mean (in log space) and fixes the sign as :class:`Invertible` does.
     """
 
@@ -367,7 +371,7 @@ class SL(_SVDFamily):
     def _sigma_inverse(self, sigma, top, dtype):
         m = S.resolve_scalar_map(self.f)
         inv = S.inverse_or_raise(type(self).__name__, m)
-        l = jnp.log(S.raise_small(sigma, top, S.rank_floor(dtype)))
+        l = jnp.log(S.raise_small(sigma, top, default_atol(dtype), dtype))
         return inv(jnp.exp(l - jnp.mean(l, axis=-1, keepdims=True)))
 
     def _sv_ok(self, sv, tol, r, x):

@@ -15,13 +15,13 @@ stores ``f^{-1}`` of the eigenvalues on the diagonal. Eigenvalues outside the im
 moved into it first: that is the projection used when registering a value that is not on the
 manifold, e.g. a random kernel. For ``|λ|`` (PSSD, PSSDLowRank: a closed set) negative
 eigenvalues are clipped to 0. For softplus / exp (PositiveDefinite, PSSDFixedRank: open sets)
-an eigenvalue too small to count (below ``max(ratio * λ_max, tiny)``: ``ratio =
-default_atol(dtype)`` for PositiveDefinite, ``rank_floor(dtype)`` for PSSDFixedRank) is raised
+an eigenvalue too small to count (below ``max(default_atol(dtype) * max(1, λ_max), tiny)``,
+the tolerance ``in_manifold`` uses) is raised
 strictly inside, to ``interior_margin(dtype) * max(1, λ_max)`` (``1e-2`` in float32, ``0.2`` in
 half precision; :func:`parametrax._numerics.scalar.raise_small`), whose raw value ``f^{-1}``
 (``>= -4.6``) is where gradients reach it. The forward maps clamp ``f(λ)`` to ``>= tiny``
 (softplus / exp underflow to 0 below about -87 in float32), and PSSDFixedRank's keeps
-``λ_i >= rank_floor(dtype) * λ_max`` (``1e-3`` in float32), so any raw value maps onto the set.
+``λ_i >= rank_floor(dtype) * max(1, λ_max)`` (``1e-3`` in float32), so any raw value maps onto the set.
 ``update_base`` moves the base to the current eigenvectors and zeroes the ``Q`` part of the raw
 array, keeping the value.
 
@@ -101,7 +101,7 @@ class _SymEigen(T.Trivialized):
         return S.resolve_scalar_map(getattr(self, "f", "abs"))
 
     def _floor(self, dtype) -> float:
-        """The smallest ratio ``f(λ) / max f(λ)`` the forward keeps (0: only ``tiny``)."""
+        """The smallest ratio ``f(λ) / max(1, max f(λ))`` the forward keeps (0: only ``tiny``)."""
         return 0.0
 
     def _keep(self, dtype) -> float:
@@ -115,9 +115,7 @@ class _SymEigen(T.Trivialized):
             return w
         w = S.positive_image(w)
         ratio = self._floor(dtype)
-        if ratio:
-            w = jnp.maximum(w, ratio * jnp.max(w, axis=-1, keepdims=True))
-        return w
+        return S.floor_ratio(w, ratio) if ratio else w
 
     def _rank(self, x: Array) -> int:
         rank = getattr(self, "rank", None)
@@ -166,7 +164,7 @@ class _SymEigen(T.Trivialized):
             w_r = S.clip_to_image(m, w_r, 0.0)
         else:
             top = jnp.max(w, axis=-1, keepdims=True)
-            w_r = S.raise_small(w_r, top, max(self._keep(value.dtype), self._floor(value.dtype)))
+            w_r = S.raise_small(w_r, top, self._keep(value.dtype), value.dtype)
         lam = inv(w_r)
         raw = _set_diag(jnp.zeros_like(value), lam.astype(value.dtype))
         return raw, {**variables["state"], "base": complete(v_r).astype(value.dtype)}
@@ -277,11 +275,12 @@ class PSSDFixedRank(_SymEigen):
 
     Shapes ``(..., n, n)`` with ``rank <= n``. ``in_manifold`` checks that the ``n - rank``
     smallest eigenvalues are 0 and the others positive, to ``atol * max(1, |A|)``. The forward
-    keeps the nonzero eigenvalues ``>= rank_floor(dtype) * λ_max`` (``1e-3`` in float32, ``0.1``
+    keeps the nonzero eigenvalues ``>= rank_floor(dtype) * max(1, λ_max)`` (``1e-3`` in float32, ``0.1``
     in half precision, ten times that tolerance), so every raw value maps onto a matrix of
-    numerical rank exactly ``rank``; ``apply_inverse`` raises kept eigenvalues below that ratio
-    (e.g. the missing ones of a value of lower rank) to ``interior_margin(dtype) *
-    max(1, λ_max)``.
+    numerical rank exactly ``rank``; ``apply_inverse`` raises kept eigenvalues below the
+    tolerance ``default_atol(dtype) * max(1, λ_max)`` (e.g. the missing ones of a value of lower
+    rank) to ``interior_margin(dtype) * max(1, λ_max)``; those between the tolerance and the
+    floor are kept and the forward raises them to the floor.
     """
 
     rank: int
