@@ -347,8 +347,6 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
-@xfail16("constraints.py:_floor raises values <= 0 to finfo.tiny, inv_softplus(tiny) = -87.3: "
-         "softplus' there is 1e-38 (dead) and softplus(-87.3 - 1) flushes to 0")
 def test_positive_right_inverse_of_nonpositive_lands_strictly_inside_and_alive():
     p = px.Positive()
     raw = np.asarray(p.right_inverse(jnp.array([-1.0, 0.0, -1e-30], jnp.float32)))
@@ -358,16 +356,12 @@ def test_positive_right_inverse_of_nonpositive_lands_strictly_inside_and_alive()
     assert np.all(_sigmoid(raw) >= LIVE_GRAD), f"raw {raw} is in softplus's dead zone"
 
 
-@xfail16("constraints.py:Interval.right_inverse clips p to [tiny, 1 - epsneg] and "
-         "low + (high - low) * sigmoid(logit(p)) rounds back onto the ends in float32")
 def test_interval_projection_is_open():
     p = px.Interval(-1.0, 3.0)
     y = np.asarray(p(p.right_inverse(jnp.array([-1.0, 3.0, -5.0, 7.0], jnp.float32))))
     assert np.all((y > -1.0) & (y < 3.0)), y
 
 
-@xfail16("constraints.py:Ordered.right_inverse floors non-increasing steps at finfo.tiny: "
-         "y_i = y_{i-1} + softplus(-87) rounds to a tie")
 def test_ordered_projection_is_strictly_increasing():
     p = px.Ordered()
     raw = p.right_inverse(jnp.array([0.0, 0.0, -1.0, 5.0], jnp.float32))
@@ -376,16 +370,12 @@ def test_ordered_projection_is_strictly_increasing():
     assert np.all(_sigmoid(np.asarray(raw)[1:]) >= LIVE_GRAD)
 
 
-@xfail16("constraints.py:Simplex.right_inverse takes log(max(y, tiny)) = -87: the softmax of "
-         "that underflows to exactly 0")
 def test_simplex_projection_is_strictly_positive():
     p = px.Simplex()
     y = np.asarray(p(p.right_inverse(jnp.array([0.0, 0.5, 0.5], jnp.float32))))
     assert np.all(y > 0) and abs(y.sum() - 1) < 1e-5, y
 
 
-@xfail16("constraints.py:Cholesky.right_inverse floors the diagonal at finfo.tiny: "
-         "softplus(inv_softplus(tiny)) flushes to 0, a singular factor")
 def test_cholesky_projection_has_a_positive_diagonal():
     p = px.Cholesky()
     raw = p.right_inverse(jnp.array([[0.0, 0.0], [1.0, -1.0]], jnp.float32))
@@ -394,8 +384,6 @@ def test_cholesky_projection_has_a_positive_diagonal():
     assert np.all(_sigmoid(np.diag(np.asarray(raw))) >= LIVE_GRAD)
 
 
-@xfail16("the right inverses of Positive/Ordered/Cholesky put raw values of a normal init at "
-         "-87 (constraints.py:_floor + inv_softplus), where no optimizer step brings them back")
 @pytest.mark.parametrize("entry", [px.Positive(), px.Ordered(), px.Cholesky()],
                          ids=["Positive", "Ordered", "Cholesky"])
 def test_softplus_entries_registered_from_a_normal_init_train_and_stay_on_the_set(entry):
@@ -423,9 +411,6 @@ def test_softplus_entries_registered_from_a_normal_init_train_and_stay_on_the_se
         assert finite(y) and member(y), f"off the set after step {step}"
 
 
-@xfail16("lowrank.py:_PositiveSigma._sigma_inverse floors the missing singular value at "
-         "eps * sigma_max (2.5e-6 here), far below FixedRank's own rank tolerance: the stored "
-         "value is numerically rank 1")
 def test_fixed_rank_of_a_rank_one_value_has_rank_exactly_two():
     spec = {"w": px.FixedRank(2)}
     value = np.outer(np.arange(1.0, 5.0), np.arange(1.0, 4.0)).astype(np.float32)
@@ -439,8 +424,6 @@ def test_fixed_rank_of_a_rank_one_value_has_rank_exactly_two():
 # ------------------------------------------------------------------------------------------------
 # 7. Underflow / cancellation
 # ------------------------------------------------------------------------------------------------
-@xfail16("lowrank.py:_geo_normalise computes exp(-mean(log(softplus(s)))): softplus(-88) "
-         "underflows to 0 in float32, log 0 = -inf, and 0 * inf = NaN")
 def test_sl_forward_with_a_very_negative_raw_diagonal_is_finite_with_det_one():
     y = np.asarray(px.SL().forward(jnp.diag(jnp.array([-88.0, 0.0, 1.0], jnp.float32))))
     assert finite(y)
@@ -462,8 +445,6 @@ def _scaled_sigmoid_map():
                 "_scaled_sigmoid_map in tests/test_always_on_set.py")
 
 
-@xfail16("_scalar.py:_scaled_sigmoid computes 2*sigmoid(x) - 1, which cancels near 0 (absolute "
-         "error ~eps, relative error 1 at |x| ~ eps); tanh(x / 2) is the same map without it")
 def test_scaled_sigmoid_is_accurate_near_zero():
     f = _scaled_sigmoid_map()
     x = np.array([1e-8, -1e-6, 1e-4, 1e-2, 0.5, 3.0], np.float32)

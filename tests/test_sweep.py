@@ -441,34 +441,6 @@ CAUSES: dict[str, str] = {
 # comment is the outcome observed on the day it was written.
 KNOWN_FAILURES: dict[str, str] = {
     "Orthogonal-matrix_exp-notriv|momentum|square|f32|huge": "expm-huge-norm",  # off the set at st
-    "PSSDFixedRank|momentum|square|f32|zeros": "rank-floor",  # off the set at step 0 (off by 0)
-    "PSSDFixedRank|momentum|square|f32|rank_deficient": "rank-floor",  # off the set at step 0 (off
-    "PSSDFixedRank|momentum|square|f32|huge": "softplus-underflow",  # off the set at step 14 (off 
-    "PSSDFixedRank|momentum|square|f32|tiny": "rank-floor",  # off the set at step 0 (off by 9.68e-
-    "SL|adafactor|square|f32|rank_deficient": "sl-cancel",  # off the set at step 0 (off by 0.0395)
-    "Positive|huge_lr|square|bf16|default": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Positive|huge_lr|square|bf16|zeros": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Positive|huge_lr|square|bf16|orth_det_minus_one": "floor-tiny",  # off the set at step 0 (off 
-    "Positive|huge_lr|square|bf16|rank_deficient": "floor-tiny",  # off the set at step 0 (off by 0
-    "Positive|huge_lr|square|bf16|huge": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Positive|huge_lr|square|bf16|tiny": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Interval|sgd|square|f32|rank_deficient": "interval-closed",  # off the set at step 0 (off by 0
-    "Interval|sgd|square|f32|huge": "interval-closed",  # off the set at step 0 (off by 0)
-    "Simplex|momentum|square|f32|default": "floor-tiny",  # off the set at step 0 (off by 8.94e-08)
-    "Simplex|momentum|square|f32|orth_det_minus_one": "floor-tiny",  # off the set at step 0 (off b
-    "Simplex|momentum|square|f32|huge": "floor-tiny",  # off the set at step 0 (off by 5.96e-08)
-    "Ordered|adam|square|bf16|default": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Ordered|adam|square|bf16|zeros": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Ordered|adam|square|bf16|orth_det_minus_one": "floor-tiny",  # off the set at step 0 (off by 0
-    "Ordered|adam|square|bf16|rank_deficient": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Ordered|adam|square|bf16|huge": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Ordered|adam|square|bf16|tiny": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Cholesky|lion|square|f32|default": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Cholesky|lion|square|f32|zeros": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Cholesky|lion|square|f32|orth_det_minus_one": "floor-tiny",  # off the set at step 0 (off by 0
-    "Cholesky|lion|square|f32|rank_deficient": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Cholesky|lion|square|f32|huge": "floor-tiny",  # off the set at step 0 (off by 0)
-    "Cholesky|lion|square|f32|tiny": "floor-tiny",  # off the set at step 0 (off by 0)
     "SpectralNorm|adafactor|wide|f32|tiny": "sn-lag",  # off the set at step 1 (off by 0.176)
     "skew-matrix_exp|sgd|square|f32|huge": "expm-huge-norm",  # off the set at step 0 (off by 0.003
     "symmetric-matrix_exp|momentum|square|f32|default": "expm-overflow",  # non-finite at step 4

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from parametrax._errors import ParametrizationError, ParametrizationTypeError
+from parametrax._numerics.checks import default_atol
 
 Array = jax.Array
 
@@ -29,6 +30,14 @@ __all__ = [
     "clip_to_image",
     "floor_tiny",
     "has_inverse",
+    "interior_margin",
+    "rank_floor",
+    "raise_into",
+    "raise_small",
+    "floor_ratio",
+    "positive_image",
+    "strictly_increasing",
+    "log_positive",
 ]
 
 
@@ -49,7 +58,16 @@ def inv_softplus(y: Array) -> Array:
 
 
 def _scaled_sigmoid(x: Array) -> Array:
-    return 2.0 * jax.nn.sigmoid(x) - 1.0
+    # 2 sigmoid(x) - 1 == tanh(x / 2); the left side cancels near 0 (absolute error ~eps, so
+    # relative error 1 at |x| ~ eps), tanh keeps full relative precision.
+    return jnp.tanh(0.5 * x)
+
+
+def _log_softplus(x: Array) -> Array:
+    # log(softplus(x)) without underflow: for x < -15 softplus(x) = e^x (1 - e^x / 2 + ...) so
+    # the log is x up to e^x / 2 < 2e-7 relative; softplus(x) itself underflows below ~-87.
+    safe = jnp.maximum(x, -15.0)
+    return jnp.where(x < -15.0, x, jnp.log(jax.nn.softplus(safe)))
 
 
 def _inv_scaled_sigmoid(t: Array) -> Array:
@@ -78,11 +96,14 @@ class ScalarMap:
     lo: float
     hi: float
     closed: bool = True  # whether the image contains its finite end points
+    log_f: Callable[[Array], Array] | None = None  # log(f(x)) without underflow (positive maps)
 
 
 SCALAR_MAPS: dict[str, ScalarMap] = {
-    "softplus": ScalarMap("softplus", jax.nn.softplus, inv_softplus, 0.0, float("inf"), False),
-    "exp": ScalarMap("exp", jnp.exp, jnp.log, 0.0, float("inf"), False),
+    "softplus": ScalarMap(
+        "softplus", jax.nn.softplus, inv_softplus, 0.0, float("inf"), False, _log_softplus
+    ),
+    "exp": ScalarMap("exp", jnp.exp, jnp.log, 0.0, float("inf"), False, _identity),
     "abs": ScalarMap("abs", jnp.abs, _abs_inverse, 0.0, float("inf")),
     "identity": ScalarMap("identity", _identity, _identity, float("-inf"), float("inf")),
     "sin": ScalarMap("sin", jnp.sin, _asin, -1.0, 1.0),
@@ -161,6 +182,112 @@ def clip_to_image(m: ScalarMap, y: Array, floor: Array | float) -> Array:
 
 #: The scalar maps onto ``(0, inf)`` the positive entries accept by name.
 POSITIVE_MAPS = ("softplus", "exp")
+
+
+def log_positive(m: ScalarMap, x: Array) -> Array:
+    """``log(f(x))`` for a map onto ``(0, inf)``, computed without underflow where ``m`` knows
+    how (softplus: ``x`` itself below -15; exp: ``x``), else ``log(max(f(x), tiny))``."""
+    if m.log_f is not None:
+        return m.log_f(x)
+    return jnp.log(positive_image(m.f(x)))
+
+
+# ------------------------------------------------------------------------------------------------
+# The one interior rule (issue 16): a right inverse lands STRICTLY inside an open set, with a
+# margin that keeps the raw value where gradients reach it, and every raw value maps onto the set.
+# ------------------------------------------------------------------------------------------------
+def interior_margin(dtype) -> float:
+    r"""The margin by which a projection lands inside an open set, relative to
+    ``max(1, scale)`` of the value: ``max(1e-2, 20 * default_atol(dtype))``, i.e. ``1e-2`` in
+    float32 / float64 and ``0.2`` in float16 / bfloat16.
+
+    Why this size: (a) an entry raised to ``m = 1e-2`` has raw value ``inv_softplus(m) = -4.6``
+    (``log m`` under exp, ``logit m`` under a sigmoid) where the map's derivative is ``~m``:
+    gradients reach it (at the old floor, ``finfo.tiny``, the raw value was -87 and the
+    derivative 1e-38: such entries never trained); (b) it is 100x (half precision: 20x) the
+    tolerance ``default_atol`` that ``in_manifold`` and the rank checks use, and 2x-10x
+    :func:`rank_floor`, so the rounding of a reconstructed product (``~n eps scale``) cannot
+    bring the value back to the boundary; (c) in bfloat16 (``eps = 2^-7``) ``0.2`` is ~25 ulps,
+    so cumulative sums of raised steps do not round into ties.
+    """
+    return max(1e-2, 20.0 * default_atol(dtype))
+
+
+def rank_floor(dtype) -> float:
+    r"""The smallest ratio ``σ_min / σ_max`` (eigenvalues: ``λ_min / λ_max``) that the
+    forward maps of the fixed-rank and special-linear entries produce: ``10 * default_atol``
+    (float32 ``1e-3``, half precision ``0.1``, float64 ``1e-8``). Ten times the tolerance of
+    ``in_manifold``'s rank check, so that any raw value maps onto a matrix whose rank is
+    exactly the stated one, numerically and not only in exact arithmetic."""
+    return 10.0 * default_atol(dtype)
+
+
+def raise_into(y: Array, off: Array, scale: Array | float = 1.0, dtype=None) -> Array:
+    """``y`` with the entries where ``off`` holds replaced by ``interior_margin(dtype) *
+    max(1, scale)`` (``scale`` broadcasts against ``y``; ``dtype``: the value's, when ``y`` is
+    computed wider): the one projection of values on or beyond the boundary ``0`` of an open
+    set. Other entries are kept exactly."""
+    m = interior_margin(y.dtype if dtype is None else dtype)
+    m = m * jnp.maximum(1.0, jnp.asarray(scale, y.dtype))
+    return jnp.where(off, jnp.broadcast_to(m, y.shape).astype(y.dtype), y)
+
+
+def raise_small(sigma: Array, top: Array, ratio: float, dtype=None) -> Array:
+    """Singular values / eigenvalues ``sigma`` with those below ``max(ratio * max(1, top),
+    tiny)`` (``top`` the largest, broadcasting against ``sigma``) raised to ``interior_margin *
+    max(1, top)`` by :func:`raise_into`: the projection of the positive-spectrum entries
+    (fixed rank, invertible, positive definite, special linear) onto their open sets. The
+    ``max(1, .)`` is the library's one tolerance convention (:func:`default_atol`)."""
+    tiny = jnp.finfo(sigma.dtype).tiny
+    off = ~(sigma >= jnp.maximum(ratio * jnp.maximum(1.0, top), tiny))
+    return raise_into(sigma, off, top, dtype)
+
+
+def floor_ratio(sigma: Array, ratio: float) -> Array:
+    """``max(sigma, ratio * max(1, max(sigma)))`` along the last axis: the forward floor of
+    the fixed-rank entries (``ratio = rank_floor(dtype)``)."""
+    top = jnp.max(sigma, axis=-1, keepdims=True)
+    return jnp.maximum(sigma, ratio * jnp.maximum(1.0, top))
+
+
+def positive_image(y: Array) -> Array:
+    """``max(y, tiny)``: the forward clamp of the maps onto ``(0, inf)``. ``softplus(x)`` and
+    ``exp(x)`` underflow to exactly 0 (a point off the set) for ``x`` below about -87 (float32,
+    bfloat16) / -708 (float64); clamped, the image is exactly the positive normal numbers
+    ``[tiny, inf)``, and every value there is kept bit for bit."""
+    return jnp.maximum(y, jnp.asarray(jnp.finfo(y.dtype).tiny, y.dtype))
+
+
+def _ordinal(y: Array) -> Array:
+    """A signed integer with the order of the float ``y`` that counts the representable normal
+    numbers: ``0`` for zero (and subnormals, which XLA flushes to zero), ``±1`` for ``±tiny``,
+    ``±2`` for the next ones, ... (consecutive ordinals are adjacent normal floats)."""
+    itype = jnp.dtype(f"int{jnp.finfo(y.dtype).bits}")
+    tiny_bits = jax.lax.bitcast_convert_type(jnp.asarray(jnp.finfo(y.dtype).tiny, y.dtype), itype)
+    mag = jax.lax.bitcast_convert_type(jnp.abs(y), itype)
+    o = jnp.where(mag >= tiny_bits, mag - tiny_bits + 1, 0)
+    return jnp.where(y < 0, -o, o)
+
+
+def _from_ordinal(o: Array, dtype) -> Array:
+    itype = o.dtype
+    tiny_bits = jax.lax.bitcast_convert_type(jnp.asarray(jnp.finfo(dtype).tiny, dtype), itype)
+    mag = jnp.where(o == 0, 0, jnp.abs(o) + tiny_bits - 1)
+    y = jax.lax.bitcast_convert_type(mag.astype(itype), dtype)
+    return jnp.where(o < 0, -y, y)
+
+
+def strictly_increasing(y: Array) -> Array:
+    """``y`` (increasing along the last axis in exact arithmetic) made strictly increasing
+    after rounding: each entry is at least the next representable number above the one before
+    it, ``y'_i = max(y_i, nextafter(y'_{i-1}, inf))``. Computed exactly in the floats' integer
+    order (a cumulative max of ``ord(y_i) - i``), so an already strictly increasing ``y`` is
+    returned bit for bit; a tie moves by one ulp. The derivative is taken as the identity (the
+    change is a few ulps)."""
+    o = _ordinal(jax.lax.stop_gradient(y))
+    i = jnp.arange(y.shape[-1], dtype=o.dtype)
+    fixed = _from_ordinal(jax.lax.cummax(o - i, axis=y.ndim - 1) + i, y.dtype)
+    return jax.lax.stop_gradient(fixed) + (y - jax.lax.stop_gradient(y))
 
 
 def floor_tiny(y: Array) -> Array:

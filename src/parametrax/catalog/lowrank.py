@@ -20,6 +20,18 @@ moves the bases to the singular vectors and stores ``σ^{-1}`` of the singular v
 diagonal: exact on the manifold, and the nearest-point projection (truncated SVD, clipped
 singular values) elsewhere. ``update_base`` moves both bases to the current factors and zeroes
 their raw parts, keeping ``s`` and the value.
+
+Open sets (issue 16): for the entries whose singular values must be positive, a singular value
+too small to count (below ``max(default_atol(dtype) * max(1, σ_max), tiny)``, the tolerance
+``in_manifold`` uses) is raised strictly inside, to ``interior_margin(dtype) * max(1, σ_max)``
+(:func:`parametrax._numerics.scalar.raise_small`; ``1e-2`` in float32, ``0.2`` in half
+precision), where its raw value ``f^{-1}`` stays where gradients reach it. The forward maps
+clamp ``f(s)`` to ``>= tiny`` (softplus / exp underflow to 0), and the fixed-rank and
+special-linear ones keep ``σ_min >= rank_floor(dtype) * max(1, σ_max)`` (``1e-3`` in float32),
+so every raw value maps onto the set numerically, not only in exact arithmetic.
+
+Dtypes: bfloat16 / float16 values are computed in float32 (XLA has no half-precision SVD on
+CPU) and the results cast back.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from parametrax._numerics import (
     complete,
     default_atol,
     eye_batch,
+    widen,
     flip_last_col,
     haar,
     haar_special,
@@ -83,12 +96,14 @@ class _SVDFamily(T.Trivialized):
         return "f" not in self.__dataclass_fields__ or S.has_inverse(self.f)
 
     # --- subclass hooks -------------------------------------------------------------------------
-    def _sigma(self, s: Array) -> Array:
-        """Singular values from their raw parameters."""
+    def _sigma(self, s: Array, dtype) -> Array:
+        """Singular values from their raw parameters (``dtype``: the value's, for its
+        tolerances; ``s`` may be wider)."""
         raise NotImplementedError
 
-    def _sigma_inverse(self, sigma: Array, scale: Array) -> Array:
-        """Raw parameters from (projected) singular values."""
+    def _sigma_inverse(self, sigma: Array, top: Array, dtype) -> Array:
+        """Raw parameters from the kept singular values ``sigma`` (``top``: the largest singular
+        value of the value, shape ``(..., 1)``), projected onto the entry's set."""
         raise NotImplementedError
 
     def _fix_det(self) -> bool:
@@ -98,7 +113,7 @@ class _SVDFamily(T.Trivialized):
         raise NotImplementedError
 
     def _sample_sigma(self, key: Array, shape: tuple, dtype) -> Array:
-        return self._sigma(jax.random.normal(key, shape, dtype))
+        return self._sigma(jax.random.normal(key, shape, dtype), dtype)
 
     # --- shapes ---------------------------------------------------------------------------------
     def _rank(self, x: Array) -> int:
@@ -138,15 +153,17 @@ class _SVDFamily(T.Trivialized):
 
     def _compute(self, state: dict, raw: Array) -> Array:
         r = self._rank(raw)
-        x = self._tall(raw)
+        dtype = raw.dtype
+        x = widen(self._tall(raw))
         big, small = x.shape[-2:]
         bu, bv = state["base_u"], state["base_v"]
         require_shape(self, bu.shape[-2:], (big, big), "the base point `state['base_u']`")
         require_shape(self, bv.shape[-2:], (small, small), "the base point `state['base_v']`")
+        bu, bv = widen(bu), widen(bv)
         u = T.stiefel_point(bu, x[..., :, :r], self.triv)
         v = T.stiefel_point(bv, mT(x[..., :r, :]), self.triv)
-        sigma = self._sigma(jnp.diagonal(x, axis1=-2, axis2=-1)[..., :r])
-        return self._untall((u * sigma[..., None, :]) @ mT(v), raw)
+        sigma = self._sigma(jnp.diagonal(x, axis1=-2, axis2=-1)[..., :r], dtype)
+        return self._untall(((u * sigma[..., None, :]) @ mT(v)).astype(dtype), raw)
 
     def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
         del update_state
@@ -160,17 +177,20 @@ class _SVDFamily(T.Trivialized):
     def apply_inverse(self, variables: Variables, value: Array, *, key=None):
         del key
         r = self._rank(value)
-        y = self._tall(value)
+        y = widen(self._tall(value))
         u, sv, vh = jnp.linalg.svd(y, full_matrices=False)
         if self._fix_det():
             neg = jnp.linalg.det(u) * jnp.linalg.det(vh) < 0
             u = flip_last_col(u, neg)
         u_r, v_r, sv_r = u[..., :, :r], mT(vh)[..., :, :r], sv[..., :r]
-        scale = jnp.maximum(1.0, sv[..., :1])
-        s = self._sigma_inverse(sv_r, scale).astype(value.dtype)
+        s = self._sigma_inverse(sv_r, sv[..., :1], value.dtype).astype(value.dtype)
         idx = jnp.arange(r)
-        raw = jnp.zeros_like(y).at[..., idx, idx].set(s)
-        state = {**variables["state"], "base_u": complete(u_r), "base_v": complete(v_r)}
+        raw = jnp.zeros(y.shape, value.dtype).at[..., idx, idx].set(s)
+        state = {
+            **variables["state"],
+            "base_u": complete(u_r).astype(value.dtype),
+            "base_v": complete(v_r).astype(value.dtype),
+        }
         return self._untall(raw, value), state
 
     def right_inverse(self, value: Array) -> Array:
@@ -195,6 +215,7 @@ class _SVDFamily(T.Trivialized):
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         r = self._rank(x)
         atol = default_atol(x.dtype) if atol is None else atol
+        x = widen(x)
         sv = jnp.linalg.svd(x, compute_uv=False)
         tol = atol * jnp.maximum(1.0, sv[..., :1])
         return jnp.all(self._sv_ok(sv, tol, r, x))
@@ -207,17 +228,14 @@ class _SVDFamily(T.Trivialized):
         big, small = max(shape[-2:]), min(shape[-2:])
         batch = shape[:-2]
         ku, kv, ks = jax.random.split(key, 3)
+        wide = jnp.promote_types(dtype, jnp.float32)
         if self._fix_det():
-            u, v = haar_special(ku, batch, big, dtype), haar_special(kv, batch, small, dtype)
+            u, v = haar_special(ku, batch, big, wide), haar_special(kv, batch, small, wide)
         else:
-            u, v = haar(ku, batch, big, r, dtype), haar(kv, batch, small, r, dtype)
-        sigma = self._sample_sigma(ks, batch + (r,), dtype)
-        x = (u * sigma[..., None, :]) @ mT(v)
+            u, v = haar(ku, batch, big, r, wide), haar(kv, batch, small, r, wide)
+        sigma = widen(self._sample_sigma(ks, batch + (r,), dtype))
+        x = ((u * sigma[..., None, :]) @ mT(v)).astype(dtype)
         return mT(x) if shape[-2] < shape[-1] else x
-
-
-def _geo_normalise(sigma: Array) -> Array:
-    return sigma * jnp.exp(-jnp.mean(jnp.log(sigma), axis=-1, keepdims=True))
 
 
 class LowRank(_SVDFamily):
@@ -236,10 +254,10 @@ class LowRank(_SVDFamily):
 
     rank: int
 
-    def _sigma(self, s):
+    def _sigma(self, s, dtype):
         return s
 
-    def _sigma_inverse(self, sigma, scale):
+    def _sigma_inverse(self, sigma, top, dtype):
         return sigma
 
     def _sv_ok(self, sv, tol, r, x):
@@ -247,27 +265,51 @@ class LowRank(_SVDFamily):
 
 
 class _PositiveSigma:
-    """σ = f(s) for a positive ``f`` (the ``f`` field): FixedRank's and Invertible's hooks."""
+    """σ = f(s) for a positive ``f`` (the ``f`` field): FixedRank's and Invertible's hooks.
+    ``_floor(dtype)``: the smallest ratio σ / max(1, σ_max) the forward keeps (0: only ``tiny``);
+    ``_keep(dtype)``: the ratio below which ``apply_inverse`` raises a singular value: the rank
+    tolerance ``default_atol`` (a singular value between it and the forward's floor is kept,
+    and the forward moves it up to the floor: a move of at most ``rank_floor * max(1, σ_max)``,
+    continuous in the value)."""
 
-    def _sigma(self, s):
-        return S.resolve_scalar_map(self.f).f(s)
+    def _floor(self, dtype) -> float:
+        return 0.0
 
-    def _sigma_inverse(self, sigma, scale):
-        m = S.resolve_scalar_map(self.f)
-        inv = S.inverse_or_raise(type(self).__name__, m)
-        return inv(S.clip_to_image(m, sigma, jnp.finfo(sigma.dtype).eps * scale))
+    def _keep(self, dtype) -> float:
+        return default_atol(dtype)
+
+    def _sigma(self, s, dtype):
+        sigma = S.positive_image(S.resolve_scalar_map(self.f).f(s))
+        ratio = self._floor(dtype)
+        return S.floor_ratio(sigma, ratio) if ratio else sigma
+
+    def _sigma_inverse(self, sigma, top, dtype):
+        inv = S.inverse_or_raise(type(self).__name__, S.resolve_scalar_map(self.f))
+        return inv(S.raise_small(sigma, top, self._keep(dtype), dtype))
 
 
 class FixedRank(_PositiveSigma, _SVDFamily):
     r"""Matrices of rank exactly ``rank``: ``X = U diag(f(s)) Vᵀ`` with ``f > 0``.
 
     Shapes ``(..., n, k)``, ``rank <= min(n, k)``. ``f``: ``"softplus"`` (default), ``"exp"``,
-    a callable or an ``(f, f_inverse)`` pair. ``apply_inverse`` is the truncated SVD with the
-    kept singular values floored at ``eps * max(1, σ_max)``. geotorch's ``FixedRank``.
+    a callable or an ``(f, f_inverse)`` pair. geotorch's ``FixedRank``.
+
+    The forward map keeps ``σ_i >= rank_floor(dtype) * max(1, σ_max)`` (``1e-3`` in float32, ``0.1``
+    in half precision: ten times ``in_manifold``'s rank tolerance), so every raw value maps onto
+    a matrix of numerical rank exactly ``rank``; the image is the rank-``rank`` matrices whose
+    kept singular values are within that ratio of the largest. ``apply_inverse`` is the
+    truncated SVD; kept singular values below the rank tolerance ``default_atol(dtype) *
+    max(1, σ_max)`` (e.g. the missing ones of a value of lower rank) are raised to
+    ``interior_margin(dtype) * max(1, σ_max)`` (``1e-2`` in float32, ``0.2`` in half
+    precision); those between the tolerance and the floor are kept and the forward raises
+    them to the floor.
     """
 
     rank: int
     f: str | Callable | tuple = "softplus"
+
+    def _floor(self, dtype):
+        return S.rank_floor(dtype)
 
     def _sv_ok(self, sv, tol, r, x):
         return jnp.all(sv[..., r:] <= tol, axis=-1) & (sv[..., r - 1] > tol[..., 0])
@@ -278,9 +320,11 @@ class Invertible(_PositiveSigma, _SVDFamily):
     ``U, V`` orthogonal of constant ``det U · det V = 1`` and ``f > 0``.
 
     Shapes ``(..., n, n)``. ``f``: ``"softplus"`` (default), ``"exp"``, a callable or an
-    ``(f, f_inverse)`` pair. ``apply_inverse`` is exact on GL⁺; for ``det X <= 0`` it negates
-    the singular vector of the smallest singular value (and floors singular values at
-    ``eps * max(1, σ_max)``). geotorch's ``GLp``.
+    ``(f, f_inverse)`` pair. The forward clamps ``f(s)`` to ``>= tiny``. ``apply_inverse`` is
+    exact on GL⁺ (singular values above ``default_atol(dtype) * max(1, σ_max)``); for ``det X <= 0`` it
+    negates the singular vector of the smallest singular value, and it raises singular values
+    below ``default_atol * max(1, σ_max)`` (a numerically singular value) to ``interior_margin(dtype) *
+    max(1, σ_max)``. geotorch's ``GLp``.
     """
 
     _square_only = True
@@ -299,9 +343,18 @@ class SL(_SVDFamily):
     ``σ = f(s) / (∏ f(s))^{1/n}`` and ``det U · det V = 1``.
 
     Shapes ``(..., n, n)``. ``f``: ``"softplus"`` (default), ``"exp"`` (then
-    ``σ = exp(s - mean(s))``), a callable or an ``(f, f_inverse)`` pair. ``apply_inverse`` is
-    exact on SL(n); elsewhere it divides the singular values by their geometric mean (and fixes
-    the sign as :class:`Invertible` does). geotorch's ``SL``.
+    ``σ = exp(s - mean(s))``), a callable or an ``(f, f_inverse)`` pair. geotorch's ``SL``.
+
+    The normalisation is computed in log space, ``σ = exp(l - mean(l))`` with ``l = log f(s)``
+    evaluated without underflow (``log softplus(s) = s`` below -15), so ``det = 1`` holds
+    exactly in the singular values even where ``f(s)`` itself underflows to 0 (where the
+    direct ``f(s) / (∏ f(s))^{1/n}`` is ``0 * inf = NaN``). ``l`` is first raised to
+    ``max(l) + log(rank_floor(dtype))`` (``σ_min >= 1e-3 σ_max`` in float32; ``σ_max >= 1`` on SL): a matrix with
+    ``det = 1`` that rounding can tell from a singular one, and ``exp`` that cannot overflow.
+    ``apply_inverse`` is exact on SL(n) within that ratio; elsewhere it raises the singular
+    values below ``default_atol(dtype) * max(1, σ_max)`` (numerically zero) to
+    ``interior_margin(dtype) * max(1, σ_max)``, divides
+    them by their geometric mean (in log space) and fixes the sign as :class:`Invertible` does.
     """
 
     _square_only = True
@@ -310,16 +363,16 @@ class SL(_SVDFamily):
     def _fix_det(self):
         return True
 
-    def _sigma(self, s):
-        if self.f == "exp":
-            return jnp.exp(s - jnp.mean(s, axis=-1, keepdims=True))
-        return _geo_normalise(S.resolve_scalar_map(self.f).f(s))
+    def _sigma(self, s, dtype):
+        l = S.log_positive(S.resolve_scalar_map(self.f), s)
+        l = jnp.maximum(l, jnp.max(l, axis=-1, keepdims=True) + jnp.log(S.rank_floor(dtype)))
+        return jnp.exp(l - jnp.mean(l, axis=-1, keepdims=True))
 
-    def _sigma_inverse(self, sigma, scale):
+    def _sigma_inverse(self, sigma, top, dtype):
         m = S.resolve_scalar_map(self.f)
         inv = S.inverse_or_raise(type(self).__name__, m)
-        sigma = S.clip_to_image(m, sigma, jnp.finfo(sigma.dtype).eps * scale)
-        return inv(_geo_normalise(sigma))
+        l = jnp.log(S.raise_small(sigma, top, default_atol(dtype), dtype))
+        return inv(jnp.exp(l - jnp.mean(l, axis=-1, keepdims=True)))
 
     def _sv_ok(self, sv, tol, r, x):
         sign, logdet = jnp.linalg.slogdet(x)
@@ -333,9 +386,14 @@ class AlmostOrthogonal(_SVDFamily):
     ``AlmostOrthogonal``).
 
     Shapes ``(..., n, k)`` (all ``min(n, k)`` singular values are constrained). ``lam`` in
-    ``(0, 1]``; ``f``: ``"sin"`` (default), ``"tanh"``, ``"scaled_sigmoid"`` (``2σ(x) - 1``),
-    a callable or an ``(f, f_inverse)`` pair. ``apply_inverse`` is exact on the manifold and
-    clips singular values into ``[1 - lam, 1 + lam]`` elsewhere (the nearest such matrix).
+    ``(0, 1]``; ``f``: ``"sin"`` (default), ``"tanh"``, ``"scaled_sigmoid"`` (``2σ(x) - 1``,
+    computed as ``tanh(x / 2)``), a callable or an ``(f, f_inverse)`` pair. ``apply_inverse``
+    is exact strictly inside the band. A singular value on or beyond an edge of the band
+    (``|σ - 1| >= lam``) is moved inside to ``1 ± lam (1 - m)``, ``m = interior_margin(dtype)``
+    (``1e-2``; ``0.2`` in half precision): at an edge itself ``sin'`` (``tanh'``) is 0 (or the
+    raw value infinite), so a raw value there would never move again; at ``1 - m`` the raw
+    value is ``asin(0.99) = 1.43`` (``atanh(0.99) = 2.6``) where the derivative is ``~0.14``
+    (``~0.02``) and gradients reach it.
     """
 
     _f_names: ClassVar[tuple[str, ...]] = ("sin", "tanh", "scaled_sigmoid")
@@ -351,13 +409,15 @@ class AlmostOrthogonal(_SVDFamily):
                 "lam = 0, exactly orthogonal matrices, use `Stiefel` or `SO`.)"
             )
 
-    def _sigma(self, s):
+    def _sigma(self, s, dtype):
         return 1.0 + self.lam * S.resolve_scalar_map(self.f).f(s)
 
-    def _sigma_inverse(self, sigma, scale):
+    def _sigma_inverse(self, sigma, top, dtype):
         m = S.resolve_scalar_map(self.f)
         inv = S.inverse_or_raise(type(self).__name__, m)
         t = (sigma - 1.0) / self.lam
+        edge = 1.0 - S.interior_margin(dtype)
+        t = jnp.where(jnp.abs(t) < 1.0, t, jnp.where(t < 0, -edge, edge))
         return inv(S.clip_to_image(m, t, jnp.finfo(sigma.dtype).eps))
 
     def _sv_ok(self, sv, tol, r, x):

@@ -3,6 +3,10 @@
 Stateless, shape- and dtype-keeping, with exact inverses on their sets: ``forward(right_inverse(y))
 == y`` up to rounding, including for very large and very small positive values (the inverse
 softplus is computed stably, see :func:`parametrax._numerics.inv_softplus`).
+
+Both sets are open. Every raw value maps into the set (the forward maps are clamped to the
+representable interior), and a value on or beyond the boundary is projected strictly inside by
+the one rule of :func:`parametrax._numerics.scalar.interior_margin`.
 """
 
 from __future__ import annotations
@@ -11,17 +15,21 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from parametrax._core import Parametrization
 from parametrax._errors import ParametrizationError, ParametrizationTypeError
 from parametrax._numerics import (
     POSITIVE_MAPS,
     check_scalar_map,
-    floor_tiny,
     has_inverse,
+    interior_margin,
     inverse_or_raise,
+    positive_image,
+    raise_into,
     require_inexact,
     resolve_scalar_map,
+    widened,
 )
 
 __all__ = ["Positive", "Interval"]
@@ -33,10 +41,14 @@ class Positive(Parametrization):
     r"""Positive values: ``x -> f(x)`` with ``f`` ``"softplus"`` (default) or ``"exp"`` (or a
     callable / ``(f, f_inverse)`` pair onto ``(0, inf)``).
 
-    Shapes: any. ``right_inverse`` is the exact inverse on ``y > 0`` (``log`` or the stable
-    inverse softplus, exact down to the smallest normal number). Values ``<= 0`` are first
-    raised to that smallest number, so registering a kernel with negative entries gives finite
-    but nearly dead raw values there: register on positive values, or assign a ``sample``.
+    Shapes: any. ``forward`` is ``max(f(x), tiny)`` (``tiny`` the smallest positive normal
+    number of the dtype): ``softplus``/``exp`` underflow to exactly 0 below about -87
+    (float32), so the clamp makes every raw value an optimizer can reach map into the set; the
+    image is exactly ``[tiny, inf)``. ``right_inverse`` is the exact inverse on that image
+    (``log`` or the stable inverse softplus). Values below ``tiny`` (``<= 0``: off the set) are
+    raised to the margin ``m = interior_margin(dtype)`` (``1e-2``; ``0.2`` in half precision),
+    an absolute floor on softplus' natural scale 1: their raw value is ``f^{-1}(m) = -4.6``,
+    where the derivative is ``~m`` and gradients reach it.
 
     >>> import jax.numpy as jnp
     >>> from parametrax.catalog.positive import Positive
@@ -59,11 +71,12 @@ class Positive(Parametrization):
 
     def forward(self, x: Array) -> Array:
         require_inexact(self, x, real=True)
-        return resolve_scalar_map(self.f).f(x)
+        return positive_image(resolve_scalar_map(self.f).f(x))
 
     def right_inverse(self, value: Array) -> Array:
         require_inexact(self, value, real=True)
-        return inverse_or_raise("Positive", resolve_scalar_map(self.f))(floor_tiny(value))
+        inv = inverse_or_raise("Positive", resolve_scalar_map(self.f))
+        return inv(raise_into(value, ~(value >= jnp.finfo(value.dtype).tiny)))
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         """``all(x > 0)`` (a strict inequality: ``atol`` is not used)."""
@@ -75,17 +88,43 @@ class Positive(Parametrization):
         return self.forward(jax.random.normal(key, tuple(shape), dtype))
 
 
+@widened
+def _interval_map(x: Array, *, low: float, high: float) -> Array:
+    return low + (high - low) * jax.nn.sigmoid(x)
+
+
+@widened
+def _interval_inverse(value: Array, *, low: float, high: float, m: float) -> Array:
+    p = (value - low) / (high - low)
+    # off the set (at or beyond an end, or NaN): the fraction m from the nearer end
+    inside = (p > 0) & (p < 1)
+    p = jnp.where(inside, p, jnp.where(p >= 1, 1.0 - m, m))
+    # a fraction inside but within rounding of an end keeps its logit finite
+    eps = jnp.finfo(p.dtype).eps
+    p = jnp.clip(p, jnp.finfo(p.dtype).tiny, 1.0 - eps / 2)
+    return jnp.log(p) - jnp.log1p(-p)
+
+
 class Interval(Parametrization):
     r"""Values in the open interval ``(low, high)``: ``x -> low + (high - low) sigmoid(x)``.
 
-    Shapes: any. ``right_inverse(y) = logit((y - low) / (high - low))``, exact inside the
-    interval; values at or beyond its ends are first moved to the nearest representable
-    interior fraction (finite raw values).
+    Shapes: any. ``forward`` computes in at least float32 and clamps the result to the
+    representable interior ``[nextafter(low, high), nextafter(high, low)]`` of the value's
+    dtype: for ``|x|`` beyond ~17 (float32) ``sigmoid(x)`` rounds to 0 or 1, which would put the
+    value ON an end; clamped, every raw value maps into the open interval (the image is that
+    closed range of representable numbers). An interval with no representable number strictly
+    inside, in the dtype used, is refused (``ParametrizationError``).
+
+    ``right_inverse(y) = logit((y - low) / (high - low))``, exact inside the interval. Values at
+    or beyond the ends are projected strictly inside: their fraction is moved to
+    ``m = interior_margin(dtype)`` (``1e-2``; ``0.2`` in half precision) from the end, whose raw
+    value ``logit(m) = -4.6`` keeps ``sigmoid'`` at ``~m``, so gradients reach it.
 
     >>> import jax.numpy as jnp
     >>> from parametrax.catalog.positive import Interval
-    >>> Interval(-1.0, 3.0)(jnp.array([-50.0, 0.0, 50.0])).tolist()
-    [-1.0, 1.0, 3.0]
+    >>> y = Interval(-1.0, 3.0)(jnp.array([-50.0, 0.0, 50.0]))
+    >>> bool(y[0] > -1.0), float(y[1]), bool(y[2] < 3.0)
+    (True, 1.0, True)
     """
 
     low: float
@@ -104,15 +143,31 @@ class Interval(Parametrization):
                 f"`Interval`: needs `low` < `high`; got low={self.low!r}, high={self.high!r}."
             )
 
+    def _interior(self, dtype) -> tuple[Array, Array]:
+        """The smallest and largest numbers of ``dtype`` strictly inside ``(low, high)``."""
+        dt = np.dtype(dtype)
+        lo, hi = np.asarray(self.low, dt), np.asarray(self.high, dt)
+        lo_in = lo if lo > self.low else np.nextafter(lo, np.asarray(np.inf, dt))
+        hi_in = hi if hi < self.high else np.nextafter(hi, np.asarray(-np.inf, dt))
+        if not (self.low < float(lo_in) <= float(hi_in) < self.high):
+            raise ParametrizationError(
+                f"`Interval({self.low!r}, {self.high!r})`: no {dt.name} number lies strictly "
+                "inside the interval; widen the interval or use a wider dtype."
+            )
+        return jnp.asarray(lo_in, dtype), jnp.asarray(hi_in, dtype)
+
     def forward(self, x: Array) -> Array:
         require_inexact(self, x, real=True)
-        return self.low + (self.high - self.low) * jax.nn.sigmoid(x)
+        lo_in, hi_in = self._interior(x.dtype)
+        y = _interval_map(x, low=self.low, high=self.high)
+        return jnp.clip(y, lo_in, hi_in)
 
     def right_inverse(self, value: Array) -> Array:
         require_inexact(self, value, real=True)
-        p = (value - self.low) / (self.high - self.low)
-        p = jnp.clip(p, jnp.finfo(p.dtype).tiny, 1 - jnp.finfo(p.dtype).epsneg)
-        return jnp.log(p) - jnp.log1p(-p)
+        self._interior(value.dtype)
+        return _interval_inverse(
+            value, low=self.low, high=self.high, m=interior_margin(value.dtype)
+        )
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         """``all(low < x < high)`` (strict: ``atol`` is not used)."""

@@ -12,9 +12,21 @@ triangle of its first ``r`` columns; the rest (upper triangle, and the trailing 
 State: ``{"base": (..., n, n)}``, an orthogonal matrix. ``apply_inverse(variables, A)``
 symmetrises ``A``, takes its ``r`` largest eigenpairs, moves the base to their eigenvectors and
 stores ``f^{-1}`` of the eigenvalues on the diagonal. Eigenvalues outside the image of ``f`` are
-clipped into it first (for softplus / exp: floored at ``eps * max(1, max|λ|)``): that is the
-projection used when registering a value that is not on the manifold, e.g. a random kernel. ``update_base`` moves the base to the current eigenvectors and zeroes the
-``Q`` part of the raw array, keeping the value.
+moved into it first: that is the projection used when registering a value that is not on the
+manifold, e.g. a random kernel. For ``|λ|`` (PSSD, PSSDLowRank: a closed set) negative
+eigenvalues are clipped to 0. For softplus / exp (PositiveDefinite, PSSDFixedRank: open sets)
+an eigenvalue too small to count (below ``max(default_atol(dtype) * max(1, λ_max), tiny)``,
+the tolerance ``in_manifold`` uses) is raised
+strictly inside, to ``interior_margin(dtype) * max(1, λ_max)`` (``1e-2`` in float32, ``0.2`` in
+half precision; :func:`parametrax._numerics.scalar.raise_small`), whose raw value ``f^{-1}``
+(``>= -4.6``) is where gradients reach it. The forward maps clamp ``f(λ)`` to ``>= tiny``
+(softplus / exp underflow to 0 below about -87 in float32), and PSSDFixedRank's keeps
+``λ_i >= rank_floor(dtype) * max(1, λ_max)`` (``1e-3`` in float32), so any raw value maps onto the set.
+``update_base`` moves the base to the current eigenvectors and zeroes the ``Q`` part of the raw
+array, keeping the value.
+
+Dtypes: bfloat16 / float16 values are computed in float32 (XLA has no half-precision ``eigh``
+on CPU) and the results cast back.
 
 Scalar maps ``f``: a name from the class's closed table, a hashable callable (then values cannot
 be assigned: no inverse), or a pair ``(f, f_inverse)`` of hashable callables.
@@ -37,6 +49,7 @@ from parametrax._numerics import (
     eye_batch,
     haar,
     mT,
+    widen,
     require_rank,
     require_shape,
     require_square,
@@ -87,6 +100,23 @@ class _SymEigen(T.Trivialized):
     def _fmap(self) -> S.ScalarMap:
         return S.resolve_scalar_map(getattr(self, "f", "abs"))
 
+    def _floor(self, dtype) -> float:
+        """The smallest ratio ``f(λ) / max(1, max f(λ))`` the forward keeps (0: only ``tiny``)."""
+        return 0.0
+
+    def _keep(self, dtype) -> float:
+        """The ratio below which ``apply_inverse`` raises an eigenvalue (positive maps)."""
+        return default_atol(dtype)
+
+    def _eigs(self, lam: Array, dtype) -> Array:
+        m = self._fmap()
+        w = m.f(lam)
+        if m.closed:  # |λ|: [0, inf) contains its end
+            return w
+        w = S.positive_image(w)
+        ratio = self._floor(dtype)
+        return S.floor_ratio(w, ratio) if ratio else w
+
     def _rank(self, x: Array) -> int:
         rank = getattr(self, "rank", None)
         if rank is None:
@@ -105,11 +135,13 @@ class _SymEigen(T.Trivialized):
     def _compute(self, base: Array, x: Array) -> Array:
         r = self._rank(x)
         n = x.shape[-1]
+        dtype = x.dtype
         require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
+        x, base = widen(x), widen(base)
         q = T.stiefel_point(base, x[..., :, :r], self.triv)
         lam = jnp.diagonal(x, axis1=-2, axis2=-1)[..., :r]
-        w = self._fmap().f(lam)
-        return _sym((q * w[..., None, :]) @ mT(q))
+        w = self._eigs(lam, dtype)
+        return _sym((q * w[..., None, :]) @ mT(q)).astype(dtype)
 
     def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
         del update_state
@@ -126,13 +158,16 @@ class _SymEigen(T.Trivialized):
         n = value.shape[-1]
         m = self._fmap()
         inv = S.inverse_or_raise(type(self).__name__, m)
-        w, v = jnp.linalg.eigh(_sym(value))
+        w, v = jnp.linalg.eigh(_sym(widen(value)))
         w_r, v_r = w[..., n - r :], v[..., :, n - r :]
-        scale = jnp.maximum(1.0, jnp.max(jnp.abs(w), axis=-1, keepdims=True))
-        floor = jnp.finfo(value.dtype).eps * scale
-        lam = inv(S.clip_to_image(m, w_r, floor))
+        if m.closed:
+            w_r = S.clip_to_image(m, w_r, 0.0)
+        else:
+            top = jnp.max(w, axis=-1, keepdims=True)
+            w_r = S.raise_small(w_r, top, self._keep(value.dtype), value.dtype)
+        lam = inv(w_r)
         raw = _set_diag(jnp.zeros_like(value), lam.astype(value.dtype))
-        return raw, {**variables["state"], "base": complete(v_r)}
+        return raw, {**variables["state"], "base": complete(v_r).astype(value.dtype)}
 
     def right_inverse(self, value: Array) -> Array:
         raise NotImplementedError(
@@ -156,6 +191,7 @@ class _SymEigen(T.Trivialized):
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         r = self._rank(x)
         atol = default_atol(x.dtype) if atol is None else atol
+        x = widen(x)
         w = jnp.linalg.eigvalsh(_sym(x))
         scale = jnp.maximum(1.0, jnp.max(jnp.abs(w), axis=-1, keepdims=True))
         tol = atol * scale
@@ -163,16 +199,17 @@ class _SymEigen(T.Trivialized):
         return jnp.all(sym_ok & self._eig_ok(w, tol, r))
 
     def _sample_eigs(self, key: Array, shape: tuple, dtype) -> Array:
-        return self._fmap().f(jax.random.normal(key, shape, dtype))
+        wide = jnp.promote_types(dtype, jnp.float32)
+        return self._eigs(jax.random.normal(key, shape, wide), dtype)
 
     def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
         """``Q diag(f(z)) Qᵀ`` with ``Q`` Haar (n x r) and ``z`` standard normal."""
         shape = tuple(shape)
         r = self._rank(jax.ShapeDtypeStruct(shape, dtype))
         kq, kw = jax.random.split(key)
-        q = haar(kq, shape[:-2], shape[-1], r, dtype)
+        q = haar(kq, shape[:-2], shape[-1], r, jnp.promote_types(dtype, jnp.float32))
         w = self._sample_eigs(kw, shape[:-2] + (r,), dtype)
-        return _sym((q * w[..., None, :]) @ mT(q))
+        return _sym((q * w[..., None, :]) @ mT(q)).astype(dtype)
 
 
 class PositiveDefinite(_SymEigen):
@@ -237,11 +274,20 @@ class PSSDFixedRank(_SymEigen):
     ``PSSDFixedRank``).
 
     Shapes ``(..., n, n)`` with ``rank <= n``. ``in_manifold`` checks that the ``n - rank``
-    smallest eigenvalues are 0 and the others positive, to ``atol * max(1, |A|)``.
+    smallest eigenvalues are 0 and the others positive, to ``atol * max(1, |A|)``. The forward
+    keeps the nonzero eigenvalues ``>= rank_floor(dtype) * max(1, λ_max)`` (``1e-3`` in float32, ``0.1``
+    in half precision, ten times that tolerance), so every raw value maps onto a matrix of
+    numerical rank exactly ``rank``; ``apply_inverse`` raises kept eigenvalues below the
+    tolerance ``default_atol(dtype) * max(1, λ_max)`` (e.g. the missing ones of a value of lower
+    rank) to ``interior_margin(dtype) * max(1, λ_max)``; those between the tolerance and the
+    floor are kept and the forward raises them to the floor.
     """
 
     rank: int
     f: str | Callable | tuple = "softplus"
+
+    def _floor(self, dtype):
+        return S.rank_floor(dtype)
 
     def _eig_ok(self, w, tol, r):
         n = w.shape[-1]

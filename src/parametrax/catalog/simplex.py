@@ -6,7 +6,15 @@ import jax
 import jax.numpy as jnp
 
 from parametrax._core import Parametrization
-from parametrax._numerics import check_axis_field, default_atol, normalize_axes, require_inexact
+from parametrax._numerics import (
+    check_axis_field,
+    default_atol,
+    normalize_axes,
+    positive_image,
+    raise_into,
+    require_inexact,
+    widened,
+)
 
 __all__ = ["Simplex"]
 
@@ -19,12 +27,26 @@ def _axis(p, x) -> int:
     return normalize_axes(p, p.axis, x.shape)[0]
 
 
+@widened
+def _softmax(x: Array, *, axis: int) -> Array:
+    return positive_image(jax.nn.softmax(x, axis=axis))
+
+
 class Simplex(Parametrization):
     r"""The open probability simplex along ``axis``: ``x -> softmax(x, axis)``.
 
-    Shapes: any with at least one dimension. ``right_inverse(y) = log y - mean(log y)`` (the
-    zero-sum representative: exact for ``y > 0`` summing to 1). The raw array keeps the value's
-    shape, so it carries one redundant degree of freedom per vector (the softmax ignores shifts).
+    Shapes: any with at least one dimension. ``forward`` computes the softmax in at least
+    float32 and clamps each entry to ``>= tiny`` (the smallest positive normal number): for raw
+    differences beyond ~87 (float32) ``exp`` underflows to exactly 0, a point off the open
+    simplex; clamped, every raw value maps into it (the sum moves by at most ``n * tiny``).
+
+    ``right_inverse(y) = log y - mean(log y)`` (the zero-sum representative: exact for
+    ``y > 0`` summing to 1; a positive vector is normalised). Entries below ``tiny`` (``<= 0``:
+    off the set) are first raised to ``m * max(1, max_i y_i)`` with ``m =
+    interior_margin(dtype)`` (``1e-2``; ``0.2`` in half precision), so each lands strictly
+    inside, at a logit ``log m = -4.6`` below the largest where the softmax's derivative
+    ``p (1 - p)`` is ``~m``: gradients reach it. The raw array keeps the value's shape, so it
+    carries one redundant degree of freedom per vector (the softmax ignores shifts).
     """
 
     axis: int = -1
@@ -33,12 +55,15 @@ class Simplex(Parametrization):
         check_axis_field(self, allow_tuple=False)
 
     def forward(self, x: Array) -> Array:
-        return jax.nn.softmax(x, axis=_axis(self, x))
+        return _softmax(x, axis=_axis(self, x))
 
     def right_inverse(self, value: Array) -> Array:
         ax = _axis(self, value)
-        logp = jnp.log(jnp.maximum(value, jnp.finfo(value.dtype).tiny))
-        return logp - jnp.mean(logp, axis=ax, keepdims=True)
+        off = ~(value >= jnp.finfo(value.dtype).tiny)
+        top = jnp.max(jnp.where(off, 0, value), axis=ax, keepdims=True, initial=0.0)
+        y = raise_into(value, off, top)
+        logp = jnp.log(y.astype(jnp.promote_types(y.dtype, jnp.float32)))
+        return (logp - jnp.mean(logp, axis=ax, keepdims=True)).astype(value.dtype)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         """``x > 0`` and every vector sums to 1 to ``atol``."""

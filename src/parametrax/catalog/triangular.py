@@ -12,10 +12,11 @@ from parametrax._numerics import (
     POSITIVE_MAPS,
     check_scalar_map,
     default_atol,
-    floor_tiny,
     has_inverse,
     inverse_or_raise,
     max_abs,
+    positive_image,
+    raise_into,
     require_matrix,
     require_square,
     resolve_scalar_map,
@@ -55,10 +56,15 @@ class Cholesky(Parametrization):
     r"""Cholesky factors: lower-triangular square matrices with a positive diagonal,
     ``x -> tril(x, -1) + diag(f(diag x))`` (``f``: ``"softplus"`` default, or ``"exp"``).
 
-    Shapes ``(..., n, n)``. ``right_inverse`` replaces the diagonal by ``f^{-1}`` of it (exact
-    for a positive diagonal; entries ``<= 0`` are first raised to the smallest normal number).
-    ``L Lᵀ`` then ranges over the positive definite matrices (TFP's ``FillScaleTriL`` without
-    the vector packing).
+    Shapes ``(..., n, n)``. ``forward`` clamps the diagonal ``f(diag x)`` to ``>= tiny`` (the
+    smallest positive normal number; softplus / exp underflow to 0 below about -87 in float32),
+    so every raw value maps onto a factor with a positive diagonal. ``right_inverse`` keeps the
+    lower triangle and replaces the diagonal by ``f^{-1}`` of it (exact for a diagonal
+    ``>= tiny``). Diagonal entries below ``tiny`` (``<= 0``: off the set) are first raised to
+    ``m * max(1, max |tril(value)|)`` per matrix, ``m = interior_margin(dtype)`` (``1e-2``;
+    ``0.2`` in half precision): strictly inside, with a raw value ``>= f^{-1}(m) = -4.6`` where
+    gradients reach it. ``L Lᵀ`` then ranges over the positive definite matrices (TFP's
+    ``FillScaleTriL`` without the vector packing).
     """
 
     f: str | Callable | tuple = "softplus"
@@ -80,11 +86,18 @@ class Cholesky(Parametrization):
         return jnp.tril(x, -1).at[..., idx, idx].set(fn(d))
 
     def forward(self, x: Array) -> Array:
-        return self._diag_map(x, resolve_scalar_map(self.f).f)
+        f = resolve_scalar_map(self.f).f
+        return self._diag_map(x, lambda d: positive_image(f(d)))
 
     def right_inverse(self, value: Array) -> Array:
         inv = inverse_or_raise("Cholesky", resolve_scalar_map(self.f))
-        return self._diag_map(value, lambda d: inv(floor_tiny(d)))
+        require_square(self, value, real=True)
+        scale = jnp.max(jnp.abs(jnp.tril(value)), axis=(-2, -1), initial=0.0)[..., None]
+
+        def diag(d):
+            return inv(raise_into(d, ~(d >= jnp.finfo(d.dtype).tiny), scale))
+
+        return self._diag_map(value, diag)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         """Square, ``max |triu(x, 1)| <= atol`` and ``diag(x) > 0``."""
