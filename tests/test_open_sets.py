@@ -295,3 +295,9 @@ def test_half_precision_svd_and_eigh_entries_register_on_their_sets(name, dtype)
     assert raw.dtype == dtype
     back = f64(p.apply({"params": {}, "state": state}, raw)[0])
     np.testing.assert_allclose(back, f64(on_set), atol=tol * max(1.0, np.abs(f64(on_set)).max()))
+
+
+def test_invertible_forward_of_a_very_negative_singular_parameter_stays_invertible():
+    x = jnp.diag(jnp.array([3.0, -300.0, 1.0], jnp.float32))
+    sv = np.linalg.svd(f64(px.Invertible().forward(x)), compute_uv=False)
+    assert sv[-1] >= 0.99e-3 * sv[0], sv

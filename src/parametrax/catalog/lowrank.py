@@ -26,8 +26,8 @@ too small to count (below ``max(default_atol(dtype) * max(1, σ_max), tiny)``, t
 ``in_manifold`` uses) is raised strictly inside, to ``interior_margin(dtype) * max(1, σ_max)``
 (:func:`parametrax._numerics.scalar.raise_small`; ``1e-2`` in float32, ``0.2`` in half
 precision), where its raw value ``f^{-1}`` stays where gradients reach it. The forward maps
-clamp ``f(s)`` to ``>= tiny`` (softplus / exp underflow to 0), and the fixed-rank and
-special-linear ones keep ``σ_min >= rank_floor(dtype) * max(1, σ_max)`` (``1e-3`` in float32),
+clamp ``f(s)`` to ``>= tiny`` (softplus / exp underflow to 0), and the fixed-rank, invertible
+and special-linear ones keep ``σ_min >= rank_floor(dtype) * max(1, σ_max)`` (``1e-3`` in float32),
 so every raw value maps onto the set numerically, not only in exact arithmetic.
 
 Dtypes: bfloat16 / float16 values are computed in float32 (XLA has no half-precision SVD on
@@ -320,7 +320,10 @@ class Invertible(_PositiveSigma, _SVDFamily):
     ``U, V`` orthogonal of constant ``det U · det V = 1`` and ``f > 0``.
 
     Shapes ``(..., n, n)``. ``f``: ``"softplus"`` (default), ``"exp"``, a callable or an
-    ``(f, f_inverse)`` pair. The forward clamps ``f(s)`` to ``>= tiny``. ``apply_inverse`` is
+    ``(f, f_inverse)`` pair. The forward keeps ``σ_i >= rank_floor(dtype) * max(1, σ_max)``
+    (``1e-3`` in float32, ``0.1`` in half precision) as :class:`FixedRank` does: with only
+    ``f(s) >= tiny``, an optimizer that drives one raw value far negative makes the matrix
+    numerically singular and the sign of its determinant a matter of rounding. ``apply_inverse`` is
     exact on GL⁺ (singular values above ``default_atol(dtype) * max(1, σ_max)``); for ``det X <= 0`` it
     negates the singular vector of the smallest singular value, and it raises singular values
     below ``default_atol * max(1, σ_max)`` (a numerically singular value) to ``interior_margin(dtype) *
@@ -329,6 +332,9 @@ class Invertible(_PositiveSigma, _SVDFamily):
 
     _square_only = True
     f: str | Callable | tuple = "softplus"
+
+    def _floor(self, dtype):
+        return S.rank_floor(dtype)
 
     def _fix_det(self):
         return True
