@@ -137,7 +137,7 @@ def test_a_finite_value_whose_raw_value_is_nan_is_refused_at_registration_and_as
     assert np.isnan(np.log(np.float32(-2.0)))
     with pytest.raises(
         px.RightInverseError,
-        match=r"parametrizing `w` with \[Exp\]: the value is finite, but the chain \[`Exp`\] "
+        match=r"parametrizing `w` with \[Exp\]: the value is finite, but the chain \[Exp\] "
         r"turned it into non-finite values: the raw value `original` has 1 NaN among 4 entries "
         r"\(from link 0 \(`Exp`\)'s right inverse\)",
     ):

@@ -269,7 +269,7 @@ def test_append_checks_and_atomicity():
     snap = snapshot(layer)
     with pytest.raises(
         px.ShapeError,
-        match=r"\[`FirstRow`\] on `Linear.kernel`.*the current value has shape \(3, 3\) and "
+        match=r"\[FirstRow\] on `Linear.kernel`.*the current value has shape \(3, 3\) and "
         r"dtype float32, `FirstRow` returned shape \(1, 3\)",
     ):
         pnnx.register_parametrization(layer, "kernel", FirstRow())
@@ -418,7 +418,7 @@ class WithExtras(nnx.Module):
             FirstRow(),
             {},
             px.ShapeError,
-            r"\[`FirstRow`\] on `Linear.kernel`.*may not change the shape or dtype.*"
+            r"\[FirstRow\] on `Linear.kernel`.*may not change the shape or dtype.*"
             r"shape \(3, 3\).*shape \(1, 3\)",
         ),
         ("kernel", ZerosInverseFirstRow(), {}, px.ShapeError, r"may not change the shape"),

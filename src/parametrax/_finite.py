@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from parametrax._errors import ParametrizationError, RightInverseError, describe
+from parametrax._errors import ParametrizationError, RightInverseError, chain_repr, describe
 
 __all__ = ["nonfinite", "check_value", "check_link", "produced_error"]
 
@@ -129,7 +129,7 @@ def check_link(
 
 def produced_error(chain: Sequence[Any], problems: list[str]) -> RightInverseError:
     """The error for non-finite arrays a chain produced from a finite value."""
-    chain_str = "[" + ", ".join(describe(p) for p in chain) + "]"
+    chain_str = chain_repr(chain)
     return RightInverseError(
         f"the value is finite, but the chain {chain_str} turned it into non-finite values: "
         f"{'; '.join(problems)}. The chain cannot represent this value (e.g. Cayley cannot "

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from parametrax._core import describe
-from parametrax._errors import ParametrizationError, ParametrizationTypeError
+from parametrax._errors import ParametrizationError, ParametrizationTypeError, chain_repr
 from parametrax.nnx import _compat
 
 Array = jax.Array
@@ -42,7 +42,7 @@ def _spec(x: Any) -> str:
 
 
 def _chain_str(chain) -> str:
-    return "[" + ", ".join(describe(p) for p in chain) + "]"
+    return chain_repr(chain)
 
 
 def _like(var: nnx.Variable, value: Any) -> nnx.Variable:

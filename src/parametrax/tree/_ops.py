@@ -36,9 +36,9 @@ from parametrax._errors import (
     ParametrizationTypeError,
     ShapeError,
     SpecError,
+    chain_repr,
     with_context,
 )
-from parametrax._core import name_of
 from parametrax.tree.paths import (
     get_path,
     glob_match,
@@ -118,10 +118,6 @@ def _add_note(err: BaseException, context: str) -> None:
     chain, keeping its type and its own notes (Python >= 3.11; a no-op before)."""
     if hasattr(err, "add_note"):
         err.add_note(f"(parametrax: raised while {context})")
-
-
-def chain_repr(chain: tuple) -> str:
-    return "[" + ", ".join(name_of(p) for p in chain) + "]"
 
 
 def _context(path: str, chain: tuple) -> str:
