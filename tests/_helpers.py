@@ -116,6 +116,17 @@ class Scale(px.Parametrization):
 
 
 @dataclasses.dataclass(frozen=True)
+class Exp(px.Parametrization):
+    """exp / log: a finite value <= 0 has a non-finite right inverse."""
+
+    def forward(self, x):
+        return jnp.exp(x)
+
+    def right_inverse(self, value):
+        return jnp.log(value)
+
+
+@dataclasses.dataclass(frozen=True)
 class Counter(px.Parametrization):
     """Identity with a state ``count`` that advances once per read that updates state."""
 

@@ -31,18 +31,9 @@ from flax import nnx
 import parametrax as px
 from parametrax import tree as ptree
 
+from _helpers import Exp
+
 KEY = jax.random.key(0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Exp(px.Parametrization):
-    """exp / log: a finite value <= 0 has a non-finite right inverse."""
-
-    def forward(self, x):
-        return jnp.exp(x)
-
-    def right_inverse(self, value):
-        return jnp.log(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,26 +140,16 @@ def test_a_finite_value_whose_raw_value_is_nan_is_refused_at_registration_and_as
     _same(raw, before)
 
 
-class _Exp(px.Parametrization):
-    """exp with log as right inverse: log of a negative value is NaN (no check of its own)."""
-
-    def forward(self, x):
-        return jnp.exp(x)
-
-    def right_inverse(self, y):
-        return jnp.log(y)
-
-
 def test_the_link_that_produced_the_non_finite_intermediate_is_named():
-    """[_Exp, Symmetric] given -1s: Symmetric keeps the upper triangle (zeros below), then link
+    """[Exp, Symmetric] given -1s: Symmetric keeps the upper triangle (zeros below), then link
     0's log gives NaN for the -1s and -Inf for the zero."""
     value = -jnp.ones((2, 2))
     with pytest.raises(
         px.RightInverseError,
         match=r"turned it into non-finite values: the raw value `original` has 3 NaN and 1 Inf among "
-        r"4 entries \(from link 0 \(`_Exp`\)'s right inverse\)",
+        r"4 entries \(from link 0 \(`Exp`\)'s right inverse\)",
     ):
-        ptree.register({"w": [_Exp(), px.symmetric]}, {"w": value})
+        ptree.register({"w": [Exp(), px.symmetric]}, {"w": value})
 
 
 def test_linen_assign_of_a_value_the_chain_cannot_represent_changes_nothing():

@@ -26,7 +26,7 @@ from flax import nnx
 import parametrax as px
 from parametrax import nnx as pnnx
 
-from _helpers import Counter, F32_ATOL
+from _helpers import Counter, Exp, F32_ATOL
 
 
 def linear(seed=0, n=3):
@@ -52,17 +52,6 @@ def assert_unchanged(module, snap):
     assert flat.keys() == snap[2].keys()
     for k in flat:  # bit-identical, NaN included
         np.testing.assert_array_equal(_bits(flat[k]), _bits(snap[2][k]))
-
-
-@dataclasses.dataclass(frozen=True)
-class Exp(px.Parametrization):
-    """exp / log: a finite value <= 0 has a non-finite right inverse."""
-
-    def forward(self, x):
-        return jnp.exp(x)
-
-    def right_inverse(self, value):
-        return jnp.log(value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -308,6 +308,18 @@ def _as_raw_tuple(raw: Any, link: Parametrization, first: bool) -> tuple[tuple[A
     )
 
 
+def _make_variables(link: Parametrization, key: Array | None, value: Array) -> tuple[dict, dict]:
+    """``(params, state)`` of ``link`` made at registration from ``key`` and the value it sees."""
+    if not link.has_variables:
+        return {}, {}
+    if key is None:
+        raise ParametrizationError(
+            f"{describe(link)} owns variables and needs a PRNG key to initialise them; pass `key=`."
+        )
+    v = link.init_variables(key, value)
+    return dict(v["params"]), dict(v["state"])
+
+
 def chain_register(
     chain: tuple[Parametrization, ...],
     value: Array,
@@ -342,16 +354,7 @@ def chain_register(
     is_seq = False
     for i in reversed(range(n)):
         link = chain[i]
-        if link.has_variables:
-            if init_keys[i] is None:
-                raise ParametrizationError(
-                    f"{describe(link)} owns variables and needs a PRNG key to initialise them; "
-                    "pass `key=`."
-                )
-            v = link.init_variables(init_keys[i], current)
-        else:
-            v = empty_variables()
-        params[i], state[i] = dict(v["params"]), dict(v["state"])
+        params[i], state[i] = _make_variables(link, init_keys[i], current)
         _finite.check_link(chain, i, params=params[i], state=state[i], producer="init_variables")
         raw = _register_inverse(link, params[i], state[i], current, init_keys[n + i])
         if raw is _NO_INVERSE:
@@ -667,16 +670,8 @@ def chain_append(
     state: list[dict] = []
     y: Any = value
     for j, link in enumerate(chain):
-        if link.has_variables:
-            if keys[j] is None:
-                raise ParametrizationError(
-                    f"{describe(link)} owns variables and needs a PRNG key to initialise them; "
-                    "pass `key=`."
-                )
-            v = link.init_variables(keys[j], y)
-        else:
-            v = empty_variables()
-        variables = {"params": dict(v["params"]), "state": dict(v["state"])}
+        link_params, link_state = _make_variables(link, keys[j], y)
+        variables = {"params": link_params, "state": link_state}
         _finite.check_link(
             chain, j, params=variables["params"], state=variables["state"],
             producer="init_variables", offset=offset,
