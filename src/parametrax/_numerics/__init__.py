@@ -17,6 +17,7 @@ from parametrax._numerics.checks import (
     check_positive_int,
     default_atol,
     normalize_axes,
+    real_axis,
     on_manifold_tol,
     require_inexact,
     require_matrix,

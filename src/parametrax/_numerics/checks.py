@@ -41,6 +41,7 @@ __all__ = [
     "check_positive_int",
     "check_axis_field",
     "normalize_axes",
+    "real_axis",
     "default_atol",
     "on_manifold_tol",
 ]
@@ -158,6 +159,13 @@ def check_axis_field(p, *, allow_tuple: bool = True, allow_none: bool = False) -
         if allow_none:
             what += " or None (the whole array)"
         raise ParametrizationTypeError(f"{describe(p)}: `axis` must be {what}; got {axis!r}.")
+
+
+def real_axis(p, x) -> int:
+    """``p.axis`` (one int) as a non-negative axis of ``x``, which must be real floating point;
+    AxisError if out of range (the vector entries: ``Simplex``, ``Ordered``)."""
+    require_inexact(p, x, real=True)
+    return normalize_axes(p, p.axis, x.shape)[0]
 
 
 def normalize_axes(p, axis, shape: tuple) -> tuple[int, ...]:

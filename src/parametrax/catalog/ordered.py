@@ -9,14 +9,13 @@ import jax.numpy as jnp
 
 from parametrax._core import Parametrization
 from parametrax._numerics import (
+    real_axis,
     POSITIVE_MAPS,
     check_axis_field,
     check_scalar_map,
     has_inverse,
     inverse_or_raise,
-    normalize_axes,
     raise_into,
-    require_inexact,
     resolve_scalar_map,
     strictly_increasing,
     widen,
@@ -25,12 +24,6 @@ from parametrax._numerics import (
 __all__ = ["Ordered"]
 
 Array = jax.Array
-
-
-def _axis(p, x) -> int:
-    """``p.axis`` as a non-negative axis of ``x`` (real floating point); AxisError if out of range."""
-    require_inexact(p, x, real=True)
-    return normalize_axes(p, p.axis, x.shape)[0]
 
 
 class Ordered(Parametrization):
@@ -66,7 +59,7 @@ class Ordered(Parametrization):
         return has_inverse(self.f)
 
     def forward(self, x: Array) -> Array:
-        ax = _axis(self, x)
+        ax = real_axis(self, x)
         dtype = x.dtype
         x = widen(jnp.moveaxis(x, ax, -1))
         steps = resolve_scalar_map(self.f).f(x[..., 1:])
@@ -74,7 +67,7 @@ class Ordered(Parametrization):
         return jnp.moveaxis(strictly_increasing(y.astype(dtype)), -1, ax)
 
     def right_inverse(self, value: Array) -> Array:
-        ax = _axis(self, value)
+        ax = real_axis(self, value)
         y = jnp.moveaxis(value, ax, -1)
         inv = inverse_or_raise("Ordered", resolve_scalar_map(self.f))
         d = jnp.diff(y, axis=-1)
@@ -86,10 +79,10 @@ class Ordered(Parametrization):
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         """``all(diff(x, axis) > 0)`` (strict: ``atol`` is not used)."""
         del atol
-        ax = _axis(self, x)
+        ax = real_axis(self, x)
         return jnp.all(jnp.diff(x, axis=ax) > 0)
 
     def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
         """Sorted standard normal draws (the order statistics)."""
-        ax = _axis(self, jax.ShapeDtypeStruct(tuple(shape), dtype))
+        ax = real_axis(self, jax.ShapeDtypeStruct(tuple(shape), dtype))
         return jnp.sort(jax.random.normal(key, tuple(shape), dtype), axis=ax)

@@ -7,24 +7,17 @@ import jax.numpy as jnp
 
 from parametrax._core import Parametrization
 from parametrax._numerics import (
+    real_axis,
     check_axis_field,
     default_atol,
-    normalize_axes,
     positive_image,
     raise_into,
-    require_inexact,
     widened,
 )
 
 __all__ = ["Simplex"]
 
 Array = jax.Array
-
-
-def _axis(p, x) -> int:
-    """``p.axis`` as a non-negative axis of ``x`` (real floating point); AxisError if out of range."""
-    require_inexact(p, x, real=True)
-    return normalize_axes(p, p.axis, x.shape)[0]
 
 
 @widened
@@ -55,10 +48,10 @@ class Simplex(Parametrization):
         check_axis_field(self, allow_tuple=False)
 
     def forward(self, x: Array) -> Array:
-        return _softmax(x, axis=_axis(self, x))
+        return _softmax(x, axis=real_axis(self, x))
 
     def right_inverse(self, value: Array) -> Array:
-        ax = _axis(self, value)
+        ax = real_axis(self, value)
         off = ~(value >= jnp.finfo(value.dtype).tiny)
         top = jnp.max(jnp.where(off, 0, value), axis=ax, keepdims=True, initial=0.0)
         y = raise_into(value, off, top)
@@ -67,12 +60,12 @@ class Simplex(Parametrization):
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         """``x > 0`` and every vector sums to 1 to ``atol``."""
-        ax = _axis(self, x)
+        ax = real_axis(self, x)
         return jnp.all(x > 0) & jnp.all(jnp.abs(jnp.sum(x, axis=ax) - 1) <= (default_atol(x.dtype) if atol is None else atol))
 
     def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
         """Uniform on the simplex (``Dirichlet(1, ..., 1)``, via normalised exponentials)."""
         shape = tuple(shape)
-        _axis(self, jax.ShapeDtypeStruct(shape, dtype))
+        real_axis(self, jax.ShapeDtypeStruct(shape, dtype))
         e = jax.random.exponential(key, shape, dtype)
         return e / jnp.sum(e, axis=self.axis, keepdims=True)
