@@ -226,7 +226,7 @@ def _count_in_jaxpr(jaxpr, prim_name, inside=False):
             else:
                 out += 1
         loops = eqn.primitive.name in ("scan", "while")
-        for sub in jax.core.subjaxprs(eqn) if hasattr(jax.core, "subjaxprs") else _subjaxprs(eqn):
+        for sub in _subjaxprs(eqn):
             o, i = _count_in_jaxpr(sub, prim_name, inside or loops)
             out, ins = out + o, ins + i
     return out, ins

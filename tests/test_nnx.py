@@ -668,10 +668,12 @@ def test_train_eval_flag_controls_state_updates():
     np.testing.assert_allclose(layer.kernel, k_train, atol=F32_ATOL)  # eval == last train step
     layer.train()
     assert pl.use_running_average is False
-    view = nnx.view(layer, use_running_average=True)
-    assert (
-        view.parametrizations.kernel.use_running_average is True and pl.use_running_average is False
-    )
+    if hasattr(nnx, "view"):  # flax >= 0.12.2; the floor (0.12.1) has only train()/eval()
+        view = nnx.view(layer, use_running_average=True)
+        assert (
+            view.parametrizations.kernel.use_running_average is True
+            and pl.use_running_average is False
+        )
 
 
 def test_registration_takes_the_host_mode():

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.core
 import jax.extend
+import jax.extend.core
 from flax import nnx
 
 
@@ -30,7 +33,14 @@ def current_trace() -> Any:
     another. ``get_opaque_trace_state(convention="nnx")`` is the hook jax (0.4.36+) exposes for
     flax; it lives in ``jax.extend`` and is used by flax 0.12's ``nnx.tracers``.
     """
-    return jax.extend.core.get_opaque_trace_state(convention="nnx")
+    return _get_opaque_trace_state(convention="nnx")
+
+
+# jax 0.10 moved the hook from ``jax.core`` (where flax 0.12.1-0.12.x with jax 0.8-0.9 find it)
+# to ``jax.extend.core``; take whichever this jax has.
+_get_opaque_trace_state = getattr(jax.extend.core, "get_opaque_trace_state", None) or getattr(
+    jax.core, "get_opaque_trace_state"
+)
 
 
 def module_is_mutable_here(module: Any) -> bool:
