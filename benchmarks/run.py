@@ -4,7 +4,10 @@ Times one full training step (forward, backward, optimizer update) of each workl
 ways in the same process, interleaved: parametrax, the same model hand-written in plain JAX
 (the constraint inlined and computed once per step: the zero-overhead limit), and PyTorch's
 ``torch.nn.utils.parametrizations`` with and without ``parametrize.cached()`` when torch is
-importable. Writes ``results.json``, ``results.md`` and ``results.png`` next to this file (or
+importable; and the peers a JAX user compares with (``peers.py``; ``--no-peers`` skips them):
+flax.linen's, flax.nnx's and equinox's own ``SpectralNorm`` (W3) and ``WeightNorm`` (W4), and
+parametrax's NNX front (W1). Sets ``OPENBLAS_NUM_THREADS=1`` before JAX loads (``_blas.py``;
+``PARAMETRAX_BENCH_BLAS_THREADS`` overrides it). Writes ``results.json``, ``results.md`` and ``results.png`` next to this file (or
 to ``--out``). Full run: under 10 minutes on 2 CPU cores; ``--quick``: under a minute.
 """
 
@@ -527,12 +530,17 @@ def main(argv=None) -> int:
                     help="skip flax's and equinox's own wrappers and parametrax's NNX front")
     ap.add_argument("--only", default=None,
                     help="comma-separated subset of W1,W2,W3,W4,maps,compile,primitives")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds per workload (default 7; --quick 3): fewer for a "
+                         "check that the figures are sane, not for the record")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite results.md and results.png from an existing results.json")
     ap.add_argument("--out", default=None,
                     help="output folder (default: benchmarks/, or benchmarks/_quick/ with --quick)")
     args = ap.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.rounds is not None:
+        cfg["rounds"] = args.rounds
     only = set(args.only.split(",")) if args.only else None
     out = pathlib.Path(args.out) if args.out else (HERE / "_quick" if args.quick else HERE)
     out.mkdir(parents=True, exist_ok=True)
