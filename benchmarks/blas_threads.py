@@ -25,7 +25,6 @@ CASES = [(mode, n) for n in (32, 256) for mode in ("eager", "jit")]
 
 def child() -> None:
     import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
 
     import parametrax as px  # noqa: PLC0415
 

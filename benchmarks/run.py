@@ -27,7 +27,7 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _blas import OVERRIDE as BLAS_OVERRIDE, pin_blas_threads  # noqa: E402
+from _blas import pin_blas_threads  # noqa: E402
 
 # One OpenBLAS thread unless PARAMETRAX_BENCH_BLAS_THREADS says otherwise (_blas.py): set
 # before JAX and numpy load OpenBLAS.
