@@ -4,7 +4,10 @@ Times one full training step (forward, backward, optimizer update) of each workl
 ways in the same process, interleaved: parametrax, the same model hand-written in plain JAX
 (the constraint inlined and computed once per step: the zero-overhead limit), and PyTorch's
 ``torch.nn.utils.parametrizations`` with and without ``parametrize.cached()`` when torch is
-importable. Writes ``results.json``, ``results.md`` and ``results.png`` next to this file (or
+importable; and the peers a JAX user compares with (``peers.py``; ``--no-peers`` skips them):
+flax.linen's, flax.nnx's and equinox's own ``SpectralNorm`` (W3) and ``WeightNorm`` (W4), and
+parametrax's NNX front (W1). Sets ``OPENBLAS_NUM_THREADS=1`` before JAX loads (``_blas.py``;
+``PARAMETRAX_BENCH_BLAS_THREADS`` overrides it). Writes ``results.json``, ``results.md`` and ``results.png`` next to this file (or
 to ``--out``). Full run: under 10 minutes on 2 CPU cores; ``--quick``: under a minute.
 """
 
@@ -23,6 +26,12 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from _blas import pin_blas_threads  # noqa: E402
+
+# One OpenBLAS thread unless PARAMETRAX_BENCH_BLAS_THREADS says otherwise (_blas.py): set
+# before JAX and numpy load OpenBLAS.
+BLAS_THREADS = pin_blas_threads()
 
 # --quick is a smoke run of every part of the suite, not a source of figures: it lowers XLA's
 # optimisation level (set before JAX starts) to halve compile times.
@@ -99,12 +108,19 @@ def machine() -> dict:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jax_backend": jax.default_backend(),
+        "openblas_threads": BLAS_THREADS,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     import flax
     import optax
 
     info["flax"] = flax.__version__
+    try:
+        import equinox
+
+        info["equinox"] = equinox.__version__
+    except ImportError:
+        pass
     info["optax"] = optax.__version__
     if W.HAVE_TORCH:
         import torch
@@ -121,13 +137,14 @@ def load() -> float | None:
         return None
 
 
-def workload_list(cfg: dict, torch_ok: bool):
+def workload_list(cfg: dict, torch_ok: bool, peers: bool = True):
     out = []
     inline = not cfg.get("no_unparametrized")  # --quick: fewer runners, fewer compiles
     for m in cfg["w1_maps"]:
         for n in cfg["w1_sizes"]:
             out.append((f"W1 Dense {n}x{n} orthogonal ({m})", "W1",
-                        lambda n=n, m=m: W.w1_dense(n, m, torch_ok=torch_ok, inline=inline)))
+                        lambda n=n, m=m: W.w1_dense(n, m, torch_ok=torch_ok, inline=inline,
+                                                    peers=peers)))
     for n in cfg["w1_tutorial_sizes"]:
         out.append((f"W1 Dense {n}x{n} [Skew, Cayley] (tutorial chain)", "W1",
                     lambda n=n: W.w1_dense(n, "tutorial_cayley", torch_ok=torch_ok,
@@ -138,13 +155,15 @@ def workload_list(cfg: dict, torch_ok: bool):
                                  torch_loop=not cfg.get("no_unparametrized"))))
     w3 = cfg["w3"]
     out.append((f"W3 disc 3 conv x{w3['channels']} + spectral norm", "W3",
-                lambda: W.w3_disc(spectral=True, **w3, torch_ok=torch_ok, inline=inline)))
+                lambda: W.w3_disc(spectral=True, **w3, torch_ok=torch_ok, inline=inline,
+                                  peers=peers)))
     if not cfg.get("no_unparametrized"):
         out.append((f"W3 disc 3 conv x{w3['channels']} (no SN)", "W3",
                     lambda: W.w3_disc(spectral=False, **w3, torch_ok=torch_ok)))
     w4 = cfg["w4"]
     out.append((f"W4 MLP {w4['depth']}x{w4['width']} + weight norm", "W4",
-                lambda: W.w4_mlp(weight_norm=True, **w4, torch_ok=torch_ok, inline=inline)))
+                lambda: W.w4_mlp(weight_norm=True, **w4, torch_ok=torch_ok, inline=inline,
+                                 peers=peers)))
     if not cfg.get("no_unparametrized"):
         out.append((f"W4 MLP {w4['depth']}x{w4['width']} (no WN)", "W4",
                     lambda: W.w4_mlp(weight_norm=False, **w4, torch_ok=torch_ok)))
@@ -155,12 +174,12 @@ def progress(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run(cfg: dict, torch_ok: bool, only: set[str] | None) -> dict:
+def run(cfg: dict, torch_ok: bool, only: set[str] | None, peers: bool = True) -> dict:
     results = {"machine": machine(), "config": {k: v for k, v in cfg.items()}, "load_start": load()}
     t_all = time.perf_counter()
     results["workloads"] = []
     if only is None or only & {"W1", "W2", "W3", "W4"}:
-        for title, group, build in workload_list(cfg, torch_ok):
+        for title, group, build in workload_list(cfg, torch_ok, peers):
             if only is not None and group not in only:
                 continue
             t0 = time.perf_counter()
@@ -260,6 +279,49 @@ def summary_rows(results: dict) -> list[dict]:
     return rows
 
 
+PEERS_NOTE = (
+    "Flax's and equinox's own wrappers, and parametrax's NNX front, timed interleaved with "
+    "parametrax (linen) in the same process; ratio = peer / parametrax, the median of the "
+    "per-round ratios. Every peer starts from the same weights, batch and power-iteration "
+    "vectors, and its first loss agrees. The NNX rows are stepped as NNX users step them "
+    "(`nnx.jit` of `nnx.value_and_grad` + `nnx.Optimizer.update`), so they include NNX's "
+    "Python overhead per call; their compile figure is the first call, with no XLA memory "
+    "figure. The wrappers do not all train the same model (checked on flax "
+    "{flax} and equinox {equinox}): `flax.nnx.SpectralNorm` and `flax.nnx.WeightNorm` write "
+    "the normalised kernel back into the layer's `kernel` Param at every call (the raw value "
+    "is lost; the optimizer updates the normalised kernel), and `nnx.WeightNorm` keeps its "
+    "scales in a plain dict, not in an `nnx.Param`, so `nnx.Optimizer` never trains them: "
+    "every column keeps its initial norm (here the initial column norms; by default 1). "
+    "`flax.linen.SpectralNorm` draws `u` at random and runs only `n_steps` power iterations "
+    "per call, no warm-up (on a random 64x64 kernel its first call estimates sigma as 11.1 "
+    "where it is 15.6, so the kernel it applies has spectral norm 1.40, not 1); here its `u` "
+    "is set to parametrax's converged one. equinox's `SpectralNorm` warms up with 15 "
+    "iterations at construction, as torch and parametrax do, and its `WeightNorm` trains "
+    "`g` from the weight's norms, as parametrax does."
+)
+
+
+def peers_section(results: dict) -> list[str]:
+    rows = []
+    for e in results["workloads"]:
+        lib = _find(e, W.PX)
+        for r in e["runners"]:
+            if lib is not None and r is not lib and _is_peer(r["name"]):
+                rows.append(f"| {e['title']} | {r['name']} | {_ms(r['median_s'])} | "
+                            f"{_ms(lib['median_s'])} | {ratio(r, lib):.2f} |")
+    if not rows:
+        return []
+    m = results["machine"]
+    return ["", "## Peers: flax's and equinox's wrappers, the NNX front", "",
+            PEERS_NOTE.format(flax=m.get("flax", "?"), equinox=m.get("equinox", "?")), "",
+            "| workload | implementation | ms / step | parametrax ms | × parametrax |",
+            "|---|---|---:|---:|---:|", *rows]
+
+
+def _is_peer(name: str) -> bool:
+    return name.startswith(("flax.linen", "flax.nnx", "equinox", "parametrax nnx"))
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -274,8 +336,9 @@ def markdown(results: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('ram_gb')} GB RAM, {m['os']}; "
         f"Python {m['python']}, JAX {m['jax']} ({m['jax_backend']}), flax {m['flax']}, "
-        f"optax {m['optax']}"
+        f"optax {m['optax']}" + (f", equinox {m['equinox']}" if "equinox" in m else "")
         + (f", PyTorch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m else "")
+        + f"; OpenBLAS threads: {m.get('openblas_threads', 'not recorded')}"
         + f". Load average (1 min) {results['load_start']:.2f} at the start, "
         f"{results['load_end']:.2f} at the end. Peak RSS of the whole run "
         f"{results['maxrss_mb']:.0f} MB.",
@@ -317,6 +380,7 @@ def markdown(results: dict) -> str:
             + (f"{_ms(t['median_s'])} ({t['name'].replace('torch', '').strip() or 'plain'}) | "
                f"{ratio(t, lib):.2f} |" if t else "— | — |")
         )
+    lines += peers_section(results)
     lines += ["", "## Every implementation", "",
               "| workload | implementation | ms / step (median) | min–max ms "
               "| × hand-written JAX | compile s | XLA MB | first loss |",
@@ -462,14 +526,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few rounds (< 1 min)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="skip flax's and equinox's own wrappers and parametrax's NNX front")
     ap.add_argument("--only", default=None,
                     help="comma-separated subset of W1,W2,W3,W4,maps,compile,primitives")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds per workload (default 7; --quick 3): fewer for a "
+                         "check that the figures are sane, not for the record")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite results.md and results.png from an existing results.json")
     ap.add_argument("--out", default=None,
                     help="output folder (default: benchmarks/, or benchmarks/_quick/ with --quick)")
     args = ap.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.rounds is not None:
+        cfg["rounds"] = args.rounds
     only = set(args.only.split(",")) if args.only else None
     out = pathlib.Path(args.out) if args.out else (HERE / "_quick" if args.quick else HERE)
     out.mkdir(parents=True, exist_ok=True)
@@ -478,7 +549,7 @@ def main(argv=None) -> int:
         for k in ("maps", "compile"):  # JSON made the integer keys strings
             results[k] = {int(n): v for n, v in results[k].items()}
     else:
-        results = run(cfg, torch_ok=not args.no_torch, only=only)
+        results = run(cfg, torch_ok=not args.no_torch, only=only, peers=not args.no_peers)
         results["quick"] = args.quick
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "results.md").write_text(markdown(results))

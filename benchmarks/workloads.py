@@ -43,6 +43,14 @@ TORCH = "torch"
 TORCH_CACHED = "torch + cached()"
 
 
+def _peers():
+    """``peers.py`` (flax's and equinox's own wrappers, parametrax's NNX front), imported only
+    when asked for: it needs equinox."""
+    import peers  # noqa: PLC0415
+
+    return peers
+
+
 def _torch():
     import torch  # noqa: PLC0415 - optional dependency, imported only when available
 
@@ -142,7 +150,7 @@ def _torch_linear(kernel, bias=None):
 # W1: Dense n x n with an orthogonal kernel
 # ------------------------------------------------------------------------------------------------
 def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok: bool = True,
-             inline: bool = True):
+             inline: bool = True, peers: bool = False):
     rng = np.random.default_rng(seed)
     w0 = orthogonal_matrix(rng, n)  # an orthogonal start: every framework keeps it as the base
     b0 = (0.1 * rng.standard_normal(n)).astype(np.float32)
@@ -185,6 +193,8 @@ def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok
 
     if inline:
         runners.append(jax_runner(FLAX_INLINE, flax_loss, hparams, jnp.asarray(w0), (x, y), opt))
+    if peers:
+        runners += _peers().w1_nnx(n, map_name, w0, b0, x, y, opt)
 
     if torch_ok and HAVE_TORCH:
         torch = _torch()
@@ -431,7 +441,7 @@ def _normalize(v, eps=1e-12):
 
 
 def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=True,
-            inline=True):
+            inline=True, peers=False):
     rng = np.random.default_rng(seed)
     shapes = [(4, 4, 3, channels), (4, 4, channels, channels), (4, 4, channels, channels)]
     ks = [(rng.standard_normal(s) / np.sqrt(np.prod(s[:3]))).astype(np.float32) for s in shapes]
@@ -520,6 +530,9 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
         if inline:
             runners.append(jax_runner(FLAX_INLINE + label, flax_loss, plain, uv, (x, y), opt,
                                       loss_updates_aux=True))
+        if peers:
+            runners += _peers().w3_peers(channels=channels, ks=ks, bs=bs, hk=hk, hb=hb, uv=uv,
+                                         x=x, y=y, opt=opt, seed=seed)
     else:
         runners.append(jax_runner(JAX + label, lambda p, _, x, y: _bce(
             forward(p, x, [p[f"conv{i}"]["kernel"] for i in range(3)]), y), plain, (), (x, y), opt))
@@ -581,7 +594,7 @@ class MLP(nn.Module):
 
 
 def w4_mlp(*, weight_norm: bool, width=512, depth=3, inputs=784, batch=256, seed=0,
-           torch_ok=True, inline=True):
+           torch_ok=True, inline=True, peers=False):
     rng = np.random.default_rng(seed)
     dims = [inputs] + [width] * depth + [10]
     names = [f"fc{i}" for i in range(depth)] + ["head"]
@@ -640,6 +653,9 @@ def w4_mlp(*, weight_norm: bool, width=512, depth=3, inputs=784, batch=256, seed
 
         if inline:
             runners.append(jax_runner(FLAX_INLINE + label, flax_loss, gv, (), (x, y), opt))
+        if peers:
+            runners += _peers().w4_peers(width=width, depth=depth, names=names, ws=ws, bs=bs,
+                                         x=x, y=y, opt=opt, seed=seed)
     else:
         def jax_plain_loss(p, _, x, y):
             return _xent(forward([(p[n]["kernel"], p[n]["bias"]) for n in names], x), y)

@@ -32,3 +32,82 @@ def test_benchmark_suite_quick(tmp_path):
     for section in ("## Summary", "## Every implementation", "## Cost of one orthogonal map",
                     "## Compile time", "## Base operations"):
         assert section in md
+
+
+# ------------------------------------------------------------------------------------------------
+# benchmarks/tall.py: the code path of --quick at tiny shapes, in this process (< 15 s)
+# ------------------------------------------------------------------------------------------------
+def _tall():
+    import importlib  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    bench = str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module("tall")
+
+
+TINY = {"rounds": 2, "round_s": 0.005, "batch": 4}
+
+
+def _emitted(capsys):
+    lines = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith("{")]
+    return [d["phase"] for d in lines], {k: v for d in lines for k, v in d.items()}
+
+
+def test_tall_cell_orthogonal_in_process(capsys):
+    tall = _tall()
+    tall.jax_cell("Orthogonal()", 24, 16, TINY, mem_bound_mb=8192)
+    phases, out = _emitted(capsys)
+    assert phases == ["registered", "compiled", "done"]
+    assert out["finite"] and out["orth_err"] < 1e-5  # orthonormal columns after the steps
+    assert out["step_ratio"] > 0 and out["step_s"] > 0 and out["plain_step_s"] > 0
+    assert out["mem_mb"] > 0 and out["plain_mem_mb"] > 0
+
+
+def test_tall_cell_xla_memory_bound_stops_the_cell(capsys):
+    """A compiled step whose XLA estimate passes the bound is reported, not run."""
+    tall = _tall()
+    try:
+        tall.jax_cell("Orthogonal()", 24, 16, TINY, mem_bound_mb=1e-4)
+    except SystemExit as e:
+        assert e.code == 0
+    else:
+        raise AssertionError("jax_cell ran a step whose XLA memory passes the bound")
+    phases, out = _emitted(capsys)
+    assert phases == ["registered", "exceeded"]
+    assert "XLA memory" in out["bound"]
+
+
+def test_tall_cell_torch_in_process(capsys):
+    if not HAVE_TORCH:
+        import pytest  # noqa: PLC0415
+
+        pytest.skip("torch not installed")
+    tall = _tall()
+    tall.torch_cell("torch orthogonal", 24, 16, TINY)
+    phases, out = _emitted(capsys)
+    assert phases == ["registered", "compiled", "done"]
+    assert out["orth_err"] < 1e-5 and out["step_ratio"] > 0
+
+
+def test_tall_watcher_reports_a_blown_bound():
+    """A cell past its memory bound is killed and reported as exceeding it, not left out."""
+    tall = _tall()
+    c = tall.run_cell("Orthogonal()", 24, 16, quick=True, register_bound=60, cell_bound=60,
+                      mem_bound_gb=1e-3)
+    assert c["exceeded"].startswith("memory"), c
+    cells = [c, {"method": "LowRank(16)", "n": 24, "k": 16, "error": "exit 1: boom",
+                 "peak_rss_mb": 1.0},
+             {"method": "Stiefel()", "n": 24, "k": 16, "register_s": 0.5, "compile_s": 0.2,
+              "step_s": 1e-3, "plain_step_s": 5e-4, "step_ratio": 2.0, "mem_mb": 2.0,
+              "plain_mem_mb": 1.0, "peak_rss_mb": 300.0, "orth_err": 1e-7}]
+    md = tall.markdown({"machine": {"cpu": "cpu", "cores": 2, "python": "3", "jax": "0",
+                                    "openblas_threads": "1", "date": "today"},
+                        "quick": True, "config": TINY, "total_s": 1.0, "cells": cells,
+                        "bounds": {"register_s": 60, "cell_s": 60, "mem_gb": 1e-3}})
+    rows = [r for r in md.splitlines() if r.startswith("| 24 |")]
+    assert len(rows) == 3  # every cell has its row, blown or not
+    assert "**exceeds bound** (memory" in rows[0] and "**failed** (exit 1: boom)" in rows[1]
+    assert "| 2.00 |" in rows[2] and "1.0e-07" in rows[2]

@@ -1,0 +1,421 @@
+"""Tall matrices: what an orthogonal or low-rank n x k kernel costs against the plain kernel.
+
+    python benchmarks/tall.py            # the full table (issue 12): run it alone on the machine
+    python benchmarks/tall.py --quick    # small shapes, XLA optimisations off: < 60 s, a smoke run
+
+A ``Dense(k)`` layer without bias on inputs of width n (kernel n x k: an embedding, a d_model x
+d_head projection), trained on a small regression loss with Adam. For every shape n x k
+(n in {1k, 10k, 30k, 100k}, k in {16, 64, 256}) and every method (parametrax's maps, geotorch
+0.4's ``orthogonal`` and torch's ``parametrizations.orthogonal`` on ``Linear(n, k)``, whose
+k x n weight is the same matrix transposed) one *cell* reports:
+
+* register s: the registration alone (``model.init`` of the ``Parametrized`` layer, eagerly,
+  every op compiled on first use; ``geotorch.orthogonal`` / ``orthogonal`` for torch);
+* compile s: trace + lower + XLA compile of the training step (JAX only);
+* step ms and × plain: one training step (forward, backward, Adam update), timed interleaved
+  with the same step on the plain, unconstrained kernel in the same process (the ratio is the
+  median of per-round ratios, as in ``run.py``);
+* XLA MB and × plain: ``compiled.memory_analysis()`` of the two compiled steps (arguments +
+  outputs - aliased + temporaries); torch has none;
+* peak RSS MB of the cell's process, every framework;
+* orthonormality: ``max |K^T K - I|`` of the constrained kernel after the timed steps (``—``
+  for ``LowRank``, whose columns are not orthonormal).
+
+Each cell runs in its own subprocess (one at a time; ``--quick`` runs two at once), watched
+by this one: a registration slower than ``--register-bound`` s (60), a whole cell slower than
+``--cell-bound`` s (600), a process whose resident memory passes ``--mem-bound-gb`` (8), or a
+compiled step whose XLA estimate passes the same bound is stopped and reported as ``exceeds
+bound`` with the bound it exceeded, never left out; a cell that crashes is reported as failed.
+``OPENBLAS_NUM_THREADS=1`` is set for every cell (``_blas.py``).
+
+Writes ``tall.md`` and ``tall.json`` next to this file (``_quick/`` with ``--quick``, or
+``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _blas import pin_blas_threads  # noqa: E402
+
+BLAS_THREADS = None  # set by pin_blas_threads() when run as a script, before numpy/JAX/torch load
+
+JAX_METHODS = {  # label -> the parametrax spec entry, built in the cell's process
+    "Orthogonal()": "Orthogonal()",
+    'Orthogonal(map="cayley")': 'Orthogonal(map="cayley")',
+    'Orthogonal(map="matrix_exp")': 'Orthogonal(map="matrix_exp")',
+    "Stiefel()": "Stiefel()",
+    'Stiefel(triv="cayley")': 'Stiefel(triv="cayley")',
+    "Grassmannian()": "Grassmannian()",
+    "LowRank(16)": "LowRank(16)",
+}
+TORCH_METHODS = ("geotorch 0.4 orthogonal", "torch orthogonal")
+METHODS = tuple(JAX_METHODS) + TORCH_METHODS
+NOT_ORTHONORMAL = {"LowRank(16)"}
+
+FULL = {"shapes": [(n, k) for n in (1000, 10000, 30000, 100000) for k in (16, 64, 256)],
+        "rounds": 5, "round_s": 0.3, "batch": 32}
+QUICK = {"shapes": [(256, 16)], "rounds": 2, "round_s": 0.01, "batch": 8}
+# --quick checks that the table works; like run.py it lowers XLA's optimisation level
+QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+# ------------------------------------------------------------------------------------------------
+# One cell, in its own process
+# ------------------------------------------------------------------------------------------------
+def emit(**kv) -> None:
+    """One JSON line on stdout: the watching process reads progress and results from these."""
+    print(json.dumps(kv), flush=True)
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def _data(n: int, k: int, batch: int, seed: int = 0):
+    import numpy as np  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, n)).astype(np.float32)
+    y = rng.standard_normal((batch, k)).astype(np.float32)
+    w0 = (rng.standard_normal((n, k)) / np.sqrt(n)).astype(np.float32)
+    return x, y, w0
+
+
+def jax_cell(method: str, n: int, k: int, cfg: dict, mem_bound_mb: float) -> None:
+    import flax.linen as nn  # noqa: PLC0415
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    import optax  # noqa: PLC0415
+
+    import parametrax as px  # noqa: PLC0415
+    from _harness import Runner, measure, xla_memory_mb  # noqa: PLC0415
+
+    x, y, w0 = _data(n, k, cfg["batch"])
+    entry = eval(JAX_METHODS[method], {  # noqa: S307 - a fixed table of this file
+        "Orthogonal": px.Orthogonal, "Stiefel": px.Stiefel,
+        "Grassmannian": px.Grassmannian, "LowRank": px.LowRank})
+    model = px.Parametrized(nn.Dense(k, use_bias=False), {"kernel": entry})
+
+    t0 = time.perf_counter()
+    variables = model.init(jax.random.key(0), x)
+    jax.block_until_ready(variables)
+    emit(phase="registered", register_s=time.perf_counter() - t0)
+    params = variables["params"]
+    rest = {c: v for c, v in variables.items() if c != "params"}
+    opt = optax.adam(1e-3)
+
+    def px_loss(p, rest, x, y):
+        return jnp.mean((model.apply({"params": p, **rest}, x) - y) ** 2)
+
+    def plain_loss(p, rest, x, y):
+        return jnp.mean((x @ p["kernel"] - y) ** 2)
+
+    def compiled_runner(name, loss_fn, params, rest):
+        def train_step(params, opt_state, rest, x, y):
+            loss, grads = jax.value_and_grad(loss_fn)(params, rest, x, y)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, rest, loss
+
+        opt_state = opt.init(params)
+        t0 = time.perf_counter()
+        compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(
+            params, opt_state, rest, x, y).compile()
+        compile_s = time.perf_counter() - t0
+        mem = xla_memory_mb(compiled)
+        if mem is not None and mem > mem_bound_mb:
+            emit(phase="exceeded", bound=f"XLA memory {mem / 1024:.1f} GB > "
+                 f"{mem_bound_mb / 1024:.0f} GB ({name} step)", compile_s=compile_s)
+            raise SystemExit(0)
+        carry = [params, opt_state]
+
+        def step() -> float:
+            p, o, _, loss = compiled(*carry, rest, x, y)
+            carry[:] = [p, o]
+            return float(jax.block_until_ready(loss))
+
+        return Runner(name, step, step(), compile_s, mem), carry
+
+    lib, carry = compiled_runner("parametrax", px_loss, params, rest)
+    plain, _ = compiled_runner("plain", plain_loss, {"kernel": jnp.asarray(w0)}, ())
+    emit(phase="compiled", compile_s=lib.compile_s, mem_mb=lib.mem_mb, plain_mem_mb=plain.mem_mb)
+    timing = measure([lib, plain], rounds=cfg["rounds"], round_s=cfg["round_s"])
+    kernel = px.linen.constrain(model, {"params": carry[0], **rest})["params"]["kernel"]
+    kernel = np.asarray(kernel, np.float64)
+    err = (None if method in NOT_ORTHONORMAL
+           else float(np.max(np.abs(kernel.T @ kernel - np.eye(k)))))
+    emit(phase="done", step_s=timing["parametrax"]["median_s"],
+         plain_step_s=timing["plain"]["median_s"],
+         step_ratio=paired_ratio(timing["parametrax"]["samples_s"], timing["plain"]["samples_s"]),
+         orth_err=err, finite=bool(np.isfinite(kernel).all()))
+
+
+def torch_cell(method: str, n: int, k: int, cfg: dict) -> None:
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from _harness import Runner, measure  # noqa: PLC0415
+
+    x, y, w0 = (torch.tensor(a) for a in _data(n, k, cfg["batch"]))
+
+    def linear():
+        lin = torch.nn.Linear(n, k, bias=False)  # weight: k x n, the n x k kernel transposed
+        with torch.no_grad():
+            lin.weight.copy_(w0.T)
+        return lin
+
+    lin = linear()
+    t0 = time.perf_counter()
+    if method.startswith("geotorch"):
+        import geotorch  # noqa: PLC0415
+
+        geotorch.orthogonal(lin, "weight")
+    else:
+        torch.nn.utils.parametrizations.orthogonal(lin, "weight")
+    emit(phase="registered", register_s=time.perf_counter() - t0)
+
+    def runner(name, lin):
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-3)
+
+        def step() -> float:
+            opt.zero_grad(set_to_none=True)
+            loss = torch.mean((lin(x) - y) ** 2)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        return Runner(name, step, step())
+
+    lib, plain = runner("constrained", lin), runner("plain", linear())
+    emit(phase="compiled", compile_s=None, mem_mb=None, plain_mem_mb=None)
+    timing = measure([lib, plain], rounds=cfg["rounds"], round_s=cfg["round_s"])
+    with torch.no_grad():
+        w = lin.weight.double().numpy()
+    emit(phase="done", step_s=timing["constrained"]["median_s"],
+         plain_step_s=timing["plain"]["median_s"],
+         step_ratio=paired_ratio(timing["constrained"]["samples_s"], timing["plain"]["samples_s"]),
+         orth_err=float(np.max(np.abs(w @ w.T - np.eye(k)))), finite=bool(np.isfinite(w).all()),
+         torch_threads=torch.get_num_threads())
+
+
+def cell_main(method: str, n: int, k: int, quick: bool, mem_bound_gb: float) -> int:
+    cfg = QUICK if quick else FULL
+    if method in JAX_METHODS:
+        jax_cell(method, n, k, cfg, mem_bound_gb * 1024)
+    elif method in TORCH_METHODS:
+        torch_cell(method, n, k, cfg)
+    else:
+        raise SystemExit(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The watcher: one subprocess per cell, stopped at a bound
+# ------------------------------------------------------------------------------------------------
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def run_cell(method: str, n: int, k: int, *, quick: bool, register_bound: float,
+             cell_bound: float, mem_bound_gb: float) -> dict:
+    """Run one cell in a subprocess; return its merged JSON lines, with ``exceeded`` (the bound
+    it passed) when it was stopped or stopped itself, ``error`` when it failed."""
+    env = dict(os.environ)
+    if quick:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + QUICK_XLA_FLAGS).strip()
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--cell", method, str(n),
+           str(k), "--mem-bound-gb", str(mem_bound_gb)] + (["--quick"] if quick else [])
+    out: dict = {"method": method, "n": n, "k": k}
+    peak = 0.0
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+        proc = subprocess.Popen(cmd, stdout=so, stderr=se, env=env, text=True)
+        t0 = time.perf_counter()
+        exceeded = None
+        while proc.poll() is None:
+            time.sleep(0.1)
+            elapsed = time.perf_counter() - t0
+            peak = max(peak, _rss_mb(proc.pid))
+            so.seek(0)
+            registered = '"registered"' in so.read()
+            if peak > mem_bound_gb * 1024:
+                exceeded = f"memory: RSS > {mem_bound_gb:g} GB"
+            elif not registered and elapsed > register_bound:
+                exceeded = f"registration > {register_bound:g} s"
+            elif elapsed > cell_bound:
+                exceeded = f"cell > {cell_bound:g} s"
+            if exceeded:
+                proc.kill()
+                proc.wait()
+                break
+        out["wall_s"] = time.perf_counter() - t0
+        so.seek(0)
+        for line in so.read().splitlines():
+            if line.startswith("{"):
+                out.update(json.loads(line))
+        se.seek(0)
+        err_tail = se.read()[-2000:]
+    out["peak_rss_mb"] = peak
+    if exceeded or out.get("phase") == "exceeded":
+        out["exceeded"] = exceeded or out.pop("bound")
+    elif proc.returncode != 0 or out.get("phase") != "done":
+        out["error"] = f"exit {proc.returncode}: " + (err_tail.strip().splitlines() or ["?"])[-1]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The table
+# ------------------------------------------------------------------------------------------------
+def _f(v, fmt):
+    return "—" if v is None else format(v, fmt)
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    head = [
+        "# Tall matrices: constrained n x k kernel vs the plain kernel",
+        "",
+        f"Generated by `python benchmarks/tall.py{' --quick' if results['quick'] else ''}"
+        + (f" --shapes {results['shapes']}" if results.get("shapes") else "") + "` on "
+        f"{m['date']} in {results['total_s']:.0f} s. Do not edit by hand."
+        + (" **Quick run: small shapes and XLA optimisations off; it checks that the table "
+           "works, its figures mean nothing.**" if results["quick"] else ""),
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, JAX {m['jax']}, "
+        f"OpenBLAS threads {m['openblas_threads']}. Bounds: registration "
+        f"{results['bounds']['register_s']:g} s, cell {results['bounds']['cell_s']:g} s, "
+        f"memory {results['bounds']['mem_gb']:g} GB (resident, or XLA's estimate of a step).",
+        "",
+        "One training step (forward, backward, Adam) of `Dense(k, use_bias=False)` on a batch "
+        f"of {results['config']['batch']} inputs of width n, mean squared error; × plain = "
+        "against the same step on the unconstrained kernel, interleaved in one process. "
+        "Registration = `model.init` of the `Parametrized` layer (eager, compiles included); "
+        "compile = the jitted step; XLA MB = `compiled.memory_analysis()`; orthonormality = "
+        "max |KᵀK − I| after the timed steps (float32). torch rows: `Linear(n, k)` (a k x n "
+        "weight), torch's default thread count.",
+        "",
+        "| n | k | method | register s | compile s | step ms | × plain | XLA MB | × plain "
+        "| peak RSS MB | orthonormality |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = []
+    for c in results["cells"]:
+        pre = f"| {c['n']} | {c['k']} | {c['method']} | "
+        if "exceeded" in c or "error" in c:
+            what = (f"**exceeds bound** ({c['exceeded']})" if "exceeded" in c
+                    else f"**failed** ({c['error']})")
+            rows.append(pre + _f(c.get("register_s"), ".2f") + f" | {what} | | | | | "
+                        + _f(c.get("peak_rss_mb"), ".0f") + " | |")
+            continue
+        mem, pmem = c.get("mem_mb"), c.get("plain_mem_mb")
+        rows.append(
+            pre + f"{c['register_s']:.2f} | {_f(c.get('compile_s'), '.2f')} | "
+            f"{c['step_s'] * 1e3:.3g} | {c['step_ratio']:.2f} | {_f(mem, '.1f')} | "
+            + (f"{mem / pmem:.2f}" if mem and pmem else "—")
+            + f" | {c['peak_rss_mb']:.0f} | {_f(c.get('orth_err'), '.1e')} |")
+    return "\n".join(head + rows) + "\n"
+
+
+def machine() -> dict:
+    import jax  # noqa: PLC0415 - only for the version; the cells run in their own processes
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "jax": jax.__version__, "openblas_threads": BLAS_THREADS,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--shapes: expected NxK[,NxK...] such as 1000x16,1000x64; got {text!r}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small shapes, XLA optimisations off")
+    ap.add_argument("--shapes", default=None, help="NxK,NxK,... (default: the full grid)")
+    ap.add_argument("--methods", default=None,
+                    help="';'-separated subset of: " + "; ".join(METHODS))
+    ap.add_argument("--no-torch", action="store_true", help="skip geotorch and torch")
+    ap.add_argument("--register-bound", type=float, default=60.0, help="seconds (default 60)")
+    ap.add_argument("--cell-bound", type=float, default=600.0, help="seconds (default 600)")
+    ap.add_argument("--mem-bound-gb", type=float, default=8.0, help="GB (default 8)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="cells run at once (default 1; --quick: 2, its figures mean nothing)")
+    ap.add_argument("--out", default=None, help="output folder")
+    ap.add_argument("--cell", nargs=3, metavar=("METHOD", "N", "K"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.cell:
+        method, n, k = args.cell
+        return cell_main(method, int(n), int(k), args.quick, args.mem_bound_gb)
+
+    cfg = QUICK if args.quick else FULL
+    shapes = parse_shapes(args.shapes) if args.shapes else cfg["shapes"]
+    methods = [m.strip() for m in args.methods.split(";")] if args.methods else list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
+    if args.no_torch:
+        methods = [m for m in methods if m not in TORCH_METHODS]
+    out = pathlib.Path(args.out) if args.out else (HERE / "_quick" if args.quick else HERE)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"machine": machine(), "quick": args.quick, "config": cfg, "shapes": args.shapes,
+               "bounds": {"register_s": args.register_bound, "cell_s": args.cell_bound,
+                          "mem_gb": args.mem_bound_gb}, "cells": []}
+    t_all = time.perf_counter()
+
+    def one(cell):
+        (n, k), method = cell
+        c = run_cell(method, n, k, quick=args.quick, register_bound=args.register_bound,
+                     cell_bound=args.cell_bound, mem_bound_gb=args.mem_bound_gb)
+        state = (f"exceeds bound ({c['exceeded']})" if "exceeded" in c
+                 else f"FAILED ({c['error']})" if "error" in c
+                 else f"step x{c['step_ratio']:.2f}, register {c['register_s']:.2f} s")
+        print(f"[{c['wall_s']:5.1f}s] {n}x{k} {method}: {state}", flush=True)
+        return c
+
+    cells = [(shape, method) for shape in shapes for method in methods]
+    jobs = args.jobs or (2 if args.quick else 1)  # timed cells must not share the CPU
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        results["cells"] = list(pool.map(one, cells))
+    results["total_s"] = time.perf_counter() - t_all
+    results["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (out / "tall.json").write_text(json.dumps(results, indent=1))
+    (out / "tall.md").write_text(markdown(results))
+    print(f"wrote {out / 'tall.md'} in {results['total_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    BLAS_THREADS = pin_blas_threads()
+    raise SystemExit(main())
