@@ -628,8 +628,10 @@ def load_state_dict(
             for k, v in p.items():
                 put(join(_PARAMS, "parametrizations", path, str(i), k), np.asarray(v), where)
         for i, s in enumerate(lstate):
+            back = {v: k for k, v in _RENAMES.get(type(chain[i]), {}).items()}
             for k, v in s.items():
-                put(join(_STATE, "parametrizations", path, str(i), k), np.asarray(v), where)
+                src = t.torch_key(f"{i}.{back.get(k, k)}") if i in t.links else where
+                put(join(_STATE, "parametrizations", path, str(i), k), np.asarray(v), src)
 
     if template is not None:
         return _merge(template, out, origin, strict)
