@@ -113,7 +113,10 @@ MLP_SPEC = {
     "fc2/kernel": px.Orthogonal(),  # square: matrix_exp, trivialization
     "fc3/kernel": px.WeightNorm(),
     "fc4/kernel": px.Orthogonal(),  # (4, 6) weight, wide kernel: householder
-    "blocks_0/kernel": [px.Skew(), px.Cayley()],  # user parametrizations, loaded by value
+    "blocks_0/kernel": [
+        px.Skew(),
+        px.Cayley(),
+    ],  # user parametrizations, loaded by value
     "blocks_1/kernel": px.Positive(),  # elementwise
 }
 
@@ -125,7 +128,9 @@ def _torch_mlp(seed=0):
     PZ.orthogonal(m.fc2)
     PZ.weight_norm(m.fc3)
     PZ.orthogonal(m.fc4)
-    with torch.no_grad():  # start the Cayley chain from an orthogonal matrix it can represent
+    with (
+        torch.no_grad()
+    ):  # start the Cayley chain from an orthogonal matrix it can represent
         m.blocks[0].weight.copy_(torch.linalg.qr(torch.randn(4, 4))[0])
     P.register_parametrization(m.blocks[0], "weight", TSkew())
     P.register_parametrization(m.blocks[0], "weight", TCayley())
@@ -140,7 +145,10 @@ def test_mlp_end_to_end_with_template():
     x = torch.from_numpy(x_np)
     tm = _train(_torch_mlp(), x)
     sd = tm.state_dict()
-    assert "fc3.parametrizations.weight.original0" in sd and "fc1.parametrizations.weight.0._u" in sd
+    assert (
+        "fc3.parametrizations.weight.original0" in sd
+        and "fc1.parametrizations.weight.0._u" in sd
+    )
 
     model = px.Parametrized(FlaxMLP, MLP_SPEC)()
     template = model.init(jax.random.key(0), jnp.asarray(x_np))
@@ -159,20 +167,30 @@ def test_mlp_end_to_end_with_template():
         )
     # spectral norm's state moved, not recomputed: u, v are torch's
     st = variables["parametrization_state"]["parametrizations"]["fc1"]["kernel"]["0"]
-    np.testing.assert_array_equal(np.asarray(st["u"]), sd["fc1.parametrizations.weight.0._u"])
-    np.testing.assert_array_equal(np.asarray(st["v"]), sd["fc1.parametrizations.weight.0._v"])
+    np.testing.assert_array_equal(
+        np.asarray(st["u"]), sd["fc1.parametrizations.weight.0._u"]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(st["v"]), sd["fc1.parametrizations.weight.0._v"]
+    )
 
 
 @pytest.mark.filterwarnings("ignore::parametrax.linen.FrozenStateWarning")
 def test_training_continues_identically_for_the_exact_translations():
     """One more SGD step on both sides from the loaded raw values gives the same outputs: the raw
     values (not only the values) correspond for spectral norm, weight norm and orthogonal."""
-    spec = {k: v for k, v in MLP_SPEC.items() if k[:3] == "fc1" or k[:3] in ("fc3", "fc4")}
+    spec = {
+        k: v for k, v in MLP_SPEC.items() if k[:3] == "fc1" or k[:3] in ("fc3", "fc4")
+    }
 
     class Small(tnn.Module):
         def __init__(self):
             super().__init__()
-            self.fc1, self.fc3, self.fc4 = tnn.Linear(5, 8), tnn.Linear(8, 6), tnn.Linear(6, 4)
+            self.fc1, self.fc3, self.fc4 = (
+                tnn.Linear(5, 8),
+                tnn.Linear(8, 6),
+                tnn.Linear(6, 4),
+            )
 
         def forward(self, x):
             return self.fc4(torch.tanh(self.fc3(torch.tanh(self.fc1(x)))))
@@ -225,9 +243,14 @@ def test_orthogonal_every_case(shape, omap, triv):
     _train(lin, x, steps=2, lr=0.1)
     spec = {"kernel": px.Orthogonal(map=omap, use_trivialization=triv)}
     model = px.Parametrized(nn.Dense(shape[0]), spec)
-    v = pt.load_state_dict(lin.state_dict(), spec, modules={"": ""}, key=jax.random.key(0))
+    v = pt.load_state_dict(
+        lin.state_dict(), spec, modules={"": ""}, key=jax.random.key(0)
+    )
     np.testing.assert_allclose(
-        np.asarray(model.apply(v, jnp.asarray(x_np))), _torch_out(lin, x), atol=ATOL, rtol=0
+        np.asarray(model.apply(v, jnp.asarray(x_np))),
+        _torch_out(lin, x),
+        atol=ATOL,
+        rtol=0,
     )
 
 
@@ -263,12 +286,16 @@ def test_conv_spectral_and_weight_norm():
     model = px.Parametrized(FlaxConv, spec)()
     xf = jnp.asarray(x_np.transpose(0, 2, 3, 1))
     template = model.init(jax.random.key(0), xf)
-    v = pt.load_state_dict(tm.state_dict(), spec, modules=pt.linen_names, template=template)
+    v = pt.load_state_dict(
+        tm.state_dict(), spec, modules=pt.linen_names, template=template
+    )
     out = np.asarray(model.apply(v, xf)).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(out, _torch_out(tm, x), atol=ATOL, rtol=0)
     # torch's v is over (in, kh, kw); parametrax's over (kh, kw, in): a permutation, not a copy
     tv = tm.state_dict()["c1.parametrizations.weight.0._v"].numpy()
-    pv = np.asarray(v["parametrization_state"]["parametrizations"]["c1"]["kernel"]["0"]["v"])
+    pv = np.asarray(
+        v["parametrization_state"]["parametrizations"]["c1"]["kernel"]["0"]["v"]
+    )
     assert not np.allclose(tv, pv)
     np.testing.assert_allclose(np.sort(tv), np.sort(pv))
 
@@ -293,7 +320,9 @@ def test_legacy_weight_norm_keys(dim):
     v = pt.load_state_dict(sd, spec, modules={"": ""})
     x_np = np.random.default_rng(4).normal(size=(4, 5)).astype(np.float32)
     out = px.Parametrized(nn.Dense(3), spec).apply(v, jnp.asarray(x_np))
-    np.testing.assert_allclose(np.asarray(out), _torch_out(ref, torch.from_numpy(x_np)), atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(out), _torch_out(ref, torch.from_numpy(x_np)), atol=ATOL
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,7 +359,10 @@ def test_embed_norm_layers():
     model = px.Parametrized(F, spec)()
     template = model.init(jax.random.key(0), jnp.asarray(i_np))
     v = pt.load_state_dict(
-        tm.state_dict(), spec, modules=pt.linen_names, layouts={"emb": "embed"},
+        tm.state_dict(),
+        spec,
+        modules=pt.linen_names,
+        layouts={"emb": "embed"},
         template=template,
     )
     np.testing.assert_allclose(
@@ -354,7 +386,10 @@ def test_nnx_front():
 
     class F(nnx.Module):
         def __init__(self, rngs):
-            self.fc1, self.fc2 = nnx.Linear(5, 4, rngs=rngs), nnx.Linear(4, 3, rngs=rngs)
+            self.fc1, self.fc2 = (
+                nnx.Linear(5, 4, rngs=rngs),
+                nnx.Linear(4, 3, rngs=rngs),
+            )
 
         def __call__(self, x):
             return self.fc2(jnp.tanh(self.fc1(x)))
@@ -366,13 +401,17 @@ def test_nnx_front():
     x_np = np.random.default_rng(6).normal(size=(3, 5)).astype(np.float32)
     _train(tm, torch.from_numpy(x_np), steps=2)
     fm = F(nnx.Rngs(0))
-    px.nnx.register_parametrization(fm.fc1, "kernel", px.SpectralNorm(), key=jax.random.key(0))
+    px.nnx.register_parametrization(
+        fm.fc1, "kernel", px.SpectralNorm(), key=jax.random.key(0)
+    )
     px.nnx.register_parametrization(fm.fc2, "kernel", px.WeightNorm())
     spec = {"fc1/kernel": px.SpectralNorm(), "fc2/kernel": px.WeightNorm()}
     v = pt.load_state_dict(tm.state_dict(), spec, modules={"fc1": "fc1", "fc2": "fc2"})
     nnx.update(fm, pt.nnx_state(v))
     np.testing.assert_allclose(
-        np.asarray(fm(jnp.asarray(x_np))), _torch_out(tm, torch.from_numpy(x_np)), atol=ATOL
+        np.asarray(fm(jnp.asarray(x_np))),
+        _torch_out(tm, torch.from_numpy(x_np)),
+        atol=ATOL,
     )
 
 
@@ -388,21 +427,29 @@ def _sn_dict():
 
 def test_unmapped_module_is_named():
     sd = {f"fc.{k}": v for k, v in _sn_dict().items()}
-    with pytest.raises(pt.TorchLoadError, match=r"does not map the torch module\(s\) \['fc'\]"):
-        pt.load_state_dict(sd, {"Dense_0/kernel": px.SpectralNorm()}, modules={"other": "x"})
+    with pytest.raises(
+        pt.TorchLoadError, match=r"does not map the torch module\(s\) \['fc'\]"
+    ):
+        pt.load_state_dict(
+            sd, {"Dense_0/kernel": px.SpectralNorm()}, modules={"other": "x"}
+        )
 
 
 def test_missing_buffer_is_named():
     sd = dict(_sn_dict())
     del sd["parametrizations.weight.0._v"]
-    with pytest.raises(pt.TorchLoadError, match=r"`parametrizations\.weight\.0\._v` is missing"):
+    with pytest.raises(
+        pt.TorchLoadError, match=r"`parametrizations\.weight\.0\._v` is missing"
+    ):
         pt.load_state_dict(sd, {"kernel": px.SpectralNorm()}, modules={"": ""})
 
 
 def test_unexpected_buffer_is_named():
     sd = dict(_sn_dict())
     sd["parametrizations.weight.0.extra"] = np.zeros(3, np.float32)
-    with pytest.raises(pt.TorchLoadError, match=r"parametrizations\.weight\.0\.extra.*not expected"):
+    with pytest.raises(
+        pt.TorchLoadError, match=r"parametrizations\.weight\.0\.extra.*not expected"
+    ):
         pt.load_state_dict(sd, {"kernel": px.SpectralNorm()}, modules={"": ""})
 
 
@@ -414,12 +461,16 @@ def test_wrong_axis_is_explained():
     lin = tnn.Linear(5, 4)
     PZ.weight_norm(lin)
     with pytest.raises(pt.TorchLoadError, match=r"Use WeightNorm\(axis=1\)"):
-        pt.load_state_dict(lin.state_dict(), {"kernel": px.WeightNorm(axis=0)}, modules={"": ""})
+        pt.load_state_dict(
+            lin.state_dict(), {"kernel": px.WeightNorm(axis=0)}, modules={"": ""}
+        )
 
 
 def test_spec_and_state_dict_disagree():
     sd = _sn_dict()
-    with pytest.raises(pt.TorchLoadError, match=r"spec key `bias2` matches no variable"):
+    with pytest.raises(
+        pt.TorchLoadError, match=r"spec key `bias2` matches no variable"
+    ):
         pt.load_state_dict(
             sd, {"kernel": px.SpectralNorm(), "bias2": px.Positive()}, modules={"": ""}
         )
@@ -437,7 +488,9 @@ def test_template_mismatches():
     model = px.Parametrized(nn.Dense(4), spec)
     good = model.init(jax.random.key(0), jnp.ones((1, 5)))
     wrong = model.init(jax.random.key(0), jnp.ones((1, 6)))
-    with pytest.raises(px.ShapeError, match=r"`parametrizations\.weight\.original` -> "):
+    with pytest.raises(
+        px.ShapeError, match=r"`parametrizations\.weight\.original` -> "
+    ):
         pt.load_state_dict(sd, spec, modules={"": ""}, template=wrong)
     smaller = {k: v for k, v in sd.items() if k != "bias"}
     with pytest.raises(pt.TorchLoadError, match=r"(?s)does not provide.*params/bias"):
@@ -449,9 +502,12 @@ def test_template_mismatches():
 def test_bad_layout_and_unparseable_key():
     sd = _sn_dict()
     with pytest.raises(pt.TorchLoadError, match=r"expected one of 'auto'"):
-        pt.load_state_dict(sd, {"kernel": px.SpectralNorm()}, modules={"": ""},
-                           layouts={"": "dense"})
-    nested = {"parametrizations.weight.parametrizations.original.original": np.ones((2, 2))}
+        pt.load_state_dict(
+            sd, {"kernel": px.SpectralNorm()}, modules={"": ""}, layouts={"": "dense"}
+        )
+    nested = {
+        "parametrizations.weight.parametrizations.original.original": np.ones((2, 2))
+    }
     with pytest.raises(pt.TorchLoadError, match=r"nested parametrizations"):
         pt.load_state_dict(nested, {"kernel": px.Skew()}, modules={"": ""})
 
@@ -472,7 +528,12 @@ def test_module_never_imports_torch():
 
 
 def test_docs_migration_example_runs():
-    page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "migration" / "torch.md"
+    page = (
+        pathlib.Path(__file__).resolve().parent.parent
+        / "docs"
+        / "migration"
+        / "torch.md"
+    )
     text = page.read_text(encoding="utf-8")
     section = text[text.index("## Loading a torch checkpoint") :]
     blocks = re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)

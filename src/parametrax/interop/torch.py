@@ -161,8 +161,10 @@ class _Tensor:
 
     def torch_key(self, rest: str) -> str:
         pre = f"{self.module}." if self.module else ""
-        return f"{pre}{self.name}_{rest[-1]}" if self.legacy else (
-            f"{pre}parametrizations.{self.name}.{rest}"
+        return (
+            f"{pre}{self.name}_{rest[-1]}"
+            if self.legacy
+            else (f"{pre}parametrizations.{self.name}.{rest}")
         )
 
     def weight_shape(self) -> tuple[int, ...]:
@@ -173,7 +175,9 @@ class _Tensor:
         return self.originals[min(self.originals)].shape
 
 
-_PZ = re.compile(r"^(?:(?P<mod>.*?)\.)??parametrizations\.(?P<name>[^.]+)\.(?P<rest>.+)$")
+_PZ = re.compile(
+    r"^(?:(?P<mod>.*?)\.)??parametrizations\.(?P<name>[^.]+)\.(?P<rest>.+)$"
+)
 
 
 def _parse(sd: Mapping[str, np.ndarray]):
@@ -208,7 +212,7 @@ def _parse(sd: Mapping[str, np.ndarray]):
                 f"the parametrized tensor `{t.name}`); found only {sorted(t.keys)}."
             )
     # The legacy torch.nn.utils.weight_norm keys: <name>_g and <name>_v, both present.
-    for (mod, name) in list(plain):
+    for mod, name in list(plain):
         if name.endswith("_g") and (mod, name[:-2] + "_v") in plain:
             base = name[:-2]
             (kg, g), (kv, v) = plain.pop((mod, name)), plain.pop((mod, base + "_v"))
@@ -218,7 +222,11 @@ def _parse(sd: Mapping[str, np.ndarray]):
                     f"`parametrizations.{base}` keys for module `{mod}`."
                 )
             t = _Tensor(mod, base)
-            t.legacy, t.originals, t.keys = True, {"original0": g, "original1": v}, [kg, kv]
+            t.legacy, t.originals, t.keys = (
+                True,
+                {"original0": g, "original1": v},
+                [kg, kv],
+            )
             tensors[(mod, base)] = t
     return tensors, plain
 
@@ -236,7 +244,9 @@ def _kind(module: str, layouts: Mapping[str, str], weight_ndim: int | None) -> s
         return kind
     if weight_ndim is None:
         return "plain"
-    return {1: "norm", 2: "linear"}.get(weight_ndim, "conv" if 3 <= weight_ndim <= 5 else "plain")
+    return {1: "norm", 2: "linear"}.get(
+        weight_ndim, "conv" if 3 <= weight_ndim <= 5 else "plain"
+    )
 
 
 def _perm(kind: str, name: str, ndim: int) -> tuple[int, ...]:
@@ -251,8 +261,12 @@ def _perm(kind: str, name: str, ndim: int) -> tuple[int, ...]:
 def _flax_name(kind: str, name: str) -> tuple[str, str]:
     """``(collection, name)`` of a torch parameter/buffer ``name`` in a module of ``kind``."""
     if name == "weight":
-        return _PARAMS, {"linear": "kernel", "conv": "kernel", "embed": "embedding",
-                         "norm": "scale"}.get(kind, name)
+        return _PARAMS, {
+            "linear": "kernel",
+            "conv": "kernel",
+            "embed": "embedding",
+            "norm": "scale",
+        }.get(kind, name)
     if kind == "norm" and name in ("running_mean", "running_var"):
         return "batch_stats", {"running_mean": "mean", "running_var": "var"}[name]
     return _PARAMS, name
@@ -260,7 +274,9 @@ def _flax_name(kind: str, name: str) -> tuple[str, str]:
 
 def _check_kind(kind: str, t_shape: tuple, key: str) -> None:
     if kind == "linear" and len(t_shape) != 2:
-        raise TorchLoadError(f"`{key}` has shape {t_shape}; layout 'linear' needs (out, in).")
+        raise TorchLoadError(
+            f"`{key}` has shape {t_shape}; layout 'linear' needs (out, in)."
+        )
     if kind == "conv" and not 3 <= len(t_shape) <= 5:
         raise TorchLoadError(
             f"`{key}` has shape {t_shape}; layout 'conv' needs (out, in, *kernel_size)."
@@ -270,14 +286,16 @@ def _check_kind(kind: str, t_shape: tuple, key: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Translating one parametrized tensor
 # ------------------------------------------------------------------------------------------------
-def _link_vars(t: _Tensor, i: int, link, template: dict, key_for: Callable[[str], str]) -> dict:
+def _link_vars(
+    t: _Tensor, i: int, link, template: dict, key_for: Callable[[str], str]
+) -> dict:
     """Link ``i``'s torch buffers, in the structure of its ``init_variables`` template."""
     got = dict(t.links.get(i, {}))
     renames = next((r for c, r in _RENAMES.items() if isinstance(link, c)), {})
     got = {renames.get(k, k): v for k, v in got.items()}
     out: dict = {"params": {}, "state": {}}
     for col in ("params", "state"):
-        for name, like in template.get(col, {}).items():
+        for name in template.get(col, {}):
             back = {v: k for k, v in renames.items()}.get(name, name)
             if name not in got:
                 raise TorchLoadError(
@@ -297,7 +315,9 @@ def _link_vars(t: _Tensor, i: int, link, template: dict, key_for: Callable[[str]
 
 def _norm_axis(axis: int, ndim: int, what: str) -> int:
     if not -ndim <= axis < ndim:
-        raise TorchLoadError(f"{what}: axis {axis} is out of range for {ndim} dimensions.")
+        raise TorchLoadError(
+            f"{what}: axis {axis} is out of range for {ndim} dimensions."
+        )
     return axis % ndim
 
 
@@ -309,11 +329,19 @@ def _weight_norm(link: WeightNorm, t: _Tensor, perm, flax_path: str):
         )
     g, v = t.originals["original0"], t.originals["original1"]
     v_f = v.transpose(perm)
-    g_f = g if g.ndim == 0 else g.reshape(g.shape + (1,) * (v.ndim - g.ndim)).transpose(perm)
+    g_f = (
+        g
+        if g.ndim == 0
+        else g.reshape(g.shape + (1,) * (v.ndim - g.ndim)).transpose(perm)
+    )
     want = tuple(link.right_inverse(jnp.asarray(v_f))[0].shape)
     if tuple(g_f.shape) != want:
         kept = [a for a in range(v_f.ndim) if g_f.ndim and g_f.shape[a] != 1]
-        hint = "axis=None" if g.ndim == 0 else f"axis={tuple(kept) if len(kept) != 1 else kept[0]}"
+        hint = (
+            "axis=None"
+            if g.ndim == 0
+            else f"axis={tuple(kept) if len(kept) != 1 else kept[0]}"
+        )
         raise TorchLoadError(
             f"`{flax_path}`: torch's g `{t.torch_key('original0')}` has shape {g.shape}, which "
             f"is {tuple(g_f.shape)} on the Flax array {tuple(v_f.shape)}; the spec's `{link!r}` "
@@ -335,7 +363,9 @@ def _spectral_norm(link: SpectralNorm, t: _Tensor, perm, flax_path: str):
             f"`{flax_path}`: `{link!r}` has several output axes; torch's spectral_norm has one "
             "`dim`, so it cannot be the source."
         )
-    a = _norm_axis(link.axis[0] if isinstance(link.axis, tuple) else link.axis, k.ndim, flax_path)
+    a = _norm_axis(
+        link.axis[0] if isinstance(link.axis, tuple) else link.axis, k.ndim, flax_path
+    )
     d = perm[a]  # the torch dim the spec's axis corresponds to
     got = _link_vars(
         t, 0, link, {"params": {}, "state": {"u": None, "v": None}}, t.torch_key
@@ -380,10 +410,16 @@ def _orthogonal(link: Orthogonal, t: _Tensor, perm, flax_path: str, key):
         lo = np.tril(x)
         a = lo - lo.T
         a2 = -(base @ a @ base.T)
-        return {"original": np.tril(a2, -1).astype(x.dtype)}, [{}], [{"base": base.T.copy()}]
+        return (
+            {"original": np.tril(a2, -1).astype(x.dtype)},
+            [{}],
+            [{"base": base.T.copy()}],
+        )
     # by value: torch's value in torch's layout, registered on the Flax kernel
-    value = link.apply({"params": {}, "state": {"base": jnp.asarray(base)} if tmpl else {}},
-                       jnp.asarray(x))[0]
+    value = link.apply(
+        {"params": {}, "state": {"base": jnp.asarray(base)} if tmpl else {}},
+        jnp.asarray(x),
+    )[0]
     return _register_value((link,), np.asarray(value).T, key)
 
 
@@ -400,16 +436,22 @@ def _register_value(chain, value, key):
 def _elementwise(chain, t: _Tensor, perm, flax_path: str):
     shape = t.weight_shape()
     if set(t.originals) != {"original"}:
-        raise TorchLoadError(f"`{flax_path}`: expected `{t.torch_key('original')}` only.")
+        raise TorchLoadError(
+            f"`{flax_path}`: expected `{t.torch_key('original')}` only."
+        )
     params, lstate = [], []
     x = jnp.asarray(t.originals["original"])
     for i, link in enumerate(chain):
         tmpl = link.init_variables(jax.random.key(0), x) if link.has_variables else {}
         got = _link_vars(t, i, link, tmpl, t.torch_key)
-        mv = lambda a: a.transpose(perm) if a.shape == shape else a  # noqa: E731
-        params.append({k: mv(v) for k, v in got["params"].items()})
-        lstate.append({k: mv(v) for k, v in got["state"].items()})
+        params.append({k: _moved(v, shape, perm) for k, v in got["params"].items()})
+        lstate.append({k: _moved(v, shape, perm) for k, v in got["state"].items()})
     return {"original": t.originals["original"].transpose(perm)}, params, lstate
+
+
+def _moved(a: np.ndarray, shape: tuple, perm: tuple) -> np.ndarray:
+    """A link array of the weight's (torch) shape is permuted like it; others are kept."""
+    return a.transpose(perm) if a.shape == shape else a
 
 
 def _by_value(chain, t: _Tensor, perm, flax_path: str, key):
@@ -433,8 +475,10 @@ def _by_value(chain, t: _Tensor, perm, flax_path: str, key):
     cur = None
     for i, link in enumerate(twins):
         if i == 0:
-            args = (x,) if x is not None else tuple(
-                originals[f"original{j}"] for j in range(len(originals))
+            args = (
+                (x,)
+                if x is not None
+                else tuple(originals[f"original{j}"] for j in range(len(originals)))
             )
         else:
             args = (cur,)
@@ -538,11 +582,13 @@ def load_state_dict(
             seen = sorted({m for m, _ in tensors} | {m for m, _ in plain})
             missing = [m for m in seen if m not in modules]
             raise TorchLoadError(
-                f"`modules` does not map the torch module(s) {missing} (use \"\" for the top "
+                f'`modules` does not map the torch module(s) {missing} (use "" for the top '
                 f"level). Mapped: {sorted(modules)}. Torch modules in the state_dict: {seen}."
             )
         if not isinstance(out, str):
-            raise TorchLoadError(f"`modules` mapped {mod!r} to {out!r}; expected a path string.")
+            raise TorchLoadError(
+                f"`modules` mapped {mod!r} to {out!r}; expected a path string."
+            )
         return out.strip("/")
 
     def join(*parts: str) -> str:
@@ -580,17 +626,25 @@ def load_state_dict(
         kind = _kind(mod, layouts, weight_ndim.get(mod))
         _check_kind(kind, arr.shape, tkey) if name == "weight" else None
         col, fname = _flax_name(kind, name)
-        put(join(col, flax_module(mod), fname), arr.transpose(_perm(kind, name, arr.ndim)), tkey)
+        put(
+            join(col, flax_module(mod), fname),
+            arr.transpose(_perm(kind, name, arr.ndim)),
+            tkey,
+        )
 
     flax_paths = {}
     for (mod, name), t in tensors.items():
         kind = _kind(mod, layouts, weight_ndim.get(mod))
         col, fname = _flax_name(kind, name)
         if col != _PARAMS:
-            raise TorchLoadError(f"`{t.keys[0]}`: parametrized buffers of kind {kind!r} are not "
-                                 "translated.")
+            raise TorchLoadError(
+                f"`{t.keys[0]}`: parametrized buffers of kind {kind!r} are not "
+                "translated."
+            )
         flax_paths[join(flax_module(mod), fname)] = t
-    plain_param_paths = [p[len(_PARAMS) + 1:] for p in origin if p.startswith(_PARAMS + "/")]
+    plain_param_paths = [
+        p[len(_PARAMS) + 1 :] for p in origin if p.startswith(_PARAMS + "/")
+    ]
     try:
         resolved = spec.resolve(list(flax_paths) + plain_param_paths, what="state_dict")
     except SpecError as e:
@@ -610,9 +664,11 @@ def load_state_dict(
                 f"unparametrized (`{origin[_PARAMS + '/' + p]}`); torch's model had no "
                 "parametrization there."
             )
-    keys = dict(zip(sorted(flax_paths), jax.random.split(key, len(flax_paths)))) if (
-        key is not None and flax_paths
-    ) else {}
+    keys = (
+        dict(zip(sorted(flax_paths), jax.random.split(key, len(flax_paths))))
+        if (key is not None and flax_paths)
+        else {}
+    )
     for path, t in sorted(flax_paths.items()):
         chain = resolved[path][1]
         kind = _kind(t.module, layouts, weight_ndim.get(t.module))
@@ -626,12 +682,20 @@ def load_state_dict(
             put(join(_PARAMS, "parametrizations", path, k), np.asarray(v), where)
         for i, p in enumerate(params):
             for k, v in p.items():
-                put(join(_PARAMS, "parametrizations", path, str(i), k), np.asarray(v), where)
+                put(
+                    join(_PARAMS, "parametrizations", path, str(i), k),
+                    np.asarray(v),
+                    where,
+                )
         for i, s in enumerate(lstate):
             back = {v: k for k, v in _RENAMES.get(type(chain[i]), {}).items()}
             for k, v in s.items():
                 src = t.torch_key(f"{i}.{back.get(k, k)}") if i in t.links else where
-                put(join(_STATE, "parametrizations", path, str(i), k), np.asarray(v), src)
+                put(
+                    join(_STATE, "parametrizations", path, str(i), k),
+                    np.asarray(v),
+                    src,
+                )
 
     if template is not None:
         return _merge(template, out, origin, strict)
@@ -678,15 +742,19 @@ def _merge(template: Mapping, out: dict, origin: dict, strict: bool) -> dict:
         raise TorchLoadError(
             "state_dict entries with no place in the template: "
             + "; ".join(f"`{origin[p]}` -> `{p}`" for p in unexpected)
-            + ". Template variables:\n" + listing(sorted(flat))
+            + ". Template variables:\n"
+            + listing(sorted(flat))
         )
     bad = [
         f"`{origin[p]}` -> `{p}`: {tuple(out[p].shape)} vs the template's "
         f"{tuple(np.shape(flat[p]))}"
-        for p in sorted(out) if tuple(out[p].shape) != tuple(np.shape(flat[p]))
+        for p in sorted(out)
+        if tuple(out[p].shape) != tuple(np.shape(flat[p]))
     ]
     if bad:
-        raise ShapeError("shape mismatch between the state_dict and the template: " + "; ".join(bad))
+        raise ShapeError(
+            "shape mismatch between the state_dict and the template: " + "; ".join(bad)
+        )
     missing = sorted(p for p in flat if p not in out)
     if strict and missing:
         raise TorchLoadError(
@@ -704,8 +772,9 @@ def _merge(template: Mapping, out: dict, origin: dict, strict: bool) -> dict:
 
 def _plain_dict(tree: Mapping) -> dict:
     """Unfreezes and unboxes (``nn.Partitioned`` ...) a variables mapping."""
+
     def unbox(x):
         return x.unbox() if hasattr(x, "unbox") else x
+
     tree = jax.tree.map(unbox, tree, is_leaf=lambda x: hasattr(x, "unbox"))
     return {k: _plain_dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
-
