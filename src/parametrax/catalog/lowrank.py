@@ -220,22 +220,107 @@ class _SVDFamily(T.Trivialized):
         tol = atol * jnp.maximum(1.0, sv[..., :1])
         return jnp.all(self._sv_ok(sv, tol, r, x))
 
-    def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
-        """``U diag(σ(z)) Vᵀ`` with ``U``, ``V`` Haar (det +1 for square full-rank entries)
-        and ``z`` standard normal."""
+    def sample(
+        self,
+        key: Array,
+        shape,
+        dtype=jnp.float32,
+        *,
+        init: Callable | None = None,
+        eps: float | None = None,
+        factorized: bool = False,
+    ):
+        """A random point of the set, of shape ``shape`` (geotorch's ``sample(init_, eps,
+        factorized)``).
+
+        * ``init=None`` (default): ``U diag(σ(z)) Vᵀ`` with ``U``, ``V`` Haar (det +1 for
+          square full-rank entries) and ``z`` standard normal.
+        * ``init``: a JAX initializer ``init(key, shape, dtype)`` (e.g.
+          ``jax.nn.initializers.glorot_normal()``, geotorch's default ``xavier_normal_``) draws
+          ``X`` of ``shape``, which is projected onto the set by its SVD: the ``rank`` largest
+          singular triples, the singular values moved onto the entry's set (FixedRank /
+          Invertible: raised to the forward's floor ``rank_floor(dtype) * max(1, σ_max)``;
+          Invertible / SL: the sign of the determinant fixed on the smallest singular vector;
+          SL: divided by their geometric mean; AlmostOrthogonal: clipped to ``[1 - lam,
+          1 + lam]``). So the singular values of the sample are those of the draw where the
+          set allows, and ``key`` goes to ``init`` unchanged (``init(key, shape, dtype)`` is the
+          draw).
+        * ``eps`` (FixedRank, Invertible, SL only; geotorch's): a lower bound on the singular
+          values, applied on top of the entry's own floor (SL: to the drawn ones, before the
+          normalisation to ``det = 1``, as geotorch). ``LowRank`` and ``AlmostOrthogonal`` have
+          no floor to set and refuse it.
+        * ``factorized=True`` returns ``(U, S, V)`` with ``U`` ``(..., n, r)``, ``S``
+          ``(..., r)`` (non-negative), ``V`` ``(..., k, r)`` and the sample ``U diag(S) Vᵀ``, in
+          the orientation of ``shape``.
+        """
         shape = tuple(shape)
         r = self._rank(jax.ShapeDtypeStruct(shape, dtype))
         big, small = max(shape[-2:]), min(shape[-2:])
         batch = shape[:-2]
-        ku, kv, ks = jax.random.split(key, 3)
         wide = jnp.promote_types(dtype, jnp.float32)
-        if self._fix_det():
-            u, v = haar_special(ku, batch, big, wide), haar_special(kv, batch, small, wide)
+        if eps is not None and not self._sample_has_floor():
+            raise ParametrizationError(
+                f"`{type(self).__name__}.sample`: `eps` (a floor on the singular values) applies "
+                f"to FixedRank, Invertible and SL; {type(self).__name__} has no floor to set "
+                f"(got eps={eps!r})."
+            )
+        if init is None:
+            ku, kv, ks = jax.random.split(key, 3)
+            if self._fix_det():
+                u, v = haar_special(ku, batch, big, wide), haar_special(kv, batch, small, wide)
+            else:
+                u, v = haar(ku, batch, big, r, wide), haar(kv, batch, small, r, wide)
+            sigma = widen(self._sample_sigma(ks, batch + (r,), dtype))
+            v = v * jnp.where(sigma < 0, -1.0, 1.0).astype(wide)[..., None, :]  # S >= 0
+            sigma = jnp.abs(sigma)
         else:
-            u, v = haar(ku, batch, big, r, wide), haar(kv, batch, small, r, wide)
-        sigma = widen(self._sample_sigma(ks, batch + (r,), dtype))
+            x = widen(_draw(self, init, key, shape, dtype))
+            x = mT(x) if shape[-2] < shape[-1] else x
+            u, sigma, vh = jnp.linalg.svd(x, full_matrices=False)
+            if self._fix_det():  # square: u, vh are n x n
+                u = flip_last_col(u, jnp.linalg.det(u) * jnp.linalg.det(vh) < 0)
+            u, sigma, v = u[..., :, :r], sigma[..., :r], mT(vh)[..., :, :r]
+        sigma = self._sample_project(sigma, dtype, eps)
+        if factorized:
+            u, sigma, v = u.astype(dtype), sigma.astype(dtype), v.astype(dtype)
+            return (v, sigma, u) if shape[-2] < shape[-1] else (u, sigma, v)
         x = ((u * sigma[..., None, :]) @ mT(v)).astype(dtype)
         return mT(x) if shape[-2] < shape[-1] else x
+
+    def _sample_has_floor(self) -> bool:
+        return isinstance(self, (_PositiveSigma, SL))
+
+    def _sample_project(self, sigma: Array, dtype, eps: float | None) -> Array:
+        """The sampled singular values (``>= 0``, last axis) moved onto the entry's set."""
+        if isinstance(self, _PositiveSigma):
+            ratio = max(self._floor(dtype), self._keep(dtype))
+            top = jnp.max(sigma, axis=-1, keepdims=True)
+            low = jnp.maximum(ratio * jnp.maximum(1.0, top), 0.0 if eps is None else eps)
+            return jnp.maximum(sigma, low.astype(sigma.dtype))
+        if isinstance(self, SL):
+            tiny = jnp.finfo(sigma.dtype).tiny
+            l = jnp.log(jnp.maximum(sigma, tiny if eps is None else max(eps, tiny)))
+            l = jnp.maximum(l, jnp.max(l, axis=-1, keepdims=True) + jnp.log(S.rank_floor(dtype)))
+            return jnp.exp(l - jnp.mean(l, axis=-1, keepdims=True))
+        if isinstance(self, AlmostOrthogonal):
+            return jnp.clip(sigma, 1.0 - self.lam, 1.0 + self.lam)
+        return sigma
+
+
+def _draw(p, init: Callable, key: Array, shape: tuple, dtype) -> Array:
+    """``init(key, shape, dtype)``, checked: a callable returning an array of ``shape``."""
+    if not callable(init):
+        raise ParametrizationError(
+            f"`{type(p).__name__}.sample`: `init` must be a JAX initializer "
+            f"`init(key, shape, dtype)` (e.g. jax.nn.initializers.glorot_normal()); got {init!r}."
+        )
+    x = jnp.asarray(init(key, shape, dtype))
+    if tuple(x.shape) != tuple(shape):
+        raise ParametrizationError(
+            f"`{type(p).__name__}.sample`: `init(key, {shape}, dtype)` returned an array of shape "
+            f"{tuple(x.shape)}; expected {shape}."
+        )
+    return x
 
 
 class LowRank(_SVDFamily):
@@ -428,3 +513,52 @@ class AlmostOrthogonal(_SVDFamily):
 
     def _sv_ok(self, sv, tol, r, x):
         return jnp.all(jnp.abs(sv - 1.0) <= self.lam + tol, axis=-1)
+
+    _DISTRIBUTIONS: ClassVar[tuple[str, ...]] = ("uniform", "torus")
+
+    def sample(
+        self,
+        key: Array,
+        shape,
+        dtype=jnp.float32,
+        *,
+        distribution: str | None = None,
+        init: Callable | None = None,
+        factorized: bool = False,
+    ):
+        """A random point of shape ``shape``.
+
+        * ``distribution=None`` (default): ``U diag(1 + lam f(z)) Vᵀ`` with ``U``, ``V`` Haar and
+          ``z`` standard normal; with ``init`` (a JAX initializer ``init(key, shape, dtype)``)
+          the draw's singular values clipped to ``[1 - lam, 1 + lam]`` (see
+          :meth:`_SVDFamily.sample`, which also describes ``factorized``).
+        * ``distribution="uniform"``: an orthogonal matrix (all singular values 1), Haar on the
+          Stiefel manifold / O(n) (geotorch's ``AlmostOrthogonal.sample()`` default, which
+          samples SO(n); ``det = -1`` is on this set too).
+        * ``distribution="torus"``: geotorch's torus initialisation for recurrent kernels, as
+          ``SO.sample(init="torus")`` (block-diagonal 2x2 rotations by angles ``U(-π, π)``; the
+          first ``K`` columns when non-square).
+        """
+        if distribution is None:
+            return super().sample(key, shape, dtype, init=init, factorized=factorized)
+        if distribution not in self._DISTRIBUTIONS:
+            raise ParametrizationError(
+                "`AlmostOrthogonal.sample`: `distribution` has to be one of None, "
+                + ", ".join(f'"{d}"' for d in self._DISTRIBUTIONS)
+                + f"; got {distribution!r}."
+            )
+        if init is not None or factorized:
+            raise ParametrizationError(
+                f'`AlmostOrthogonal.sample`: `init` and `factorized` apply to distribution=None; '
+                f'distribution="{distribution}" samples an orthogonal matrix.'
+            )
+        from parametrax._numerics import torus
+
+        shape = tuple(shape)
+        self._rank(jax.ShapeDtypeStruct(shape, dtype))
+        big, small = max(shape[-2:]), min(shape[-2:])
+        if distribution == "torus":
+            q = torus(key, shape[:-2], big, dtype)[..., :, :small]
+        else:
+            q = haar(key, shape[:-2], big, small, dtype)
+        return mT(q) if shape[-2] < shape[-1] else q

@@ -202,14 +202,81 @@ class _SymEigen(T.Trivialized):
         wide = jnp.promote_types(dtype, jnp.float32)
         return self._eigs(jax.random.normal(key, shape, wide), dtype)
 
-    def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
-        """``Q diag(f(z)) Qᵀ`` with ``Q`` Haar (n x r) and ``z`` standard normal."""
+    def sample(
+        self,
+        key: Array,
+        shape,
+        dtype=jnp.float32,
+        *,
+        init: Callable | None = None,
+        eps: float | None = None,
+        factorized: bool = False,
+    ):
+        """A random point of the set, of shape ``shape`` (geotorch's ``sample(init_, eps)``).
+
+        * ``init=None`` (default): ``Q diag(f(z)) Qᵀ`` with ``Q`` Haar (``n x r``) and ``z``
+          standard normal.
+        * ``init``: a JAX initializer ``init(key, shape, dtype)`` (e.g.
+          ``jax.nn.initializers.glorot_normal()``, geotorch's default ``xavier_normal_``) draws
+          ``W`` and the sample is ``W Wᵀ`` (a Wishart matrix for a Gaussian ``init``, as in
+          geotorch) restricted to its ``r`` largest eigenpairs, with the eigenvalues moved onto
+          the set (positive entries: raised to ``max(rank_floor, default_atol)(dtype) * max(1,
+          λ_max)``, the floor the forward keeps). ``key`` goes to ``init`` unchanged.
+        * ``eps`` (PositiveDefinite, PSSDFixedRank only; geotorch's): a lower bound on the kept
+          eigenvalues, on top of that floor. PSSD and PSSDLowRank (eigenvalues may be 0) refuse
+          it.
+        * ``factorized=True`` returns ``(L, Q)`` (``eigh``'s order, as geotorch): eigenvalues
+          ``(..., r)`` and orthonormal ``Q`` ``(..., n, r)`` with the sample ``Q diag(L) Qᵀ``.
+        """
         shape = tuple(shape)
         r = self._rank(jax.ShapeDtypeStruct(shape, dtype))
-        kq, kw = jax.random.split(key)
-        q = haar(kq, shape[:-2], shape[-1], r, jnp.promote_types(dtype, jnp.float32))
-        w = self._sample_eigs(kw, shape[:-2] + (r,), dtype)
+        wide = jnp.promote_types(dtype, jnp.float32)
+        closed = self._fmap().closed
+        if eps is not None and closed:
+            from parametrax._errors import ParametrizationError
+
+            raise ParametrizationError(
+                f"`{type(self).__name__}.sample`: `eps` (a floor on the eigenvalues) applies to "
+                f"PositiveDefinite and PSSDFixedRank; {type(self).__name__} allows zero "
+                f"eigenvalues (got eps={eps!r})."
+            )
+        if init is None:
+            kq, kw = jax.random.split(key)
+            q = haar(kq, shape[:-2], shape[-1], r, wide)
+            w = self._sample_eigs(kw, shape[:-2] + (r,), dtype).astype(wide)
+        else:
+            x = widen(_draw(self, init, key, shape, dtype))
+            w, q = jnp.linalg.eigh(x @ mT(x))
+            n = shape[-1]
+            w, q = w[..., n - r :], q[..., :, n - r :]
+        if closed:
+            w = jnp.maximum(w, 0.0)  # eigh's rounding
+        else:
+            ratio = max(self._floor(dtype), self._keep(dtype))
+            top = jnp.max(w, axis=-1, keepdims=True)
+            low = jnp.maximum(ratio * jnp.maximum(1.0, top), 0.0 if eps is None else eps)
+            w = jnp.maximum(w, low.astype(w.dtype))
+        if factorized:
+            return w.astype(dtype), q.astype(dtype)
         return _sym((q * w[..., None, :]) @ mT(q)).astype(dtype)
+
+
+def _draw(p, init: Callable, key: Array, shape: tuple, dtype) -> Array:
+    """``init(key, shape, dtype)``, checked: a callable returning an array of ``shape``."""
+    from parametrax._errors import ParametrizationError
+
+    if not callable(init):
+        raise ParametrizationError(
+            f"`{type(p).__name__}.sample`: `init` must be a JAX initializer "
+            f"`init(key, shape, dtype)` (e.g. jax.nn.initializers.glorot_normal()); got {init!r}."
+        )
+    x = jnp.asarray(init(key, shape, dtype))
+    if tuple(x.shape) != tuple(shape):
+        raise ParametrizationError(
+            f"`{type(p).__name__}.sample`: `init(key, {shape}, dtype)` returned an array of shape "
+            f"{tuple(x.shape)}; expected {shape}."
+        )
+    return x
 
 
 class PositiveDefinite(_SymEigen):
