@@ -59,3 +59,12 @@ def test_the_linen_front_has_its_namespace_and_the_entry_point_stays_at_the_top(
     assert px.Parametrized is linen.Parametrized
     for name in ("constrain", "assign", "remove_parametrizations", "update_base", "spec_of"):
         assert name in linen.__all__
+
+
+def test_optional_subpackages_load_on_first_use():
+    # px.interop never imports torch; px.equinox needs equinox (a test extra).
+    import parametrax as px
+    from parametrax.interop import torch as interop_torch
+
+    assert px.interop.torch is interop_torch
+    assert callable(px.interop.torch.load_state_dict)

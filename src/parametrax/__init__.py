@@ -9,7 +9,8 @@ The public API, one name per object (the alias policy is in ``parametrax._deprec
   ``px.linen`` (``constrain``, ``assign``, ``remove_parametrizations``, ``update_base``, ...);
 * ``px.tree`` -- the same operations on any pytree, without Flax;
 * ``px.nnx`` -- torch's in-place workflow on NNX modules; ``px.equinox`` -- equinox Modules
-  (imported on first use: equinox is optional);
+  (imported on first use: equinox is optional); ``px.interop.torch`` -- torch checkpoints
+  (``state_dict``) into parametrax variables (torch itself is never imported);
 * the catalog (``px.Orthogonal``, ``px.SpectralNorm``, ``px.Stiefel``, ...; every entry of
   ``parametrax.catalog``), the contract (``Parametrization``, ``as_parametrization``) and the
   errors; ``parametrax.testing`` is the contract kit for your own parametrizations.
@@ -90,11 +91,12 @@ _deprecated = _module_getattr(__name__, _MOVED)
 
 
 def __getattr__(name: str):
-    # `px.equinox` is imported on first use: equinox is an optional dependency.
-    if name == "equinox":
+    # `px.equinox` is imported on first use: equinox is an optional dependency; `px.interop`
+    # (checkpoints of other libraries) likewise, as few users need it.
+    if name in ("equinox", "interop"):
         import importlib
 
-        return importlib.import_module("parametrax.equinox")
+        return importlib.import_module(f"parametrax.{name}")
     return _deprecated(name)
 
 
