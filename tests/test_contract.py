@@ -187,6 +187,9 @@ TABLE = [
     row(px.projections.unit_norm(), (4, 2), broadcasts=False),
     row(px.projections.UnitNorm(axis=-1), (2, 3)),
     row(px.projections.non_neg(), (2, 3)),
+    # --- issue 14: sigmaReparam (SpectralNorm with a learnable scale) ---------------------------
+    row(px.SpectralNorm(learnable_scale=True), (4, 3), broadcasts=False, value=gaussian((4, 3))),
+    row(px.SpectralNorm(learnable_scale=True), (5,), broadcasts=False, value=gaussian((5,))),
 ]
 
 

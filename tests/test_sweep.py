@@ -219,6 +219,9 @@ def _entries():
 
 ENTRIES = _entries()
 STATEFUL = {"SpectralNorm"}  # forward advances state (power iteration) in training
+# issue 14: sigmaReparam reaches every matrix (|gamma| is its spectral norm): finiteness only
+ENTRIES["SpectralNorm-learnable"] = (px.SpectralNorm(learnable_scale=True), ALL_SHAPES, m_any)
+STATEFUL |= {"SpectralNorm-learnable"}
 
 OPTIMIZERS = {
     "sgd": lambda: optax.sgd(1e-2),
