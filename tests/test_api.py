@@ -59,3 +59,11 @@ def test_the_linen_front_has_its_namespace_and_the_entry_point_stays_at_the_top(
     assert px.Parametrized is linen.Parametrized
     for name in ("constrain", "assign", "remove_parametrizations", "update_base", "spec_of"):
         assert name in linen.__all__
+
+
+def test_conv_spectral_norm_is_exported_once():
+    from parametrax.catalog import conv_norm
+
+    assert px.ConvSpectralNorm is catalog.ConvSpectralNorm is conv_norm.ConvSpectralNorm
+    assert px.conv_singular_values is catalog.conv_singular_values is conv_norm.conv_singular_values
+    assert {"ConvSpectralNorm", "conv_singular_values"} <= set(px.__all__) & set(catalog.__all__)
