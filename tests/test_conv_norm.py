@@ -61,17 +61,18 @@ def flax_conv(p, kernel, x):
 
 # (kernel shape, ConvSpectralNorm kwargs): 1-D, 2-D, 3-D; every padding form; strides; dilation
 CONFIGS = [
-    pytest.param((3, 3, 2, 3), dict(input_shape=(5, 4)), id="2d-same"),
-    pytest.param((3, 3, 2, 3), dict(input_shape=(6, 5), padding="VALID"), id="2d-valid"),
-    pytest.param((3, 3, 2, 2), dict(input_shape=(6, 6), strides=2), id="2d-stride2"),
-    pytest.param((2, 3, 2, 3), dict(input_shape=(6, 5), strides=(1, 2), padding=1), id="2d-int"),
-    pytest.param((3, 3, 1, 2), dict(input_shape=(7, 7), dilation=2), id="2d-dilation2"),
-    pytest.param((3, 3, 2, 3), dict(input_shape=(5, 4), padding="CIRCULAR"), id="2d-circular"),
-    pytest.param((3, 3, 2, 2), dict(input_shape=(5, 5), padding="REFLECT"), id="2d-reflect"),
-    pytest.param((3, 3, 2, 4), dict(input_shape=(4, 4), feature_group_count=2), id="2d-groups"),
-    pytest.param((3, 2, 3), dict(input_shape=(9,), padding="CAUSAL"), id="1d-causal"),
-    pytest.param((4, 2, 3), dict(input_shape=(8,), padding=((2, 1),)), id="1d-pairs"),
-    pytest.param((2, 2, 2, 2, 2), dict(input_shape=(3, 4, 3)), id="3d-same"),
+    pytest.param((3, 3, 2, 3), {"input_shape": (5, 4)}, id="2d-same"),
+    pytest.param((3, 3, 2, 3), {"input_shape": (6, 5), "padding": "VALID"}, id="2d-valid"),
+    pytest.param((3, 3, 2, 2), {"input_shape": (6, 6), "strides": 2}, id="2d-stride2"),
+    pytest.param((2, 3, 2, 3), {"input_shape": (6, 5), "strides": (1, 2), "padding": 1},
+                 id="2d-int"),
+    pytest.param((3, 3, 1, 2), {"input_shape": (7, 7), "dilation": 2}, id="2d-dilation2"),
+    pytest.param((3, 3, 2, 3), {"input_shape": (5, 4), "padding": "CIRCULAR"}, id="2d-circular"),
+    pytest.param((3, 3, 2, 2), {"input_shape": (5, 5), "padding": "REFLECT"}, id="2d-reflect"),
+    pytest.param((3, 3, 2, 4), {"input_shape": (4, 4), "feature_group_count": 2}, id="2d-groups"),
+    pytest.param((3, 2, 3), {"input_shape": (9,), "padding": "CAUSAL"}, id="1d-causal"),
+    pytest.param((4, 2, 3), {"input_shape": (8,), "padding": ((2, 1),)}, id="1d-pairs"),
+    pytest.param((2, 2, 2, 2, 2), {"input_shape": (3, 4, 3)}, id="3d-same"),
 ]
 
 
@@ -338,7 +339,8 @@ def test_errors():
 
 def test_docs_norms_page_examples_run():
     page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "catalog" / "norms.md"
-    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), re.S | re.M)
+    text = page.read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
     assert blocks, "the norms page has a runnable example"
     for code in blocks:
-        exec(compile(code, str(page), "exec"), {"__name__": "_norms_page"})
+        exec(compile(code, str(page), "exec"), {"__name__": "_norms_page"})  # noqa: S102

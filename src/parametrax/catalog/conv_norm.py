@@ -40,7 +40,11 @@ import numpy as np
 from jax import lax
 
 from parametrax._core import Parametrization, Variables
-from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
+from parametrax._errors import (
+    ParametrizationError,
+    ParametrizationTypeError,
+    ShapeError,
+)
 from parametrax._numerics import require_inexact, safe_norm
 
 __all__ = ["ConvSpectralNorm", "conv_singular_values"]
@@ -344,7 +348,9 @@ class ConvSpectralNorm(Parametrization):
         for name in ("feature_group_count", "n_power_iterations", "n_warmup_iterations"):
             value = getattr(self, name)
             if not _is_int(value):
-                raise ParametrizationTypeError(f"`{owner}`: `{name}` must be an int; got {value!r}.")
+                raise ParametrizationTypeError(
+                    f"`{owner}`: `{name}` must be an int; got {value!r}."
+                )
             if value < 1:
                 raise ParametrizationError(
                     f"`{owner}`: `{name}` must be positive; got {name}={value}."
@@ -354,7 +360,9 @@ class ConvSpectralNorm(Parametrization):
                 f"`{owner}`: `eps` must be a non-negative float; got {self.eps!r}."
             )
         if not isinstance(self.exact, bool):
-            raise ParametrizationTypeError(f"`{owner}`: `exact` must be a bool; got {self.exact!r}.")
+            raise ParametrizationTypeError(
+                f"`{owner}`: `exact` must be a bool; got {self.exact!r}."
+            )
         if self.exact:
             strides = self.strides if isinstance(self.strides, tuple) else (self.strides,)
             if self.padding != "CIRCULAR" or any(s != 1 for s in strides):
