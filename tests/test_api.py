@@ -68,3 +68,11 @@ def test_optional_subpackages_load_on_first_use():
 
     assert px.interop.torch is interop_torch
     assert callable(px.interop.torch.load_state_dict)
+
+
+def test_conv_spectral_norm_is_exported_once():
+    from parametrax.catalog import conv_norm
+
+    assert px.ConvSpectralNorm is catalog.ConvSpectralNorm is conv_norm.ConvSpectralNorm
+    assert px.conv_singular_values is catalog.conv_singular_values is conv_norm.conv_singular_values
+    assert {"ConvSpectralNorm", "conv_singular_values"} <= set(px.__all__) & set(catalog.__all__)

@@ -187,6 +187,15 @@ TABLE = [
     row(px.projections.unit_norm(), (4, 2), broadcasts=False),
     row(px.projections.UnitNorm(axis=-1), (2, 3)),
     row(px.projections.non_neg(), (2, 3)),
+    # --- issue 14: sigmaReparam (SpectralNorm with a learnable scale) ---------------------------
+    row(px.SpectralNorm(learnable_scale=True), (4, 3), broadcasts=False, value=gaussian((4, 3))),
+    row(px.SpectralNorm(learnable_scale=True), (5,), broadcasts=False, value=gaussian((5,))),
+    # --- issue 14: the convolution's operator norm (kernels: a map of the whole tensor) --------
+    row(px.ConvSpectralNorm((5,)), (3, 2, 3), broadcasts=False),
+    row(px.ConvSpectralNorm((5, 4), strides=2, padding="VALID", n_power_iterations=2),
+        (2, 2, 2, 3), broadcasts=False),
+    row(px.ConvSpectralNorm((4, 4), padding="CIRCULAR", exact=True), (2, 2, 2, 2),
+        broadcasts=False),
 ]
 
 

@@ -364,3 +364,150 @@ def test_weight_norm_errors():
         WeightNorm()(jnp.ones((3, 1)), jnp.ones((4, 3)))
     with pytest.raises(px.ShapeError, match="floating-point"):
         WeightNorm().right_inverse(jnp.ones((2, 2), jnp.int32))
+
+
+# ================================================================================================
+# SpectralNorm(learnable_scale=True): sigmaReparam (Zhai et al. 2023), (gamma, W) -> gamma W / sigma
+# ================================================================================================
+def _sigma_np(w):
+    return float(np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)[0])
+
+
+def test_learnable_scale_closed_form_on_diagonal_matrices():
+    w = jnp.diag(jnp.array([3.0, -4.0, 0.5]))  # sigma = 4, the top pair is e_2, -e_2
+    p = SpectralNorm(learnable_scale=True)
+    v0 = p.init_variables(KEY, w)
+    (gamma, raw_w), st = p.apply_inverse(v0, w, key=None)
+    assert gamma.shape == () and gamma.dtype == w.dtype
+    close(gamma, 4.0)  # gamma = sigma(W): the registered value is W itself
+    np.testing.assert_array_equal(raw_w, w)
+    out, _ = p.apply(variables(st), gamma, raw_w)
+    close(out, w)
+    for g in (2.0, -0.5):
+        out, _ = p.apply(variables(st), jnp.float32(g), raw_w)
+        close(out, np.diag([3.0, -4.0, 0.5]) * g / 4.0)
+        close(_sigma_np(out), abs(g))  # the spectral norm of the value is |gamma|
+
+
+def test_learnable_scale_registration_keeps_the_value_and_lays_out_gamma_first():
+    w = rand(30, (5, 3))
+    spec = {"w": SpectralNorm(learnable_scale=True)}
+    raw, st = ptree.register(spec, {"w": w}, key=KEY)
+    r = raw["parametrizations"]["w"]
+    assert jax.tree.map(jnp.shape, r) == {"original0": (), "original1": (5, 3)}
+    close(r["original0"], _sigma_np(w))
+    close(ptree.constrain(spec, raw, st)["w"], w)
+    # training steps (u, v advance) change the value only by the power iteration's drift
+    y, _ = ptree.forward(spec, raw, st, update_state=True)
+    close(y["w"], w, atol=1e-4)
+
+
+def test_learnable_scale_gradient_wrt_gamma_and_w():
+    w = rand(31, (4, 3))
+    c = rand(32, (4, 3))
+    p = SpectralNorm(learnable_scale=True)
+    st = {"u": unit(33, 3), "v": unit(34, 4)}
+    gamma = jnp.float32(1.7)
+    sigma = float(st["u"] @ w.T @ st["v"])
+
+    def loss(gamma, w):
+        out, _ = p.apply(variables(st), gamma, w)
+        return jnp.sum(out * c)
+
+    g_gamma, g_w = jax.grad(loss, argnums=(0, 1))(gamma, jnp.asarray(w))
+    close(g_gamma, np.sum(c * w) / sigma)  # d/dgamma (gamma W / sigma) = W / sigma
+    # d/dW with u, v constants: gamma times SpectralNorm's closed form
+    expected = 1.7 * (c / sigma - np.sum(w * c) / sigma**2 * np.outer(st["u"], st["v"]).T)
+    close(g_w, expected)
+    # and a central finite difference in gamma (float64 numpy on the closed-form forward)
+    h = 1e-2
+    fd = (loss(gamma + h, w) - loss(gamma - h, w)) / (2 * h)
+    close(g_gamma, fd, rtol=1e-3, atol=1e-3)
+
+
+def test_learnable_scale_papers_init_gamma_one_by_assigning_w_over_sigma():
+    w = rand(35, (4, 4))
+    spec = {"w": SpectralNorm(learnable_scale=True)}
+    raw, st = ptree.register(spec, {"w": w}, key=KEY)
+    unit_w = np.asarray(w) / _sigma_np(w)
+    raw, st = ptree.assign(spec, raw, st, {"w": unit_w})
+    close(raw["parametrizations"]["w"]["original0"], 1.0)
+    close(ptree.constrain(spec, raw, st)["w"], unit_w)
+
+
+def test_learnable_scale_vector_and_zero_refused():
+    p = SpectralNorm(learnable_scale=True)
+    x = jnp.array([3.0, 4.0])
+    (gamma, raw_x), st = p.apply_inverse(p.init_variables(KEY, x), x, key=None)
+    assert st == {}
+    close(gamma, 5.0)
+    close(p.apply(variables(st), jnp.float32(10.0), raw_x)[0], [6.0, 8.0])
+    with pytest.raises(px.ParametrizationError, match="all zero"):
+        ptree.register({"w": p}, {"w": jnp.zeros((3, 2))}, key=KEY)
+
+
+def test_learnable_scale_linen_dense_trains_gamma():
+    dense = px.Parametrized(nn.Dense, {"kernel": SpectralNorm(learnable_scale=True)})(features=3)
+    plain = nn.Dense(features=3)
+    x = rand(36, (8, 4))
+    v = dense.init(KEY, x)
+    pk = v["params"]["parametrizations"]["kernel"]
+    assert jax.tree.map(jnp.shape, pk) == {"original0": (), "original1": (4, 3)}
+    # registration keeps the layer's function: same output as the plain Dense
+    vp = plain.init(KEY, x)
+    close(dense.apply(v, x), plain.apply(vp, x))
+    target = 3.0 * rand(37, (8, 3))
+    tx = optax.adam(3e-2)
+
+    def loss(params, state):
+        y, mutated = dense.apply({"params": params, STATE: state}, x, mutable=[STATE])
+        return jnp.mean((y - target) ** 2), mutated[STATE]
+
+    @jax.jit
+    def step(params, state, opt):
+        (l, state), g = jax.value_and_grad(loss, has_aux=True)(params, state)
+        assert g["parametrizations"]["kernel"]["original0"].shape == ()
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), state, opt, l
+
+    params, state, opt = v["params"], v[STATE], tx.init(v["params"])
+    g0 = float(params["parametrizations"]["kernel"]["original0"])
+    losses = []
+    for _ in range(60):
+        params, state, opt, l = step(params, state, opt)
+        losses.append(float(l))
+    assert losses[-1] < 0.5 * losses[0]
+    g1 = float(params["parametrizations"]["kernel"]["original0"])
+    assert abs(g1 - g0) > 1e-2  # gamma is trained
+    k = px.linen.constrain(dense, {"params": params, STATE: state})["params"]["kernel"]
+    close(_sigma_np(k), abs(g1), rtol=2e-2, atol=2e-2)  # ||kernel||_2 = |gamma| (u, v lag a bit)
+
+
+def test_learnable_scale_nnx_register_keeps_value():
+    from flax import nnx
+
+    from parametrax import nnx as pnnx
+
+    layer = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    k0 = np.asarray(layer.kernel[...])
+    pnnx.register_parametrization(layer, "kernel", SpectralNorm(learnable_scale=True),
+                                  rngs=nnx.Rngs(1))
+    close(layer.kernel, k0)
+    close(layer.parametrizations.kernel.original0[...], _sigma_np(k0))
+
+
+def test_learnable_scale_errors():
+    with pytest.raises(px.ParametrizationTypeError, match="`learnable_scale` must be a bool"):
+        SpectralNorm(learnable_scale=1)
+    p = SpectralNorm(learnable_scale=True)
+    w = rand(38, (3, 3))
+    st = p.init_variables(KEY, w)["state"]
+    with pytest.raises(px.ParametrizationTypeError, match=r"takes 2 raw arrays, \(gamma, W\)"):
+        p.apply(variables(st), w)
+    with pytest.raises(px.ShapeError, match="must be a 0-d array; got shape \\(3,\\)"):
+        p.apply(variables(st), jnp.ones(3), w)
+    with pytest.raises(px.ParametrizationTypeError, match="takes 1 raw array, W; got 2"):
+        SpectralNorm().apply(variables(st), jnp.float32(1.0), w)
+    assert SpectralNorm(learnable_scale=True) == SpectralNorm(learnable_scale=True)
+    assert hash(SpectralNorm(learnable_scale=True)) == hash(SpectralNorm(learnable_scale=True))
+    assert SpectralNorm(learnable_scale=True) != SpectralNorm()

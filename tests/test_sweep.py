@@ -219,6 +219,69 @@ def _entries():
 
 ENTRIES = _entries()
 STATEFUL = {"SpectralNorm"}  # forward advances state (power iteration) in training
+# issue 14: sigmaReparam reaches every matrix (|gamma| is its spectral norm): finiteness only
+ENTRIES["SpectralNorm-learnable"] = (px.SpectralNorm(learnable_scale=True), ALL_SHAPES, m_any)
+STATEFUL |= {"SpectralNorm-learnable"}
+
+
+# issue 14: ConvSpectralNorm. The sweep's values are matrices: the chain reads an (r, c) matrix as
+# a 1-D conv kernel (k, r / k, c) (k = 2 for even r, else 3), normalises the convolution's
+# operator norm on inputs of length CONV_LEN, and reads it back as a matrix. Membership: the
+# operator materialised in numpy (float64, independent of lax) has largest singular value 1.
+CONV_LEN = 5
+
+
+def _taps(r):
+    return 2 if r % 2 == 0 else 3
+
+
+class _ToKernel(px.Parametrization):
+    def forward(self, x):
+        r, c = x.shape
+        return x.reshape(_taps(r), r // _taps(r), c)
+
+    def right_inverse(self, k):
+        return k.reshape(-1, k.shape[-1])
+
+
+class _ToMatrix(px.Parametrization):
+    def forward(self, k):
+        return k.reshape(-1, k.shape[-1])
+
+    def right_inverse(self, x):
+        r, c = x.shape
+        return x.reshape(_taps(r), r // _taps(r), c)
+
+
+def _conv1d_dense(k, n, circular):
+    """nn.Conv's 1-D operator on inputs (n, c_in), stride 1, 'SAME' (zeros) or 'CIRCULAR', as
+    an (n c_out, n c_in) matrix: out[i] = sum_t K[t]^T x[i + t - (taps - 1) // 2]."""
+    taps, cin, cout = k.shape
+    m = np.zeros((n, cout, n, cin))
+    for i in range(n):
+        for t in range(taps):
+            j = i + t - (taps - 1) // 2
+            if circular:
+                j %= n
+            elif not 0 <= j < n:
+                continue
+            m[i, :, j, :] += k[t].T
+    return m.reshape(n * cout, n * cin)
+
+
+def m_conv_spectral(y, tol, circular=False):
+    r, c = y.shape
+    k = y.reshape(_taps(r), r // _taps(r), c)
+    e = abs(float(np.linalg.svd(_conv1d_dense(k, CONV_LEN, circular), compute_uv=False)[0]) - 1)
+    return e <= SPECTRAL_TOL, e
+
+
+ENTRIES["ConvSpectralNorm"] = (
+    [_ToKernel(), px.ConvSpectralNorm((CONV_LEN,)), _ToMatrix()], ALL_SHAPES, m_conv_spectral)
+ENTRIES["ConvSpectralNorm-exact"] = (
+    [_ToKernel(), px.ConvSpectralNorm((CONV_LEN,), padding="CIRCULAR", exact=True), _ToMatrix()],
+    ALL_SHAPES, functools.partial(m_conv_spectral, circular=True))
+STATEFUL |= {"ConvSpectralNorm"}
 
 OPTIMIZERS = {
     "sgd": lambda: optax.sgd(1e-2),
@@ -449,6 +512,136 @@ KNOWN_FAILURES: dict[str, str] = {
     "symmetric-matrix_exp|momentum|square|f32|rank_deficient": "expm-overflow",  # non-finite at st
     "symmetric-matrix_exp|momentum|square|f32|tiny": "expm-overflow",  # non-finite at step 4
 }
+assert set(KNOWN_FAILURES.values()) <= set(CAUSES), set(KNOWN_FAILURES.values()) - set(CAUSES)
+
+
+# issue 14: ConvSpectralNorm's power iteration (one iteration per step) lags like SpectralNorm's,
+# by more: a conv operator has close top singular values (one per nearby frequency), so a step
+# that moves the kernel leaves u, v far from converged (checked: the same raw values with 100
+# more iterations are on the set to 1e-5). The exact (FFT) variant has no failure.
+CAUSES["conv-lag"] = (
+    "conv_norm.py:ConvSpectralNorm: one power iteration per step tracks the operator norm slowly "
+    "(a spectral gap of ~1% between the top singular values of a conv operator); sigma is "
+    "underestimated until u, v catch up (raise n_power_iterations, or exact=True)"
+)
+KNOWN_FAILURES.update({
+    "ConvSpectralNorm|adafactor|square|bf16|default": "conv-lag",  # off the set at step 21 (off by
+    "ConvSpectralNorm|adafactor|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.8
+    "ConvSpectralNorm|adafactor|square|f32|default": "conv-lag",  # off the set at step 21 (off by 
+    "ConvSpectralNorm|adafactor|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.80
+    "ConvSpectralNorm|adafactor|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
+    "ConvSpectralNorm|adafactor|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 24 (o
+    "ConvSpectralNorm|adafactor|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.5)
+    "ConvSpectralNorm|adafactor|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 15
+    "ConvSpectralNorm|adafactor|tall|f32|rank_deficient": "conv-lag",  # off the set at step 19 (of
+    "ConvSpectralNorm|adafactor|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.478)
+    "ConvSpectralNorm|adafactor|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.365
+    "ConvSpectralNorm|adafactor|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.363)
+    "ConvSpectralNorm|adamw|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.0
+    "ConvSpectralNorm|adamw|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
+    "ConvSpectralNorm|adamw|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.06
+    "ConvSpectralNorm|adamw|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+    "ConvSpectralNorm|adamw|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 19 (off b
+    "ConvSpectralNorm|adamw|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+    "ConvSpectralNorm|adamw|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
+    "ConvSpectralNorm|adamw|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+    "ConvSpectralNorm|adamw|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 6 (of
+    "ConvSpectralNorm|adamw|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+    "ConvSpectralNorm|adamw|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
+    "ConvSpectralNorm|adamw|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+    "ConvSpectralNorm|adam|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.06
+    "ConvSpectralNorm|adam|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
+    "ConvSpectralNorm|adam|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.064
+    "ConvSpectralNorm|adam|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+    "ConvSpectralNorm|adam|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 7 (off
+    "ConvSpectralNorm|adam|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 17 (off by
+    "ConvSpectralNorm|adam|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+    "ConvSpectralNorm|adam|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by 
+    "ConvSpectralNorm|adam|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+    "ConvSpectralNorm|adam|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 5 (off
+    "ConvSpectralNorm|adam|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+    "ConvSpectralNorm|adam|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off 
+    "ConvSpectralNorm|adam|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+    "ConvSpectralNorm|clip|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.06
+    "ConvSpectralNorm|clip|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
+    "ConvSpectralNorm|clip|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.062
+    "ConvSpectralNorm|clip|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+    "ConvSpectralNorm|clip|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 17 (off by
+    "ConvSpectralNorm|clip|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.383)
+    "ConvSpectralNorm|clip|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by 
+    "ConvSpectralNorm|clip|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+    "ConvSpectralNorm|clip|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 5 (off
+    "ConvSpectralNorm|clip|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
+    "ConvSpectralNorm|clip|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off 
+    "ConvSpectralNorm|clip|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+    "ConvSpectralNorm|huge_lr|square|bf16|default": "conv-lag",  # off the set at step 1 (off by 1.
+    "ConvSpectralNorm|huge_lr|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
+    "ConvSpectralNorm|huge_lr|square|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (of
+    "ConvSpectralNorm|huge_lr|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
+    "ConvSpectralNorm|huge_lr|square|f32|default": "conv-lag",  # off the set at step 1 (off by 1.1
+    "ConvSpectralNorm|huge_lr|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 
+    "ConvSpectralNorm|huge_lr|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+    "ConvSpectralNorm|huge_lr|tall|bf16|default": "conv-lag",  # off the set at step 1 (off by 0.22
+    "ConvSpectralNorm|huge_lr|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (off 
+    "ConvSpectralNorm|huge_lr|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.373)
+    "ConvSpectralNorm|huge_lr|tall|f32|default": "conv-lag",  # off the set at step 1 (off by 0.233
+    "ConvSpectralNorm|huge_lr|tall|f32|rank_deficient": "conv-lag",  # off the set at step 1 (off b
+    "ConvSpectralNorm|huge_lr|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+    "ConvSpectralNorm|huge_lr|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (
+    "ConvSpectralNorm|huge_lr|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (off 
+    "ConvSpectralNorm|huge_lr|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+    "ConvSpectralNorm|huge_lr|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (o
+    "ConvSpectralNorm|huge_lr|wide|f32|rank_deficient": "conv-lag",  # off the set at step 1 (off b
+    "ConvSpectralNorm|huge_lr|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+    "ConvSpectralNorm|lion|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.02)
+    "ConvSpectralNorm|lion|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+    "ConvSpectralNorm|lion|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+    "ConvSpectralNorm|lion|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+    "ConvSpectralNorm|lion|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.359)
+    "ConvSpectralNorm|lion|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+    "ConvSpectralNorm|momentum|square|bf16|default": "conv-lag",  # off the set at step 2 (off by 0
+    "ConvSpectralNorm|momentum|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 
+    "ConvSpectralNorm|momentum|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.06
+    "ConvSpectralNorm|momentum|square|f32|default": "conv-lag",  # off the set at step 2 (off by 0.
+    "ConvSpectralNorm|momentum|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1
+    "ConvSpectralNorm|momentum|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.05)
+    "ConvSpectralNorm|momentum|tall|bf16|default": "conv-lag",  # off the set at step 17 (off by 0.
+    "ConvSpectralNorm|momentum|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 
+    "ConvSpectralNorm|momentum|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 4 (off
+    "ConvSpectralNorm|momentum|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.96)
+    "ConvSpectralNorm|momentum|tall|f32|default": "conv-lag",  # off the set at step 17 (off by 0.0
+    "ConvSpectralNorm|momentum|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (
+    "ConvSpectralNorm|momentum|tall|f32|rank_deficient": "conv-lag",  # off the set at step 4 (off 
+    "ConvSpectralNorm|momentum|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.87)
+    "ConvSpectralNorm|momentum|wide|bf16|default": "conv-lag",  # off the set at step 16 (off by 0.
+    "ConvSpectralNorm|momentum|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 2 
+    "ConvSpectralNorm|momentum|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 10 (of
+    "ConvSpectralNorm|momentum|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
+    "ConvSpectralNorm|momentum|wide|f32|default": "conv-lag",  # off the set at step 16 (off by 0.0
+    "ConvSpectralNorm|momentum|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 2 (
+    "ConvSpectralNorm|momentum|wide|f32|rank_deficient": "conv-lag",  # off the set at step 10 (off
+    "ConvSpectralNorm|momentum|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+    "ConvSpectralNorm|sgd|square|bf16|default": "conv-lag",  # off the set at step 3 (off by 0.163)
+    "ConvSpectralNorm|sgd|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (of
+    "ConvSpectralNorm|sgd|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.06)
+    "ConvSpectralNorm|sgd|square|f32|default": "conv-lag",  # off the set at step 3 (off by 0.161)
+    "ConvSpectralNorm|sgd|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off
+    "ConvSpectralNorm|sgd|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.05)
+    "ConvSpectralNorm|sgd|tall|bf16|default": "conv-lag",  # off the set at step 12 (off by 0.089)
+    "ConvSpectralNorm|sgd|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off 
+    "ConvSpectralNorm|sgd|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 8 (off by 0
+    "ConvSpectralNorm|sgd|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.96)
+    "ConvSpectralNorm|sgd|tall|f32|default": "conv-lag",  # off the set at step 12 (off by 0.0832)
+    "ConvSpectralNorm|sgd|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off b
+    "ConvSpectralNorm|sgd|tall|f32|rank_deficient": "conv-lag",  # off the set at step 7 (off by 0.
+    "ConvSpectralNorm|sgd|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.87)
+    "ConvSpectralNorm|sgd|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 2 (off 
+    "ConvSpectralNorm|sgd|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 28 (off by 
+    "ConvSpectralNorm|sgd|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
+    "ConvSpectralNorm|sgd|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 2 (off b
+    "ConvSpectralNorm|sgd|wide|f32|rank_deficient": "conv-lag",  # off the set at step 28 (off by 0
+    "ConvSpectralNorm|sgd|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+})
 assert set(KNOWN_FAILURES.values()) <= set(CAUSES), set(KNOWN_FAILURES.values()) - set(CAUSES)
 
 

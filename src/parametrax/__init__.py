@@ -65,6 +65,7 @@ from parametrax.catalog import (
     symmetric,
 )
 from parametrax.catalog import CorrelationCholesky, Hurwitz
+from parametrax.catalog import ConvSpectralNorm, conv_singular_values
 from parametrax import projections  # imports optax only when `project` is called
 from parametrax.linen import Parametrized
 from parametrax.tree import Spec
@@ -151,5 +152,7 @@ __all__ = [
     "matrix_exp",
     "Hurwitz",
     "CorrelationCholesky",
+    "ConvSpectralNorm",
+    "conv_singular_values",
     "projections",
 ]

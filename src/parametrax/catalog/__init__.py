@@ -36,6 +36,7 @@ entry                  set                                         state        
 ``RandomPruning``      ``X * mask`` (a fixed random mask)          mask                   ``pruning``
 ``Hurwitz``            eigenvalues with real part < -alpha         - (two raw arrays)     ``hurwitz``
 CorrelationCholesky    tril, diag > 0, unit rows (``L Lᵀ``: corr)  -                      ``correlation``
+ConvSpectralNorm       conv kernel / its operator norm             u, v (or - if exact)   ``conv_norm``
 =====================  ==========================================  =====================  ===============
 
 Every entry is a frozen, hashable dataclass (automatically: see :class:`parametrax.Parametrization`).
@@ -66,6 +67,7 @@ from parametrax.catalog.stiefel import SO, Grassmannian, Stiefel
 from parametrax.catalog.triangular import Cholesky, LowerTriangular
 from parametrax.catalog.hurwitz import Hurwitz
 from parametrax.catalog.correlation import CorrelationCholesky
+from parametrax.catalog.conv_norm import ConvSpectralNorm, conv_singular_values
 
 __all__ = [
     "Symmetric",
@@ -102,4 +104,6 @@ __all__ = [
     "matrix_exp",
     "Hurwitz",
     "CorrelationCholesky",
+    "ConvSpectralNorm",
+    "conv_singular_values",
 ]

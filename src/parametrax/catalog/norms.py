@@ -1,7 +1,9 @@
 r"""Spectral and weight normalisation: PyTorch's ``spectral_norm`` and ``weight_norm``.
 
 * :class:`SpectralNorm`: ``W -> W / sigma(W)``, ``sigma`` estimated by power iteration with
-  ``u``, ``v`` kept as non-trainable state (Miyato et al. 2018).
+  ``u``, ``v`` kept as non-trainable state (Miyato et al. 2018); with ``learnable_scale=True``
+  ``(gamma, W) -> gamma W / sigma(W)``, a learnable scalar ``gamma`` (sigmaReparam, Zhai et al.
+  2023).
 * :class:`WeightNorm`: ``(g, v) -> g * v / ||v||``, two raw arrays (``original0 = g``,
   ``original1 = v``) (Salimans & Kingma 2016).
 
@@ -150,10 +152,31 @@ class SpectralNorm(Parametrization):
     torch's ``spectral_norm(nn.Conv2d(...))``. On an array in torch's layout use
     ``axis=dim`` (torch's default ``dim=0``, ``1`` for ConvTranspose). See the module docstring.
 
+    **A learnable scale** (``learnable_scale=True``: sigmaReparam, Zhai et al. 2023,
+    "Stabilizing Transformer Training by Preventing Attention Entropy Collapse"; flax PR 3904):
+
+    .. math:: (\gamma, W) \mapsto \frac{\gamma}{\sigma(W)} W, \qquad
+              \|\hat W\|_2 = |\gamma|,
+
+    with ``gamma`` a learnable 0-d array. The raw value is then two arrays, as
+    :class:`WeightNorm`'s ``(g, v)``: ``original0 = gamma`` (shape ``()``) and ``original1 = W``
+    (so this link must come first in a chain), and ``u``, ``v`` stay state as above. Every
+    non-zero ``W`` is reachable, so the right inverse is exact:
+    ``right_inverse(W) = (sigma(W), W)`` with ``u``, ``v`` the top singular pair and
+    ``gamma = u^H W_mat v`` computed as the forward computes ``sigma``, so that
+    ``forward(right_inverse(W)) == W`` (to rounding) and a wrapped layer computes at
+    registration what it computed before (as :class:`WeightNorm` keeps ``g = ||v||``). The paper
+    initialises ``gamma = 1`` instead, which starts from ``W / sigma(W)`` (a spectral norm of
+    1): to start there, assign that value (the right inverse then stores ``gamma = 1`` to
+    rounding), or set the raw ``original0`` to 1. The gradient reaches ``gamma``
+    (``d/dgamma = W / sigma``) and ``W`` (``u``, ``v`` constants, as above). A 1-D ``W`` gives
+    ``gamma W / max(||W||, eps)`` with no state.
+
     Args:
       n_power_iterations: iterations per apply with ``update_state=True`` (positive).
       eps: the floor of the norms in ``normalize``.
       axis: the output axis, or a tuple of output axes (rows of ``W_mat``, in that order).
+      learnable_scale: take a learnable scalar ``gamma`` as a first raw array (sigmaReparam).
 
     >>> import jax, jax.numpy as jnp
     >>> from parametrax.catalog.norms import SpectralNorm
@@ -163,11 +186,23 @@ class SpectralNorm(Parametrization):
     >>> w_sn, state = sn.apply(variables, w, update_state=True)
     >>> bool(jnp.allclose(w_sn, jnp.diag(jnp.array([0.75, -1.0])), atol=1e-5))
     True
+
+    With a learnable scale, registration keeps the value and stores ``gamma = sigma(W)``:
+
+    >>> sr = SpectralNorm(learnable_scale=True)
+    >>> variables = sr.init_variables(jax.random.key(0), w)
+    >>> (gamma, raw_w), state = sr.apply_inverse(variables, w)
+    >>> print(f"{float(gamma):.4f}")
+    4.0000
+    >>> out, _ = sr.apply({"params": {}, "state": state}, 2 * gamma, raw_w)
+    >>> bool(jnp.allclose(out, 2 * w, atol=1e-5))   # spectral norm |gamma| = 8
+    True
     """
 
     n_power_iterations: int = 1
     eps: float = 1e-12
     axis: int | tuple[int, ...] = -1
+    learnable_scale: bool = False
 
     def __post_init__(self):
         n = self.n_power_iterations
@@ -185,6 +220,10 @@ class SpectralNorm(Parametrization):
                 f"`SpectralNorm`: `eps` must be a non-negative float; got {self.eps!r}."
             )
         check_axis_field(self)
+        if not isinstance(self.learnable_scale, bool):
+            raise ParametrizationTypeError(
+                f"`SpectralNorm`: `learnable_scale` must be a bool; got {self.learnable_scale!r}."
+            )
 
     # --- the matrix view ---------------------------------------------------------------------
     def matrix_view(self, w: Array) -> Array:
@@ -216,24 +255,50 @@ class SpectralNorm(Parametrization):
         u, v = self._power(mat, u, v, 15)
         return {"params": {}, "state": {"u": u, "v": v}}
 
-    def apply(self, variables: Variables, w: Array, *, update_state: bool = False):
-        w = jnp.asarray(w)
+    def _raws(self, raw: tuple) -> tuple[Array | None, Array]:
+        """``(gamma, W)`` (``gamma`` None without a learnable scale), checked."""
+        want = 2 if self.learnable_scale else 1
+        if len(raw) != want:
+            what = "(gamma, W): the learnable scale and the weight" if want == 2 else "W"
+            raise ParametrizationTypeError(
+                f"`{self!r}` takes {want} raw array{'s' if want == 2 else ''}, {what}; got "
+                f"{len(raw)}."
+            )
+        w = jnp.asarray(raw[-1])
         self._check(w)
+        if not self.learnable_scale:
+            return None, w
+        gamma = jnp.asarray(raw[0])
+        if gamma.ndim != 0:
+            raise ShapeError(
+                f"`{self!r}`: the learnable scale gamma (the first raw array, `original0`) must "
+                f"be a 0-d array; got shape {tuple(gamma.shape)}."
+            )
+        return gamma, w
+
+    def apply(self, variables: Variables, *raw: Array, update_state: bool = False):
+        gamma, w = self._raws(raw)
         state = variables["state"]
         if w.ndim == 1:
-            return _normalize(w, self.eps), state
+            out = _normalize(w, self.eps)
+            return (out if gamma is None else gamma.astype(w.dtype) * out), state
         mat = self.matrix_view(w)
         u, v = self._stored(state, mat)
         if update_state:
             u, v = self._power(lax.stop_gradient(mat), u, v, self.n_power_iterations)
         u, v = lax.stop_gradient(u), lax.stop_gradient(v)
-        sigma = jnp.vdot(u, jnp.matmul(mat, v, precision=_HIGHEST), precision=_HIGHEST)
+        sigma = self._sigma(mat, u, v)
         new_state = {**state, "u": u, "v": v} if update_state else state
         # sigma is exactly 0 only when W_mat v = 0 (an all-zero W, or u, v orthogonal to its
         # range). torch returns 0/0 = NaN there; we return W unchanged (zeros for a zero W)
         # with finite gradients, so a zero-initialised layer cannot poison a run.
         safe_sigma = jnp.where(sigma == 0, jnp.ones_like(sigma), sigma)
+        if gamma is not None:
+            return w * (gamma.astype(w.dtype) / safe_sigma), new_state
         return w / safe_sigma, new_state
+
+    def _sigma(self, mat: Array, u: Array, v: Array) -> Array:
+        return jnp.vdot(u, jnp.matmul(mat, v, precision=_HIGHEST), precision=_HIGHEST)
 
     def _stored(self, state, mat: Array) -> tuple[Array, Array]:
         if "u" not in state or "v" not in state:
@@ -269,10 +334,18 @@ class SpectralNorm(Parametrization):
         self._check(value)
         _refuse_zero(self, value)
         if value.ndim == 1:
+            if self.learnable_scale:
+                gamma = jnp.maximum(safe_norm(value), self.eps).astype(value.dtype)
+                return (gamma, value), variables["state"]
             return value, variables["state"]
         mat = lax.stop_gradient(self.matrix_view(value))
         u0, v0 = self._stored(variables["state"], mat)
         u, v = _top_singular_pair(mat)
+        if self.learnable_scale:
+            # gamma is sigma as the forward computes it (same u, v, same product), so
+            # gamma / sigma = 1 and forward(right_inverse(W)) == W to rounding.
+            gamma = self._sigma(mat, u, v)
+            return (gamma, value), {**variables["state"], "u": u, "v": v}
         # The value read back now (u0^H W v0 = 1 to rounding: `assign(constrain(...))`, a
         # module writing back the kernel it read) keeps u, v: re-assigning it is a no-op.
         wide = jnp.promote_types(mat.dtype, jnp.float32)
