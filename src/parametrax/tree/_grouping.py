@@ -22,9 +22,12 @@ grouped:
 * Only variables whose chains are equal (parametrizations are frozen dataclasses: equal
   configurations compare equal) and whose raw arrays and link variables have equal tree
   structure, shapes, dtypes and weak types.
-* Only where it pays (:func:`worth_grouping`): two or more variables, matrices of at most
-  :data:`MAX_GROUP_N` rows and columns (beyond, a batched factorization gains nothing over a
-  loop and the stacked copies cost memory).
+* Only where it was measured to pay (:func:`worth_grouping`): two or more variables, matrices
+  of at most :data:`MAX_GROUP_N` rows and columns, and a chain holding a matrix exponential
+  (``MatrixExp``, ``Orthogonal`` resolving to ``"matrix_exp"``, a trivialization with
+  ``triv="expm"``). On the 2-core CPU of ``benchmarks/results.md`` a batched Cayley map gained
+  nothing over L separate ones (the separate LU factorizations already run concurrently) and
+  the batched program compiled more slowly, so Cayley-only chains are evaluated alone.
 * Never under JAX's explicit sharding mode (the stack would have to be sharded too).
 
 A group whose batched evaluation raises is evaluated again variable by variable, so every
@@ -89,9 +92,29 @@ def _matrix_side(shape: tuple) -> int:
     return max(shape[-2:]) if len(shape) >= 2 else (shape[-1] if shape else 1)
 
 
-def worth_grouping(count: int, shape: tuple) -> bool:
-    """The default rule: group ``count`` variables of raw ``shape`` when it was measured to pay."""
-    return count >= 2 and _matrix_side(tuple(shape)) <= MAX_GROUP_N
+def _batching_pays(link: _core.Parametrization, shape: tuple) -> bool:
+    """Whether ``link``'s batched evaluation was measured faster than a loop on this backend."""
+    from parametrax.catalog import orthogonal, stiefel
+
+    if isinstance(link, orthogonal.MatrixExp):
+        return True
+    if isinstance(link, orthogonal.Orthogonal):
+        square = len(shape) >= 2 and shape[-1] == shape[-2]
+        return link.map == "matrix_exp" or (link.map is None and square)
+    if isinstance(link, (stiefel.Stiefel, stiefel.SO, stiefel.Grassmannian)):
+        return link.triv == "expm"
+    return False
+
+
+def worth_grouping(chain: tuple, count: int, shape: tuple) -> bool:
+    """The default rule: group ``count`` variables of raw ``shape`` under ``chain`` when that was
+    measured to pay (see the module docstring)."""
+    shape = tuple(shape)
+    return (
+        count >= 2
+        and _matrix_side(shape) <= MAX_GROUP_N
+        and any(_batching_pays(link, shape) for link in chain)
+    )
 
 
 def _aval(x: Any) -> tuple:
@@ -138,9 +161,9 @@ def group_paths(items: Mapping[str, tuple], *, group: bool = True) -> list[list[
         by_key[key].append(path)
     final: list[list[str]] = []
     for paths in out:
-        first = items[paths[0]][1]
+        chain, first = items[paths[0]][:2]
         shape = jnp.shape(next(iter(first.values())))
-        if len(paths) > 1 and not worth_grouping(len(paths), shape):
+        if len(paths) > 1 and not worth_grouping(chain, len(paths), shape):
             final.extend([p] for p in paths)
         else:
             final.append(paths)
