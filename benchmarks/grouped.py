@@ -2,7 +2,7 @@
 
 Run from the repository root (``PYTHONPATH=src`` to time a working tree)::
 
-    PYTHONPATH=src python benchmarks/grouped.py            # small default, < 3 min on 2 cores
+    PYTHONPATH=src python benchmarks/grouped.py            # small default, ~3 min on 2 idle cores
     PYTHONPATH=src python benchmarks/grouped.py --full     # L in {1, 8, 32, 64}, n in {64, 256}
 
 Workload: an MLP of ``L`` ``Dense(n)`` layers (tanh), batch 32, every kernel
@@ -16,7 +16,8 @@ evaluates each kernel alone (what parametrax did before grouping).
   order that alternates between rounds; the figure is the median over rounds of
   ``grouped / ungrouped`` (each round's mean step time), with the median step times.
 * **compile**: trace + lower + compile of the step, a fresh ``jax.jit`` each time, the two
-  variants alternated; the median over repeats of each, and their ratio.
+  variants alternated (the first sample of each is the compile the step timing uses); the
+  median over repeats of each, and their ratio.
 
 ``OPENBLAS_NUM_THREADS=1`` is set before JAX is imported (LU-based maps with OpenBLAS's
 default threads are 2-8x slower on a shared CPU). ``group=True`` groups only where
@@ -94,10 +95,12 @@ def timed_steps(compiled, args, steps: int) -> float:
 
 
 def measure(layers: int, n: int, map_: str, rounds: int, steps: int, compiles: int) -> dict:
-    variants = {}
-    for group in (True, False):
+    variants, comp = {}, {True: [], False: []}
+    for group in (True, False):  # the first compile of each variant is a compile sample too
         fn, args = make_step(layers, n, map_, group)
+        t0 = time.perf_counter()
         compiled = fn.lower(*args).compile()
+        comp[group].append(time.perf_counter() - t0)
         timed_steps(compiled, args, 2)  # warm-up
         variants[group] = (compiled, args)
     a, b = variants[True][0](*variants[True][1]), variants[False][0](*variants[False][1])
@@ -109,9 +112,8 @@ def measure(layers: int, n: int, map_: str, rounds: int, steps: int, compiles: i
         for g in got:
             times[g].append(got[g])
         ratios.append(got[True] / got[False])
-    comp = {True: [], False: []}
-    for r in range(compiles):
-        for g in ((True, False) if r % 2 == 0 else (False, True)):
+    for r in range(1, compiles):
+        for g in ((False, True) if r % 2 == 1 else (True, False)):
             comp[g].append(compile_seconds(layers, n, map_, g))
     cg, cu = statistics.median(comp[True]), statistics.median(comp[False])
     return {
