@@ -152,7 +152,11 @@ def _lookup(tree: Mapping, path: str) -> Mapping:
     return node if isinstance(node, Mapping) else {}
 
 
-def constrain_collections(spec: Spec, variables: Mapping, *, update_state: bool):
+def constrain_collections(
+    spec: Spec, variables: Mapping, *, update_state: bool, group: bool = True
+):
+    """Every chain of every collection evaluated once (``group``: equal chains on equal shapes
+    as one batched map, :func:`parametrax.tree.forward`); returns ``(variables, state)``."""
     by_col = by_collection(spec)
     state_tree = dict(variables.get(STATE_COLLECTION, {}))
     new_state = dict(state_tree)
@@ -162,7 +166,8 @@ def constrain_collections(spec: Spec, variables: Mapping, *, update_state: bool)
             continue
         if col in by_col:
             value, st = _tree.forward(
-                by_col[col], tree, state_slice(state_tree, col), update_state=update_state
+                by_col[col], tree, state_slice(state_tree, col), update_state=update_state,
+                group=group,
             )
             out[col] = value
             state_merge(new_state, col, st)

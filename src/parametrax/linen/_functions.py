@@ -60,7 +60,9 @@ def constrain(model: Any, variables: Mapping) -> dict:
     cls = _require_parametrized(model, "constrain")
     variables = _check_variables(variables, "constrain")
     with explained(cls, f"constrain(`{cls.__name__}`)", variables):
-        out, _ = constrain_collections(cls._px_spec, unbox(variables), update_state=False)
+        out, _ = constrain_collections(
+            cls._px_spec, unbox(variables), update_state=False, group=cls._px_group
+        )
     return out
 
 
@@ -186,8 +188,8 @@ def remove_parametrizations(
         return base, new
     spec = Spec(tuple((k, exact[k]) for k in remaining))
     if inspect.isclass(model):
-        return _parametrized_class(cls._px_base, (spec,), cls._px_unsafe), new
-    return Parametrized(base, spec, unsafe=cls._px_unsafe), new
+        return _parametrized_class(cls._px_base, (spec,), cls._px_unsafe, cls._px_group), new
+    return Parametrized(base, spec, unsafe=cls._px_unsafe, group=cls._px_group), new
 
 
 def is_parametrized(model: Any, name: str | None = None) -> bool:

@@ -1,4 +1,4 @@
-"""``Parametrized(base, spec)``: the wrapper class, made once per ``(base, spec, unsafe)``."""
+"""``Parametrized(base, spec)``: the wrapper class, made once per ``(base, spec, unsafe, group)``."""
 
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ class _ParametrizedMixin:
     _px_spec: Spec
     _px_layers: tuple[Spec, ...]
     _px_unsafe: bool
+    _px_group: bool
     _px_base: type
 
     # `apply(v, x, method=Base.encode)`: flax would call the base class's function on the wrapper,
@@ -129,7 +130,7 @@ class _ParametrizedMixin:
         update_state = self.is_mutable_collection(STATE_COLLECTION) and not initialising
         with explained(cls, f"`{cls.__name__}.{method}`", stored):
             base_vars, new_state = constrain_collections(
-                cls._px_spec, unbox(stored), update_state=update_state
+                cls._px_spec, unbox(stored), update_state=update_state, group=cls._px_group
             )
         if not update_state and not initialising and STATE_COLLECTION in stored:
             self._px_warn_if_frozen(cls, method, stored)
@@ -166,7 +167,9 @@ class _ParametrizedMixin:
             for x in jax.tree.leaves(plain.get(col, {}))
         ):
             return
-        _, advanced = constrain_collections(cls._px_spec, plain, update_state=True)
+        _, advanced = constrain_collections(
+            cls._px_spec, plain, update_state=True, group=cls._px_group
+        )
         before = _paths.flatten(plain[STATE_COLLECTION])
         moved = sorted(p for p, v in _paths.flatten(advanced).items() if v is not before.get(p))
         if moved:
@@ -310,13 +313,16 @@ class _ParametrizedMixin:
 
 
 @functools.lru_cache(maxsize=None)
-def _parametrized_class(base: type, layers: tuple[Spec, ...], unsafe: bool) -> type:
+def _parametrized_class(
+    base: type, layers: tuple[Spec, ...], unsafe: bool, group: bool = True
+) -> type:
     """The class for ``base`` wrapped once per spec in ``layers`` (inner first)."""
     spec = functools.reduce(_merge_specs, layers)
     namespace: dict[str, Any] = {
         "_px_spec": spec,
         "_px_layers": layers,
         "_px_unsafe": unsafe,
+        "_px_group": group,
         "_px_base": base,
         "setup": _setup_noop,
         "__module__": base.__module__,
@@ -415,7 +421,9 @@ def _drop(raw: dict, path: str) -> None:
         del node[seg]
 
 
-def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa: N802
+def Parametrized(  # noqa: N802
+    base: Any, spec: Any, *, unsafe: bool = False, group: bool = True
+) -> Any:
     """Wraps a linen module so that the variables named in ``spec`` are parametrized.
 
     Args:
@@ -435,6 +443,11 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
         (``"*/kernel"``, ``"**/kernel"``); ``"<collection>:<path>"`` addresses another
         collection. A key matching nothing is an error listing the paths that exist.
       unsafe: allow chains whose forward changes the variable's shape or dtype.
+      group: evaluate variables with equal chains on equal shapes and dtypes (a stack of
+        same-shaped orthogonal layers under ``"**/kernel"``) as one batched map where that was
+        measured to pay (:func:`parametrax.tree.forward`); values and gradients are those of
+        evaluating each variable alone. ``False`` evaluates each variable alone. Wrapping
+        again keeps grouping only if both wraps allow it.
 
     Example::
 
@@ -452,21 +465,26 @@ def Parametrized(base: Any, spec: Any, *, unsafe: bool = False) -> Any:  # noqa:
     spec = Spec.of(spec)
     if not isinstance(unsafe, bool):
         raise ParametrizationTypeError(f"`unsafe` must be a bool; got {unsafe!r}.")
+    if not isinstance(group, bool):
+        raise ParametrizationTypeError(f"`group` must be a bool; got {group!r}.")
     if inspect.isclass(base) and issubclass(base, nn.Module):
         if issubclass(base, _ParametrizedMixin):
             return _parametrized_class(
-                base._px_base, (*base._px_layers, spec), base._px_unsafe or unsafe
+                base._px_base,
+                (*base._px_layers, spec),
+                base._px_unsafe or unsafe,
+                base._px_group and group,
             )
-        return _parametrized_class(base, (spec,), unsafe)
+        return _parametrized_class(base, (spec,), unsafe, group)
     if isinstance(base, functools.partial) and inspect.isclass(base.func):
         # Flax's examples define models as class-like partials
         # (`ResNet18 = partial(ResNet, stage_sizes=...)`): the answer is the same partial of the
         # parametrized class.
         return functools.partial(
-            Parametrized(base.func, spec, unsafe=unsafe), *base.args, **base.keywords
+            Parametrized(base.func, spec, unsafe=unsafe, group=group), *base.args, **base.keywords
         )
     if isinstance(base, nn.Module):
-        cls = Parametrized(type(base), spec, unsafe=unsafe)
+        cls = Parametrized(type(base), spec, unsafe=unsafe, group=group)
         kwargs = {n: getattr(base, n) for n in _base_fields(cls._px_base)}
         if base.scope is not None:
             # Made inside a compact method, the base instance is already attached to its parent

@@ -49,6 +49,7 @@ from parametrax.tree.paths import (
     set_path,
     to_dict,
 )
+from parametrax.tree import _grouping
 from parametrax.tree._spec import Spec
 
 __all__ = [
@@ -362,39 +363,66 @@ def register(
 
 
 def forward(
-    spec: Any, raw: Any, state: Mapping | None = None, *, update_state: bool = False
+    spec: Any,
+    raw: Any,
+    state: Mapping | None = None,
+    *,
+    update_state: bool = False,
+    group: bool = True,
 ) -> tuple[Any, dict]:
     """Evaluates every chain once: ``raw tree -> (constrained tree, new state)``.
 
     The constrained tree has the structure and type of the tree given to :func:`register`. With
     ``update_state=True`` stateful parametrizations advance their state (e.g. a power
     iteration); otherwise the returned state equals ``state``.
+
+    ``group=True`` (default) evaluates variables with equal chains on equal shapes and dtypes
+    (a stack of same-shaped orthogonal layers) as one batched map where that was measured to
+    pay; the values and gradients are those of evaluating each variable alone (see
+    :mod:`parametrax.tree._grouping`). ``group=False`` evaluates each variable alone.
     """
+    if not isinstance(group, bool):
+        raise ParametrizationTypeError(f"`group` must be a bool; got {group!r}.")
     spec = Spec.of(spec)
     view = _RawTree(raw)
     slots = view.resolve(spec)
     new_state = to_dict(state) if state else {}
-    values = {}
+    items = {}
     for path, (slot, chain) in slots.items():
         originals, params = _slot_parts(slot, len(chain))
-        lstate = _state_parts(state, path, len(chain))
-        try:
-            value, lstate = _core.chain_forward(
-                chain, originals, params, lstate, update_state=update_state
-            )
-        except ParametrizationError as e:
-            raise with_context(e, _context(path, chain)) from e.__cause__
-        except Exception as e:
-            _add_note(e, _context(path, chain))
-            raise
-        values[path] = value
+        items[path] = (chain, originals, params, _state_parts(state, path, len(chain)))
+    results: dict[str, tuple] = {}
+    for paths in _grouping.group_paths(items, group=group):
+        if len(paths) > 1:
+            out = _grouping.forward_group([items[p] for p in paths], update_state=update_state)
+            if out is not None:
+                results.update(zip(paths, out))
+                continue
+        for path in paths:
+            results[path] = _forward_one(path, *items[path], update_state=update_state)
+    values = {}
+    for path in slots:
+        values[path], lstate = results[path]
         _put_state(new_state, path, lstate)
     return view.with_values(values), new_state
 
 
-def constrain(spec: Any, raw: Any, state: Mapping | None = None) -> Any:
-    """``forward`` without state updates: the constrained tree only."""
-    return forward(spec, raw, state, update_state=False)[0]
+def _forward_one(path: str, chain: tuple, originals: dict, params: list, lstate: list, *,
+                 update_state: bool) -> tuple[Any, list[dict]]:
+    """One variable's chain, errors naming the variable."""
+    try:
+        return _core.chain_forward(chain, originals, params, lstate, update_state=update_state)
+    except ParametrizationError as e:
+        raise with_context(e, _context(path, chain)) from e.__cause__
+    except Exception as e:
+        _add_note(e, _context(path, chain))
+        raise
+
+
+def constrain(spec: Any, raw: Any, state: Mapping | None = None, *, group: bool = True) -> Any:
+    """``forward`` without state updates: the constrained tree only (``group``: see
+    :func:`forward`)."""
+    return forward(spec, raw, state, update_state=False, group=group)[0]
 
 
 def parametrized_paths(spec: Any, raw: Any) -> list[str]:

@@ -1,0 +1,211 @@
+"""Grouped evaluation: variables with equal chains on equal shapes evaluated as one batched map.
+
+A stack of ``L`` same-shaped layers, each constrained by the same chain (``Orthogonal()`` on
+every ``Dense(64)`` kernel), costs ``L`` separate maps when each variable is evaluated alone:
+``L`` LU factorizations, ``L`` scaling-and-squaring loops compiled one after another. Matrix
+maps act on the last two axes and broadcast over leading ones, so the ``L`` raw values can be
+stacked, the chain evaluated once on the stack, and the result unstacked (``jnp.unstack``;
+indexing ``K[i]`` instead was measured 1.36x slower). Measured in ``benchmarks/grouped.py``
+(figures in ``benchmarks/results.md``).
+
+The result is the per-variable result: the same maths on the same numbers (see
+``tests/test_grouping.py``, which checks values and gradients of both paths). What may be
+grouped:
+
+* Only chains whose every link is known to act on trailing axes and to broadcast over a
+  leading batch axis, its variables batched with the value (the contract kit's
+  ``broadcasts=True``, checked by its ``vmap == broadcasting`` test). A link says so with a
+  ``broadcasts`` class attribute (``True`` / ``False``); without one, only the catalog's matrix
+  maps listed in :data:`_BROADCASTING` count (with a named trivialization, never a user
+  callable). A map of the whole tensor (``SpectralNorm``, ``WeightNorm``, ``Sphere(axis=None)``)
+  is never grouped: stacking would change what it normalises.
+* Only variables whose chains are equal (parametrizations are frozen dataclasses: equal
+  configurations compare equal) and whose raw arrays and link variables have equal tree
+  structure, shapes, dtypes and weak types.
+* Only where it was measured to pay (:func:`worth_grouping`): two or more variables, matrices
+  of at most :data:`MAX_GROUP_N` rows and columns, and a chain holding a matrix exponential
+  (``MatrixExp``, ``Orthogonal`` resolving to ``"matrix_exp"``, a trivialization with
+  ``triv="expm"``). On the 2-core CPU of ``benchmarks/results.md`` a batched Cayley map gained
+  nothing over L separate ones (the separate LU factorizations already run concurrently) and
+  the batched program compiled more slowly, so Cayley-only chains are evaluated alone.
+* Never under JAX's explicit sharding mode (the stack would have to be sharded too).
+
+A group whose batched evaluation raises is evaluated again variable by variable, so every
+error names its variable exactly as without grouping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from parametrax import _core
+
+__all__ = ["MAX_GROUP_N", "group_paths", "forward_group", "worth_grouping", "broadcasts"]
+
+#: The largest matrix side (``max`` of the last two sizes) that is grouped by default.
+MAX_GROUP_N = 128
+
+
+def _catalog_broadcasting() -> dict[type, Any]:
+    """The catalog entries known to broadcast over leading axes, each with a predicate on the
+    instance (``None``: every instance)."""
+    from parametrax.catalog import linear, orthogonal, stiefel  # catalog below tree: no cycle
+
+    def named_triv(p: Any) -> bool:
+        return isinstance(getattr(p, "triv", None), str)
+
+    return {
+        linear.Skew: None,
+        linear.Symmetric: None,
+        orthogonal.Cayley: None,
+        orthogonal.MatrixExp: None,
+        orthogonal.Orthogonal: None,
+        stiefel.Stiefel: named_triv,
+        stiefel.SO: named_triv,
+        stiefel.Grassmannian: named_triv,
+    }
+
+
+_BROADCASTING: dict[type, Any] | None = None
+
+
+def broadcasts(link: _core.Parametrization) -> bool:
+    """Whether ``link`` acts on trailing axes and broadcasts over a leading batch axis, its
+    variables batched with the value (so a stack of raw values is a batch)."""
+    global _BROADCASTING
+    declared = getattr(type(link), "broadcasts", None)
+    if isinstance(declared, bool):
+        return declared
+    if _BROADCASTING is None:
+        _BROADCASTING = _catalog_broadcasting()
+    if type(link) not in _BROADCASTING:  # exact type: a subclass may change the maths
+        return False
+    check = _BROADCASTING[type(link)]
+    return check is None or bool(check(link))
+
+
+def _matrix_side(shape: tuple) -> int:
+    return max(shape[-2:]) if len(shape) >= 2 else (shape[-1] if shape else 1)
+
+
+def _batching_pays(link: _core.Parametrization, shape: tuple) -> bool:
+    """Whether ``link``'s batched evaluation was measured faster than a loop on this backend."""
+    from parametrax.catalog import orthogonal, stiefel
+
+    if isinstance(link, orthogonal.MatrixExp):
+        return True
+    if isinstance(link, orthogonal.Orthogonal):
+        square = len(shape) >= 2 and shape[-1] == shape[-2]
+        return link.map == "matrix_exp" or (link.map is None and square)
+    if isinstance(link, (stiefel.Stiefel, stiefel.SO, stiefel.Grassmannian)):
+        return link.triv == "expm"
+    return False
+
+
+def worth_grouping(chain: tuple, count: int, shape: tuple) -> bool:
+    """The default rule: group ``count`` variables of raw ``shape`` under ``chain`` when that was
+    measured to pay (see the module docstring)."""
+    shape = tuple(shape)
+    return (
+        count >= 2
+        and _matrix_side(shape) <= MAX_GROUP_N
+        and any(_batching_pays(link, shape) for link in chain)
+    )
+
+
+def _aval(x: Any) -> tuple:
+    weak = bool(getattr(x, "weak_type", False))
+    return (tuple(jnp.shape(x)), jnp.dtype(jnp.result_type(x)).name, weak)
+
+
+def _key(chain: tuple, originals: Mapping, params: Sequence, state: Sequence) -> Any:
+    """What must be equal for two variables to share one batched evaluation; ``None`` when the
+    variable cannot be grouped at all."""
+    if not all(broadcasts(link) for link in chain):
+        return None
+    parts = (dict(originals), [dict(p) for p in params], [dict(s) for s in state])
+    leaves, treedef = jax.tree.flatten(parts)
+    if not leaves or not all(_core._is_array(x) for x in leaves):
+        return None
+    if any(_core._explicit_sharding(x) is not None for x in leaves):
+        return None
+    try:
+        return (chain, treedef, tuple(_aval(x) for x in leaves))
+    except TypeError:  # an unhashable chain: evaluated alone
+        return None
+
+
+def group_paths(items: Mapping[str, tuple], *, group: bool = True) -> list[list[str]]:
+    """Splits the variables into evaluation groups, in the order of ``items``.
+
+    ``items`` maps a path to ``(chain, originals, params, state)``. Each returned list is
+    evaluated together; a list of one is evaluated alone. With ``group=False`` every variable
+    is alone.
+    """
+    if not group:
+        return [[p] for p in items]
+    by_key: dict[Any, list[str]] = {}
+    out: list[list[str]] = []
+    for path, (chain, originals, params, state) in items.items():
+        key = _key(chain, originals, params, state)
+        if key is None:
+            out.append([path])
+            continue
+        if key not in by_key:
+            by_key[key] = []
+            out.append(by_key[key])
+        by_key[key].append(path)
+    final: list[list[str]] = []
+    for paths in out:
+        chain, first = items[paths[0]][:2]
+        shape = jnp.shape(next(iter(first.values())))
+        if len(paths) > 1 and not worth_grouping(chain, len(paths), shape):
+            final.extend([p] for p in paths)
+        else:
+            final.append(paths)
+    return final
+
+
+def forward_group(
+    members: Sequence[tuple], *, update_state: bool
+) -> list[tuple[jax.Array, list[dict]]] | None:
+    """Evaluates the equal chains of ``members`` (each ``(chain, originals, params, state)``) as
+    one batched map; returns each member's ``(value, link_state)`` as :func:`chain_forward`
+    would, or ``None`` when the batched evaluation fails (the caller then evaluates each member
+    alone, which reports the error with its variable's name).
+
+    A link state returned unchanged (the very stacked array) gives each member back its own
+    array, so callers comparing state by identity see it unmoved.
+    """
+    chain = members[0][0]
+    count = len(members)
+    try:
+        parts = [(dict(o), [dict(p) for p in ps], [dict(s) for s in st])
+                 for _, o, ps, st in members]
+        originals, params, state = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
+        value, new_state = _core.chain_forward(
+            chain, originals, params, state, update_state=update_state
+        )
+        one = jnp.shape(next(iter(parts[0][0].values())))
+        if not _core._is_array(value) or tuple(value.shape) != (count, *one):
+            return None
+        values = jnp.unstack(value)
+        states: list[list[dict]] = [[{} for _ in chain] for _ in range(count)]
+        for j, link_state in enumerate(new_state):
+            for name, leaf in link_state.items():
+                stacked_in = state[j].get(name)
+                if leaf is stacked_in:
+                    for i in range(count):
+                        states[i][j][name] = parts[i][2][j][name]
+                    continue
+                if not _core._is_array(leaf) or jnp.shape(leaf)[:1] != (count,):
+                    return None
+                for i, x in enumerate(jnp.unstack(leaf)):
+                    states[i][j][name] = x
+    except Exception:  # evaluated alone instead, which names the variable in any error
+        return None
+    return list(zip(values, states))
