@@ -187,6 +187,10 @@ TABLE = [
     row(px.projections.unit_norm(), (4, 2), broadcasts=False),
     row(px.projections.UnitNorm(axis=-1), (2, 3)),
     row(px.projections.non_neg(), (2, 3)),
+    # --- issue 14: Skew / Symmetric on the lower triangle (and their own in_manifold, sample) --
+    row(px.Symmetric(lower=True), (2, 3, 3), in_manifold=is_symmetric),
+    row(px.Skew(lower=True), (4, 4), in_manifold=is_skew),
+    row(px.Skew(lower=True), (2, 3, 3)),
 ]
 
 
