@@ -63,7 +63,7 @@ from parametrax.catalog import (
     skew,
     symmetric,
 )
-from parametrax.catalog import CorrelationCholesky, Hurwitz
+from parametrax.catalog import CorrelationCholesky, Hurwitz, ProductManifold
 from parametrax import projections  # imports optax only when `project` is called
 from parametrax.linen import Parametrized
 from parametrax.tree import Spec
@@ -149,5 +149,6 @@ __all__ = [
     "matrix_exp",
     "Hurwitz",
     "CorrelationCholesky",
+    "ProductManifold",
     "projections",
 ]
