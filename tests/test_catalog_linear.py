@@ -202,3 +202,9 @@ def test_in_manifold_rules_of_symmetric_and_skew():
     assert not bool(px.Symmetric().in_manifold(big, atol=1e-6))
     with pytest.raises(px.ShapeError, match="square"):
         px.Skew().in_manifold(jnp.ones((2, 3)))
+
+
+def test_repr_spells_out_only_the_lower_triangle():
+    assert repr(px.skew) == "Skew()" and repr(px.Symmetric()) == "Symmetric()"
+    assert repr(px.Skew(lower=True)) == "Skew(lower=True)"
+    assert repr(px.Symmetric(lower=True)) == "Symmetric(lower=True)"

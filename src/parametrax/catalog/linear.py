@@ -30,6 +30,12 @@ def _check_lower(p) -> None:
         )
 
 
+def _repr(p) -> str:
+    """``Skew()`` / ``Skew(lower=True)``: the default triangle is not spelled out (the repr of
+    today's default entries is unchanged)."""
+    return f"{type(p).__name__}(lower=True)" if p.lower else f"{type(p).__name__}()"
+
+
 def _tri(x: Array, lower: bool, k: int = 0) -> Array:
     """The triangle holding the raw values: ``tril(x, -k)`` (lower) or ``triu(x, k)`` (upper)."""
     return jnp.tril(x, -k) if lower else jnp.triu(x, k)
@@ -78,6 +84,8 @@ class Symmetric(Parametrization):
 
     def __post_init__(self):
         _check_lower(self)
+
+    __repr__ = _repr
 
     def forward(self, x: Array) -> Array:
         require_square(self, x, _SQUARE_HINT)
@@ -132,6 +140,8 @@ class Skew(Parametrization):
 
     def __post_init__(self):
         _check_lower(self)
+
+    __repr__ = _repr
 
     def forward(self, x: Array) -> Array:
         require_square(self, x, _SQUARE_HINT)
