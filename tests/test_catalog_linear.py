@@ -131,3 +131,80 @@ def test_pruning_bad_probability(bad):
 def test_stateful_parametrization_called_directly_is_an_error():
     with pytest.raises(px.ParametrizationTypeError, match="owns variables; call `p.apply"):
         px.RandomPruning(0.5)(jnp.ones((2, 2)))
+
+
+# --- lower= (which triangle holds the raw values) and sample (issue 14) -------------------------
+def test_default_triangle_is_still_the_upper_one():
+    assert px.Symmetric() == px.Symmetric(lower=False) == px.symmetric
+    assert px.Skew() == px.Skew(lower=False) == px.skew
+    assert px.Skew(lower=True) != px.skew and hash(px.Skew(lower=True)) == hash(px.Skew(lower=True))
+
+
+def test_symmetric_lower_reads_lower_triangle():
+    # geotorch's Symmetric(lower=True): tril(X) + tril(X, -1)ᵀ
+    x = jnp.arange(9.0).reshape(3, 3)
+    p = px.Symmetric(lower=True)
+    np.testing.assert_array_equal(p(x), [[0, 3, 6], [3, 4, 7], [6, 7, 8]])
+    np.testing.assert_array_equal(p.right_inverse(p(x)), jnp.tril(x))
+    np.testing.assert_array_equal(p(x), np.asarray(px.symmetric(x.T)))  # lower of X = upper of Xᵀ
+
+
+def test_skew_lower_reads_strict_lower_triangle():
+    # geotorch's Skew(lower=True) and PyTorch's test-suite Skew: L = tril(X, -1), L - Lᵀ
+    x = jnp.arange(9.0).reshape(3, 3)
+    p = px.Skew(lower=True)
+    np.testing.assert_array_equal(p(x), [[0, -3, -6], [3, 0, -7], [6, 7, 0]])
+    np.testing.assert_array_equal(p.right_inverse(p(x)), jnp.tril(x, -1))
+    np.testing.assert_array_equal(p(x), -np.asarray(px.skew(x.T)))
+
+
+@pytest.mark.parametrize("p", [px.Symmetric(lower=True), px.Skew(lower=True)], ids=repr)
+def test_lower_ignores_the_other_triangle_in_gradients(p):
+    x = normal(0, (2, 4, 4))
+    g = jax.grad(lambda x: jnp.sum(p(x) * normal(1, (2, 4, 4))))(x)
+    k = 0 if isinstance(p, px.Symmetric) else -1
+    np.testing.assert_array_equal(np.triu(np.asarray(g), k + 1), 0)  # upper part: no gradient
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+@pytest.mark.parametrize("cls", [px.Symmetric, px.Skew])
+def test_lower_must_be_a_bool(cls, bad):
+    with pytest.raises(px.ParametrizationTypeError, match=r"`lower` .* must be a bool"):
+        cls(lower=bad)
+
+
+def test_symmetric_sample_is_goe():
+    s = np.asarray(px.Symmetric().sample(KEY, (4000, 3, 3)), np.float64)
+    np.testing.assert_array_equal(s, np.swapaxes(s, -1, -2))
+    off, diag = s[:, 0, 1], s[:, 1, 1]
+    # N(0, 1) off the diagonal, N(0, 2) on it: 4000 draws, std error of a variance ~ 2.2%
+    assert abs(off.var() - 1) < 0.1 and abs(diag.var() - 2) < 0.2
+    assert abs(off.mean()) < 0.1 and abs(np.corrcoef(s[:, 0, 1], s[:, 0, 2])[0, 1]) < 0.1
+
+
+def test_skew_sample_has_unit_normal_entries_and_zero_diagonal():
+    s = np.asarray(px.Skew(lower=True).sample(KEY, (4000, 3, 3), jnp.float32), np.float64)
+    np.testing.assert_array_equal(s, -np.swapaxes(s, -1, -2))
+    np.testing.assert_array_equal(np.diagonal(s, axis1=-2, axis2=-1), 0)
+    assert abs(s[:, 2, 0].var() - 1) < 0.1 and abs(s[:, 2, 0].mean()) < 0.1
+    assert px.Skew().sample(KEY, (3, 3), jnp.bfloat16).dtype == jnp.bfloat16
+
+
+def test_in_manifold_rules_of_symmetric_and_skew():
+    a = np.asarray(px.Symmetric().sample(KEY, (3, 3)))
+    s = np.asarray(px.Skew().sample(KEY, (3, 3)))
+    assert bool(px.Symmetric().in_manifold(a)) and not bool(px.Symmetric().in_manifold(s))
+    assert bool(px.Skew().in_manifold(s)) and not bool(px.Skew().in_manifold(a))
+    # relative to max(1, max|x|): a 1e-3 asymmetry on entries of size 100 is within 1e-4 * 100
+    big = 100 * a
+    big[0, 1] += 1e-3
+    assert bool(px.Symmetric().in_manifold(big))
+    assert not bool(px.Symmetric().in_manifold(big, atol=1e-6))
+    with pytest.raises(px.ShapeError, match="square"):
+        px.Skew().in_manifold(jnp.ones((2, 3)))
+
+
+def test_repr_spells_out_only_the_lower_triangle():
+    assert repr(px.skew) == "Skew()" and repr(px.Symmetric()) == "Symmetric()"
+    assert repr(px.Skew(lower=True)) == "Skew(lower=True)"
+    assert repr(px.Symmetric(lower=True)) == "Symmetric(lower=True)"

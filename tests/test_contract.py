@@ -196,6 +196,15 @@ TABLE = [
         (2, 2, 2, 3), broadcasts=False),
     row(px.ConvSpectralNorm((4, 4), padding="CIRCULAR", exact=True), (2, 2, 2, 2),
         broadcasts=False),
+    # --- issue 14: Skew / Symmetric on the lower triangle (and their own in_manifold, sample) --
+    row(px.Symmetric(lower=True), (2, 3, 3), in_manifold=is_symmetric),
+    row(px.Skew(lower=True), (4, 4), in_manifold=is_skew),
+    row(px.Skew(lower=True), (2, 3, 3)),
+    # --- issue 14: ProductManifold (blocks of one array) -------------------------------------------
+    row(px.ProductManifold((px.Positive(), px.Simplex(), None), sizes=(2, 3, 1)), (2, 6)),
+    row(px.ProductManifold((px.Stiefel(triv="cayley"), px.Positive()), sizes=(2, 2)), (4, 4)),
+    row(px.ProductManifold((px.Symmetric(lower=True), px.Sphere()), sizes=(3, 2), axis=-2),
+        (5, 3), broadcasts=False),
 ]
 
 

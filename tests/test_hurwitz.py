@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax import tree as ptree
-from parametrax.catalog.hurwitz import lyapunov
+from parametrax.catalog.hurwitz import lyapunov, lyapunov_kron, lyapunov_schur
 
 ROUND_TRIP = 1e-4  # float32, relative to max(1, max|A|), for values well inside the set
 STEPS = 60
@@ -275,3 +275,74 @@ def test_nnx_register_assign_and_train():
     losses = [float(step(layer, optimizer)) for _ in range(STEPS)]
     assert max_real(layer.kernel) < -0.2
     assert losses[-1] < losses[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# the O(n³) Lyapunov solver (Bartels–Stewart) against the O(n⁶) Kronecker one and scipy
+# ------------------------------------------------------------------------------------------------
+def _scipy_lyapunov(b):
+    """scipy's Bartels–Stewart in float64 (the oracle): BᵀP + PB = -I."""
+    from scipy.linalg import solve_continuous_lyapunov
+
+    b = np.asarray(b, np.float64)
+    eye = np.eye(b.shape[-1])
+    flat = b.reshape((-1,) + b.shape[-2:])
+    out = [solve_continuous_lyapunov(bi.T, -eye) for bi in flat]
+    return np.stack(out).reshape(b.shape)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9])
+def test_lyapunov_schur_matches_kronecker_and_scipy(n):
+    # Hurwitz samples and general matrices (non-normal, with complex eigenvalues and a
+    # non-Hurwitz one: the solution exists unless two eigenvalues sum to 0).
+    b = jnp.concatenate([px.Hurwitz().sample(jax.random.key(n), (3, n, n)),
+                         normal(n, (2, n, n)) - 0.3 * jnp.eye(n)])
+    ref = _scipy_lyapunov(b)
+    scale = np.max(np.abs(ref), axis=(-2, -1), keepdims=True)
+    for solver in (lyapunov, lyapunov_schur, lyapunov_kron):
+        got = np.asarray(solver(b), np.float64)
+        assert np.max(np.abs(got - ref) / scale) < 2e-5, solver.__name__
+    np.testing.assert_allclose(lyapunov_schur(b), lyapunov_kron(b), rtol=0,
+                               atol=2e-5 * float(scale.max()))
+
+
+def test_lyapunov_is_the_schur_solver_on_cpu():
+    b = px.Hurwitz().sample(jax.random.key(5), (6, 6))
+    np.testing.assert_array_equal(jax.jit(lyapunov)(b), jax.jit(lyapunov_schur)(b))
+
+
+def test_lyapunov_schur_large_n_residual():
+    # n = 96: the Kronecker system would be 9216 x 9216 (O(n⁶)); Bartels–Stewart is O(n³).
+    b = px.Hurwitz().sample(jax.random.key(7), (96, 96))
+    p = np.asarray(lyapunov(b), np.float64)
+    bd = np.asarray(b, np.float64)
+    res = bd.T @ p + p @ bd + np.eye(96)
+    assert np.max(np.abs(res)) < 1e-4 * max(1.0, np.max(np.abs(p)))
+    np.testing.assert_allclose(p, _scipy_lyapunov(b), atol=1e-4 * np.max(np.abs(p)))
+    assert bool(px.Hurwitz().in_manifold(b))
+    assert not bool(px.Hurwitz().in_manifold(b + 10.0 * jnp.eye(96)))
+
+
+def test_lyapunov_gradients_match_kronecker_and_finite_differences():
+    b = px.Hurwitz().sample(jax.random.key(3), (2, 4, 4))
+    w = normal(4, (2, 4, 4))
+
+    def loss(solver):
+        return lambda b: jnp.sum(w * solver(b))
+
+    g_schur = jax.grad(loss(lyapunov))(b)
+    g_kron = jax.grad(loss(lyapunov_kron))(b)
+    np.testing.assert_allclose(g_schur, g_kron, rtol=1e-4, atol=1e-4 * float(jnp.abs(g_kron).max()))
+    # forward and reverse mode against central differences (float32: loose)
+    check_grads(lyapunov, (b,), order=1, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
+    # vmap of the gradient
+    gv = jax.vmap(jax.grad(lambda bi, wi: jnp.sum(wi * lyapunov(bi))))(b, w)
+    np.testing.assert_allclose(gv, g_schur, rtol=1e-5, atol=1e-5)
+
+
+def test_lyapunov_singular_equation_is_not_in_the_set():
+    # Eigenvalues ±i (sum 0): the equation is singular; the boundary is not in the open set.
+    b = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
+    assert not np.all(np.isfinite(np.asarray(lyapunov_schur(b))))
+    assert not bool(px.Hurwitz().in_manifold(b))
+    assert not bool(px.Hurwitz(alpha=1.0).in_manifold(b - jnp.eye(2)))

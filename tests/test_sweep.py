@@ -173,6 +173,13 @@ def m_spectral(y, tol):
     return e <= SPECTRAL_TOL, e
 
 
+def m_product_stiefel_positive(y, tol):
+    # ProductManifold((Stiefel(), Positive()), sizes=(2, 2)) on (4, 4): columns 0-1
+    # orthonormal, columns 2-3 positive.
+    ok_orth, e = m_orthonormal(y[:, :2], tol)
+    return ok_orth and bool(np.all(y[:, 2:] > 0)), e
+
+
 def m_any(y, tol):  # WeightNorm constrains nothing: only finiteness is checked
     return True, 0.0
 
@@ -214,6 +221,10 @@ def _entries():
     e["skew-cayley"] = ([px.skew, px.cayley], SQUARE, m_special_orthogonal)
     e["skew-matrix_exp"] = ([px.skew, px.matrix_exp], SQUARE, m_special_orthogonal)
     e["symmetric-matrix_exp"] = ([px.symmetric, px.matrix_exp], SQUARE, m_positive_definite)
+    # issue 14: Skew on the lower triangle; ProductManifold (Stiefel block | positive block)
+    e["skew_lower-cayley"] = ([px.Skew(lower=True), px.cayley], SQUARE, m_special_orthogonal)
+    e["ProductManifold"] = (px.ProductManifold((px.Stiefel(), px.Positive()), sizes=(2, 2)),
+                            SQUARE, m_product_stiefel_positive)
     return e
 
 

@@ -64,7 +64,7 @@ from parametrax.catalog import (
     skew,
     symmetric,
 )
-from parametrax.catalog import CorrelationCholesky, Hurwitz
+from parametrax.catalog import CorrelationCholesky, Hurwitz, ProductManifold
 from parametrax.catalog import ConvSpectralNorm, conv_singular_values
 from parametrax import projections  # imports optax only when `project` is called
 from parametrax.linen import Parametrized
@@ -154,5 +154,6 @@ __all__ = [
     "CorrelationCholesky",
     "ConvSpectralNorm",
     "conv_singular_values",
+    "ProductManifold",
     "projections",
 ]

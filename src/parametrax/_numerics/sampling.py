@@ -39,9 +39,15 @@ def haar_special(key: Array, batch: tuple, n: int, dtype) -> Array:
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def torus(key: Array, batch: tuple, n: int, dtype) -> Array:
-    """geotorch's "torus" initialisation for RNNs (Henaff et al. 2016): block-diagonal 2x2
-    rotations by angles ``θ ~ U(-π, π)`` (a 1 in the corner when ``n`` is odd); this is
-    ``expm`` of the block-diagonal skew matrix with blocks ``[[0, -θ], [θ, 0]]``."""
+    """The "torus" initialisation for RNNs (Henaff et al. 2016): block-diagonal 2x2 rotations
+    by angles ``θ ~ U(-π, π)`` (a 1 in the corner when ``n`` is odd); this is ``expm`` of the
+    block-diagonal skew matrix with blocks ``[[0, -θ], [θ, 0]]``, whatever the entry's ``triv``.
+
+    It equals geotorch's ``torus_init_`` / ``sample("torus")`` with ``triv="expm"`` only.
+    geotorch draws ``b ~ U(-π, π)`` and pushes the skew matrix through the manifold's own
+    ``triv``: with ``triv="cayley"`` (``(I - A/2)⁻¹(I + A/2)``) its rotation angles are
+    ``2 atan(b/2)``, in ``(-2.01, 2.01)`` and not uniform; here they stay uniform in
+    ``(-π, π)``."""
     m = n // 2
     theta = jax.random.uniform(key, tuple(batch) + (m,), dtype, -jnp.pi, jnp.pi)
     c, s = jnp.cos(theta), jnp.sin(theta)

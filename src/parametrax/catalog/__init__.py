@@ -6,7 +6,7 @@ and :mod:`parametrax._numerics` (plus :mod:`._trivialization`, the trivialized f
 =====================  ==========================================  =====================  ===============
 entry                  set                                         state                  module
 =====================  ==========================================  =====================  ===============
-``Symmetric``          symmetric matrices (upper triangle)         -                      ``linear``
+``Symmetric``          symmetric matrices (``lower``: triangle)    -                      ``linear``
 ``Skew``               skew-symmetric matrices                     -                      ``linear``
 ``Cayley``             ``(I - X)^-1 (I + X)`` (SO(n) after Skew)   -                      ``orthogonal``
 ``MatrixExp``          ``expm(X)`` (no right inverse)              -                      ``orthogonal``
@@ -37,6 +37,8 @@ entry                  set                                         state        
 ``Hurwitz``            eigenvalues with real part < -alpha         - (two raw arrays)     ``hurwitz``
 CorrelationCholesky    tril, diag > 0, unit rows (``L Lᵀ``: corr)  -                      ``correlation``
 ConvSpectralNorm       conv kernel / its operator norm             u, v (or - if exact)   ``conv_norm``
+ProductManifold        blocks along ``axis``, each in its part's   the parts', prefixed   ``product``
+                       set (``M_1 x ... x M_k``)                   ``part{i}_``
 =====================  ==========================================  =====================  ===============
 
 Every entry is a frozen, hashable dataclass (automatically: see :class:`parametrax.Parametrization`).
@@ -68,6 +70,7 @@ from parametrax.catalog.triangular import Cholesky, LowerTriangular
 from parametrax.catalog.hurwitz import Hurwitz
 from parametrax.catalog.correlation import CorrelationCholesky
 from parametrax.catalog.conv_norm import ConvSpectralNorm, conv_singular_values
+from parametrax.catalog.product import ProductManifold
 
 __all__ = [
     "Symmetric",
@@ -106,4 +109,5 @@ __all__ = [
     "CorrelationCholesky",
     "ConvSpectralNorm",
     "conv_singular_values",
+    "ProductManifold",
 ]

@@ -84,7 +84,9 @@ class CorrelationCholesky(Parametrization):
         return off / d[..., :, None]
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
-        """Square, ``max |triu(x, 1)| <= atol``, ``diag(x) > 0``, ``max | ||row|| - 1 | <= atol``."""
+        """Membership: square, ``max |triu(x, 1)| <= atol``, ``diag(x) > 0`` and
+        ``max | ||row|| - 1 | <= atol`` over the whole array (``atol`` absolute, default
+        ``default_atol(x.dtype)``; the diagonal condition strict)."""
         require_square(self, x, real=True)
         atol = default_atol(x.dtype) if atol is None else atol
         return (

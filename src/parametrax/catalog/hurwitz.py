@@ -17,6 +17,8 @@ writes the same set as ``P^{-1}(S - Q/2) - alpha I`` with a second PSD factor, w
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -25,7 +27,7 @@ from parametrax._core import Parametrization
 from parametrax._errors import ParametrizationError, ParametrizationTypeError
 from parametrax._numerics import expm, eye_like, mT, require_square, widen, widened
 
-__all__ = ["Hurwitz"]
+__all__ = ["Hurwitz", "lyapunov", "lyapunov_schur", "lyapunov_kron"]
 
 Array = jax.Array
 _HIGHEST = lax.Precision.HIGHEST
@@ -43,17 +45,31 @@ def _symmetric_of(x: Array) -> Array:
 
 
 def lyapunov(b: Array, refine: int = 1) -> Array:
-    r"""The solution ``P`` of ``BᵀP + PB = -I`` for square ``(..., n, n)`` ``B`` (batched).
+    r"""The solution ``P`` of ``BᵀP + PB = -I`` for square ``(..., n, n)`` real ``B`` (batched).
 
-    Solved as the ``n² x n²`` linear system ``(Bᵀ ⊗ I + I ⊗ Bᵀ) vec(P) = -vec(I)`` (row-major
-    ``vec``), LU-factorised once, followed by ``refine`` steps of iterative refinement (solve
-    again for the residual ``BᵀP + PB + I``): the residual, which decides whether
-    ``BᵀP + PB`` is negative definite, then stays small even when the system is badly
-    conditioned. ``O(n⁶)`` work, fine for the sizes of state matrices (``n`` up to a few
-    dozen); it is only run by ``right_inverse`` and ``in_manifold``, never in ``forward``. The
-    system is singular when two eigenvalues of ``B`` sum to 0 (the result is then not finite).
-    ``P`` is symmetrised.
+    On CPU, the Bartels–Stewart method (:func:`lyapunov_schur`): ``O(n³)`` (one complex Schur
+    factorisation and ``n`` triangular solves), as ``scipy.linalg.solve_continuous_lyapunov``.
+    On other backends, where XLA has no Schur factorisation, the ``n² x n²`` Kronecker system
+    (:func:`lyapunov_kron`, ``O(n⁶)`` work and ``O(n⁴)`` memory: fine up to ``n`` of a few
+    dozen). The backend is chosen when the computation is lowered
+    (:func:`jax.lax.platform_dependent`). Both follow with ``refine`` steps of iterative
+    refinement (solve again for the residual ``BᵀP + PB + I``), so that the residual, which
+    decides whether ``BᵀP + PB`` is negative definite, stays small even when the equation is
+    badly conditioned. Only ``right_inverse`` and ``in_manifold`` run it, never ``forward``.
+    The equation is singular when two eigenvalues of ``B`` sum to 0 (the result is then not
+    finite). ``P`` is symmetrised. Differentiable (first derivatives: the tangent solves the
+    same equation, ``BᵀṖ + ṖB = -(ḂᵀP + PḂ)``).
     """
+    return jax.lax.platform_dependent(
+        b, cpu=lambda b: lyapunov_schur(b, refine), default=lambda b: lyapunov_kron(b, refine)
+    )
+
+
+def lyapunov_kron(b: Array, refine: int = 1) -> Array:
+    r"""``BᵀP + PB = -I`` as the ``n² x n²`` linear system ``(Bᵀ ⊗ I + I ⊗ Bᵀ) vec(P) = -vec(I)``
+    (row-major ``vec``), LU-factorised once, plus ``refine`` steps of iterative refinement:
+    ``O(n⁶)`` work, ``O(n⁴)`` memory. Runs on every backend (the fallback of :func:`lyapunov`
+    where XLA has no Schur factorisation); ``P`` is symmetrised."""
     n = b.shape[-1]
     batch = b.shape[:-2]
     bt = mT(b)
@@ -71,6 +87,75 @@ def lyapunov(b: Array, refine: int = 1) -> Array:
         residual = _mm(bt, p) + _mm(p, b) - minus_eye
         p = p - solve_vec(residual)
     return (p + mT(p)) / 2
+
+
+def _schur_factor(b: Array) -> tuple[Array, Array]:
+    """``(U, T)`` with ``Bᵀ = U T Uᴴ``: the complex Schur form (``T`` upper triangular)."""
+    cdtype = jnp.promote_types(b.dtype, jnp.complex64)
+    t, u = jax.scipy.linalg.schur(mT(b).astype(cdtype), output="complex")
+    return u, t
+
+
+def _schur_solve(u: Array, t: Array, c: Array) -> Array:
+    r"""``P`` with ``BᵀP + PB = -C`` from the Schur form ``Bᵀ = U T Uᴴ`` (Bartels–Stewart).
+
+    With ``Y = UᴴPU`` and ``F = UᴴCU`` the equation is ``TY + YTᴴ = -F``; ``T`` is upper
+    triangular, so column ``j`` of ``Y`` solves the triangular system
+    ``(T + conj(T_jj) I) y_j = -f_j - Σ_{k>j} conj(T_jk) y_k``, from the last column to the first:
+    ``n`` triangular solves of ``O(n²)`` each.
+    """
+    n = t.shape[-1]
+    f = _mm(mT(u).conj(), _mm(c.astype(t.dtype), u))
+    eye = jnp.eye(n, dtype=t.dtype)
+    diag = jnp.diagonal(t, axis1=-2, axis2=-1)
+
+    def column(i, y):
+        j = n - 1 - i
+        tj = jnp.take(t, j, axis=-2).conj()  # row j of T, conjugated: (..., n)
+        rhs = -jnp.take(f, j, axis=-1) - jnp.einsum("...ik,...k->...i", y, tj, precision=_HIGHEST)
+        lhs = t + jnp.take(diag, j, axis=-1).conj()[..., None, None] * eye
+        yj = jax.scipy.linalg.solve_triangular(lhs, rhs[..., None], lower=False)[..., 0]
+        return lax.dynamic_update_index_in_dim(y, yj, j, axis=-1)
+
+    y = lax.fori_loop(0, n, column, jnp.zeros_like(t))
+    p = _mm(u, _mm(y, mT(u).conj())).real.astype(c.dtype)
+    return (p + mT(p)) / 2
+
+
+def _schur_refined(u: Array, t: Array, b: Array, c: Array, refine: int) -> Array:
+    p = _schur_solve(u, t, c)
+    for _ in range(refine):
+        residual = _mm(mT(b), p) + _mm(p, b) + c
+        p = p + _schur_solve(u, t, residual)  # B'ΔP + ΔPB = -residual
+    return p
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _lyapunov_schur(b: Array, c: Array, refine: int) -> Array:
+    u, t = _schur_factor(b)
+    return _schur_refined(u, t, b, c, refine)
+
+
+@_lyapunov_schur.defjvp
+def _lyapunov_schur_jvp(refine, primals, tangents):
+    b, c = primals
+    db, dc = tangents
+    u, t = _schur_factor(b)
+    p = _schur_refined(u, t, b, c, refine)
+    # d(BᵀP + PB) = -dC: BᵀdP + dP B = -(dC + dBᵀP + P dB), the same equation.
+    dp = _schur_refined(u, t, b, dc + _mm(mT(db), p) + _mm(p, db), refine)
+    return p, dp
+
+
+def lyapunov_schur(b: Array, refine: int = 1) -> Array:
+    r"""``BᵀP + PB = -I`` by the Bartels–Stewart method: the complex Schur form ``Bᵀ = U T Uᴴ``
+    (``jax.scipy.linalg.schur``, CPU only in XLA), then ``TY + YTᴴ = -I`` column by column
+    (triangular solves) and ``P = U Y Uᴴ``, plus ``refine`` steps of iterative refinement.
+    ``O(n³)`` work and ``O(n²)`` memory; backward stable like
+    ``scipy.linalg.solve_continuous_lyapunov``. First derivatives by a custom JVP (the tangent
+    solves the same equation with the same factorisation). ``P`` is symmetrised."""
+    c = jnp.broadcast_to(jnp.eye(b.shape[-1], dtype=b.dtype), b.shape)
+    return _lyapunov_schur(b, c, refine)
 
 
 def _is_pd(p: Array) -> Array:
@@ -114,13 +199,17 @@ class Hurwitz(Parametrization):
     ``δ = 10⁻² max(1, |λ(sym(B))|_max)`` (then ``sym`` of the shifted ``B`` is negative
     definite, so it is Hurwitz), and that is inverted. The shift keeps the eigenvectors and
     moves every eigenvalue by one real amount; it is not the nearest matrix of the set (that
-    problem is non-convex, with no closed form). The Lyapunov solves cost ``O(n⁶)``; they run at
-    registration and assignment only.
+    problem is non-convex, with no closed form). The Lyapunov solves (:func:`lyapunov`) cost
+    ``O(n³)`` on CPU (Bartels–Stewart) and ``O(n⁶)`` on backends without a Schur factorisation
+    (GPU, TPU: the Kronecker system, fine up to ``n`` of a few dozen); they run at registration,
+    assignment and ``in_manifold`` only.
 
     ``in_manifold(x)``: square, real, and ``P`` from ``(x + alpha I)ᵀP + P(x + alpha I) = -I`` is
     finite and positive definite (its Cholesky factorisation succeeds), which by Lyapunov's
-    theorem is ``max Re λ(x) < -alpha`` (a strict inequality; ``atol`` is not used). No
-    non-symmetric eigensolver is needed, so it runs on every backend.
+    theorem is ``max Re λ(x) < -alpha`` (a strict inequality; ``atol`` is not used; a batch is
+    in the set when every matrix is). A matrix with two eigenvalues summing to ``-2 alpha`` (e.g.
+    ``±iω - alpha``, on the boundary) makes the equation singular: ``P`` is not finite and the
+    answer is False. Runs on every backend (see :func:`lyapunov`).
 
     ``sample(key, shape)``: a random point well inside the set (see :meth:`sample`).
 

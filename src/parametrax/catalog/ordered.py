@@ -77,7 +77,8 @@ class Ordered(Parametrization):
         return jnp.moveaxis(x, -1, ax)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
-        """``all(diff(x, axis) > 0)`` (strict: ``atol`` is not used)."""
+        """Membership: ``all(diff(x, axis) > 0)`` (strictly increasing; strict, exact: ``atol``
+        is not used, so ties are out)."""
         del atol
         ax = real_axis(self, x)
         return jnp.all(jnp.diff(x, axis=ax) > 0)

@@ -79,7 +79,8 @@ class Positive(Parametrization):
         return inv(raise_into(value, ~(value >= jnp.finfo(value.dtype).tiny)))
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
-        """``all(x > 0)`` (a strict inequality: ``atol`` is not used)."""
+        """Membership: ``all(x > 0)`` (strict, exact: ``atol`` is not used; a value that
+        underflowed to 0 is out)."""
         del atol
         return jnp.all(x > 0)
 
@@ -170,7 +171,8 @@ class Interval(Parametrization):
         )
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
-        """``all(low < x < high)`` (strict: ``atol`` is not used)."""
+        """Membership: ``all(low < x < high)`` (strict, exact: ``atol`` is not used; a value
+        rounded onto an end is out)."""
         del atol
         return jnp.all((x > self.low) & (x < self.high))
 

@@ -22,6 +22,9 @@ class RandomPruning(Parametrization):
     identity, so this is the tutorial's example of a right inverse that is not a true inverse:
     after assigning ``X`` the constrained value is ``X * mask``, not ``X``.
 
+    No ``in_manifold`` and no ``sample``: the set (zeros where the mask is 0) depends on the
+    state, which ``in_manifold(x, atol)`` does not receive.
+
     Args:
       p_drop: probability that an entry is zeroed, in ``[0, 1)``.
     """

@@ -59,7 +59,8 @@ class Simplex(Parametrization):
         return (logp - jnp.mean(logp, axis=ax, keepdims=True)).astype(value.dtype)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
-        """``x > 0`` and every vector sums to 1 to ``atol``."""
+        """Membership: ``all(x > 0)`` (strict, exact) and every vector along ``axis`` sums to 1
+        to ``atol`` (absolute, default ``default_atol(x.dtype)``)."""
         ax = real_axis(self, x)
         return jnp.all(x > 0) & jnp.all(jnp.abs(jnp.sum(x, axis=ax) - 1) <= (default_atol(x.dtype) if atol is None else atol))
 

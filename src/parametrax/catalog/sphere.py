@@ -77,7 +77,9 @@ class _SphereBase(Parametrization):
         return jnp.where(zero, self._canonical(xw), u)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
-        """Whether every vector has norm ``radius`` to ``atol * max(1, radius)``."""
+        """Membership: every vector along ``axis`` has norm ``radius`` to
+        ``atol * max(1, radius)`` (relative to the radius, absolute below radius 1; non-strict;
+        default ``atol`` ``default_atol(x.dtype)``). A zero vector is out."""
         atol = default_atol(x.dtype) if atol is None else atol
         err = jnp.abs(self._norm(x) - self.radius)
         return jnp.all(err <= atol * max(1.0, float(self.radius)))

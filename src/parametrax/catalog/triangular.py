@@ -43,7 +43,8 @@ class LowerTriangular(Parametrization):
         return jnp.tril(value)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
-        """``max |triu(x, 1)| <= atol``."""
+        """Membership: ``max |triu(x, 1)| <= atol`` over the whole array (absolute, non-strict,
+        default ``default_atol(x.dtype)``)."""
         require_matrix(self, x, real=True)
         return max_abs(jnp.triu(x, 1)) <= (default_atol(x.dtype) if atol is None else atol)
 
@@ -100,7 +101,8 @@ class Cholesky(Parametrization):
         return self._diag_map(value, diag)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
-        """Square, ``max |triu(x, 1)| <= atol`` and ``diag(x) > 0``."""
+        """Membership: square, ``max |triu(x, 1)| <= atol`` (absolute, default
+        ``default_atol(x.dtype)``) and ``diag(x) > 0`` (strict, exact)."""
         require_square(self, x, real=True)
         return (max_abs(jnp.triu(x, 1)) <= (default_atol(x.dtype) if atol is None else atol)) & jnp.all(
             jnp.diagonal(x, axis1=-2, axis2=-1) > 0
