@@ -35,9 +35,9 @@ import jax.numpy as jnp
 from parametrax._core import Variables
 from parametrax._errors import describe
 from parametrax._numerics import (
-    complete,
     default_atol,
-    eye_batch,
+    complete,
+    eye_frame,
     haar,
     haar_special,
     keep_or_project,
@@ -46,7 +46,6 @@ from parametrax._numerics import (
     orthonormality_error,
     polar,
     require_matrix,
-    require_shape,
     require_square,
     special_polar,
     torus,
@@ -84,16 +83,17 @@ class _OrthogonalFamily(T.Trivialized):
 
     # --- the variables protocol -----------------------------------------------------------------
     def init_variables(self, key: Array, value: Array) -> Variables:
-        """The canonical base (the identity); :meth:`apply_inverse` moves it to a value."""
+        """The canonical base (the identity) as its frame ``eye(N, K)``; :meth:`apply_inverse`
+        moves it to a value."""
         del key
         self._check(value)
-        n = max(value.shape[-2:])
-        return {"params": {}, "state": {"base": eye_batch(value.shape[:-2], n, value.dtype)}}
+        n, k = max(value.shape[-2:]), min(value.shape[-2:])
+        return {"params": {}, "state": {"base": eye_frame(value.shape[:-2], n, k, value.dtype)}}
 
     def _base(self, variables: Variables, x: Array) -> Array:
         base = variables["state"]["base"]
-        n = max(x.shape[-2:])
-        require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
+        n, k = max(x.shape[-2:]), min(x.shape[-2:])
+        T.require_base(self, base, n, k, "the base point `state['base']`")
         return base
 
     def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
@@ -108,8 +108,8 @@ class _OrthogonalFamily(T.Trivialized):
     def forward(self, x: Array) -> Array:
         """The map at the canonical base ``B = I``: ``triv(A)[..., :, :K]`` (no state)."""
         self._check(x)
-        n = max(x.shape[-2:])
-        base = eye_batch(x.shape[:-2], n, x.dtype)
+        n, k = max(x.shape[-2:]), min(x.shape[-2:])
+        base = eye_frame(x.shape[:-2], n, k, x.dtype)
         return self.apply({"params": {}, "state": {"base": base}}, x)[0]
 
     def project(self, value: Array) -> Array:
@@ -139,8 +139,11 @@ class _OrthogonalFamily(T.Trivialized):
         del key
         self._check(value)
         y = self._tall(self._project_wide(value))
-        base = complete(y).astype(value.dtype)
-        return jnp.zeros_like(value), {**variables["state"], "base": base}
+        old = variables["state"].get("base")
+        n, k = y.shape[-2:]
+        if old is not None and k < n and old.shape[-1] == n:  # a whole base stays whole
+            y = complete(y)
+        return jnp.zeros_like(value), {**variables["state"], "base": y.astype(value.dtype)}
 
     def right_inverse(self, value: Array) -> Array:
         raise NotImplementedError(
