@@ -371,21 +371,32 @@ class Orthogonal(Parametrization):
       matrices, ``"householder"`` otherwise (torch's rule).
 
     ``use_trivialization=True`` (default; Lezcano-Casado 2019, "Trivializations for
-    gradient-based optimization on manifolds") stores a base point ``B`` of shape
-    ``(..., n, n)`` (tall view) as non-trainable **state** and returns ``B @ Q`` (transposed back
-    if wide). The base is set by the right inverse, at registration and on every assignment
-    (torch's "dynamic trivialization": assigning the current value moves the base there and
-    resets the raw value): for a square orthogonal value (torch's ``_is_orthogonal``
-    tolerance) ``B`` is the value itself, kept exactly; otherwise ``B`` is the Q factor of its
-    QR decomposition with ``diag(R) >= 0``: orthogonal for every finite value, rank-deficient
-    or zero included (a zero ``R_jj`` keeps the Householder Q's column: ``sign(0) = +1``, where
-    torch's ``sign(0) = 0`` zeroes it; a zero kernel gives the base ``I``). A non-square value
-    is first completed to ``n x n``
-    with Gaussian columns drawn from the PRNG key given to the right inverse (torch uses its
-    global RNG), so only the first ``k`` columns of ``B`` are determined by the value. The raw
-    value returned is torch's ``-I``-like array (zeros with ``-1`` on the diagonal), on which
-    all three maps give ``eye(n, k)``, so the constrained value is the first ``k`` columns of
-    ``B``.
+    gradient-based optimization on manifolds") keeps a base point ``B`` as non-trainable
+    **state** and returns ``B @ Q`` (transposed back if wide). The base is set by the right
+    inverse, at registration and on every assignment (torch's "dynamic trivialization":
+    assigning the current value moves the base there and resets the raw value): for a square
+    orthogonal value (torch's ``_is_orthogonal`` tolerance) ``B`` is the value itself, kept
+    exactly; otherwise the Q factor of its QR decomposition with ``diag(R) >= 0``: orthogonal
+    for every finite value, rank-deficient or zero included (a zero ``R_jj`` keeps the
+    Householder Q's column: ``sign(0) = +1``, where torch's ``sign(0) = 0`` zeroes it; a zero
+    kernel gives the base ``I``). The raw value returned is torch's ``-I``-like array (zeros
+    with ``-1`` on the diagonal), on which all three maps give ``eye(n, k)``, so the
+    constrained value is the first ``k`` columns of ``B``.
+
+    **Tall and wide matrices** (issue 12; :mod:`parametrax._numerics.tall`): the state holds
+    the base as its **frame**, the ``(..., n, k)`` first columns ``Y`` (tall view), never
+    ``n x n``; ``B = [Y, Y_perp]`` with ``Y_perp`` the Householder completion of ``Y`` (the
+    columns ``jnp.linalg.qr(Y, mode="complete")`` appends), applied in O(n k²). The value at
+    the registered raw ``-I`` is ``Y`` bit for bit. Torch completes ``Y`` with random columns
+    from its global RNG (this class did too, from the key, before issue 12): the completion
+    only sets which raw coordinates name which point away from ``-I``, not the set reached
+    (``B`` is orthogonal either way, so ``x -> B Q(x)`` is onto the same set), and given the
+    same ``n x n`` base the numbers are torch's: an ``(..., n, n)`` base in the state (torch's
+    layout) is still read, and assignment keeps it ``n x n`` (completed with Gaussian
+    columns from the key, which it then requires). The ``"matrix_exp"`` and ``"cayley"`` maps
+    run on ``2k x 2k`` matrices when ``n > 2k`` (the exact map and its exact gradient, not a
+    retraction; :func:`parametrax._numerics.skew_map_columns`), so a step costs O(n k²) time
+    and O(n k) memory.
 
     ``use_trivialization=False``: no state. For ``"householder"`` the right inverse is a
     Householder QR (torch's ``geqrf`` path): ``forward(right_inverse(V))`` is the QR Q factor of
@@ -469,8 +480,9 @@ class Orthogonal(Parametrization):
 
     # --- the maps ----------------------------------------------------------------------------
     def forward(self, x: Array, *, base: Array | None = None) -> Array:
-        """Torch's ``_Orthogonal.forward`` on ``x`` with base point ``base`` (``(..., n, n)``
-        in the tall view, ``n = max`` of the last two sizes). Without ``base`` no base is
+        """Torch's ``_Orthogonal.forward`` on ``x`` with base point ``base``: its frame
+        ``(..., n, k)`` or the whole ``(..., n, n)`` base, in the tall view (``n = max``,
+        ``k = min`` of the last two sizes). Without ``base`` no base is
         applied (the map with ``use_trivialization=False``, or equivalently ``base = I``).
         ``base`` is keyword-only: a second positional array is reserved by the contract for a
         second raw array. bfloat16 / float16 are computed in float32 and cast back."""

@@ -3,12 +3,14 @@ a base point kept as state.
 
 Every entry here owns state (the variables protocol of :class:`parametrax.Parametrization`)::
 
-    variables = p.init_variables(key, W)            # {"params": {}, "state": {"base": (..., N, N)}}
+    variables = p.init_variables(key, W)            # {"params": {}, "state": {"base": (..., N, K)}}
     raw, state = p.apply_inverse(variables, W, key=key)   # base <- W (projected), raw <- 0
     Q, _ = p.apply({"params": {}, "state": state}, raw)   # Q == W, exactly, for W on the manifold
 
 The forward map is ``Q = (B @ triv(A))[..., :, :K]`` with ``B`` the base (an ``N x N``
-orthogonal matrix, ``N = max(n, k)``, ``K = min(n, k)``) and ``A`` the ``N x N`` skew matrix
+orthogonal matrix, ``N = max(n, k)``, ``K = min(n, k)``, kept in the state as its ``N x K``
+frame ``Y`` and completed to ``B = [Y, Y_perp]`` by Householder, never stored ``N x N``; a
+whole ``N x N`` base from before issue 12 is still read) and ``A`` the ``N x N`` skew matrix
 ``[[S, -Cᵀ], [C, 0]]`` read from the raw array: ``S`` (K x K) from the strict lower triangle of
 its top block and ``C`` from its bottom ``N - K`` rows. The raw array has the value's shape; its
 upper triangle (diagonal included) is unused and gets zero gradient. Wide matrices (n < k) are
@@ -18,11 +20,16 @@ the smaller side, as in torch and geotorch, so a Flax ``(in, out)`` kernel and a
 
 ``triv`` is ``"expm"`` (the matrix exponential, surjective), ``"cayley"``
 (``(I - A/2)^{-1}(I + A/2)``, cheaper, misses rotations by π) or any hashable callable mapping
-one ``N x N`` skew matrix to an orthogonal one (it is vmapped over leading axes).
+one ``N x N`` skew matrix to an orthogonal one (it is vmapped over leading axes). The two named
+maps never build ``A``: ``triv(A)[:, :K]`` is computed exactly from a ``2K x 2K`` matrix when
+``N > 2K`` (:mod:`parametrax._numerics.tall`), so a step costs O(N K²) time and O(N K)
+memory; a callable gets the dense ``N x N`` ``A`` its contract promises.
 
 Dynamic trivialization (geotorch's ``update_base``): ``p.update_base(variables, raw)`` returns
-``(zeros, {"base": B @ triv(A)})``: the base moves to the current point and the raw array is
-reset, the constrained value is unchanged. On whole trees, use
+``(zeros, {"base": Y'})`` with ``Y'`` the current point (one Newton–Schulz step on the
+``N x K`` frame): the base moves there and the raw array is reset, the constrained value is
+unchanged. The new base is completed by Householder from ``Y'`` (not ``(B triv(A))[:, K:]``):
+the same point at raw zero, the same set, other coordinates away from it. On whole trees, use
 :func:`parametrax.tree.update_base`, which works inside ``jax.jit`` (``when=``).
 """
 
