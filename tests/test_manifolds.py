@@ -575,7 +575,7 @@ def test_linen_dense_on_stiefel_trains_and_stays_orthonormal():
     variables = jax.jit(layer.init)(KEY, x)
     shapes = jax.tree.map(jnp.shape, variables)
     assert shapes["params"]["parametrizations"]["kernel"] == {"original": (5, 3)}
-    assert shapes["parametrization_state"]["parametrizations"]["kernel"]["0"] == {"base": (5, 5)}
+    assert shapes["parametrization_state"]["parametrizations"]["kernel"]["0"] == {"base": (5, 3)}  # frame
     kernel_of = jax.jit(lambda v: px.linen.constrain(layer, v)["params"]["kernel"])
     kernel0 = kernel_of(variables)
     assert orthogonality_error(kernel0) < ON_MANIFOLD

@@ -292,23 +292,37 @@ def test_square_orthogonal_initial_value_kept_exactly():
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5)], ids=str)
-def test_orthonormal_non_square_value_reproduced_and_base_completed(shape):
+def test_orthonormal_non_square_value_reproduced_and_base_kept_as_its_frame(shape):
+    # issue 12: the base of a non-square value is kept as its n x k frame (tall view), never
+    # n x n; at raw = -I the value is that frame, bit for bit
     w = qr_positive(rand(11, shape)).astype(np.float32)
-    w[..., 0] *= -1  # not the positive-R normalisation: still reproduced exactly
+    w[..., 0] *= -1  # not the positive-R normalisation: still reproduced
     raw, state, q = constrained_after_register(Orthogonal("cayley"), w)
     np.testing.assert_allclose(q, w, atol=F32_ATOL)
-    base = state["parametrizations"]["w"]["0"]["base"]
-    assert base.shape == (5, 5) and orth_err(base) < ORTH_TOL
+    base = np.asarray(state["parametrizations"]["w"]["0"]["base"])
+    tall_q = np.asarray(q) if shape[0] >= shape[1] else np.asarray(q).T
+    assert base.shape == (5, 3) and orth_err(base) < ORTH_TOL
+    np.testing.assert_array_equal(tall_q, base)
     np.testing.assert_array_equal(raw["parametrizations"]["w"]["original"], -np.eye(*shape))
 
 
-def test_completion_depends_on_the_key_only_beyond_k_columns():
+def test_frame_base_needs_no_key_and_is_the_qr_q():
+    # the frame is the value's QR Q factor (diag(R) > 0), the same for every key; the
+    # completion to n x n is the frame's Householder completion, not random columns, and
+    # assignment needs no key
     w = rand(12, (5, 3))
-    b1 = constrained_after_register(Orthogonal(), w, jax.random.key(1))[1]
-    b2 = constrained_after_register(Orthogonal(), w, jax.random.key(2))[1]
-    b1, b2 = (np.asarray(b["parametrizations"]["w"]["0"]["base"]) for b in (b1, b2))
-    np.testing.assert_allclose(b1[:, :3], b2[:, :3], atol=1e-6)
-    assert np.max(np.abs(b1[:, 3:] - b2[:, 3:])) > 1e-2
+    spec = {"w": Orthogonal()}
+    raw, state = ptree.register(spec, {"w": w}, key=KEY)
+    raw2, state2 = ptree.assign(spec, raw, state, {"w": rand(13, (5, 3))})  # no key
+    assert state2["parametrizations"]["w"]["0"]["base"].shape == (5, 3)
+    for key in (jax.random.key(1), jax.random.key(2)):
+        b = ptree.register(spec, {"w": w}, key=key)[1]
+        np.testing.assert_array_equal(
+            b["parametrizations"]["w"]["0"]["base"], state["parametrizations"]["w"]["0"]["base"]
+        )
+    np.testing.assert_allclose(
+        state["parametrizations"]["w"]["0"]["base"], qr_positive(w), atol=F32_ATOL
+    )
 
 
 @pytest.mark.parametrize("m", MAPS)
@@ -343,7 +357,7 @@ def test_linen_dense_layout_and_init_is_qr_of_the_plain_kernel():
     v = layer.init(KEY, X)
     assert jax.tree.map(jnp.shape, v) == {
         "params": {"bias": (3,), "parametrizations": {"kernel": {"original": (4, 3)}}},
-        "parametrization_state": {"parametrizations": {"kernel": {"0": {"base": (4, 4)}}}},
+        "parametrization_state": {"parametrizations": {"kernel": {"0": {"base": (4, 3)}}}},
     }
     plain = nn.Dense(3).init(KEY, X)["params"]["kernel"]
     k = px.linen.constrain(layer, v)["params"]["kernel"]
@@ -472,7 +486,7 @@ def test_error_called_directly_with_trivialization():
 
 
 def test_error_bad_base():
-    msg = r"base point has shape \(3, 3\).*needs a base of shape \(5, 5\)"
+    msg = r"base point has shape \(3, 3\).*needs a base of shape \(5, 3\) \(or a whole base of shape \(5, 5\)\)"
     with pytest.raises(px.ShapeError, match=msg):
         Orthogonal().apply({"params": {}, "state": {"base": jnp.eye(3)}}, jnp.ones((5, 3)))
     with pytest.raises(px.ParametrizationError, match="needs its state `base`"):
@@ -492,13 +506,21 @@ def test_error_assign_wrong_shape_changes_nothing():
     jax.tree.map(np.testing.assert_array_equal, v, before)
 
 
-def test_error_assign_without_key_for_non_square_changes_nothing():
+def test_error_assign_without_key_to_a_whole_non_square_base_changes_nothing():
+    # a state holding a whole n x n base (torch's layout) keeps it at assignment: its random
+    # completion needs a key; the frame registration makes needs none
     layer = px.Parametrized(nn.Dense(3), {"kernel": Orthogonal()})
     v = layer.init(KEY, X)
+    v2 = px.linen.assign(layer, v, {"kernel": jnp.eye(4, 3)})  # frame: no key needed
+    np.testing.assert_array_equal(px.linen.constrain(layer, v2)["params"]["kernel"], jnp.eye(4, 3))
+    st = {"parametrizations": {"kernel": {"0": {"base": jnp.eye(4)}}}}
+    v = {**v, "parametrization_state": st}
     before = _frozen(v)
     with pytest.raises(px.ParametrizationError, match="needs a PRNG key; pass `key=`"):
         px.linen.assign(layer, v, {"kernel": jnp.eye(4, 3)})
     jax.tree.map(np.testing.assert_array_equal, v, before)
+    v3 = px.linen.assign(layer, v, {"kernel": jnp.eye(4, 3)}, key=KEY)
+    assert v3["parametrization_state"]["parametrizations"]["kernel"]["0"]["base"].shape == (4, 4)
 
 
 @pytest.mark.parametrize("m", ["matrix_exp", "cayley"])

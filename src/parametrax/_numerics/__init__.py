@@ -70,3 +70,10 @@ from parametrax._numerics.scalar import (
     resolve_scalar_map,
     strictly_increasing,
 )
+from parametrax._numerics.tall import (
+    apply_frame,
+    eye_frame,
+    skew_blocks,
+    skew_dense,
+    skew_map_columns,
+)

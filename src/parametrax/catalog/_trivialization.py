@@ -17,11 +17,20 @@ import functools
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 from parametrax._core import Parametrization
 from parametrax._errors import ParametrizationError, ParametrizationTypeError, describe
-from parametrax._numerics import cayley_half, expm, mT, newton_schulz
+from parametrax._numerics import (
+    apply_frame,
+    cayley_half,
+    complete,
+    expm,
+    newton_schulz,
+    require_shape,
+    skew_blocks,
+    skew_dense,
+    skew_map_columns,
+)
 
 Array = jax.Array
 
@@ -80,39 +89,44 @@ class Trivialized(Parametrization):
 
 
 # ------------------------------------------------------------------------------------------------
-# Skew matrices from raw columns, points and base moves
+# Points and base moves on tall frames (issue 12: O(n r^2), never n x n for the named maps)
 # ------------------------------------------------------------------------------------------------
-def skew_from_cols(cols: Array, n: int, *, horizontal: bool = False) -> Array:
-    """The ``n x n`` skew matrix ``[[S, -Bᵀ], [B, 0]]`` read from the strict lower part of the
-    ``(..., n, r)`` array ``cols``: ``S`` (r x r) from its top block, ``B`` from rows ``r:``.
+def triv_columns(triv, cols: Array, *, horizontal: bool = False) -> Array:
+    """``triv(A)[..., :, :r]`` for the skew ``A = [[S, -Cᵀ], [C, 0]]`` read from the
+    ``(..., n, r)`` raw columns (``S`` from the strict lower part of the top block, dropped
+    when ``horizontal``; ``C`` the bottom rows). The named maps (``"expm"``, ``"cayley"``) run
+    on ``2r x 2r`` (:func:`parametrax._numerics.skew_map_columns`: the exact map, in
+    O(n r²)); a callable ``triv`` is a map of one ``n x n`` skew matrix, so it gets the dense
+    ``A`` (O(n³), as the callable's contract requires)."""
+    s, c = skew_blocks(cols, horizontal=horizontal)
+    if isinstance(triv, str):
+        return skew_map_columns(s, c, TRIVIALIZATIONS[triv])
+    return apply_triv(triv, skew_dense(s, c))[..., :, : cols.shape[-1]]
 
-    ``horizontal=True`` drops ``S`` (the Grassmannian's horizontal space).
-    """
-    r = cols.shape[-1]
-    low = jnp.tril(cols, -1)
-    if horizontal:
-        rows = jnp.arange(n)[:, None] >= r
-        low = jnp.where(rows, low, jnp.zeros_like(low))
-    if r < n:
-        pad = jnp.zeros(cols.shape[:-1] + (n - r,), cols.dtype)
-        low = jnp.concatenate([low, pad], axis=-1)
-    return low - mT(low)
+
+def require_base(p, base: Array, n: int, r: int, what: str) -> None:
+    """A base point is kept as its ``(..., n, r)`` frame; a whole ``(..., n, n)`` base (the
+    layout before issue 12) is still read."""
+    if tuple(base.shape[-2:]) != (n, n):
+        require_shape(p, base.shape[-2:], (n, r), what)
 
 
 @functools.partial(jax.jit, static_argnames=("triv", "horizontal"))
 def stiefel_point(base: Array, cols: Array, triv, *, horizontal: bool = False) -> Array:
-    """``(base @ triv(A))[..., :r]`` for ``A = skew_from_cols(cols)``: a point of V(n, r)."""
-    n, r = cols.shape[-2:]
-    q = apply_triv(triv, skew_from_cols(cols, n, horizontal=horizontal))
-    return base @ q[..., :, :r]
+    """``B triv(A)[..., :r]``, a point of V(n, r), for the base ``B`` kept as its ``(..., n,
+    r)`` frame (completed by Householder: :func:`parametrax._numerics.apply_frame`) or given
+    whole, ``(..., n, n)``."""
+    return apply_frame(base, triv_columns(triv, cols, horizontal=horizontal))
 
 
 @functools.partial(jax.jit, static_argnames=("triv", "horizontal"))
 def moved_base(base: Array, cols: Array, triv, *, horizontal: bool = False) -> Array:
-    """The new base ``base @ triv(A)`` (re-orthogonalised): raw zero there gives the same point."""
-    n = cols.shape[-2]
-    q = apply_triv(triv, skew_from_cols(cols, n, horizontal=horizontal))
-    return newton_schulz(base @ q)
+    """The new base: the current point (one Newton–Schulz step removes rounding drift), a frame
+    in the layout of ``base``: raw zero there gives the same point. A whole ``n x n`` base is
+    completed again (its Householder completion), so the state keeps its shapes."""
+    n, r = cols.shape[-2:]
+    new = newton_schulz(stiefel_point(base, cols, triv, horizontal=horizontal))
+    return complete(new) if r < n and base.shape[-1] == n else new
 
 
 # ------------------------------------------------------------------------------------------------

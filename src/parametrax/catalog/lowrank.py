@@ -14,7 +14,10 @@ Raw layout: ONE array of the value's shape, packed as geotorch does. On the tall
 gradient). For square full-rank entries (``Invertible``, ``SL``) this uses every entry once,
 ``n²`` parameters for the ``n²``-dimensional GL(n).
 
-State: ``{"base_u": (..., N, N), "base_v": (..., K, K)}``, orthogonal matrices.
+State: ``{"base_u": (..., N, r), "base_v": (..., K, r)}``, the base points kept as their
+frames (orthonormal columns; completed to orthogonal matrices by Householder, never stored
+``N x N``: issue 12, :mod:`parametrax._numerics.tall`; a whole ``N x N`` / ``K x K`` base from
+before is still read and kept whole).
 ``apply_inverse(variables, X)`` takes the SVD of ``X`` (the ``r`` largest singular triples),
 moves the bases to the singular vectors and stores ``σ^{-1}`` of the singular values on the raw
 diagonal: exact on the manifold, and the nearest-point projection (truncated SVD, clipped
@@ -48,7 +51,7 @@ from parametrax._numerics import (
     check_positive_int,
     complete,
     default_atol,
-    eye_batch,
+    eye_frame,
     widen,
     flip_last_col,
     haar,
@@ -56,7 +59,6 @@ from parametrax._numerics import (
     mT,
     require_matrix,
     require_rank,
-    require_shape,
     require_square,
 )
 from parametrax._numerics import scalar as S
@@ -65,6 +67,13 @@ from parametrax.catalog import _trivialization as T
 __all__ = ["LowRank", "FixedRank", "Invertible", "SL", "AlmostOrthogonal"]
 
 Array = jax.Array
+
+
+def _frame_like(old: Array | None, y: Array) -> Array:
+    """The new base frame ``y``, completed to ``n x n`` where the state holds a whole base (the
+    layout before issue 12), so that the state keeps its shapes."""
+    n, r = y.shape[-2:]
+    return complete(y) if old is not None and r < n and old.shape[-1] == n else y
 
 
 def _masks(n: int, k: int, r: int) -> tuple[Array, Array]:
@@ -140,14 +149,14 @@ class _SVDFamily(T.Trivialized):
     # --- variables protocol ---------------------------------------------------------------------
     def init_variables(self, key: Array, value: Array) -> Variables:
         del key
-        self._rank(value)
+        r = self._rank(value)
         big, small = max(value.shape[-2:]), min(value.shape[-2:])
         batch = value.shape[:-2]
         return {
             "params": {},
             "state": {
-                "base_u": eye_batch(batch, big, value.dtype),
-                "base_v": eye_batch(batch, small, value.dtype),
+                "base_u": eye_frame(batch, big, r, value.dtype),
+                "base_v": eye_frame(batch, small, r, value.dtype),
             },
         }
 
@@ -157,8 +166,8 @@ class _SVDFamily(T.Trivialized):
         x = widen(self._tall(raw))
         big, small = x.shape[-2:]
         bu, bv = state["base_u"], state["base_v"]
-        require_shape(self, bu.shape[-2:], (big, big), "the base point `state['base_u']`")
-        require_shape(self, bv.shape[-2:], (small, small), "the base point `state['base_v']`")
+        T.require_base(self, bu, big, r, "the base point `state['base_u']`")
+        T.require_base(self, bv, small, r, "the base point `state['base_v']`")
         bu, bv = widen(bu), widen(bv)
         u = T.stiefel_point(bu, x[..., :, :r], self.triv)
         v = T.stiefel_point(bv, mT(x[..., :r, :]), self.triv)
@@ -186,10 +195,11 @@ class _SVDFamily(T.Trivialized):
         s = self._sigma_inverse(sv_r, sv[..., :1], value.dtype).astype(value.dtype)
         idx = jnp.arange(r)
         raw = jnp.zeros(y.shape, value.dtype).at[..., idx, idx].set(s)
+        old = variables["state"]
         state = {
-            **variables["state"],
-            "base_u": complete(u_r).astype(value.dtype),
-            "base_v": complete(v_r).astype(value.dtype),
+            **old,
+            "base_u": _frame_like(old.get("base_u"), u_r).astype(value.dtype),
+            "base_v": _frame_like(old.get("base_v"), v_r).astype(value.dtype),
         }
         return self._untall(raw, value), state
 

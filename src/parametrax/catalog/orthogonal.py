@@ -59,9 +59,11 @@ from parametrax._errors import (
     ShapeError,
 )
 from parametrax._numerics import (
+    apply_frame,
     cayley_half,
     cayley_map,
     expm,
+    eye_frame,
     eye_like,
     mH,
     mT,
@@ -69,6 +71,8 @@ from parametrax._numerics import (
     require_matrix,
     require_square,
     sign_or_one,
+    skew_blocks,
+    skew_map_columns,
     solve,
     widen,
     widened,
@@ -103,15 +107,6 @@ def _tall(x: Array) -> tuple[Array, bool]:
 
 def _rect_eye(rows: int, cols: int, dtype) -> Array:
     return jnp.eye(rows, cols, dtype=dtype)
-
-
-def _skew_from_lower(x: Array) -> Array:
-    """``A = Y - Y^H`` with ``Y = [tril(x), 0]`` padded to ``(..., n, n)`` (``x`` tall)."""
-    n, k = x.shape[-2:]
-    y = jnp.tril(x)
-    if n != k:
-        y = jnp.concatenate([y, jnp.zeros(y.shape[:-1] + (n - k,), y.dtype)], axis=-1)
-    return y - mH(y)
 
 
 @jax.jit
@@ -206,7 +201,6 @@ def _forward(x: Array, base: Array | None, *, m: str) -> Array:
     """Torch's forward (``m`` resolved, inputs checked). Jitted at module level: eager calls
     compile once per shape and map; inside an outer jit it is traced inline."""
     x, transposed = _tall(x)
-    n, k = x.shape[-2:]
     if m == "householder":
         q = _householder_product(x)
         # The column signs: sign(diag) with sign(0) = +1, never torch's trunc (see the class
@@ -214,11 +208,12 @@ def _forward(x: Array, base: Array | None, *, m: str) -> Array:
         d = lax.stop_gradient(sign_or_one(jnp.diagonal(x, axis1=-2, axis2=-1)))
         q = q * d[..., None, :]
     else:
-        a = _skew_from_lower(x)
-        q = expm(a) if m == "matrix_exp" else cayley_half(a)
-        q = q[..., :k] if n != k else q
+        # f(A)[:, :k] for A = Y - Y^H, Y = [tril(x), 0]: S from the top block (diagonal
+        # included: its real part cancels), C = the bottom rows; 2k x 2k work when n > 2k
+        s, c = skew_blocks(x, diagonal=True)
+        q = skew_map_columns(s, c, expm if m == "matrix_exp" else cayley_half)
     if base is not None:
-        q = jnp.matmul(base, q, precision=_HIGHEST)
+        q = apply_frame(base, q)  # B @ q with B kept as its n x k frame (or given n x n)
     return mT(q) if transposed else q
 
 
@@ -376,21 +371,32 @@ class Orthogonal(Parametrization):
       matrices, ``"householder"`` otherwise (torch's rule).
 
     ``use_trivialization=True`` (default; Lezcano-Casado 2019, "Trivializations for
-    gradient-based optimization on manifolds") stores a base point ``B`` of shape
-    ``(..., n, n)`` (tall view) as non-trainable **state** and returns ``B @ Q`` (transposed back
-    if wide). The base is set by the right inverse, at registration and on every assignment
-    (torch's "dynamic trivialization": assigning the current value moves the base there and
-    resets the raw value): for a square orthogonal value (torch's ``_is_orthogonal``
-    tolerance) ``B`` is the value itself, kept exactly; otherwise ``B`` is the Q factor of its
-    QR decomposition with ``diag(R) >= 0``: orthogonal for every finite value, rank-deficient
-    or zero included (a zero ``R_jj`` keeps the Householder Q's column: ``sign(0) = +1``, where
-    torch's ``sign(0) = 0`` zeroes it; a zero kernel gives the base ``I``). A non-square value
-    is first completed to ``n x n``
-    with Gaussian columns drawn from the PRNG key given to the right inverse (torch uses its
-    global RNG), so only the first ``k`` columns of ``B`` are determined by the value. The raw
-    value returned is torch's ``-I``-like array (zeros with ``-1`` on the diagonal), on which
-    all three maps give ``eye(n, k)``, so the constrained value is the first ``k`` columns of
-    ``B``.
+    gradient-based optimization on manifolds") keeps a base point ``B`` as non-trainable
+    **state** and returns ``B @ Q`` (transposed back if wide). The base is set by the right
+    inverse, at registration and on every assignment (torch's "dynamic trivialization":
+    assigning the current value moves the base there and resets the raw value): for a square
+    orthogonal value (torch's ``_is_orthogonal`` tolerance) ``B`` is the value itself, kept
+    exactly; otherwise the Q factor of its QR decomposition with ``diag(R) >= 0``: orthogonal
+    for every finite value, rank-deficient or zero included (a zero ``R_jj`` keeps the
+    Householder Q's column: ``sign(0) = +1``, where torch's ``sign(0) = 0`` zeroes it; a zero
+    kernel gives the base ``I``). The raw value returned is torch's ``-I``-like array (zeros
+    with ``-1`` on the diagonal), on which all three maps give ``eye(n, k)``, so the
+    constrained value is the first ``k`` columns of ``B``.
+
+    **Tall and wide matrices** (issue 12; :mod:`parametrax._numerics.tall`): the state holds
+    the base as its **frame**, the ``(..., n, k)`` first columns ``Y`` (tall view), never
+    ``n x n``; ``B = [Y, Y_perp]`` with ``Y_perp`` the Householder completion of ``Y`` (the
+    columns ``jnp.linalg.qr(Y, mode="complete")`` appends), applied in O(n k²). The value at
+    the registered raw ``-I`` is ``Y`` bit for bit. Torch completes ``Y`` with random columns
+    from its global RNG (this class did too, from the key, before issue 12): the completion
+    only sets which raw coordinates name which point away from ``-I``, not the set reached
+    (``B`` is orthogonal either way, so ``x -> B Q(x)`` is onto the same set), and given the
+    same ``n x n`` base the numbers are torch's: an ``(..., n, n)`` base in the state (torch's
+    layout) is still read, and assignment keeps it ``n x n`` (completed with Gaussian
+    columns from the key, which it then requires). The ``"matrix_exp"`` and ``"cayley"`` maps
+    run on ``2k x 2k`` matrices when ``n > 2k`` (the exact map and its exact gradient, not a
+    retraction; :func:`parametrax._numerics.skew_map_columns`), so a step costs O(n k²) time
+    and O(n k) memory.
 
     ``use_trivialization=False``: no state. For ``"householder"`` the right inverse is a
     Householder QR (torch's ``geqrf`` path): ``forward(right_inverse(V))`` is the QR Q factor of
@@ -474,8 +480,9 @@ class Orthogonal(Parametrization):
 
     # --- the maps ----------------------------------------------------------------------------
     def forward(self, x: Array, *, base: Array | None = None) -> Array:
-        """Torch's ``_Orthogonal.forward`` on ``x`` with base point ``base`` (``(..., n, n)``
-        in the tall view, ``n = max`` of the last two sizes). Without ``base`` no base is
+        """Torch's ``_Orthogonal.forward`` on ``x`` with base point ``base``: its frame
+        ``(..., n, k)`` or the whole ``(..., n, n)`` base, in the tall view (``n = max``,
+        ``k = min`` of the last two sizes). Without ``base`` no base is
         applied (the map with ``use_trivialization=False``, or equivalently ``base = I``).
         ``base`` is keyword-only: a second positional array is reserved by the contract for a
         second raw array. bfloat16 / float16 are computed in float32 and cast back."""
@@ -488,12 +495,13 @@ class Orthogonal(Parametrization):
 
     def _check_base(self, base: Array, tall: Array) -> None:
         n, k = tall.shape[-2:]
-        want = tall.shape[:-2] + (n, n)
-        if tuple(base.shape) != want or base.dtype != tall.dtype:
+        frame, full = tall.shape[:-2] + (n, k), tall.shape[:-2] + (n, n)
+        if tuple(base.shape) not in (frame, full) or base.dtype != tall.dtype:
+            also = "" if n == k else f" (or a whole base of shape {full})"
             raise ShapeError(
                 f"`{self!r}`: the base point has shape {tuple(base.shape)} and dtype "
                 f"{jnp.dtype(base.dtype).name}; a value whose tall view is "
-                f"{tuple(tall.shape)} needs a base of shape {want} and dtype "
+                f"{tuple(tall.shape)} needs a base of shape {frame}{also} and dtype "
                 f"{jnp.dtype(tall.dtype).name}."
             )
 
@@ -515,16 +523,16 @@ class Orthogonal(Parametrization):
 
     # --- the variables protocol (trivialization) ---------------------------------------------
     def init_variables(self, key: Array, value: Array) -> Variables:
-        """An identity base point of shape ``(..., n, n)``; the right inverse sets the real one."""
+        """The canonical base point, as its frame ``eye(n, k)`` of shape ``(..., n, k)`` (tall
+        view); the right inverse sets the real one."""
         del key
         if not self.use_trivialization:
             return {"params": {}, "state": {}}
         value = jnp.asarray(value)
         self._check(value)
         tall, _ = _tall(value)
-        n = tall.shape[-2]
-        base = jnp.broadcast_to(jnp.eye(n, dtype=value.dtype), tall.shape[:-2] + (n, n))
-        return {"params": {}, "state": {"base": base}}
+        n, k = tall.shape[-2:]
+        return {"params": {}, "state": {"base": eye_frame(tall.shape[:-2], n, k, value.dtype)}}
 
     def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
         del update_state  # the base only moves through the right inverse
@@ -548,28 +556,29 @@ class Orthogonal(Parametrization):
         old = variables["state"].get("base")
         if old is not None:
             self._check_base(old, q)
-        base = self._new_base(widen(q), key, value.shape).astype(q.dtype)
+        full = old is not None and n != k and old.shape[-1] == n  # a whole n x n base
+        base = self._new_base(widen(q), key, value.shape, full).astype(q.dtype)
         rows, cols = value.shape[-2:]
         neg_eye = jnp.broadcast_to(-_rect_eye(rows, cols, value.dtype), value.shape)
         return neg_eye, {**variables["state"], "base": base}
 
-    def _new_base(self, q: Array, key: Array | None, shape: tuple) -> Array:
-        """The base point for the tall value ``q`` (see the class docstring)."""
+    def _new_base(self, q: Array, key: Array | None, shape: tuple, full: bool) -> Array:
+        """The base point for the tall value ``q`` (see the class docstring): its frame, or a
+        whole ``n x n`` base where the state holds one (completed with random columns)."""
         n, k = q.shape[-2:]
         if n == k:
-            base = jnp.where(_is_orthogonal(q), q, qr_positive(q))
-        else:
-            if key is None:
-                raise ParametrizationError(
-                    f"`{self!r}`: setting the base point of a non-square "
-                    f"{tuple(shape)} matrix completes it with random columns and needs a "
-                    "PRNG key; pass `key=` (e.g. `parametrax.assign(model, variables, values, "
-                    "key=key)`)."
-                )
-            noise = jax.random.normal(key, q.shape[:-2] + (n, n - k), q.dtype)
-            base = qr_positive(jnp.concatenate([q, noise], axis=-1))
-        return base
-
+            return jnp.where(_is_orthogonal(q), q, qr_positive(q))
+        if not full:
+            return qr_positive(q)
+        if key is None:
+            raise ParametrizationError(
+                f"`{self!r}`: setting a whole n x n base point for a non-square "
+                f"{tuple(shape)} matrix completes it with random columns and needs a "
+                "PRNG key; pass `key=` (e.g. `parametrax.assign(model, variables, values, "
+                "key=key)`), or keep the base as its n x k frame (what registration makes)."
+            )
+        noise = jax.random.normal(key, q.shape[:-2] + (n, n - k), q.dtype)
+        return qr_positive(jnp.concatenate([q, noise], axis=-1))
 
 cayley = Cayley()
 matrix_exp = MatrixExp()

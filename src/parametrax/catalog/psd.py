@@ -9,7 +9,9 @@ triangle of its first ``r`` columns; the rest (upper triangle, and the trailing 
 ``r < n``) is unused and gets zero gradient. So the raw value has the constrained value's shape
 (optimizers, sharding annotations and ``leave_parametrized=False`` work unchanged).
 
-State: ``{"base": (..., n, n)}``, an orthogonal matrix. ``apply_inverse(variables, A)``
+State: ``{"base": (..., n, r)}``, the base point kept as its frame (orthonormal columns,
+completed by Householder, never stored ``n x n``: :mod:`parametrax._numerics.tall`; a whole
+``(..., n, n)`` base from before issue 12 is still read). ``apply_inverse(variables, A)``
 symmetrises ``A``, takes its ``r`` largest eigenpairs, moves the base to their eigenvectors and
 stores ``f^{-1}`` of the eigenvalues on the diagonal. Eigenvalues outside the image of ``f`` are
 moved into it first: that is the projection used when registering a value that is not on the
@@ -46,12 +48,11 @@ from parametrax._numerics import (
     check_positive_int,
     complete,
     default_atol,
-    eye_batch,
+    eye_frame,
     haar,
     mT,
     widen,
     require_rank,
-    require_shape,
     require_square,
 )
 from parametrax._numerics import scalar as S
@@ -128,15 +129,15 @@ class _SymEigen(T.Trivialized):
     # --- variables protocol ---------------------------------------------------------------------
     def init_variables(self, key: Array, value: Array) -> Variables:
         del key
-        self._rank(value)
+        r = self._rank(value)
         n = value.shape[-1]
-        return {"params": {}, "state": {"base": eye_batch(value.shape[:-2], n, value.dtype)}}
+        return {"params": {}, "state": {"base": eye_frame(value.shape[:-2], n, r, value.dtype)}}
 
     def _compute(self, base: Array, x: Array) -> Array:
         r = self._rank(x)
         n = x.shape[-1]
         dtype = x.dtype
-        require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
+        T.require_base(self, base, n, r, "the base point `state['base']`")
         x, base = widen(x), widen(base)
         q = T.stiefel_point(base, x[..., :, :r], self.triv)
         lam = jnp.diagonal(x, axis1=-2, axis2=-1)[..., :r]
@@ -150,7 +151,8 @@ class _SymEigen(T.Trivialized):
     def forward(self, x: Array) -> Array:
         """The map at the canonical base (the identity), without state."""
         self._rank(x)
-        return self._compute(eye_batch(x.shape[:-2], x.shape[-1], x.dtype), x)
+        n = x.shape[-1]
+        return self._compute(eye_frame(x.shape[:-2], n, self._rank(x), x.dtype), x)
 
     def apply_inverse(self, variables: Variables, value: Array, *, key=None):
         del key
@@ -167,7 +169,10 @@ class _SymEigen(T.Trivialized):
             w_r = S.raise_small(w_r, top, self._keep(value.dtype), value.dtype)
         lam = inv(w_r)
         raw = _set_diag(jnp.zeros_like(value), lam.astype(value.dtype))
-        return raw, {**variables["state"], "base": complete(v_r).astype(value.dtype)}
+        old = variables["state"].get("base")
+        if old is not None and r < n and old.shape[-1] == n:  # a whole base stays whole
+            v_r = complete(v_r)
+        return raw, {**variables["state"], "base": v_r.astype(value.dtype)}
 
     def right_inverse(self, value: Array) -> Array:
         raise NotImplementedError(

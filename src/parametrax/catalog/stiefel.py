@@ -3,12 +3,14 @@ a base point kept as state.
 
 Every entry here owns state (the variables protocol of :class:`parametrax.Parametrization`)::
 
-    variables = p.init_variables(key, W)            # {"params": {}, "state": {"base": (..., N, N)}}
+    variables = p.init_variables(key, W)            # {"params": {}, "state": {"base": (..., N, K)}}
     raw, state = p.apply_inverse(variables, W, key=key)   # base <- W (projected), raw <- 0
     Q, _ = p.apply({"params": {}, "state": state}, raw)   # Q == W, exactly, for W on the manifold
 
 The forward map is ``Q = (B @ triv(A))[..., :, :K]`` with ``B`` the base (an ``N x N``
-orthogonal matrix, ``N = max(n, k)``, ``K = min(n, k)``) and ``A`` the ``N x N`` skew matrix
+orthogonal matrix, ``N = max(n, k)``, ``K = min(n, k)``, kept in the state as its ``N x K``
+frame ``Y`` and completed to ``B = [Y, Y_perp]`` by Householder, never stored ``N x N``; a
+whole ``N x N`` base from before issue 12 is still read) and ``A`` the ``N x N`` skew matrix
 ``[[S, -Cᵀ], [C, 0]]`` read from the raw array: ``S`` (K x K) from the strict lower triangle of
 its top block and ``C`` from its bottom ``N - K`` rows. The raw array has the value's shape; its
 upper triangle (diagonal included) is unused and gets zero gradient. Wide matrices (n < k) are
@@ -18,11 +20,16 @@ the smaller side, as in torch and geotorch, so a Flax ``(in, out)`` kernel and a
 
 ``triv`` is ``"expm"`` (the matrix exponential, surjective), ``"cayley"``
 (``(I - A/2)^{-1}(I + A/2)``, cheaper, misses rotations by π) or any hashable callable mapping
-one ``N x N`` skew matrix to an orthogonal one (it is vmapped over leading axes).
+one ``N x N`` skew matrix to an orthogonal one (it is vmapped over leading axes). The two named
+maps never build ``A``: ``triv(A)[:, :K]`` is computed exactly from a ``2K x 2K`` matrix when
+``N > 2K`` (:mod:`parametrax._numerics.tall`), so a step costs O(N K²) time and O(N K)
+memory; a callable gets the dense ``N x N`` ``A`` its contract promises.
 
 Dynamic trivialization (geotorch's ``update_base``): ``p.update_base(variables, raw)`` returns
-``(zeros, {"base": B @ triv(A)})``: the base moves to the current point and the raw array is
-reset, the constrained value is unchanged. On whole trees, use
+``(zeros, {"base": Y'})`` with ``Y'`` the current point (one Newton–Schulz step on the
+``N x K`` frame): the base moves there and the raw array is reset, the constrained value is
+unchanged. The new base is completed by Householder from ``Y'`` (not ``(B triv(A))[:, K:]``):
+the same point at raw zero, the same set, other coordinates away from it. On whole trees, use
 :func:`parametrax.tree.update_base`, which works inside ``jax.jit`` (``when=``).
 """
 
@@ -35,9 +42,9 @@ import jax.numpy as jnp
 from parametrax._core import Variables
 from parametrax._errors import describe
 from parametrax._numerics import (
-    complete,
     default_atol,
-    eye_batch,
+    complete,
+    eye_frame,
     haar,
     haar_special,
     keep_or_project,
@@ -46,7 +53,6 @@ from parametrax._numerics import (
     orthonormality_error,
     polar,
     require_matrix,
-    require_shape,
     require_square,
     special_polar,
     torus,
@@ -84,16 +90,17 @@ class _OrthogonalFamily(T.Trivialized):
 
     # --- the variables protocol -----------------------------------------------------------------
     def init_variables(self, key: Array, value: Array) -> Variables:
-        """The canonical base (the identity); :meth:`apply_inverse` moves it to a value."""
+        """The canonical base (the identity) as its frame ``eye(N, K)``; :meth:`apply_inverse`
+        moves it to a value."""
         del key
         self._check(value)
-        n = max(value.shape[-2:])
-        return {"params": {}, "state": {"base": eye_batch(value.shape[:-2], n, value.dtype)}}
+        n, k = max(value.shape[-2:]), min(value.shape[-2:])
+        return {"params": {}, "state": {"base": eye_frame(value.shape[:-2], n, k, value.dtype)}}
 
     def _base(self, variables: Variables, x: Array) -> Array:
         base = variables["state"]["base"]
-        n = max(x.shape[-2:])
-        require_shape(self, base.shape[-2:], (n, n), "the base point `state['base']`")
+        n, k = max(x.shape[-2:]), min(x.shape[-2:])
+        T.require_base(self, base, n, k, "the base point `state['base']`")
         return base
 
     def apply(self, variables: Variables, x: Array, *, update_state: bool = False):
@@ -108,8 +115,8 @@ class _OrthogonalFamily(T.Trivialized):
     def forward(self, x: Array) -> Array:
         """The map at the canonical base ``B = I``: ``triv(A)[..., :, :K]`` (no state)."""
         self._check(x)
-        n = max(x.shape[-2:])
-        base = eye_batch(x.shape[:-2], n, x.dtype)
+        n, k = max(x.shape[-2:]), min(x.shape[-2:])
+        base = eye_frame(x.shape[:-2], n, k, x.dtype)
         return self.apply({"params": {}, "state": {"base": base}}, x)[0]
 
     def project(self, value: Array) -> Array:
@@ -139,8 +146,11 @@ class _OrthogonalFamily(T.Trivialized):
         del key
         self._check(value)
         y = self._tall(self._project_wide(value))
-        base = complete(y).astype(value.dtype)
-        return jnp.zeros_like(value), {**variables["state"], "base": base}
+        old = variables["state"].get("base")
+        n, k = y.shape[-2:]
+        if old is not None and k < n and old.shape[-1] == n:  # a whole base stays whole
+            y = complete(y)
+        return jnp.zeros_like(value), {**variables["state"], "base": y.astype(value.dtype)}
 
     def right_inverse(self, value: Array) -> Array:
         raise NotImplementedError(
