@@ -753,14 +753,27 @@ EVERY_ENTRY = [
     Cholesky(f=jnp.exp),
     px.Hurwitz(alpha=0.1),
     px.CorrelationCholesky(),
+    px.ProductManifold((Positive(), Simplex()), sizes=(2, 2)),
+    px.ProductManifold((px.Stiefel(triv="cayley"), None), sizes=(2, 2)),
 ]
 _SQ = (4, 4)
+# Entries whose raw value cannot be a 4 x 4 matrix, with the shape they take.
+SHAPED_ENTRIES = [
+    (px.ConvSpectralNorm((5,)), (3, 2, 2)),  # a 1-D conv kernel (width, in, out)
+    (px.ConvSpectralNorm((4,), padding="CIRCULAR", exact=True), (3, 2, 2)),
+]
+_ALL = [(p, _SQ) for p in EVERY_ENTRY] + SHAPED_ENTRIES
+
+
+def _raw_like(key, shape):
+    eye = jnp.eye(shape[-1]) if shape[-1] == shape[-2] else 0.0
+    return 0.3 * jax.random.normal(key, shape) + eye
 
 
 def test_every_exported_entry_is_in_every_entry():
     from parametrax import catalog
 
-    have = {type(p) for p in EVERY_ENTRY}
+    have = {type(p) for p, _ in _ALL}
     missing = [n for n in catalog.__all__ if isinstance(getattr(catalog, n), type)
                and getattr(catalog, n) not in have]
     assert not missing, missing
@@ -777,9 +790,9 @@ def _value_of(p, raw):
     return p.forward
 
 
-@pytest.mark.parametrize("p", EVERY_ENTRY, ids=repr)
-def test_has_right_inverse_is_true_exactly_where_assignment_works(p):
-    raw = 0.3 * jax.random.normal(KEY, _SQ) + jnp.eye(4)
+@pytest.mark.parametrize("p,shape", _ALL, ids=repr)
+def test_has_right_inverse_is_true_exactly_where_assignment_works(p, shape):
+    raw = _raw_like(KEY, shape)
     value = _value_of(p, raw)(raw)
     spec = {"w": p}
     r, s = ptree.register(spec, {"w": value}, key=KEY, unsafe=True)
@@ -791,19 +804,21 @@ def test_has_right_inverse_is_true_exactly_where_assignment_works(p):
             ptree.assign(spec, r, s, {"w": value}, key=KEY)
 
 
-@pytest.mark.parametrize("p", EVERY_ENTRY, ids=repr)
-def test_forward_mode_derivatives_work_on_every_entry(p):
+@pytest.mark.parametrize("p,shape", _ALL, ids=repr)
+def test_forward_mode_derivatives_work_on_every_entry(p, shape):
     """jax.jvp and jax.jacfwd run (no custom_vjp anywhere on the path) and agree with reverse
     mode and with central finite differences."""
     k1, k2 = jax.random.split(jax.random.key(7))
-    raw = 0.3 * jax.random.normal(k1, _SQ) + jnp.eye(4)
-    t = jax.random.normal(k2, _SQ)
+    raw = _raw_like(k1, shape)
+    t = jax.random.normal(k2, shape)
     f = _value_of(p, raw)
     _, jvp = jax.jvp(f, (raw,), (t,))
     jf = jax.jacfwd(f)(raw)
     jr = jax.jacrev(f)(raw)
     np.testing.assert_allclose(jf, jr, atol=1e-4, rtol=1e-3)
-    np.testing.assert_allclose(jvp, jnp.tensordot(jf, t, axes=2), atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(
+        jvp, jnp.tensordot(jf, t, axes=len(shape)), atol=1e-4, rtol=1e-3
+    )
     eps = 1e-3
     fd = (f(raw + eps * t) - f(raw - eps * t)) / (2 * eps)
     np.testing.assert_allclose(jvp, fd, atol=3e-2 * max(1.0, float(jnp.max(jnp.abs(fd)))))

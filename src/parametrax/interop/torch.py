@@ -735,6 +735,19 @@ def _set(tree: dict, path: str, value) -> None:
     node[last] = value
 
 
+def _whole_base_for_frame(path: str, got: tuple, want: tuple) -> bool:
+    """torch keeps a non-square orthogonal weight's whole ``n x n`` base; a parametrax template
+    holds the ``n x k`` frame (its first ``k`` columns; the rest is completed by Householder).
+    Both are read by the orthogonal family, and only the whole base keeps torch's raw
+    coordinates exact away from raw = 0, so the loader keeps it."""
+    return (
+        path.endswith("/base")
+        and len(got) == len(want) >= 2
+        and got[:-1] == want[:-1]
+        and got[-1] == got[-2] > want[-1]
+    )
+
+
 def _merge(template: Mapping, out: dict, origin: dict, strict: bool) -> dict:
     flat = flatten(_plain_dict(template))
     unexpected = sorted(p for p in out if p not in flat)
@@ -750,6 +763,7 @@ def _merge(template: Mapping, out: dict, origin: dict, strict: bool) -> dict:
         f"{tuple(np.shape(flat[p]))}"
         for p in sorted(out)
         if tuple(out[p].shape) != tuple(np.shape(flat[p]))
+        and not _whole_base_for_frame(p, tuple(out[p].shape), tuple(np.shape(flat[p])))
     ]
     if bad:
         raise ShapeError(
