@@ -203,15 +203,17 @@ def _expm_impl(a: Array, out_dtype: str, differentiable: bool) -> Array:
     r = _taylor(x, m, p)
     k = jnp.zeros(s.shape, jnp.int32)
     r, k = (_square_tree if differentiable else _square_loop)(r, k, s, skew, herm)
-    r = _ns_where(r, skew & (s >= _NS_FROM))
+    fix = skew & (s >= _NS_FROM)
+    r = lax.cond(jnp.any(fix), lambda r: _ns_where(r, fix), lambda r: r, r)
     # Hermitian: exp(A) = R 2^k with R's largest entry (on its diagonal: R is positive
     # definite) in [1/2, 1). Clamp k so that the largest entry lies in [tiny / eps, max / 2].
     info = jnp.finfo(out_dtype)  # the range of the dtype the result is cast to
-    top = jnp.max(jnp.real(jnp.diagonal(r, axis1=-2, axis2=-1)), axis=-1)
+    top = lax.stop_gradient(jnp.max(jnp.real(jnp.diagonal(r, axis1=-2, axis2=-1)), axis=-1))
     top = jnp.log2(jnp.maximum(top, jnp.finfo(top.dtype).tiny))
     hi = math.log2(float(info.max)) - 1.0 - top
     lo = math.log2(float(info.tiny)) - math.log2(float(info.eps)) - top
-    k = jnp.where(herm, jnp.clip(k.astype(top.dtype), lo, hi), 0.0)
+    # The factor is a constant to derivatives (it is 2^integer unless clamped).
+    k = lax.stop_gradient(jnp.where(herm, jnp.clip(k.astype(top.dtype), lo, hi), 0.0))
     for _ in range(2):  # two factors: 2^k alone can overflow while the product does not
         r = r * jnp.exp2(0.5 * k).astype(r.dtype)[..., None, None]
     over = (s_all > _MAX_SQUARINGS) & ~skew & ~herm
