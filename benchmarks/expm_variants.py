@@ -1,4 +1,7 @@
-"""An experiment, not library code: what a reverse-mode-only matrix exponential would save.
+"""Experiments around the matrix exponential (not library code). `python benchmarks/expm_variants.py`
+compares the library's expm with jax.scipy.linalg.expm and its previous version (bottom of the file).
+
+The first experiment: what a reverse-mode-only matrix exponential would save.
 
 ``jax.scipy.linalg.expm`` picks a Padé degree with ``lax.switch`` and then undoes the scaling
 with a ``lax.scan`` of 16 ``lax.cond`` steps (so that it stays reverse-differentiable whatever
@@ -90,3 +93,110 @@ def expm_reverse_only(a):
     r = jnp.linalg.solve(v - u, v + u)
     r = _square(r, jnp.minimum(s, MAX_SQUARINGS).astype(jnp.int32))
     return jnp.where(s > MAX_SQUARINGS, jnp.nan, r)
+
+
+# ------------------------------------------------------------------------------------------------
+# The library's expm against jax.scipy.linalg.expm and the library's previous one (issue 15.3)
+# ------------------------------------------------------------------------------------------------
+def expm_previous(a):
+    """parametrax's expm before issue 15 (float32 path): scale to 1-norm <= 1, Taylor degree 11
+    by Paterson–Stockmeyer, squarings in a fixed 32-step ``fori_loop`` of ``lax.cond``."""
+    import math
+
+    n = a.shape[-1]
+    eye = jnp.eye(n, dtype=a.dtype)
+    norm = jnp.max(jnp.sum(jnp.abs(a), axis=-2), axis=-1)
+    s = jnp.clip(jnp.ceil(jnp.log2(jnp.maximum(norm, 1.0))), 0, 32).astype(jnp.int32)
+    x = a * jnp.exp2(-s.astype(a.dtype))[..., None, None]
+    powers = [eye, x]
+    for _ in range(3):
+        powers.append(_dot(powers[-1], x))
+    coef = [1.0 / math.factorial(k) for k in range(12)]
+
+    def block(j):
+        return sum((coef[j * 4 + i] * powers[i] for i in range(1, 4)), coef[j * 4] * eye)
+
+    t = block(2)
+    for j in (1, 0):
+        t = _dot(t, powers[4]) + block(j)
+    s_max, todo = jnp.max(s), s[..., None, None]
+
+    def square(i, r):
+        return lax.cond(i < s_max, lambda m: jnp.where(i < todo, _dot(m, m), m), lambda m: m, r)
+
+    return lax.fori_loop(0, 32, square, t)
+
+
+def thetas(u_bits=(24, 53), degrees=(6, 8, 9, 12, 15, 16, 18, 20)):
+    """theta_m: the largest ||X||_1 with sum_{k>m} |c_k| theta^(k-1) <= u, c_k the power series
+    of log(exp(-x) T_m(x)) (the backward error of the degree-m Taylor polynomial), in 60-digit
+    mpmath. The table behind ``parametrax._numerics.linalg._TAYLOR``."""
+    import mpmath as mp
+
+    mp.mp.dps = 60
+    out = {}
+    for m in degrees:
+        big = m + 80
+        g = [mp.fsum((-1) ** i / mp.factorial(i) / mp.factorial(k - i) for i in range(max(0, k - m), k + 1))
+             for k in range(big)]
+        g[0] -= 1  # exp(-x) T_m(x) - 1 = O(x^(m+1))
+        series, power = [mp.mpf(0)] * big, [mp.mpf(1)] + [mp.mpf(0)] * (big - 1)
+        for j in range(1, big // (m + 1) + 2):  # log(1 + g) = sum (-1)^(j+1) g^j / j
+            power = [mp.fsum(power[i] * g[k - i] for i in range(k + 1)) for k in range(big)]
+            series = [c + (-1) ** (j + 1) * q / j for c, q in zip(series, power)]
+        for bits in u_bits:
+            u = mp.mpf(2) ** -bits
+            lo, hi = mp.mpf("1e-6"), mp.mpf(20)
+            for _ in range(80):
+                mid = (lo + hi) / 2
+                bound = mp.fsum(abs(series[k]) * mid ** (k - 1) for k in range(m + 1, big))
+                lo, hi = (mid, hi) if bound <= u else (lo, mid)
+            out[(m, bits)] = float(lo)
+    return out
+
+
+def compare(sizes=(8, 16, 32, 64), batches=(1, 8), reps=15, inner=10, scale=5.0):
+    """Forward and forward+backward time of the three, interleaved (best of ``reps``), on
+    skew-symmetric matrices of Frobenius norm ``scale``; ratios against jax.scipy.linalg.expm."""
+    import time
+
+    import numpy as np
+
+    from parametrax._numerics import expm
+
+    fns = {"jsl": jax.scipy.linalg.expm, "previous": expm_previous, "parametrax": expm}
+    print(f"{'batch':>5} {'n':>4} | " + " | ".join(f"{k} fwd / grad (us)" for k in fns)
+          + " | speed-up vs jsl fwd / grad")
+    for b in batches:
+        for n in sizes:
+            rng = np.random.default_rng(n)
+            g = rng.standard_normal((b, n, n))
+            a = g - np.swapaxes(g, -1, -2)
+            a = jnp.asarray(a / np.linalg.norm(a, axis=(-2, -1), keepdims=True) * scale, jnp.float32)
+            w = jnp.asarray(rng.standard_normal(a.shape), jnp.float32)
+            calls = [jax.jit(f) for f in fns.values()]
+            calls += [jax.jit(jax.grad(lambda a, f=f: jnp.sum(f(a) * w))) for f in fns.values()]
+            best = [1e9] * len(calls)
+            for c in calls:
+                jax.block_until_ready(c(a))
+            for _ in range(reps):
+                for i, c in enumerate(calls):
+                    t = time.perf_counter()
+                    for _ in range(inner):
+                        r = c(a)
+                    jax.block_until_ready(r)
+                    best[i] = min(best[i], (time.perf_counter() - t) / inner * 1e6)
+            k = len(fns)
+            cells = [f"{best[i]:7.1f} / {best[k + i]:7.1f}" for i in range(k)]
+            print(f"{b:>5} {n:>4} | " + " | ".join(cells)
+                  + f" | {best[0] / best[k - 1]:.2f} / {best[k] / best[2 * k - 1]:.2f}", flush=True)
+
+
+if __name__ == "__main__":  # OPENBLAS_NUM_THREADS=1 python benchmarks/expm_variants.py [--theta]
+    import sys
+
+    if "--theta" in sys.argv[1:]:
+        for (m, bits), th in thetas().items():
+            print(f"m = {m:2d}  u = 2^-{bits}: theta = {th:.12g}")
+    else:
+        compare()

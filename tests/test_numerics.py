@@ -376,3 +376,137 @@ def test_the_one_expm_matches_float64_scipy(kind, dt, tol):
     for ai, gi in zip(a, got):
         ref = scipy.linalg.expm(ai.astype(np.float64))
         assert np.linalg.norm(gi - ref) <= tol * np.linalg.norm(ref)
+
+
+# --- the one expm (issue 15.3 / 16): accuracy per matrix, derivatives, huge norms ---------------
+def _mixed_batch(kind, rng, n=6, norms=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)):
+    mats = []
+    for norm in norms:
+        g = rng.standard_normal((n, n))
+        a = {"skew": g - g.T, "symmetric": g + g.T, "general": g}[kind]
+        mats.append(a / np.linalg.norm(a, 1) * norm)
+    return np.stack(mats)
+
+
+@pytest.mark.parametrize("kind", ["skew", "symmetric", "general"])
+def test_expm_mixed_norm_batch_matches_float64_scipy_per_matrix(kind):
+    """One batch with 1-norms 1e-3..1e3: every matrix keeps its own scaling, so each is as
+    accurate as alone. Oracle: float64 scipy.linalg.expm of the same float32 input. Bound:
+    the condition of exp times u (float32: u = 6e-8): relative error <= 20 u (1 + ||A||_1),
+    and for the matrices that overflow float32 (symmetric/general at norm 1e3) only finiteness
+    of the symmetric clamp (tested below)."""
+    import scipy.linalg
+
+    from parametrax._numerics import expm
+
+    a = _mixed_batch(kind, np.random.default_rng(3)).astype(np.float32)
+    got = np.asarray(expm(jnp.asarray(a)), np.float64)
+    alone = np.stack([np.asarray(expm(jnp.asarray(ai)), np.float64) for ai in a])
+    np.testing.assert_array_equal(got, alone)  # batching does not change any matrix's value
+    u = 2.0**-24
+    for ai, gi in zip(a, got):
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = scipy.linalg.expm(ai.astype(np.float64))
+        if not np.all(np.isfinite(ref)) or np.max(np.abs(ref)) > 1e38:
+            continue
+        err = np.linalg.norm(gi - ref) / np.linalg.norm(ref)
+        assert err <= 20 * u * (1 + np.abs(ai).sum(0).max()), (kind, np.abs(ai).sum(0).max(), err)
+
+
+@pytest.mark.parametrize("kind", ["skew", "symmetric", "general"])
+def test_expm_jvp_and_grad_match_finite_differences(kind):
+    """Forward mode (jvp, jacfwd) and reverse mode (grad) against central differences of
+    float64 scipy.linalg.expm, at norms that need 0, a few and many squarings."""
+    import scipy.linalg
+
+    from parametrax._numerics import expm
+
+    rng = np.random.default_rng(5)
+    for norm in (0.3, 8.0, 60.0):
+        a = _mixed_batch(kind, rng, n=4, norms=(norm,))[0]
+        e = rng.standard_normal((4, 4))
+        w = rng.standard_normal((4, 4))
+        h = 1e-6 * max(1.0, norm)
+        fd = (scipy.linalg.expm(a + h * e) - scipy.linalg.expm(a - h * e)) / (2 * h)
+        scale = np.linalg.norm(fd) + 1e-30
+        aj, ej, wj = (jnp.asarray(x, jnp.float32) for x in (a, e, w))
+        _, tangent = jax.jvp(expm, (aj,), (ej,))
+        assert np.linalg.norm(np.asarray(tangent, np.float64) - fd) <= 2e-4 * (1 + norm) * scale
+        jac = np.asarray(jax.jacfwd(expm)(aj), np.float64)  # (4, 4, 4, 4)
+        np.testing.assert_allclose(np.einsum("ijkl,kl->ij", jac, e), tangent, rtol=1e-4,
+                                   atol=1e-5 * scale)
+        grad = np.asarray(jax.grad(lambda x: jnp.sum(expm(x) * wj))(aj), np.float64)
+        # <grad, E> = <W, L(A, E)>: the adjoint checked against the same differences.
+        assert abs(np.sum(grad * e) - np.sum(w * fd)) <= 2e-4 * (1 + norm) * np.linalg.norm(w) * scale
+
+
+def test_expm_value_is_the_same_with_and_without_derivatives():
+    """The value runs a while_loop, derivatives a cond per bit of s: same arithmetic."""
+    from parametrax._numerics import expm
+
+    a = jnp.asarray(_mixed_batch("skew", np.random.default_rng(6), n=5), jnp.float32)
+    value = expm(a)
+    primal, _ = jax.jvp(expm, (a,), (a,))
+    np.testing.assert_allclose(np.asarray(primal), np.asarray(value), rtol=0, atol=2e-7)
+
+
+@pytest.mark.parametrize("norm", [1e2, 1e4, 1e6, 1e9, 1e12, 1e20, 1e38])
+def test_expm_of_skew_stays_orthogonal_at_any_finite_norm(norm):
+    """The Newton–Schulz steps keep exp(skew) orthogonal to rounding whatever the norm (before
+    issue 16 the error grew as 5e-8 ||A||_1: 6e-4 at 1e4, 0.5 at 1e7)."""
+    from parametrax._numerics import expm
+
+    g = np.random.default_rng(7).standard_normal((3, 8, 8))
+    a = g - np.swapaxes(g, -1, -2)
+    a = jnp.asarray(a / np.abs(a).sum(-2).max(-1)[:, None, None] * norm, jnp.float32)
+    q = expm(a)
+    assert bool(jnp.all(jnp.isfinite(q)))
+    assert orth_err(q) < 1e-6, (norm, orth_err(q))
+    assert np.all(np.linalg.det(f64(q)) > 0)
+    g = jax.grad(lambda x: jnp.sum(expm(x)[..., 0, :]))(a)
+    assert bool(jnp.all(jnp.isfinite(g)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=lambda d: jnp.dtype(d).name)
+def test_expm_of_symmetric_is_finite_positive_definite_where_exp_overflows(dtype):
+    """exp of a symmetric matrix whose largest eigenvalue exceeds log(max) of the dtype (88.7
+    float32 / bfloat16, 11.1 float16) is clamped: scaled so its largest entry is at most max/2,
+    still symmetric positive definite, never inf. Below that it is exp(A)."""
+    import scipy.linalg
+
+    from parametrax._numerics import expm
+
+    rng = np.random.default_rng(8)
+    g = rng.standard_normal((4, 4))
+    s = (g + g.T) / np.linalg.norm(g + g.T, 2)
+    big = float(np.log(float(jnp.finfo(dtype).max)))
+    for lam in (0.5 * big, 2 * big, 1e3 * big):
+        a = jnp.asarray(s * lam + 0.1 * np.eye(4) * lam, dtype)
+        y = f64(expm(a))
+        assert np.all(np.isfinite(y)) and np.max(np.abs(y)) <= float(jnp.finfo(dtype).max)
+        assert np.max(np.abs(y - y.T)) == 0
+        w = np.linalg.eigvalsh(y)
+        assert w[-1] > 0 and w[0] >= -ORTH_TOL[dtype] * w[-1]
+        if lam < big:
+            ref = scipy.linalg.expm(f64(a))
+            assert np.linalg.norm(y - ref) <= 10 * EPS[dtype] * lam * np.linalg.norm(ref)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=lambda d: jnp.dtype(d).name)
+def test_expm_half_precision_is_float32_rounded(dtype):
+    """bfloat16 / float16 are computed in float32 and rounded once at the end."""
+    from parametrax._numerics import expm
+
+    a = jnp.asarray(_mixed_batch("general", np.random.default_rng(9), norms=(0.1, 1.0, 3.0)), dtype)
+    got = expm(a)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expm(a.astype(jnp.float32)).astype(dtype)))
+    q = expm(jnp.asarray(_mixed_batch("skew", np.random.default_rng(9), norms=(1.0, 30.0)), dtype))
+    assert orth_err(q) < ORTH_TOL[dtype]
+
+
+def test_expm_beyond_the_squaring_cap_is_nan_for_general_input():
+    from parametrax._numerics import expm
+
+    a = jnp.asarray(np.diag([1e10, 0.0, 0.0]) + np.triu(np.ones((3, 3)), 1), jnp.float32)
+    assert bool(jnp.all(jnp.isnan(expm(a))))

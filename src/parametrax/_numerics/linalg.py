@@ -7,13 +7,14 @@ Helpers with loops or LAPACK calls are jitted at module level, so that eager cal
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from parametrax._numerics.checks import widened
+from parametrax._numerics.checks import widen, widened
 
 Array = jax.Array
 
@@ -84,29 +85,31 @@ def max_abs(x: Array) -> Array:
 # ------------------------------------------------------------------------------------------------
 # The matrix exponential
 # ------------------------------------------------------------------------------------------------
-_MAX_SQUARINGS = 32
+# Per real bit width: Taylor degree m, Paterson–Stockmeyer block size p, and theta_m, the largest
+# 1-norm of X at which T_m(X) = exp(X + E) with ||E|| <= u ||X|| (u = 2^-24, 2^-53): the bound
+# sum_k |c_k| theta^(k-1) <= u over the power series log(exp(-x) T_m(x)) = sum_{k>m} c_k x^k
+# (Higham 2005; Al-Mohy and Higham 2009), solved with 60-digit mpmath by
+# ``python benchmarks/expm_variants.py --theta``. The degrees minimise products + squarings
+# (p + m/p - 2 products for the polynomial, log2(||X||_1 / theta) squarings).
+_TAYLOR = {32: (12, 4, 1.46166150721), 64: (16, 4, 0.780287425663)}
+_SQUARING_BITS = 5
+_MAX_SQUARINGS = 2**_SQUARING_BITS - 1  # 31: 1-norms up to 3.1e9 (float32), 1.7e9 (float64)
+_NS_EVERY = 8  # skew(-Hermitian) input: one Newton–Schulz step after every 8th squaring ...
+_NS_FROM = 3  # ... and one at the end when at least 3 squarings ran
 
 
-@jax.jit
-def _expm(a: Array) -> Array:
-    dtype = a.dtype
-    n = a.shape[-1]
-    eye = jnp.eye(n, dtype=dtype)
-    if a.size == 0:
-        return jnp.broadcast_to(eye, a.shape)
-    p, q = (5, 4) if jnp.finfo(dtype).bits > 32 else (4, 3)
-    norm = jnp.max(jnp.sum(jnp.abs(a), axis=-2), axis=-1)  # the 1-norm of every matrix
-    s = jnp.ceil(jnp.log2(jnp.maximum(norm, 1.0)))
-    s = jnp.clip(s, 0, _MAX_SQUARINGS).astype(jnp.int32)
-    x = a * jnp.exp2(-s.astype(norm.dtype)).astype(dtype)[..., None, None]
+def _mm(u: Array, v: Array) -> Array:
+    return jnp.matmul(u, v, precision=HIGHEST)
 
-    def mm(u, v):
-        return jnp.matmul(u, v, precision=HIGHEST)
 
+def _taylor(x: Array, m: int, p: int) -> Array:
+    """``sum_{k<=m} x^k / k!`` by Paterson–Stockmeyer: ``p - 1`` products for ``x^2..x^p``,
+    then ``m/p - 1`` Horner steps in ``x^p``."""
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
     powers = [eye, x]
     for _ in range(p - 1):
-        powers.append(mm(powers[-1], x))
-    coef = [1.0 / math.factorial(k) for k in range(p * q)]
+        powers.append(_mm(powers[-1], x))
+    coef = [1.0 / math.factorial(k) for k in range(m + 1)]
 
     def block(j: int) -> Array:
         out = coef[j * p] * eye
@@ -114,41 +117,163 @@ def _expm(a: Array) -> Array:
             out = out + coef[j * p + i] * powers[i]
         return out
 
-    t = block(q - 1)
-    for j in range(q - 2, -1, -1):
-        t = mm(t, powers[p]) + block(j)
+    t = coef[m] * powers[p] + block(m // p - 1)
+    for j in range(m // p - 2, -1, -1):
+        t = _mm(t, powers[p]) + block(j)
+    return t
 
+
+def _ns_where(r: Array, mask: Array) -> Array:
+    """One Newton–Schulz step ``R (3I - R^H R) / 2`` on the matrices where ``mask``, as a
+    value-only correction: its derivative is the identity (the step moves a nearly unitary R
+    by O(rounding), so the derivative stays the exponential's own)."""
+    eye = jnp.eye(r.shape[-1], dtype=r.dtype)
+    fixed = _mm(r, 1.5 * eye - 0.5 * _mm(mH(r), r))
+    delta = lax.stop_gradient(jnp.where(mask[..., None, None], fixed - r, jnp.zeros_like(r)))
+    return r + delta
+
+
+def _renormalise(r: Array, k: Array, mask: Array) -> tuple[Array, Array]:
+    """Hermitian input: divide ``R`` by the power of two of its largest diagonal entry (exact)
+    and add that exponent to ``k`` (``exp(A) = R 2^k``), so that no squaring over- or
+    underflows; other matrices pass unchanged."""
+    top = jnp.max(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)), axis=-1)
+    e = jnp.where(mask & (top > 0) & jnp.isfinite(top), jnp.frexp(top)[1], 0)
+    return r * jnp.exp2(-e.astype(k.dtype)).astype(r.dtype)[..., None, None], k + e
+
+
+def _square_loop(r: Array, k: Array, s: Array, skew: Array, herm: Array):
+    """``s`` squarings per matrix in a ``while_loop`` of ``max(s)`` steps (no derivative: used
+    for the primal value only, see :func:`_expm_jvp`)."""
     s_max = jnp.max(s)
-    todo = s[..., None, None]
 
-    def square(i, r):
-        def step(m):
-            return jnp.where(i < todo, mm(m, m), m)
+    def body(carry):
+        i, r, k = carry
+        on = i < s
+        r = jnp.where(on[..., None, None], _mm(r, r), r)
+        k = jnp.where(on, 2 * k, k)
+        r, k = _renormalise(r, k, herm & on)
+        fix = skew & on & ((i + 1) % _NS_EVERY == 0)
+        r = lax.cond(jnp.any(fix), lambda r: _ns_where(r, fix), lambda r: r, r)
+        return i + 1, r, k
 
-        return lax.cond(i < s_max, step, lambda m: m, r)
-
-    return lax.fori_loop(0, _MAX_SQUARINGS, square, t)
+    return lax.while_loop(lambda c: c[0] < s_max, body, (jnp.int32(0), r, k))[1:]
 
 
-@widened
+def _square_tree(r: Array, k: Array, s: Array, skew: Array, herm: Array):
+    """The same squarings (and Newton–Schulz steps and renormalisations, at the same counts)
+    as :func:`_square_loop`, differentiable: one ``lax.cond`` per bit of ``s``, highest first,
+    each running ``2^b`` unrolled squarings. Every bit's block starts at a multiple of 8
+    squarings, so the Newton–Schulz positions inside a block are static."""
+    for b in range(_SQUARING_BITS - 1, -1, -1):
+        bit = ((s >> b) & 1) > 0
+
+        def chunk(rk, n_sq=2**b, bit=bit):
+            y, ky = rk
+            for j in range(1, n_sq + 1):
+                y, ky = _renormalise(_mm(y, y), 2 * ky, herm)
+                if j % _NS_EVERY == 0:
+                    y = _ns_where(y, skew)
+            return jnp.where(bit[..., None, None], y, rk[0]), jnp.where(bit, ky, rk[1])
+
+        r, k = lax.cond(jnp.any(bit), chunk, lambda rk: rk, (r, k))
+    return r, k
+
+
+def _expm_impl(a: Array, out_dtype: str, differentiable: bool) -> Array:
+    n = a.shape[-1]
+    eye = jnp.eye(n, dtype=a.dtype)
+    if a.size == 0:
+        return jnp.broadcast_to(eye, a.shape)
+    m, p, theta = _TAYLOR[jnp.finfo(a.dtype).bits]
+    ah = mH(a)
+    skew = jnp.all(a == -ah, axis=(-2, -1))
+    herm = jnp.all(a == ah, axis=(-2, -1)) & ~skew
+    # Scaling: per matrix, the fewest squarings that bring the 1-norm to theta.
+    norm = lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(a), axis=-2), axis=-1))
+    s_all = jnp.ceil(jnp.log2(jnp.maximum(norm / theta, 1.0)))
+    s_all = jnp.where(jnp.isfinite(s_all), jnp.minimum(s_all, 2100.0), 0.0).astype(jnp.int32)
+    s = jnp.minimum(s_all, _MAX_SQUARINGS)
+    # Skew input beyond the squaring cap keeps its full scaling (exp of a skew matrix of norm
+    # theta * 2^31, still unitary); any other is NaN there (as jax.scipy.linalg.expm).
+    e1 = s_all // 2
+    x = a  # two factors, never one subnormal 2^-s
+    for e in (e1, s_all - e1):
+        x = x * jnp.exp2(-e.astype(norm.dtype)).astype(a.dtype)[..., None, None]
+    r = _taylor(x, m, p)
+    k = jnp.zeros(s.shape, jnp.int32)
+    r, k = (_square_tree if differentiable else _square_loop)(r, k, s, skew, herm)
+    fix = skew & (s >= _NS_FROM)
+    r = lax.cond(jnp.any(fix), lambda r: _ns_where(r, fix), lambda r: r, r)
+    # Hermitian: exp(A) = R 2^k with R's largest entry (on its diagonal: R is positive
+    # definite) in [1/2, 1). Clamp k so that the largest entry lies in [tiny / eps, max / 2].
+    info = jnp.finfo(out_dtype)  # the range of the dtype the result is cast to
+    top = lax.stop_gradient(jnp.max(jnp.real(jnp.diagonal(r, axis1=-2, axis2=-1)), axis=-1))
+    top = jnp.log2(jnp.maximum(top, jnp.finfo(top.dtype).tiny))
+    hi = math.log2(float(info.max)) - 1.0 - top
+    lo = math.log2(float(info.tiny)) - math.log2(float(info.eps)) - top
+    # The factor is a constant to derivatives (it is 2^integer unless clamped).
+    k = lax.stop_gradient(jnp.where(herm, jnp.clip(k.astype(top.dtype), lo, hi), 0.0))
+    for _ in range(2):  # two factors: 2^k alone can overflow while the product does not
+        r = r * jnp.exp2(0.5 * k).astype(r.dtype)[..., None, None]
+    over = (s_all > _MAX_SQUARINGS) & ~skew & ~herm
+    return jnp.where(over[..., None, None], jnp.asarray(jnp.nan, r.dtype), r)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _expm_value(a: Array, out_dtype: str) -> Array:
+    return _expm_impl(a, out_dtype, differentiable=False)
+
+
+@_expm_value.defjvp
+def _expm_jvp(out_dtype, primals, tangents):
+    return jax.jvp(lambda a: _expm_impl(a, out_dtype, differentiable=True), primals, tangents)
+
+
+_expm = jax.jit(_expm_value, static_argnums=1)
+
+
 def expm(a: Array) -> Array:
-    """The matrix exponential of square ``(..., n, n)`` matrices by scaling and squaring.
+    r"""The matrix exponential of square ``(..., n, n)`` matrices by scaling and squaring.
 
-    Every matrix is scaled by ``2^-s`` until its 1-norm is at most 1, the Taylor polynomial of
-    degree 11 (float32; truncation error ``< 1/12! = 2e-9``) or 19 (float64; ``< 1/20! =
-    4e-19``) is evaluated with Paterson–Stockmeyer (5 or 7 matrix products), and the result is
-    squared ``s`` times (a ``lax.cond`` inside a fixed-length ``fori_loop``: reverse- and
-    forward-differentiable, batched without ``vmap``, and only ``max s`` products run; each
-    matrix of a batch keeps its own ``s``). ``s`` is capped at 32 (norms up to ``4e9``).
-    bfloat16 / float16 are computed in float32.
+    **Algorithm.** Per matrix, the fewest ``s`` squarings that bring the 1-norm to ``theta_m``,
+    the Taylor polynomial ``T_m`` (float32: degree 12, 5 products, ``theta = 1.46``; float64:
+    degree 16, 6 products, ``theta = 0.78``) by Paterson–Stockmeyer, and ``s`` squarings. At
+    ``||X||_1 <= theta_m`` the polynomial is ``exp(X + E)`` with ``||E|| <= u ||X||`` (u the
+    unit roundoff): the backward-error bound of Higham 2005 / Al-Mohy–Higham 2009, kept for
+    EVERY matrix of a batch, because each keeps its own ``s`` (a shared ``s`` from the largest
+    norm would over-scale the small ones: ``I + 2^-s X`` loses ``X`` to rounding).
 
-    Accuracy against float64 ``scipy.linalg.expm`` (relative Frobenius error, worst of skew,
-    symmetric and general matrices of spectral norm 1e-3 to 50, n = 3 to 32): float32 ``2e-5``
-    (``jax.scipy.linalg.expm``: ``2e-3``, on a 3 x 3 general matrix of norm 50), float64
-    ``1e-12`` (both). Measured on a 2-core CPU: 3-4x faster to run than
-    ``jax.scipy.linalg.expm`` at n = 256 and about half its compile time.
+    **Speed and derivatives.** The value runs the squarings in a ``while_loop`` of
+    ``max(s)`` steps. Derivatives (``jax.jvp``, ``jacfwd``, ``grad``, Hessians: a
+    ``custom_jvp``) differentiate the same arithmetic written with one ``lax.cond`` per bit
+    of ``s`` (5 conds, no loop of fixed length), in both modes.
+
+    **Skew-symmetric (skew-Hermitian) input** (exactly ``A == -A^H``, as ``Skew`` and
+    ``Orthogonal`` build it): the result stays orthogonal (unitary) at any finite norm. One
+    Newton–Schulz step ``R (3I - R^H R)/2`` after every 8th squaring and one at the end
+    (when ``s >= 3``) remove the rounding that squaring doubles; each moves ``R`` by
+    O(rounding) and is applied to the value only (the derivative is the exponential's). Beyond
+    ``theta * 2^31`` (1-norm 3.1e9 in float32) the squarings are capped at 31 and the result is
+    ``exp(2^{31-s} A)``, orthogonal but not ``exp(A)``: at that norm float32 entries are
+    off by more than ``2 pi`` anyway. Other input beyond the cap gives NaN.
+
+    **Hermitian (symmetric) input** (exactly ``A == A^H``, as ``Symmetric`` builds it): the
+    result is ``exp(A)`` whenever its entries are representable in the input's dtype; when
+    ``exp`` of the largest eigenvalue would overflow (about 88.7 in float32 / bfloat16, 11.1
+    in float16) the result is clamped instead: ``exp(A)`` scaled by a positive factor so that
+    its largest entry is ``max / 2`` (still symmetric positive definite and finite, with a
+    derivative). Other input that overflows gives ``inf``.
+
+    bfloat16 / float16 are computed in float32 and cast back. Accuracy and speed against
+    float64 ``scipy.linalg.expm`` and ``jax.scipy.linalg.expm``: ``tests/test_numerics.py``,
+    ``benchmarks/expm_variants.py``, ``benchmarks/results.md``.
     """
-    return _expm(a)
+    a = jnp.asarray(a)
+    dtype = a.dtype
+    wide = widen(a)
+    out = _expm(wide, jnp.dtype(dtype).name)
+    return out if wide.dtype == dtype else out.astype(dtype)
 
 
 # ------------------------------------------------------------------------------------------------
