@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from parametrax import _finite
 from parametrax._errors import (  # describe, name_of: re-exported for the fronts
@@ -540,14 +541,23 @@ def compiles_eagerly(link: Parametrization) -> bool:
     return type(link).__module__.startswith("parametrax.")
 
 
+_SINGLE_DEVICE = jax.sharding.SingleDeviceSharding
+
+
 def _eager_leaf(x: Any) -> bool:
-    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) or (
-        type(x).__module__ == "numpy" and hasattr(x, "dtype") and hasattr(x, "shape")
-    )
+    """Whether ``x`` is a concrete array a compiled call may take (a JAX array that is not a
+    tracer, or a NumPy array) and is not explicitly sharded (the op-by-op path gathers those)."""
+    if isinstance(x, jax.core.Tracer):
+        return False
+    if type(getattr(x, "sharding", None)) is _SINGLE_DEVICE:  # the common case, checked fast
+        return True
+    if isinstance(x, np.ndarray):
+        return True
+    return isinstance(x, jax.Array) and _explicit_sharding(x) is None
 
 
 def _eager_compile_applies(chain, originals, params, state, update_state) -> bool:
-    if not _EAGER_COMPILE[0] or not isinstance(update_state, bool):
+    if not _EAGER_COMPILE[0] or type(update_state) is not bool:
         return False
     try:
         if (chain, update_state) in _OPS_ONLY:
@@ -557,9 +567,9 @@ def _eager_compile_applies(chain, originals, params, state, update_state) -> boo
     if not all(compiles_eagerly(link) for link in chain):
         return False
     leaves = jax.tree.leaves((originals, list(params), list(state)))
-    if not leaves or not all(_eager_leaf(x) for x in leaves):
-        return False  # a tracer (traced read), or a non-array leaf jit would turn into an array
-    return not any(_explicit_sharding(x) is not None for x in leaves)
+    # a tracer (a traced read), a non-array leaf (jit would turn it into an array) or an
+    # explicitly sharded array: op by op
+    return bool(leaves) and all(_eager_leaf(x) for x in leaves)
 
 
 def _traced_chain(chain, update_state, originals, params, state):
