@@ -131,6 +131,11 @@ class Parametrization(metaclass=_ParametrizationMeta):
     The defaults of these three delegate to ``forward`` / ``right_inverse`` with no variables.
     """
 
+    #: Whether an eager read (no tracer among the inputs) of a chain holding this link may run
+    #: as one compiled call (see :func:`compiles_eagerly`): ``None`` (the default) means yes for
+    #: parametrax's own classes and no for user classes; a subclass whose ``forward`` is pure
+    #: JAX (no concrete-value reads, no Python side effects per call) may set ``True``.
+    compile_eagerly: ClassVar[bool | None] = None
     in_manifold: ClassVar[Callable[..., Array] | None] = None
     sample: ClassVar[Callable[..., Array] | None] = None
     update_base: ClassVar[Callable[..., tuple] | None] = None
