@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from parametrax import _finite
 from parametrax._errors import (  # describe, name_of: re-exported for the fronts
@@ -130,6 +131,11 @@ class Parametrization(metaclass=_ParametrizationMeta):
     The defaults of these three delegate to ``forward`` / ``right_inverse`` with no variables.
     """
 
+    #: Whether an eager read (no tracer among the inputs) of a chain holding this link may run
+    #: as one compiled call (see :func:`compiles_eagerly`): ``None`` (the default) means yes for
+    #: parametrax's own classes and no for user classes; a subclass whose ``forward`` is pure
+    #: JAX (no concrete-value reads, no Python side effects per call) may set ``True``.
+    compile_eagerly: ClassVar[bool | None] = None
     in_manifold: ClassVar[Callable[..., Array] | None] = None
     sample: ClassVar[Callable[..., Array] | None] = None
     update_base: ClassVar[Callable[..., tuple] | None] = None
@@ -378,7 +384,7 @@ def chain_register(
     _check_arity(chain[0], raws, params[0], state[0])
     originals = dict(zip(original_names(len(raws) if is_seq else None), raws))
     if not unsafe:
-        out, _ = chain_forward(chain, originals, params, state, update_state=False)
+        out, _ = _forward_ops(chain, originals, params, state, update_state=False)
         if not _is_array(out):
             raise ShapeError(
                 f"a parametrization must return an array; the chain returned "
@@ -399,7 +405,7 @@ def chain_register(
                 [f"the chain maps the raw values it stored back to a value with {found}"],
             )
     if update_state:
-        _, state = chain_forward(chain, originals, params, state, update_state=True)
+        _, state = _forward_ops(chain, originals, params, state, update_state=True)
     return originals, params, state
 
 
@@ -488,6 +494,152 @@ def chain_forward(
     update_state: bool = False,
 ) -> tuple[Array, list[dict]]:
     """Evaluates the chain once; returns ``(value, new_link_state)``.
+
+    Every front reads values through here. An eager read (no input is a tracer) of a chain that
+    compiles eagerly (:func:`compiles_eagerly`) runs as one compiled call of the chain, cached on
+    the chain and ``update_state`` (static) and the inputs' shapes and dtypes, instead of op by
+    op: about as fast as the jitted map, with the same values. Traced inputs (inside ``jax.jit``,
+    ``jax.grad``, ``nnx.jit``, ...) are evaluated op by op into the enclosing trace, as before.
+    See :func:`_forward_compiled` for what is kept identical (errors, state identity).
+    """
+    if _eager_compile_applies(chain, originals, params, state, update_state):
+        return _forward_compiled(chain, originals, params, state, update_state)
+    return _forward_ops(chain, originals, params, state, update_state=update_state)
+
+
+# ------------------------------------------------------------------------------------------------
+# Eager reads: one compiled call of the chain
+# ------------------------------------------------------------------------------------------------
+# Chains (with their update_state flag) whose compiled evaluation failed but whose op-by-op one
+# succeeded (a link reading concrete values, say): evaluated op by op from then on. Chains are
+# frozen dataclasses of hyperparameters, so this holds no model alive.
+_OPS_ONLY: set = set()
+_EAGER_COMPILE = [True]  # the switch `_op_by_op()` turns off (benchmarks, tests)
+
+
+@contextlib.contextmanager
+def _op_by_op():
+    """Within it every eager read is evaluated op by op (the path before eager compilation):
+    what benchmarks and tests compare the compiled path with."""
+    before = _EAGER_COMPILE[0]
+    _EAGER_COMPILE[0] = False
+    try:
+        yield
+    finally:
+        _EAGER_COMPILE[0] = before
+
+
+def compiles_eagerly(link: Parametrization) -> bool:
+    """Whether an eager read of a chain holding ``link`` may run as one compiled call.
+
+    A class says so with a ``compile_eagerly`` class attribute (``True`` / ``False``). Without
+    one, parametrax's own parametrizations do and user code does not: a user's ``forward`` may
+    read concrete values (``float(x)``, NumPy), or have Python side effects that a compiled call
+    would run once per compilation instead of once per read (torch's tutorial counts its
+    evaluations that way). A plain function used as a parametrization never does.
+    """
+    declared = getattr(type(link), "compile_eagerly", None)
+    if isinstance(declared, bool):
+        return declared
+    if getattr(type(link), "wraps_function", False):
+        return False
+    return type(link).__module__.startswith("parametrax.")
+
+
+_SINGLE_DEVICE = jax.sharding.SingleDeviceSharding
+
+
+def _eager_leaf(x: Any) -> bool:
+    """Whether ``x`` is a concrete array a compiled call may take (a JAX array that is not a
+    tracer, or a NumPy array) and is not explicitly sharded (the op-by-op path gathers those)."""
+    if isinstance(x, jax.core.Tracer):
+        return False
+    if type(getattr(x, "sharding", None)) is _SINGLE_DEVICE:  # the common case, checked fast
+        return True
+    if isinstance(x, np.ndarray):
+        return True
+    return isinstance(x, jax.Array) and _explicit_sharding(x) is None
+
+
+def _eager_compile_applies(chain, originals, params, state, update_state) -> bool:
+    if not _EAGER_COMPILE[0] or type(update_state) is not bool:
+        return False
+    try:
+        if (chain, update_state) in _OPS_ONLY:
+            return False
+    except TypeError:  # an unhashable chain cannot be a static argument: op by op
+        return False
+    if not all(compiles_eagerly(link) for link in chain):
+        return False
+    leaves = jax.tree.leaves((originals, list(params), list(state)))
+    # a tracer (a traced read), a non-array leaf (jit would turn it into an array) or an
+    # explicitly sharded array: op by op
+    return bool(leaves) and all(_eager_leaf(x) for x in leaves)
+
+
+def _traced_chain(chain, update_state, originals, params, state):
+    """The chain, traced once per (chain, update_state, input shapes and dtypes).
+
+    An output that is an input unchanged (a link returning its state as given, the usual case
+    without ``update_state``) comes back as ``None`` (an empty pytree), so that the caller can
+    return the very input array, as op-by-op evaluation does (callers compare state by identity
+    to skip writes)."""
+    value, new_state = _forward_ops(chain, originals, params, state, update_state=update_state)
+    value = None if value is originals.get(_first_name(originals)) else value
+    new_state = [
+        {k: (None if k in s_in and v is s_in[k] else v) for k, v in s_out.items()}
+        for s_in, s_out in zip(state, new_state)
+    ]
+    return value, new_state
+
+
+_compiled_chain = jax.jit(_traced_chain, static_argnums=(0, 1))
+
+
+def _forward_compiled(chain, originals, params, state, update_state):
+    """:func:`chain_forward` as one compiled call; falls back to op-by-op evaluation when the
+    compiled call fails.
+
+    Errors: a compiled call that raises (a link's check on shapes or on the variables it was
+    given, raised while tracing, or a link that needs concrete values) is evaluated again op by
+    op, so the error raised is exactly today's (type, message, cause). When the op-by-op
+    evaluation succeeds instead, the chain is evaluated op by op from then on (it is not retried
+    each read). Stored values are never checked on the hot path (:mod:`parametrax._finite`), so
+    nothing concrete is lost by compiling.
+    """
+    originals = dict(originals)
+    params = [dict(p) for p in params]
+    state = [dict(s) for s in state]
+    try:
+        value, out_state = _compiled_chain(chain, update_state, originals, params, state)
+    except Exception:
+        result = _forward_ops(chain, originals, params, state, update_state=update_state)
+        _OPS_ONLY.add((chain, update_state))
+        return result
+    if value is None:
+        value = originals.get(_first_name(originals))
+    new_state = []
+    for s_in, s_out in zip(state, out_state):
+        order = [k for k in s_in if k in s_out] + [k for k in s_out if k not in s_in]
+        new_state.append(
+            {k: (s_in[k] if s_out[k] is None and k in s_in else s_out[k]) for k in order}
+        )
+    return value, new_state
+
+
+def _first_name(originals: Mapping) -> str:
+    return "original" if "original" in originals else "original0"
+
+
+def _forward_ops(
+    chain: tuple[Parametrization, ...],
+    originals: dict[str, Array],
+    params: Sequence[dict],
+    state: Sequence[dict],
+    *,
+    update_state: bool = False,
+) -> tuple[Array, list[dict]]:
+    """Evaluates the chain op by op; returns ``(value, new_link_state)``.
 
     Under JAX's explicit sharding mode (arrays whose type names mesh axes), the raw arrays and
     link variables are gathered before the chain and the value is resharded like the first raw
