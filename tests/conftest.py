@@ -22,7 +22,9 @@ import os
 
 import jax
 
-jax.config.update("jax_numpy_dtype_promotion", "strict")
+# An explicit JAX_NUMPY_DTYPE_PROMOTION (e.g. "standard", to compare) is left as set.
+if "JAX_NUMPY_DTYPE_PROMOTION" not in os.environ:
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 collect_ignore_glob = []
 if os.environ.get("JAX_ENABLE_X64", "").lower() not in ("1", "true"):

@@ -4,6 +4,7 @@ computation. Runs in its own process with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (see ``tests/test_subprocess_suites.py``).
 """
 
+import os
 import pathlib
 import runpy
 
@@ -81,6 +82,8 @@ def single_device_run(model, params, opt, x, y, steps):
 
 def test_this_process_runs_strict_like_the_main_suite():
     """tests/conftest.py reaches this subprocess suite: dtypes are not promoted implicitly."""
+    if os.environ.get("JAX_NUMPY_DTYPE_PROMOTION", "strict") != "strict":
+        pytest.skip("JAX_NUMPY_DTYPE_PROMOTION asks for another mode")
     assert jax.config.jax_numpy_dtype_promotion == "strict"
     with pytest.raises(jax.dtypes.TypePromotionError):
         jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.int32)

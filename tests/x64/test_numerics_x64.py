@@ -1,5 +1,7 @@
 """The float64 row of the README's "Numerical tolerances" table (runs with JAX_ENABLE_X64=1)."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,8 @@ def test_x64_is_on():
 
 def test_this_process_runs_strict_like_the_main_suite():
     """tests/conftest.py reaches this subprocess suite: dtypes are not promoted implicitly."""
+    if os.environ.get("JAX_NUMPY_DTYPE_PROMOTION", "strict") != "strict":
+        pytest.skip("JAX_NUMPY_DTYPE_PROMOTION asks for another mode")
     assert jax.config.jax_numpy_dtype_promotion == "strict"
     with pytest.raises(jax.dtypes.TypePromotionError):
         jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.float64)
