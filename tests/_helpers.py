@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import parametrax as px
 
@@ -62,8 +63,33 @@ def rand(seed_or_rng, shape, dtype=np.float32, scale=1.0):
     return (scale * x).astype(dtype)
 
 
-def normal(seed, shape, dtype=jnp.float32):
+def normal(seed, shape, dtype=np.float32, scale=1.0):
+    """``scale`` times standard normal draws from numpy, as a jax array of ``dtype`` (real). Numpy,
+    not jax.random: no per-shape compilation in eager tests."""
+    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+
+
+def key_normal(seed, shape, dtype=jnp.float32):
+    """``jax.random.normal`` under ``jax.random.key(seed)`` (the draws some tests were tuned on)."""
     return jax.random.normal(jax.random.key(seed), shape, dtype)
+
+
+def standard_promotion(tx):
+    """``tx`` (an optax transformation) with its ``init`` and ``update`` traced under standard dtype
+    promotion. The tests run strict (tests/conftest.py), but optax 0.2.8's own arithmetic is not
+    strict-clean: ``optax.tree_utils.tree_bias_correction`` (adam, adamw, adafactor, ...) computes
+    ``decay ** count``, a Python float to an int32 power. Only optax's step is let through; the
+    gradients and everything parametrax computes stay strict."""
+
+    def init(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.init(params)
+
+    def update(updates, state, params=None, **extra_args):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 # --- test-local parametrizations and modules shared by several test files -----------------------

@@ -7,10 +7,24 @@ in a subprocess by ``tests/test_subprocess_suites.py``:
 * ``tests/multidevice/``: sharding tests, run with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
 
-They are skipped from the main collection unless their environment is set.
+They are skipped from the main collection unless their environment is set. Both load this file
+too (they live below it), so they share its configuration:
+
+* strict dtype promotion (as equinox's tests run): the library must cast explicitly wherever
+  dtypes differ. A test that mixes dtypes on purpose casts, or opens a local
+  ``jax.numpy_dtype_promotion("standard")`` with a comment saying why; optax's own step is let
+  through by ``_helpers.standard_promotion``;
+* warnings are errors (``filterwarnings`` in pyproject.toml, which lists each third-party
+  warning let through and where it comes from).
 """
 
 import os
+
+import jax
+
+# An explicit JAX_NUMPY_DTYPE_PROMOTION (e.g. "standard", to compare) is left as set.
+if "JAX_NUMPY_DTYPE_PROMOTION" not in os.environ:
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 collect_ignore_glob = []
 if os.environ.get("JAX_ENABLE_X64", "").lower() not in ("1", "true"):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import standard_promotion
 from flax import nnx
 
 import parametrax as px
@@ -73,7 +74,7 @@ def test_readme_recipe_dense_orthogonal_one_adamw_step_stays_orthogonal():
     model = px.Parametrized(nn.Dense, {"kernel": px.Orthogonal()})(3)
     x = jnp.ones((1, 5))
     variables = model.init(KEY, x)
-    tx = optax.adamw(1e-3)
+    tx = standard_promotion(optax.adamw(1e-3))
     params = variables["params"]
     opt = tx.init(params)
 
@@ -91,7 +92,7 @@ def test_householder_without_trivialization_survives_weight_decay():
     spec = {"w": px.Orthogonal(map="householder", use_trivialization=False)}
     w = np.random.default_rng(1).standard_normal((5, 3)).astype(np.float32)
     raw, state = register(spec, w)
-    tx = optax.adamw(1e-3, weight_decay=1e-2)
+    tx = standard_promotion(optax.adamw(1e-3, weight_decay=1e-2))
     opt = tx.init(raw)
     grads = jax.tree.map(jnp.zeros_like, raw)  # only the weight decay moves the raw value
     updates, opt = tx.update(grads, opt, raw)
@@ -391,7 +392,7 @@ def test_softplus_entries_registered_from_a_normal_init_train_and_stay_on_the_se
     spec = {"w": entry}
     raw, state = register(spec, w)
     target = jnp.asarray(10.0 * np.tril(np.ones((4, 4))) + np.arange(4.0), jnp.float32)
-    tx = optax.adam(1e-1)
+    tx = standard_promotion(optax.adam(1e-1))
     opt = tx.init(raw)
 
     def loss(r):

@@ -203,22 +203,22 @@ def test_undecorated_subclass_is_a_frozen_dataclass_and_traces_once():
     hit jit's cache (equinox#965: an unfrozen subclass re-traces for every instance)."""
     traces = []
 
-    class Scale(px.Parametrization):
+    class ScaleBy(px.Parametrization):
         k: float = 2.0
 
         def forward(self, x):
             traces.append(1)
             return self.k * x
 
-    assert dataclasses.is_dataclass(Scale) and Scale(3.0) == Scale(3.0)
+    assert dataclasses.is_dataclass(ScaleBy) and ScaleBy(3.0) == ScaleBy(3.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        Scale().k = 1.0
+        ScaleBy().k = 1.0
     f = jax.jit(lambda p, x: p(x), static_argnums=0)
     x = jnp.ones(3)
     for _ in range(3):
-        np.testing.assert_array_equal(f(Scale(3.0), x), 3 * x)
+        np.testing.assert_array_equal(f(ScaleBy(3.0), x), 3 * x)
     assert len(traces) == 1
-    f(Scale(4.0), x)
+    f(ScaleBy(4.0), x)
     assert len(traces) == 2  # a different configuration is a different trace
 
 

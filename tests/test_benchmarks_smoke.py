@@ -9,6 +9,7 @@ models it times are the same model.
 import importlib.util
 import json
 
+import jax
 from _helpers import run_script
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -38,6 +39,9 @@ def test_benchmark_suite_quick(tmp_path):
 # benchmarks/tall.py: the code path of --quick at tiny shapes, in this process (< 15 s)
 # ------------------------------------------------------------------------------------------------
 def _tall():
+    """benchmarks/tall.py imported in this process. Its cells are user code whose optax adam step
+    is not strict-clean (``decay ** count``, see ``_helpers.standard_promotion``): call them inside
+    ``jax.numpy_dtype_promotion("standard")``."""
     import importlib  # noqa: PLC0415
     import pathlib  # noqa: PLC0415
     import sys  # noqa: PLC0415
@@ -58,7 +62,8 @@ def _emitted(capsys):
 
 def test_tall_cell_orthogonal_in_process(capsys):
     tall = _tall()
-    tall.jax_cell("Orthogonal()", 24, 16, TINY, mem_bound_mb=8192)
+    with jax.numpy_dtype_promotion("standard"):  # optax's adam inside the cell, see _tall
+        tall.jax_cell("Orthogonal()", 24, 16, TINY, mem_bound_mb=8192)
     phases, out = _emitted(capsys)
     assert phases == ["registered", "compiled", "done"]
     assert out["finite"] and out["orth_err"] < 1e-5  # orthonormal columns after the steps
@@ -70,7 +75,8 @@ def test_tall_cell_xla_memory_bound_stops_the_cell(capsys):
     """A compiled step whose XLA estimate passes the bound is reported, not run."""
     tall = _tall()
     try:
-        tall.jax_cell("Orthogonal()", 24, 16, TINY, mem_bound_mb=1e-4)
+        with jax.numpy_dtype_promotion("standard"):  # optax's adam inside the cell, see _tall
+            tall.jax_cell("Orthogonal()", 24, 16, TINY, mem_bound_mb=1e-4)
     except SystemExit as e:
         assert e.code == 0
     else:

@@ -12,7 +12,7 @@ import pytest
 import parametrax as px
 from parametrax import tree as ptree
 
-from _helpers import normal
+from _helpers import key_normal
 
 KEY = jax.random.key(0)
 
@@ -40,7 +40,7 @@ def test_cayley_matches_closed_form_2x2_rotation():
 
 
 def test_cayley_equals_both_orders_of_the_formula():
-    x = normal(4, (4, 4))
+    x = key_normal(4, (4, 4))
     eye = np.eye(4)
     a = (eye + np.asarray(x)) @ np.linalg.inv(eye - np.asarray(x))
     np.testing.assert_allclose(px.cayley(x), a, rtol=1e-4, atol=1e-4)
@@ -48,8 +48,8 @@ def test_cayley_equals_both_orders_of_the_formula():
 
 def test_cayley_right_inverse_uses_its_argument():
     # The tutorial's right_inverse read a global X; ours must invert the value it is given.
-    q1 = px.cayley(px.skew(normal(1, (3, 3))))
-    q2 = px.cayley(px.skew(normal(2, (3, 3))))
+    q1 = px.cayley(px.skew(key_normal(1, (3, 3))))
+    q2 = px.cayley(px.skew(key_normal(2, (3, 3))))
     np.testing.assert_allclose(px.cayley(px.Cayley().right_inverse(q2)), q2, atol=1e-5)
     assert float(jnp.max(jnp.abs(px.cayley(px.Cayley().right_inverse(q2)) - q1))) > 0.1
 
@@ -62,7 +62,7 @@ def test_skew_matrix_exp_is_rotation():
 
 def test_so_determinant_plus_one():
     for chain in ([px.skew, px.cayley], [px.skew, px.matrix_exp]):
-        q = normal(0, (5, 5))
+        q = key_normal(0, (5, 5))
         for p in chain:
             q = p(q)
         assert abs(float(jnp.linalg.det(q)) - 1.0) < 1e-4
@@ -81,7 +81,7 @@ def test_skew_reads_strict_upper_triangle():
 
 def test_pruning_mask_is_state_and_right_inverse_is_not_a_true_inverse():
     p = px.RandomPruning(0.5)
-    x = normal(0, (8, 8))
+    x = key_normal(0, (8, 8))
     raw, state = ptree.register({"w": p}, {"w": x}, key=KEY)
     mask = state["parametrizations"]["w"]["0"]["mask"]
     assert set(np.unique(np.asarray(mask))) <= {0.0, 1.0}
@@ -89,14 +89,14 @@ def test_pruning_mask_is_state_and_right_inverse_is_not_a_true_inverse():
     np.testing.assert_array_equal(raw["parametrizations"]["w"]["original"], x)  # identity inverse
     w = ptree.constrain({"w": p}, raw, state)["w"]
     np.testing.assert_array_equal(w, x * mask)
-    y = normal(1, (8, 8))
+    y = key_normal(1, (8, 8))
     raw2, state2 = ptree.assign({"w": p}, raw, state, {"w": y})
     np.testing.assert_array_equal(ptree.constrain({"w": p}, raw2, state2)["w"], y * mask)
 
 
 def test_pruning_mask_depends_on_key_only():
     p = px.RandomPruning(0.5)
-    x = normal(0, (6, 6))
+    x = key_normal(0, (6, 6))
     m1 = p.init_variables(jax.random.key(3), x)["state"]["mask"]
     m2 = p.init_variables(jax.random.key(3), 2 * x)["state"]["mask"]
     m3 = p.init_variables(jax.random.key(4), x)["state"]["mask"]
@@ -160,8 +160,8 @@ def test_skew_lower_reads_strict_lower_triangle():
 
 @pytest.mark.parametrize("p", [px.Symmetric(lower=True), px.Skew(lower=True)], ids=repr)
 def test_lower_ignores_the_other_triangle_in_gradients(p):
-    x = normal(0, (2, 4, 4))
-    g = jax.grad(lambda x: jnp.sum(p(x) * normal(1, (2, 4, 4))))(x)
+    x = key_normal(0, (2, 4, 4))
+    g = jax.grad(lambda x: jnp.sum(p(x) * key_normal(1, (2, 4, 4))))(x)
     k = 0 if isinstance(p, px.Symmetric) else -1
     np.testing.assert_array_equal(np.triu(np.asarray(g), k + 1), 0)  # upper part: no gradient
 

@@ -6,6 +6,8 @@ backward pass). These tests pin it against the plain ``jnp.linalg.solve`` versio
 differentiates itself, and against finite differences.
 """
 
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ from jax.test_util import check_grads
 import parametrax as px
 from parametrax._numerics import cayley_map
 
-from _helpers import normal
+from _helpers import key_normal
 
 # float32 tolerances, chosen for matrices of norm ~1 (condition number of I - X ~ 2)
 VALUE_ATOL = 1e-5
@@ -39,9 +41,9 @@ def _skew(x):
 
 def _inputs(shape, *, skew, dtype=jnp.float32, seed=0):
     n = shape[-1]
-    x = normal(seed, shape, dtype) / np.sqrt(n)
+    x = key_normal(seed, shape, dtype) / math.sqrt(n)
     if jnp.issubdtype(dtype, jnp.complexfloating):
-        x = x + 1j * normal(seed + 1, shape, jnp.float32).astype(dtype) / np.sqrt(n)
+        x = x + 1j * key_normal(seed + 1, shape, jnp.float32).astype(dtype) / math.sqrt(n)
     # a general (not skew) matrix is kept small so that I - X stays well conditioned
     return 0.5 * _skew(x) if skew else 0.3 * x
 
@@ -61,7 +63,7 @@ def test_value_matches_plain_solve(shape, skew):
 @pytest.mark.parametrize("skew", [True, False], ids=["skew", "general"])
 def test_grad_matches_plain_solve(shape, skew):
     x = _inputs(shape, skew=skew)
-    w = normal(7, shape)
+    w = key_normal(7, shape)
     g_custom = jax.grad(lambda x: jnp.sum(jnp.sin(cayley_map(x)) * w))(x)
     g_plain = jax.grad(lambda x: jnp.sum(jnp.sin(plain_cayley(x)) * w))(x)
     chex.assert_trees_all_close(g_custom, g_plain, atol=GRAD_ATOL, rtol=GRAD_RTOL)
@@ -70,7 +72,7 @@ def test_grad_matches_plain_solve(shape, skew):
 @pytest.mark.parametrize("shape", [(3, 3), (2, 4, 4)], ids=str)
 def test_jvp_matches_plain_solve(shape):
     x = _inputs(shape, skew=False)
-    t = normal(3, shape)
+    t = key_normal(3, shape)
     _, d_custom = jax.jvp(cayley_map, (x,), (t,))
     _, d_plain = jax.jvp(plain_cayley, (x,), (t,))
     chex.assert_trees_all_close(d_custom, d_plain, atol=GRAD_ATOL, rtol=GRAD_RTOL)
@@ -87,7 +89,7 @@ def test_finite_differences(skew):
 
 def test_complex_grad_matches_plain_solve():
     x = _inputs((4, 4), skew=False, dtype=jnp.complex64)
-    w = normal(5, (4, 4)).astype(jnp.complex64)
+    w = key_normal(5, (4, 4)).astype(jnp.complex64)
     f = lambda c: lambda x: jnp.real(jnp.sum(c(x) * w))  # noqa: E731
     chex.assert_trees_all_close(
         jax.grad(f(cayley_map))(x), jax.grad(f(plain_cayley))(x), atol=GRAD_ATOL, rtol=GRAD_RTOL
@@ -123,7 +125,7 @@ def test_cayley_parametrization_uses_the_rule():
     """``Cayley`` and the chain ``[Skew, Cayley]`` go through the custom rule: the gradient holds
     the forward's one LU and one solve, where JAX's own rule for ``jnp.linalg.solve`` adds a
     second (transposed) solve; and the chain's gradient equals the plain version's."""
-    x = normal(0, (5, 5))
+    x = key_normal(0, (5, 5))
 
     def chain(x):
         return px.cayley(px.skew(x))
@@ -146,7 +148,7 @@ def test_cayley_parametrization_uses_the_rule():
 
 def test_training_keeps_orthogonality():
     """A few SGD steps through the custom rule stay on the orthogonal group."""
-    x = 0.1 * normal(1, (6, 6))
+    x = 0.1 * key_normal(1, (6, 6))
     target = jnp.eye(6)[::-1]
     loss = lambda x: jnp.sum((px.cayley(px.skew(x)) - target) ** 2)  # noqa: E731
     step = jax.jit(lambda x: x - 0.05 * jax.grad(loss)(x))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import standard_promotion
 
 import parametrax as px
 
@@ -108,7 +109,7 @@ def test_interrupted_training_resumes_bit_for_bit(tmp_path):
     y = jax.random.normal(jax.random.key(2), (16, 6))
     v = model.init(KEY, x)
     state = {"parametrization_state": v["parametrization_state"]}
-    opt = optax.adam(0.05)
+    opt = standard_promotion(optax.adam(0.05))
 
     @jax.jit
     def step(params, opt_state):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import rand, standard_promotion
 from flax import nnx
 
 import parametrax as px
@@ -28,10 +29,6 @@ STATE = px.linen.STATE_COLLECTION
 F32_RTOL = 1e-4
 # power iteration after many warm-up iterations: an estimate, converging from below
 POWER_RTOL = 2e-3
-
-
-def rand(seed, shape):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def dense(p, kernel):
@@ -249,7 +246,7 @@ def test_linen_training_keeps_the_operator_norm():
     target = 5.0 * jnp.asarray(rand(14, (4, 6, 6, 2)))
     v = model.init(KEY, x)
     assert v.get(STATE, {}) in ({}, {"parametrizations": {"kernel": {"0": {}}}})
-    tx = optax.adam(5e-2)
+    tx = standard_promotion(optax.adam(5e-2))
 
     @jax.jit
     def step(params, opt):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import normal, standard_promotion
 from flax import nnx
 from jax.test_util import check_grads
 
@@ -18,10 +19,6 @@ from parametrax import tree as ptree
 ATOL = 1e-5
 STEPS = 80
 CC = px.CorrelationCholesky()
-
-
-def normal(seed, shape, scale=1.0):
-    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
 
 
 def assert_correlation_cholesky(l, atol=ATOL):
@@ -51,8 +48,8 @@ def test_closed_form_3x3_last_row():
 
 @pytest.mark.parametrize("scale", [0.1, 1.0, 30.0])
 def test_forward_is_on_the_set(scale):
-    assert_correlation_cholesky(CC(normal(0, (6, 5, 5), scale)))
-    assert bool(CC.in_manifold(CC(normal(0, (6, 5, 5), scale))))
+    assert_correlation_cholesky(CC(normal(0, (6, 5, 5), scale=scale)))
+    assert bool(CC.in_manifold(CC(normal(0, (6, 5, 5), scale=scale))))
 
 
 def test_unused_entries_have_zero_gradient():
@@ -130,7 +127,7 @@ def corr_loss(l):
 def test_tree_api_fits_a_target_correlation():
     spec = {"L": CC}
     raw, state = ptree.register(spec, {"L": jnp.eye(3)})
-    tx = optax.adam(0.05)
+    tx = standard_promotion(optax.adam(0.05))
     opt = tx.init(raw)
 
     @jax.jit
@@ -165,7 +162,7 @@ def test_linen_and_nnx():
     lin.kernel = jnp.asarray(target_l)  # the exact right inverse
     np.testing.assert_allclose(lin.kernel, target_l, atol=1e-6)
     lin.kernel = jnp.asarray(np.eye(3, dtype=np.float32))
-    optimizer = nnx.Optimizer(lin, optax.adam(0.05), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(lin, standard_promotion(optax.adam(0.05)), wrt=nnx.Param)
 
     @nnx.jit
     def step(model, optimizer):

@@ -10,7 +10,7 @@ import pytest
 import parametrax as px
 import parametrax.equinox as peqx
 
-from _helpers import orthogonality_error, rand
+from _helpers import orthogonality_error, rand, standard_promotion
 
 KEY = jax.random.key(0)
 
@@ -31,7 +31,7 @@ def test_mlp_trains_with_filter_grad_and_keeps_the_constraint():
     model = peqx.Parametrized(mlp, spec)
     x = jnp.asarray(rand(2, (16, 4)))
     y = jnp.asarray(rand(3, (16, 4)))
-    optim = optax.adam(1e-2)
+    optim = standard_promotion(optax.adam(1e-2))
     opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
 
     def loss(m):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import normal, standard_promotion
 from flax import nnx
 from jax.test_util import check_grads
 
@@ -18,10 +19,6 @@ from parametrax.catalog.hurwitz import lyapunov, lyapunov_kron, lyapunov_schur
 
 ROUND_TRIP = 1e-4  # float32, relative to max(1, max|A|), for values well inside the set
 STEPS = 60
-
-
-def normal(seed, shape):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
 
 
 def max_real(a):
@@ -203,7 +200,7 @@ def test_tree_api_training_stays_hurwitz():
     spec = {"A": h}
     raw, state = ptree.register(spec, {"A": -jnp.eye(3), "b": jnp.zeros(3)})
     assert set(raw["parametrizations"]["A"]) == {"original"}
-    tx = optax.adam(0.05)
+    tx = standard_promotion(optax.adam(0.05))
     opt = tx.init(raw)
 
     @jax.jit
@@ -235,7 +232,7 @@ def test_linen_dense_registers_the_projection_and_trains():
     np.testing.assert_allclose(layer.apply(variables, x), x @ kernel, atol=1e-4)
 
     params = variables["params"]
-    tx = optax.adam(0.05)
+    tx = standard_promotion(optax.adam(0.05))
     opt = tx.init(params)
     y = 2.0 * x  # the best fit, kernel 2 I, is unstable: the fit presses on the edge
 
@@ -262,7 +259,7 @@ def test_nnx_register_assign_and_train():
     layer.kernel = a  # the right inverse, in place
     assert rel_err(layer.kernel, a) < ROUND_TRIP
 
-    optimizer = nnx.Optimizer(layer, optax.adam(0.05), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(layer, standard_promotion(optax.adam(0.05)), wrt=nnx.Param)
     x = normal(9, (16, 3))
     y = x @ TARGET
 

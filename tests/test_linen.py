@@ -12,8 +12,8 @@ import pytest
 import parametrax as px
 from parametrax import Parametrized, cayley, skew
 
-from _helpers import (Counter, Double, MLP, normal, orthogonality_error, RankOne, Scale, skew_error,
-                      symmetry_error)
+from _helpers import (Counter, Double, key_normal, MLP, orthogonality_error, RankOne, Scale, skew_error,
+                      standard_promotion, symmetry_error)
 
 KEY = jax.random.key(0)
 X3 = jnp.ones((2, 3))
@@ -94,7 +94,7 @@ def test_conv_kernel_skew_on_last_two_axes():
 
 def test_rnn_recurrent_kernel():
     rnn = Parametrized(nn.RNN(nn.SimpleCell(5)), {"cell/h/kernel": [skew, px.matrix_exp]})
-    xs = normal(1, (2, 7, 3))
+    xs = key_normal(1, (2, 7, 3))
     v = rnn.init(KEY, xs)
     assert shapes(v["params"]["parametrizations"]) == {"cell": {"h": {"kernel": {"original": (5, 5)}}}}
     k = px.linen.constrain(rnn, v)["params"]["cell"]["h"]["kernel"]
@@ -169,10 +169,10 @@ def test_multi_array_originals_and_link_params():
 # --- training ----------------------------------------------------------------------------------
 def test_optax_training_keeps_orthogonal_every_step():
     layer = Parametrized(nn.Dense, {"kernel": [skew, cayley]})(features=4)
-    x = normal(2, (16, 4))
-    target = x @ px.matrix_exp(px.skew(normal(3, (4, 4))))  # reachable: det +1
+    x = key_normal(2, (16, 4))
+    target = x @ px.matrix_exp(px.skew(key_normal(3, (4, 4))))  # reachable: det +1
     params = layer.init(KEY, x)["params"]
-    opt = optax.adam(0.05)
+    opt = standard_promotion(optax.adam(0.05))
     state = opt.init(params)
 
     @jax.jit
@@ -191,7 +191,7 @@ def test_optax_training_keeps_orthogonal_every_step():
 
 def test_link_params_are_trained():
     layer = Parametrized(nn.Dense(3, use_bias=False), {"kernel": [skew, cayley, Scale()]})
-    x = normal(4, (8, 3))
+    x = key_normal(4, (8, 3))
     v = layer.init(KEY, x)
     target = 3.0 * layer.apply(v, x)
     loss = lambda p: jnp.mean((layer.apply({"params": p}, x) - target) ** 2)
@@ -250,7 +250,7 @@ def so_init(key, shape, dtype=jnp.float32):
 
 def test_rnn_scan_evaluates_the_map_once_not_per_step():
     T, H = 100, 16
-    xs = normal(5, (4, T, 3))
+    xs = key_normal(5, (4, T, 3))
     spec = {"cell/h/kernel": [skew, cayley]}  # cayley = one LU factorization per evaluation
     rnn = Parametrized(nn.RNN(nn.SimpleCell(H, recurrent_kernel_init=so_init)), spec)
     v = rnn.init(KEY, xs)
@@ -324,7 +324,7 @@ class BN(nn.Module):
 
 def test_parametrize_a_buffer():
     model = Parametrized(BN(train=True), {"batch_stats:BatchNorm_0/var": FirstZero()})
-    x = normal(6, (8, 3)) + 2.0
+    x = key_normal(6, (8, 3)) + 2.0
     v = model.init(KEY, x)
     assert shapes(v["batch_stats"]) == {
         "BatchNorm_0": {"mean": (3,)},
@@ -346,7 +346,7 @@ def test_parametrize_a_buffer():
 def test_assign_sets_constrained_value():
     layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
     v = layer.init(KEY, X3)
-    q = px.cayley(px.skew(normal(8, (3, 3))))
+    q = px.cayley(px.skew(key_normal(8, (3, 3))))
     v2 = px.linen.assign(layer, v, {"kernel": q})
     np.testing.assert_allclose(px.linen.constrain(layer, v2)["params"]["kernel"], q, atol=1e-5)
     np.testing.assert_array_equal(v2["params"]["bias"], v["params"]["bias"])

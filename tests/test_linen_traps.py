@@ -12,7 +12,7 @@ import pytest
 import parametrax as px
 from parametrax import Parametrized, skew
 
-from _helpers import skew_error
+from _helpers import MLP, skew_error
 
 KEY = jax.random.key(0)
 
@@ -134,11 +134,6 @@ def test_both_fixes_in_the_message_work_and_advance_the_state(fix):
 
 
 def test_tabulate_lists_inner_rows_and_counts_every_raw_array_once():
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return nn.Dense(4)(nn.relu(nn.Dense(4)(x)))
-
     model = Parametrized(MLP(), {"*/kernel": skew})
     table = nn.tabulate(model, KEY, compute_flops=False, console_kwargs={"width": 200})(jnp.ones((1, 4)))
     rows = [line for line in table.splitlines() if "│ Dense_0 " in line or "│ Dense_1 " in line]

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import standard_promotion
 
 import parametrax as px
 
@@ -20,7 +21,7 @@ WN_TOL = 1e-4  # relative error of the column norms against |g|
 def _long_run(layer, x, target, constraint_error):
     params = layer.init(KEY, x)["params"]
     state = {k: v for k, v in layer.init(KEY, x).items() if k != "params"}
-    opt = optax.adam(0.1)
+    opt = standard_promotion(optax.adam(0.1))
 
     def loss(p):
         return jnp.mean((layer.apply({"params": p, **state}, x) - target) ** 2)

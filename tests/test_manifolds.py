@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import orthogonality_error, symmetry_error
+from _helpers import normal, orthogonality_error, standard_promotion, symmetry_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,11 +43,6 @@ from parametrax.catalog import (
 )
 
 KEY = jax.random.key(0)
-
-
-def normal(seed, shape, dtype=np.float32):
-    """Test data from NumPy: no XLA compilation per shape (jax.random would compile each)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
 
 
 # Tolerances (float32), named once.
@@ -306,7 +301,7 @@ def _fit(spec, init, losses, errors, *, lr=0.05, steps=200, rebase_every=None):
     """Registers ``spec`` on ``init``, then scans ``steps`` Adam steps (cosine-decayed ``lr``)
     of ``sum(losses[k](W[k]))``, all under one jit; returns the final constrained tree and the
     ``errors[k](W[k])`` of every step."""
-    opt = optax.adam(optax.cosine_decay_schedule(lr, steps))
+    opt = standard_promotion(optax.adam(optax.cosine_decay_schedule(lr, steps)))
 
     def loss_fn(r, s):
         w = ptree.constrain(spec, r, s)
@@ -581,7 +576,7 @@ def test_linen_dense_on_stiefel_trains_and_stays_orthonormal():
     assert orthogonality_error(kernel0) < ON_MANIFOLD
 
     params, pstate = variables["params"], variables["parametrization_state"]
-    opt = optax.adam(0.05)
+    opt = standard_promotion(optax.adam(0.05))
     opt_state = opt.init(params)
 
     @jax.jit

@@ -21,8 +21,8 @@ import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax.nnx import ParametrizationState
 
-from _helpers import (Counter, Double, F32_ATOL, orthogonality_error, RankOne, run_script, Scale,
-                      skew_error, symmetry_error)
+from _helpers import (Counter, Double, F32_ATOL, orthogonality_error, RankOne, run_script, Scale, skew_error,
+                      standard_promotion, symmetry_error)
 
 X3 = jnp.arange(6.0).reshape(2, 3) / 6.0
 
@@ -896,7 +896,7 @@ def test_optimizer_trains_exactly_raw_values_and_link_params():
     pnnx.register_parametrization(layer, "kernel", Scale(1.5), rngs=nnx.Rngs(0))
     pnnx.register_parametrization(layer, "bias", Counter(), rngs=nnx.Rngs(0))
     layer.eval()
-    optimizer = nnx.Optimizer(layer, optax.adam(0.05), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(layer, standard_promotion(optax.adam(0.05)), wrt=nnx.Param)
     expected = {
         ("parametrizations", "kernel", "original"),
         ("parametrizations", "kernel", "2", "s"),

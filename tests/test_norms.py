@@ -15,7 +15,7 @@ from parametrax import tree as ptree
 from parametrax import AxisError
 from parametrax.catalog.norms import SpectralNorm, WeightNorm
 
-from _helpers import rand
+from _helpers import rand, standard_promotion
 
 F32_ATOL = 1e-5
 F32_RTOL = 1e-4
@@ -316,7 +316,7 @@ def test_training_moves_g_and_v():
     layer = px.Parametrized(nn.Dense, {"kernel": WeightNorm()})(features=3)
     x, y = rand(27, (8, 4)), rand(28, (8, 3))
     params = layer.init(KEY, x)["params"]
-    opt = optax.adam(1e-2)
+    opt = standard_promotion(optax.adam(1e-2))
 
     @jax.jit
     def train(params):
@@ -457,7 +457,7 @@ def test_learnable_scale_linen_dense_trains_gamma():
     vp = plain.init(KEY, x)
     close(dense.apply(v, x), plain.apply(vp, x))
     target = 3.0 * rand(37, (8, 3))
-    tx = optax.adam(3e-2)
+    tx = standard_promotion(optax.adam(3e-2))
 
     def loss(params, state):
         y, mutated = dense.apply({"params": params, STATE: state}, x, mutable=[STATE])

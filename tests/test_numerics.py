@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import standard_promotion
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,7 +164,7 @@ def test_huge_raw_values_under_jit_and_adam_step_stay_finite():
     spec = {"w": SO_CHAINS["cayley"]}
     raw = {"parametrizations": {"w": {"original": 1e4 * jax.random.normal(KEY, (8, 8))}}}
     target = jax.random.normal(jax.random.key(1), (8, 8))
-    opt = optax.adam(0.1)
+    opt = standard_promotion(optax.adam(0.1))
 
     @jax.jit
     def step(r, o):
@@ -319,7 +320,7 @@ def _long_run(chain, dtype, n=8):
     x = jax.random.normal(jax.random.key(1), (32, n), dtype)
     target = x.astype(jnp.float32) @ jax.random.normal(jax.random.key(2), (n, n))  # unreachable
     params = layer.init(KEY, x)["params"]
-    opt = optax.adam(0.1)
+    opt = standard_promotion(optax.adam(0.1))
 
     def loss(p):
         return jnp.mean((layer.apply({"params": p}, x).astype(jnp.float32) - target) ** 2)

@@ -14,7 +14,7 @@ import parametrax as px
 from parametrax import tree as ptree
 from parametrax.catalog.orthogonal import ORTHOGONAL_MAPS, Orthogonal
 
-from _helpers import rand
+from _helpers import rand, standard_promotion
 
 F32_ATOL = 1e-5
 F32_RTOL = 1e-4
@@ -156,7 +156,7 @@ def test_householder_scales_columns_by_the_sign_of_the_diagonal():
 @pytest.mark.parametrize("decay", ["adamw", "lion"])
 def test_householder_stays_orthonormal_under_weight_decay(decay):
     # torch's defect: the stored -1 decays to -0.9999999, int() gives 0, the column vanishes.
-    tx = {"adamw": optax.adamw(1e-3, weight_decay=1e-2),
+    tx = {"adamw": standard_promotion(optax.adamw(1e-3, weight_decay=1e-2)),
           "lion": optax.lion(1e-3, weight_decay=1.0)}[decay]
     p = Orthogonal("householder", False)
     x = p.right_inverse(jnp.asarray(rand(3, (6, 3))))
@@ -394,7 +394,7 @@ def test_adam_200_steps_under_jit_stays_orthogonal(m, triv, features):
     y = rand(18, (16, features))
     v = jax.jit(layer.init)(KEY, x)
     params, rest = v["params"], {k: a for k, a in v.items() if k != "params"}
-    opt = optax.adam(3e-2)
+    opt = standard_promotion(optax.adam(3e-2))
 
     def loss(params):
         return jnp.mean((layer.apply({"params": params, **rest}, x) - y) ** 2)

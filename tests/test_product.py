@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import normal, standard_promotion
 from flax import nnx
 
 import parametrax as px
@@ -15,10 +16,6 @@ from parametrax import nnx as pnnx
 from parametrax import tree as ptree
 
 KEY = jax.random.key(0)
-
-
-def normal(seed, shape):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
 
 
 def orth_err(y):
@@ -171,7 +168,7 @@ def _check_on_set(w):
 def test_tree_api_training_stays_on_the_product():
     spec = {"w": SPEC}
     raw, state = ptree.register(spec, {"w": normal(5, (4, 4))}, key=KEY)
-    tx = optax.adam(0.05)
+    tx = standard_promotion(optax.adam(0.05))
     opt = tx.init(raw)
 
     @jax.jit
@@ -213,7 +210,7 @@ def test_nnx_register_assign_and_train():
     target = jnp.concatenate([jnp.eye(4)[:, 2:], 0.5 * jnp.ones((4, 2))], axis=1)
     layer.kernel = target
     np.testing.assert_allclose(layer.kernel, target, atol=1e-5)
-    optimizer = nnx.Optimizer(layer, optax.adam(0.05), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(layer, standard_promotion(optax.adam(0.05)), wrt=nnx.Param)
     x = normal(7, (16, 4))
     y = x @ TARGET
 

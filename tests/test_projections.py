@@ -8,16 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import normal, standard_promotion
 
 import parametrax as px
 from parametrax import projections as P
 
 KERAS_EPS = 1e-7
 STEP_ATOL = 1e-5
-
-
-def normal(seed, shape, scale=1.0):
-    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
 
 
 def norms(w, axis):
@@ -28,7 +25,7 @@ def norms(w, axis):
 # Keras's constraints
 # ------------------------------------------------------------------------------------------------
 def test_max_norm_matches_keras_formula():
-    w = np.asarray(normal(0, (5, 4), 2.0), np.float64)
+    w = np.asarray(normal(0, (5, 4), scale=2.0), np.float64)
     n = np.linalg.norm(w, axis=0, keepdims=True)
     keras = w * (np.clip(n, 0, 2.0) / (KERAS_EPS + n))
     np.testing.assert_allclose(P.max_norm(2.0)(jnp.asarray(w, jnp.float32)), keras, atol=1e-6)
@@ -49,7 +46,7 @@ def test_unit_norm_and_non_neg_match_keras_formulas():
 
 def test_constraints_are_idempotent_hashable_and_keras_ordered():
     for c in (P.max_norm(1.5, axis=-1), P.unit_norm(axis=(0, 1)), P.non_neg()):
-        w = normal(2, (3, 4), 3.0)
+        w = normal(2, (3, 4), scale=3.0)
         np.testing.assert_allclose(c(c(w)), c(w), atol=1e-6)
         assert bool(c.in_manifold(c(w)))
     assert P.MaxNorm(3.0, 1) == P.max_norm(max_value=3.0, axis=1)
@@ -98,7 +95,7 @@ def test_non_neg_reaches_the_projected_optimum_and_leaves_other_leaves_alone():
     def check(p):
         assert np.all(np.asarray(p["w"]) >= 0)
 
-    tx = optax.chain(optax.adam(0.05), P.project({"w": P.non_neg()}))
+    tx = optax.chain(standard_promotion(optax.adam(0.05)), P.project({"w": P.non_neg()}))
     params, losses = run(tx, params, loss_fn, 300, check)
     np.testing.assert_allclose(params["w"], np.maximum(np.asarray(target), 0), atol=1e-2)
     np.testing.assert_allclose(params["b"], btarget, atol=1e-2)  # unconstrained: free optimum
@@ -135,7 +132,7 @@ def test_max_norm_on_a_linen_mlp_with_adam():
         for layer in ("layers_0", "layers_2"):
             assert np.all(norms(p["params"][layer]["kernel"], 0) <= 0.8 + STEP_ATOL)
 
-    tx = optax.chain(optax.adam(0.03), P.project({"**/kernel": P.max_norm(0.8)}))
+    tx = optax.chain(standard_promotion(optax.adam(0.03)), P.project({"**/kernel": P.max_norm(0.8)}))
     _, losses = run(tx, params, loss_fn, 100, check)
     assert losses[-1] < 0.3 * losses[0]
 
@@ -157,7 +154,7 @@ def test_unit_norm_projected_optimum():
 def test_catalog_entries_as_projections():
     # Stiefel's right inverse is the polar projection; Hurwitz's shifts a value off the set.
     params = {"q": normal(11, (5, 3)), "a": -2.0 * jnp.eye(3)}
-    target = normal(12, (3, 3), 2.0)
+    target = normal(12, (3, 3), scale=2.0)
     spec = {"q": px.Stiefel(), "a": px.Hurwitz(alpha=0.1)}
 
     def loss_fn(p):
@@ -168,7 +165,7 @@ def test_catalog_entries_as_projections():
         np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-4)
         assert np.linalg.eigvals(np.asarray(p["a"], np.float64)).real.max() < -0.1 + 1e-4
 
-    tx = optax.chain(optax.adam(0.05), P.project(spec))
+    tx = optax.chain(standard_promotion(optax.adam(0.05)), P.project(spec))
     _, losses = run(tx, params, loss_fn, 30, check)
     assert losses[-1] < losses[0]
 

@@ -20,7 +20,7 @@ KEY = jax.random.key(42)
 TOL = 2e-5
 
 
-def normal(std):
+def normal_init(std):
     return jax.nn.initializers.normal(std)
 
 
@@ -45,7 +45,7 @@ def _rank_one(key, shape, dtype):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(6, 4), (4, 6)])
 def test_lowrank_keeps_the_largest_singular_values_of_the_draw(shape):
-    init = normal(0.7)
+    init = normal_init(0.7)
     x = px.LowRank(rank=2).sample(KEY, shape, init=init)
     want = _sv(_draw(init, shape))
     np.testing.assert_allclose(_sv(x)[:2], want[:2], rtol=TOL)
@@ -56,7 +56,7 @@ def test_lowrank_keeps_the_largest_singular_values_of_the_draw(shape):
 
 
 def test_fixedrank_invertible_sl_almostorthogonal_singular_values():
-    init = normal(1.0)
+    init = normal_init(1.0)
     d = _draw(init, (5, 5))
     s = _sv(d)
     x = px.FixedRank(rank=3).sample(KEY, (5, 5), init=init)
@@ -68,9 +68,9 @@ def test_fixedrank_invertible_sl_almostorthogonal_singular_values():
     np.testing.assert_allclose(_sv(x), s / np.exp(np.mean(np.log(s))), rtol=1e-4)
     np.testing.assert_allclose(np.linalg.det(np.asarray(x, np.float64)), 1.0, rtol=1e-4)
     lam = 0.25
-    x = px.AlmostOrthogonal(lam=lam).sample(KEY, (5, 5), init=normal(0.4))
+    x = px.AlmostOrthogonal(lam=lam).sample(KEY, (5, 5), init=normal_init(0.4))
     np.testing.assert_allclose(
-        _sv(x), np.clip(_sv(_draw(normal(0.4), (5, 5))), 1 - lam, 1 + lam), rtol=TOL
+        _sv(x), np.clip(_sv(_draw(normal_init(0.4), (5, 5))), 1 - lam, 1 + lam), rtol=TOL
     )
 
 
@@ -94,7 +94,7 @@ def test_invertible_fixes_a_negative_determinant():
 def test_singular_values_follow_the_init_distribution():
     """Top singular value of 400 samples vs 400 numpy Gaussian matrices of the same std (KS)."""
     n = 400
-    top = _sv_batch(px.FixedRank(rank=2).sample(KEY, (n, 6, 4), init=normal(0.5)))[:, 0]
+    top = _sv_batch(px.FixedRank(rank=2).sample(KEY, (n, 6, 4), init=normal_init(0.5)))[:, 0]
     rng = np.random.default_rng(0)
     ref = np.linalg.svd(rng.normal(0, 0.5, (n, 6, 4)), compute_uv=False)[:, 0]
     wrong = np.linalg.svd(rng.normal(0, 0.6, (n, 6, 4)), compute_uv=False)[:, 0]
@@ -160,7 +160,7 @@ def test_bad_init_is_named():
 @pytest.mark.parametrize("with_init", [False, True])
 def test_factorized_returns_the_factors(shape, with_init):
     p = px.LowRank(rank=2)
-    kw = {"init": normal(1.0)} if with_init else {}
+    kw = {"init": normal_init(1.0)} if with_init else {}
     u, s, v = p.sample(KEY, shape, factorized=True, **kw)
     n, k = shape[-2:]
     assert u.shape == shape[:-2] + (n, 2) and s.shape == shape[:-2] + (2,)
@@ -187,13 +187,13 @@ def test_factorized_returns_the_factors(shape, with_init):
 
 def test_factorized_psd():
     p = px.PSSDFixedRank(rank=2)
-    lam, q = p.sample(KEY, (5, 5), init=normal(1.0), factorized=True)
+    lam, q = p.sample(KEY, (5, 5), init=normal_init(1.0), factorized=True)
     assert lam.shape == (2,) and q.shape == (5, 2)
-    d = _draw(normal(1.0), (5, 5))
+    d = _draw(normal_init(1.0), (5, 5))
     np.testing.assert_allclose(
         np.asarray(lam), np.linalg.eigvalsh(d @ d.T)[-2:], rtol=1e-4
     )
-    x = p.sample(KEY, (5, 5), init=normal(1.0))
+    x = p.sample(KEY, (5, 5), init=normal_init(1.0))
     np.testing.assert_allclose(np.asarray((q * lam) @ q.T), np.asarray(x), atol=1e-4)
 
 
@@ -201,10 +201,10 @@ def test_factorized_psd():
 # the eigen family: W Wᵀ of the draw (Wishart for a Gaussian init)
 # ------------------------------------------------------------------------------------------------
 def test_pssd_is_w_wt_of_the_draw():
-    d = _draw(normal(0.8), (4, 4))
-    x = px.PSSD().sample(KEY, (4, 4), init=normal(0.8))
+    d = _draw(normal_init(0.8), (4, 4))
+    x = px.PSSD().sample(KEY, (4, 4), init=normal_init(0.8))
     np.testing.assert_allclose(np.asarray(x), d @ d.T, rtol=1e-4, atol=1e-5)
-    x = px.PSSDLowRank(rank=2).sample(KEY, (4, 4), init=normal(0.8))
+    x = px.PSSDLowRank(rank=2).sample(KEY, (4, 4), init=normal_init(0.8))
     np.testing.assert_allclose(
         np.linalg.eigvalsh(np.asarray(x, np.float64))[-2:],
         np.linalg.eigvalsh(d @ d.T)[-2:],
@@ -219,7 +219,7 @@ def test_wishart_statistics():
     """E[W Wᵀ] = n s² I; the eigenvalue distribution matches numpy's Wishart draws (KS)."""
     m, n, std = 2000, 4, 0.5
     x = np.asarray(
-        px.PositiveDefinite().sample(KEY, (m, n, n), init=normal(std)), np.float64
+        px.PositiveDefinite().sample(KEY, (m, n, n), init=normal_init(std)), np.float64
     )
     np.testing.assert_allclose(
         x.mean(0), n * std**2 * np.eye(n), atol=0.05 * n * std**2
@@ -288,4 +288,4 @@ def test_almost_orthogonal_bad_distribution():
     ):
         p.sample(KEY, (3, 3), distribution="haar")
     with pytest.raises(px.ParametrizationError, match=r"apply to distribution=None"):
-        p.sample(KEY, (3, 3), distribution="uniform", init=normal(1.0))
+        p.sample(KEY, (3, 3), distribution="uniform", init=normal_init(1.0))

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import standard_promotion
 
 import parametrax as px
 from parametrax import tree as ptree
@@ -297,14 +298,14 @@ STATEFUL |= {"ConvSpectralNorm"}
 OPTIMIZERS = {
     "sgd": lambda: optax.sgd(1e-2),
     "momentum": lambda: optax.sgd(1e-2, momentum=0.9),
-    "adam": lambda: optax.adam(1e-2),
-    "adamw": lambda: optax.adamw(1e-2, weight_decay=1e-2),
+    "adam": lambda: standard_promotion(optax.adam(1e-2)),
+    "adamw": lambda: standard_promotion(optax.adamw(1e-2, weight_decay=1e-2)),
     "lion": lambda: optax.lion(1e-3, weight_decay=1e-2),
     "adafactor": lambda: optax.adafactor(1e-2),
-    "clip": lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2)),
+    "clip": lambda: optax.chain(optax.clip_by_global_norm(1.0), standard_promotion(optax.adam(1e-2))),
     # A huge learning rate with a bounded step (Adam's steps are ~lr): the raw values reach
     # |x| ~ 300 but stay finite; every finite raw value must map onto the set.
-    "huge_lr": lambda: optax.adam(10.0),
+    "huge_lr": lambda: standard_promotion(optax.adam(10.0)),
 }
 
 

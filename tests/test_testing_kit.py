@@ -19,7 +19,7 @@ KEY = jax.random.key(0)
 # Good parametrizations a user might write
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class Exp(px.Parametrization):
+class PositiveExp(px.Parametrization):
     def forward(self, x):
         return jnp.exp(x)
 
@@ -34,7 +34,7 @@ class Exp(px.Parametrization):
 
 
 def test_good_user_parametrizations_pass():
-    check_parametrization(Exp(), (3, 2), KEY)
+    check_parametrization(PositiveExp(), (3, 2), KEY)
     check_parametrization(RankOne(), (2, 4, 3), KEY)
     check_parametrization(Scale(2.0), (3,), KEY)
 
@@ -69,13 +69,13 @@ class OffManifold(px.Parametrization):
 
 
 @dataclasses.dataclass(frozen=True)
-class WrongInverse(Exp):
+class WrongInverse(PositiveExp):
     def right_inverse(self, y):
         return jnp.log(y) + 0.1
 
 
 @dataclasses.dataclass(frozen=True)
-class ChangesDtype(Exp):
+class ChangesDtype(PositiveExp):
     def forward(self, x):
         return jnp.exp(x).astype(jnp.bfloat16)
 
@@ -95,7 +95,7 @@ class IdentityEq(px.Parametrization):
 
 
 @dataclasses.dataclass(frozen=True)
-class ListField(Exp):
+class ListField(PositiveExp):
     sizes: list = dataclasses.field(default_factory=lambda: [1, 2])
 
 
@@ -262,6 +262,6 @@ def test_restricted_raw_domain():
 
 
 def test_named_check_alone():
-    check_round_trip(prepare(Exp(), (3,), KEY))
+    check_round_trip(prepare(PositiveExp(), (3,), KEY))
     with pytest.raises(AssertionError, match="failed the check `round trip on a given point`"):
         check_round_trip(prepare(WrongInverse(), (3,), KEY))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import standard_promotion
 from jax.test_util import check_grads
 
 import parametrax as px
@@ -190,7 +191,7 @@ def _train_setup():
     layer = OrthoDense(N)
     v = layer.init(KEY, X)
     y = X @ px.matrix_exp(px.skew(jax.random.normal(jax.random.key(3), (N, N))))
-    opt = optax.adam(0.05)
+    opt = standard_promotion(optax.adam(0.05))
 
     def step(params, opt_state):
         loss, g = jax.value_and_grad(lambda p: jnp.mean((layer.apply({"params": p}, X) - y) ** 2))(params)

@@ -12,15 +12,15 @@ import pytest
 import parametrax as px
 from parametrax import tree as ptree
 
-from _helpers import Double, normal, orthogonality_error, RankOne
+from _helpers import Double, key_normal, orthogonality_error, RankOne, standard_promotion
 
 KEY = jax.random.key(0)
 
 
 def mlp_params():
     return {
-        "Dense_0": {"kernel": normal(0, (3, 3)), "bias": jnp.zeros(3)},
-        "Dense_1": {"kernel": normal(1, (3, 3)), "bias": jnp.ones(3)},
+        "Dense_0": {"kernel": key_normal(0, (3, 3)), "bias": jnp.zeros(3)},
+        "Dense_1": {"kernel": key_normal(1, (3, 3)), "bias": jnp.ones(3)},
         "scale": jnp.float32(2.0),
     }
 
@@ -106,11 +106,11 @@ def test_multi_array_originals():
 
 def test_learnable_link_params_live_beside_original_and_train():
     spec = {"w": [px.skew, Learnable()]}
-    raw, state = ptree.register(spec, {"w": px.skew(normal(0, (3, 3)))}, key=KEY)
+    raw, state = ptree.register(spec, {"w": px.skew(key_normal(0, (3, 3)))}, key=KEY)
     assert jax.tree.map(jnp.shape, raw["parametrizations"]["w"]) == {"original": (3, 3), "1": {"s": ()}}
-    target = 3.0 * px.skew(normal(0, (3, 3)))
+    target = 3.0 * px.skew(key_normal(0, (3, 3)))
     loss = lambda r: jnp.sum((ptree.constrain(spec, r, state)["w"] - target) ** 2)
-    opt = optax.adam(0.05)
+    opt = standard_promotion(optax.adam(0.05))
     opt_state = opt.init(raw)
 
     @jax.jit
@@ -128,7 +128,7 @@ def test_learnable_link_params_live_beside_original_and_train():
 def test_assign_and_bake():
     spec = {"w": [px.skew, px.cayley]}
     raw, state = ptree.register(spec, {"w": jnp.eye(3), "b": jnp.ones(2)})
-    q = px.cayley(px.skew(normal(3, (3, 3))))
+    q = px.cayley(px.skew(key_normal(3, (3, 3))))
     raw2, state2 = ptree.assign(spec, raw, state, {"w": q})
     np.testing.assert_allclose(ptree.constrain(spec, raw2, state2)["w"], q, atol=1e-5)
     baked, st = ptree.remove_parametrizations(spec, raw2, state2)
@@ -149,8 +149,8 @@ def test_bake_some_keeps_others():
 def test_optax_training_keeps_constraint_every_step():
     spec = {"w": [px.skew, px.cayley]}
     raw, state = ptree.register(spec, {"w": jnp.eye(4)})
-    target = normal(9, (4, 4))
-    opt = optax.adam(0.1)
+    target = key_normal(9, (4, 4))
+    opt = standard_promotion(optax.adam(0.1))
     o = opt.init(raw)
 
     @jax.jit

@@ -16,7 +16,7 @@ import pytest
 import parametrax as px
 from parametrax import tree as ptree
 
-from _helpers import orthogonality_error, rand, skew_error
+from _helpers import orthogonality_error, rand, skew_error, standard_promotion
 
 
 @jax.tree_util.register_dataclass
@@ -61,7 +61,7 @@ def test_raw_leaf_arrays_have_key_paths_and_train_with_optax():
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(raw)[0]]
     assert ".first.w['original']" in paths
     target = jnp.asarray(rand(5, (4, 4)))
-    opt = optax.adam(0.05)
+    opt = standard_promotion(optax.adam(0.05))
     opt_state = opt.init(raw)
 
     @jax.jit

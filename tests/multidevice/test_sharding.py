@@ -4,6 +4,7 @@ computation. Runs in its own process with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (see ``tests/test_subprocess_suites.py``).
 """
 
+import os
 import pathlib
 import runpy
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import standard_promotion
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -36,7 +38,7 @@ def partitioned(names):
     return nn.with_partitioning(nn.initializers.lecun_normal(), names)
 
 
-class MLP(nn.Module):
+class ShardedMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.Dense(N, kernel_init=partitioned((None, "model")))(x)
@@ -76,6 +78,15 @@ def single_device_run(model, params, opt, x, y, steps):
     for _ in range(steps):
         params, o, loss = step(params, o, x, y)
     return params, loss
+
+
+def test_this_process_runs_strict_like_the_main_suite():
+    """tests/conftest.py reaches this subprocess suite: dtypes are not promoted implicitly."""
+    if os.environ.get("JAX_NUMPY_DTYPE_PROMOTION", "strict") != "strict":
+        pytest.skip("JAX_NUMPY_DTYPE_PROMOTION asks for another mode")
+    assert jax.config.jax_numpy_dtype_promotion == "strict"
+    with pytest.raises(jax.dtypes.TypePromotionError):
+        jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.int32)
 
 
 # --- annotations ---------------------------------------------------------------------------------
@@ -124,7 +135,7 @@ def test_explicit_mode_column_sharded_kernel_trains_like_one_device(chain):
     specs = nn.get_partition_spec(jax.eval_shape(model.init, KEY, x))
     v = nn.unbox(jax.jit(model.init, out_shardings=jax.tree.map(lambda s: NamedSharding(mesh, s), specs))(KEY, x))
     state = {k: a for k, a in v.items() if k != "params"}
-    opt = optax.adam(0.05)
+    opt = standard_promotion(optax.adam(0.05))
 
     def step(p, o, x, y):
         loss, g = jax.value_and_grad(lambda p: jnp.mean((model.apply({"params": p, **state}, x) - y) ** 2))(p)
@@ -153,9 +164,9 @@ def test_explicit_mode_column_sharded_kernel_trains_like_one_device(chain):
 # --- data parallel: params replicated, batch sharded ---------------------------------------------
 def test_data_parallel_training_matches_single_device():
     mesh = auto_mesh((8,), ("data",))
-    model = px.Parametrized(MLP(), SPEC)
+    model = px.Parametrized(ShardedMLP(), SPEC)
     x, y = data()
-    opt = optax.adam(0.05)
+    opt = standard_promotion(optax.adam(0.05))
     params = nn.unbox(model.init(KEY, x)["params"])
     replicated = NamedSharding(mesh, P())
     batch = NamedSharding(mesh, P("data", None))
@@ -175,7 +186,7 @@ def _sgd_reference(model, params, x, y, lr=0.1):
 
 
 def test_pmap_data_parallel_step():
-    model = px.Parametrized(MLP(), SPEC)
+    model = px.Parametrized(ShardedMLP(), SPEC)
     x, y = data()
     params = nn.unbox(model.init(KEY, x)["params"])
     n = jax.local_device_count()

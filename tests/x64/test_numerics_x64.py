@@ -1,11 +1,14 @@
 """The float64 row of the README's "Numerical tolerances" table (runs with JAX_ENABLE_X64=1)."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import standard_promotion
 
 import parametrax as px
 from parametrax import tree as ptree
@@ -26,6 +29,15 @@ def constrain(chain, raw):
 
 def test_x64_is_on():
     assert jnp.zeros(1).dtype == jnp.float64
+
+
+def test_this_process_runs_strict_like_the_main_suite():
+    """tests/conftest.py reaches this subprocess suite: dtypes are not promoted implicitly."""
+    if os.environ.get("JAX_NUMPY_DTYPE_PROMOTION", "strict") != "strict":
+        pytest.skip("JAX_NUMPY_DTYPE_PROMOTION asks for another mode")
+    assert jax.config.jax_numpy_dtype_promotion == "strict"
+    with pytest.raises(jax.dtypes.TypePromotionError):
+        jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.float64)
 
 
 @pytest.mark.parametrize("name", sorted(CHAINS))
@@ -54,7 +66,7 @@ def test_float64_long_adam_run():
     x = jax.random.normal(jax.random.key(1), (32, 8))
     target = x @ jax.random.normal(jax.random.key(2), (8, 8))
     params = layer.init(jax.random.key(0), x)["params"]
-    opt = optax.adam(0.1)
+    opt = standard_promotion(optax.adam(0.1))
 
     def step(carry, _):
         p, o = carry

@@ -25,6 +25,7 @@ from parametrax._numerics.checks import (
     require_rank,
     require_shape,
     require_square,
+    wide_dtype,
     widen,
     widened,
 )

@@ -30,6 +30,7 @@ from parametrax._errors import (
 Array = jax.Array
 
 __all__ = [
+    "wide_dtype",
     "widen",
     "widened",
     "require_inexact",
@@ -50,9 +51,18 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # dtypes
 # ------------------------------------------------------------------------------------------------
+def wide_dtype(dtype, at_least=jnp.float32):
+    """``jnp.promote_types(dtype, at_least)`` by the standard rules, whatever
+    ``jax_numpy_dtype_promotion`` is set to: the dtype is chosen here and every cast to it is
+    explicit, so the library also runs under strict promotion (which refuses ``promote_types`` of
+    two different dtypes)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(dtype, at_least)
+
+
 def widen(x: Array) -> Array:
     """``x`` in at least float32 (bfloat16 / float16 become float32; others are unchanged)."""
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x.astype(wide_dtype(x.dtype))
 
 
 def widened(fn):
@@ -62,7 +72,7 @@ def widened(fn):
     @functools.wraps(fn)
     def wrapper(x, *rest, **kwargs):
         dtype = x.dtype
-        if jnp.dtype(dtype) == jnp.promote_types(dtype, jnp.float32):
+        if jnp.dtype(dtype) == wide_dtype(dtype):
             return fn(x, *rest, **kwargs)
         rest = tuple(None if r is None else widen(r) for r in rest)
         out = fn(widen(x), *rest, **kwargs)

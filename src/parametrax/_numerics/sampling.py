@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from parametrax._numerics.checks import wide_dtype
 from parametrax._numerics.linalg import sign_or_one
 
 Array = jax.Array
@@ -19,7 +20,7 @@ def haar(key: Array, batch: tuple, n: int, k: int, dtype) -> Array:
     """Haar-uniform ``(..., n, k)`` (n >= k) matrices with orthonormal columns: the Q factor of
     a Gaussian matrix with the signs fixed so that ``diag(R) > 0`` (Mezzadri 2007). bfloat16 /
     float16 are drawn and factored in float32, then cast."""
-    wide = jnp.promote_types(dtype, jnp.float32)
+    wide = wide_dtype(dtype)
     g = jax.random.normal(key, tuple(batch) + (n, k), wide)
     q, r = jnp.linalg.qr(g)
     d = sign_or_one(jnp.diagonal(r, axis1=-2, axis2=-1))
@@ -29,7 +30,7 @@ def haar(key: Array, batch: tuple, n: int, k: int, dtype) -> Array:
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def haar_special(key: Array, batch: tuple, n: int, dtype) -> Array:
     """Haar-uniform SO(n): a Haar O(n) sample with its first column negated when det < 0."""
-    wide = jnp.promote_types(dtype, jnp.float32)
+    wide = wide_dtype(dtype)
     q = haar(key, batch, n, n, wide)
     neg = jnp.linalg.det(q) < 0
     sign = jnp.where(neg, -1.0, 1.0).astype(wide)

@@ -45,7 +45,7 @@ from parametrax._errors import (
     ParametrizationTypeError,
     ShapeError,
 )
-from parametrax._numerics import require_inexact, safe_norm
+from parametrax._numerics import require_inexact, safe_norm, wide_dtype
 
 __all__ = ["ConvSpectralNorm", "conv_singular_values"]
 
@@ -207,7 +207,7 @@ def conv_singular_values(
             f"`{name}`: `feature_group_count={feature_group_count!r}` must be a positive "
             f"divisor of the kernel's c_out = {cout}."
         )
-    wide = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
+    wide = kernel.astype(wide_dtype(kernel.dtype))
     folded = _fold(_dilate(wide, dil), input_shape)
     khat = jnp.fft.fftn(folded, axes=tuple(range(nd)))  # (*input_shape, c_in/g, c_out)
     cin_g = kernel.shape[-2]
@@ -535,7 +535,7 @@ class ConvSpectralNorm(Parametrization):
             return kernel, state
         k = lax.stop_gradient(kernel)
         u0, v0 = self._stored(state, k)
-        wide = jnp.promote_types(k.dtype, jnp.float32)
+        wide = wide_dtype(k.dtype)
         current = self.sigma(k.astype(wide), u0.astype(wide), v0.astype(wide))
         tol = 32 * float(jnp.finfo(wide).eps) + 4 * float(jnp.finfo(k.dtype).eps)
         keep = jnp.abs(current - 1) <= tol

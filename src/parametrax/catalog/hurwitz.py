@@ -25,7 +25,7 @@ from jax import lax
 
 from parametrax._core import Parametrization
 from parametrax._errors import ParametrizationError, ParametrizationTypeError
-from parametrax._numerics import expm, eye_like, mT, require_square, widen, widened
+from parametrax._numerics import expm, eye_like, mT, require_square, wide_dtype, widen, widened
 
 __all__ = ["Hurwitz", "lyapunov", "lyapunov_schur", "lyapunov_kron"]
 
@@ -91,7 +91,7 @@ def lyapunov_kron(b: Array, refine: int = 1) -> Array:
 
 def _schur_factor(b: Array) -> tuple[Array, Array]:
     """``(U, T)`` with ``Bᵀ = U T Uᴴ``: the complex Schur form (``T`` upper triangular)."""
-    cdtype = jnp.promote_types(b.dtype, jnp.complex64)
+    cdtype = wide_dtype(b.dtype, jnp.complex64)
     t, u = jax.scipy.linalg.schur(mT(b).astype(cdtype), output="complex")
     return u, t
 

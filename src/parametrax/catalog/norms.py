@@ -67,7 +67,13 @@ from jax import lax
 
 from parametrax._core import Parametrization, Variables
 from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
-from parametrax._numerics import check_axis_field, normalize_axes, require_inexact, safe_norm
+from parametrax._numerics import (
+    check_axis_field,
+    normalize_axes,
+    require_inexact,
+    safe_norm,
+    wide_dtype,
+)
 
 __all__ = ["SpectralNorm", "WeightNorm"]
 
@@ -348,7 +354,7 @@ class SpectralNorm(Parametrization):
             return (gamma, value), {**variables["state"], "u": u, "v": v}
         # The value read back now (u0^H W v0 = 1 to rounding: `assign(constrain(...))`, a
         # module writing back the kernel it read) keeps u, v: re-assigning it is a no-op.
-        wide = jnp.promote_types(mat.dtype, jnp.float32)
+        wide = wide_dtype(mat.dtype)
         current = jnp.vdot(
             u0.astype(wide),
             jnp.matmul(mat.astype(wide), v0.astype(wide), precision=_HIGHEST),
@@ -377,7 +383,7 @@ def _refuse_zero(p: SpectralNorm, value: Array) -> None:
 def _top_singular_pair(mat: Array) -> tuple[Array, Array]:
     """``(u, v)`` with ``u^H mat v = sigma_max``, in ``mat``'s dtype (the SVD runs in at least
     float32: LAPACK has no half precision)."""
-    wide = jnp.promote_types(mat.dtype, jnp.float32)
+    wide = wide_dtype(mat.dtype)
     u, _, vh = jnp.linalg.svd(mat.astype(wide), full_matrices=False)
     return u[:, 0].astype(mat.dtype), jnp.conj(vh[0]).astype(mat.dtype)
 

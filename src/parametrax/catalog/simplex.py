@@ -12,6 +12,7 @@ from parametrax._numerics import (
     default_atol,
     positive_image,
     raise_into,
+    wide_dtype,
     widened,
 )
 
@@ -55,7 +56,7 @@ class Simplex(Parametrization):
         off = ~(value >= jnp.finfo(value.dtype).tiny)
         top = jnp.max(jnp.where(off, 0, value), axis=ax, keepdims=True, initial=0.0)
         y = raise_into(value, off, top)
-        logp = jnp.log(y.astype(jnp.promote_types(y.dtype, jnp.float32)))
+        logp = jnp.log(y.astype(wide_dtype(y.dtype)))
         return (logp - jnp.mean(logp, axis=ax, keepdims=True)).astype(value.dtype)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
