@@ -52,7 +52,6 @@ from parametrax._numerics import (
     complete,
     default_atol,
     eye_frame,
-    widen,
     flip_last_col,
     haar,
     haar_special,
@@ -60,6 +59,8 @@ from parametrax._numerics import (
     require_matrix,
     require_rank,
     require_square,
+    wide_dtype,
+    widen,
 )
 from parametrax._numerics import scalar as S
 from parametrax.catalog import _trivialization as T
@@ -267,7 +268,7 @@ class _SVDFamily(T.Trivialized):
         r = self._rank(jax.ShapeDtypeStruct(shape, dtype))
         big, small = max(shape[-2:]), min(shape[-2:])
         batch = shape[:-2]
-        wide = jnp.promote_types(dtype, jnp.float32)
+        wide = wide_dtype(dtype)
         if eps is not None and not self._sample_has_floor():
             raise ParametrizationError(
                 f"`{type(self).__name__}.sample`: `eps` (a floor on the singular values) applies "

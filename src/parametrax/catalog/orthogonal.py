@@ -74,6 +74,7 @@ from parametrax._numerics import (
     skew_blocks,
     skew_map_columns,
     solve,
+    wide_dtype,
     widen,
     widened,
 )
@@ -177,7 +178,7 @@ def _householder_reflectors(q: Array) -> Array:
         r = jnp.where(jnp.arange(k) >= j, upd, r)
         # column j of the result: R's entries above the diagonal, sign(R_jj) on it, v below
         # (+1 for a zero column, where torch stores sign(0) = 0 and loses the column).
-        newcol = jnp.where(rows < j, col, vtail) + (rows == j) * sign_or_one(beta)[..., None]
+        newcol = jnp.where(rows < j, col, vtail) + (rows == j).astype(q.dtype) * sign_or_one(beta)[..., None]
         out = lax.dynamic_update_index_in_dim(out, newcol[..., :, None], j, axis=-1)
         return r, out
 
@@ -226,7 +227,7 @@ def cayley_raw_bound(dtype) -> float:
     of modulus ``cot(d / 2) ~ 2 / d``, and the Cayley map's derivative along that eigenpair is
     ``2 / (1 + mu^2)``: at ``|mu| = 1 / sqrt(eps)`` it is ``2 eps``, below rounding, so a raw
     value past the bound can never be trained back (and at ``d = 0`` the solve is singular)."""
-    return 1.0 / math.sqrt(float(jnp.finfo(jnp.promote_types(dtype, jnp.float32)).eps))
+    return 1.0 / math.sqrt(float(jnp.finfo(wide_dtype(dtype)).eps))
 
 
 @widened

@@ -51,9 +51,10 @@ from parametrax._numerics import (
     eye_frame,
     haar,
     mT,
-    widen,
     require_rank,
     require_square,
+    wide_dtype,
+    widen,
 )
 from parametrax._numerics import scalar as S
 from parametrax.catalog import _trivialization as T
@@ -204,7 +205,7 @@ class _SymEigen(T.Trivialized):
         return jnp.all(sym_ok & self._eig_ok(w, tol, r))
 
     def _sample_eigs(self, key: Array, shape: tuple, dtype) -> Array:
-        wide = jnp.promote_types(dtype, jnp.float32)
+        wide = wide_dtype(dtype)
         return self._eigs(jax.random.normal(key, shape, wide), dtype)
 
     def sample(
@@ -235,7 +236,7 @@ class _SymEigen(T.Trivialized):
         """
         shape = tuple(shape)
         r = self._rank(jax.ShapeDtypeStruct(shape, dtype))
-        wide = jnp.promote_types(dtype, jnp.float32)
+        wide = wide_dtype(dtype)
         closed = self._fmap().closed
         if eps is not None and closed:
             from parametrax._errors import ParametrizationError
