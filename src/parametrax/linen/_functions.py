@@ -6,7 +6,6 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 
 from parametrax import tree as _tree
@@ -27,7 +26,7 @@ from parametrax.linen._collections import (
 from parametrax.linen._wrapper import Parametrized, _ParametrizedMixin, _parametrized_class
 
 
-def _require_parametrized(model: Any, what: str) -> type:
+def _require_parametrized(model: Any, what: str) -> type[_ParametrizedMixin]:
     cls = model if inspect.isclass(model) else type(model)
     if not (inspect.isclass(cls) and issubclass(cls, _ParametrizedMixin)):
         raise NotParametrizedError(
@@ -119,7 +118,7 @@ def remove_parametrizations(
     names: Any = None,
     *,
     leave_parametrized: bool = True,
-) -> tuple[nn.Module, dict]:
+) -> tuple[Any, dict]:  # a module, or a module class for a class
     """Torch's ``remove_parametrizations``: returns ``(module, variables)``.
 
     ``names``: variable paths or globs to unparametrize (default: all). When all are removed,

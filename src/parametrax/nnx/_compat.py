@@ -16,7 +16,7 @@ import jax.extend.core
 from flax import nnx
 
 
-def pytree_flag(cls: type) -> Any:
+def pytree_flag(cls: type[nnx.Pytree]) -> bool:
     """The ``pytree=`` class keyword ``cls`` was created with (``Module._pytree__is_pytree``).
 
     The generated ``Parametrized<Class>`` subclass must be created with the same flag as its base,
