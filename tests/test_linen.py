@@ -12,8 +12,17 @@ import pytest
 import parametrax as px
 from parametrax import Parametrized, cayley, skew
 
-from _helpers import (Counter, Double, MLP, normal, orthogonality_error, RankOne, Scale, skew_error,
-                      symmetry_error)
+from _helpers import (
+    MLP,
+    Counter,
+    Double,
+    RankOne,
+    Scale,
+    normal,
+    orthogonality_error,
+    skew_error,
+    symmetry_error,
+)
 
 KEY = jax.random.key(0)
 X3 = jnp.ones((2, 3))

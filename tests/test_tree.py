@@ -12,7 +12,7 @@ import pytest
 import parametrax as px
 from parametrax import tree as ptree
 
-from _helpers import Double, normal, orthogonality_error, RankOne
+from _helpers import Double, RankOne, normal, orthogonality_error
 
 KEY = jax.random.key(0)
 

@@ -191,4 +191,4 @@ def test_pmap_data_parallel_step():
     )
     expected = _sgd_reference(model, params, x, y)
     for i in range(n):
-        assert_close(jax.tree.map(lambda a: a[i], out), expected)
+        assert_close(jax.tree.map(lambda a, i=i: a[i], out), expected)

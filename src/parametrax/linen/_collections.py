@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from parametrax import tree as _tree
-from parametrax.tree import paths as _paths
 from parametrax._errors import NotParametrizedError, ParametrizationError, SpecError
 from parametrax.tree import PARAMETRIZATIONS, Spec
+from parametrax.tree import paths as _paths
 
 if TYPE_CHECKING:  # _wrapper imports this module
     from parametrax.linen._wrapper import _ParametrizedMixin

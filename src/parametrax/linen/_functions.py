@@ -9,9 +9,7 @@ from typing import Any
 import jax
 
 from parametrax import tree as _tree
-from parametrax.tree import paths as _paths
 from parametrax._errors import NotParametrizedError, ParametrizationTypeError
-from parametrax.tree import Spec
 from parametrax.linen._boxes import boxes_after_bake, rebox_plain, unbox
 from parametrax.linen._collections import (
     PARAMS,
@@ -23,7 +21,9 @@ from parametrax.linen._collections import (
     state_merge,
     state_slice,
 )
-from parametrax.linen._wrapper import Parametrized, _ParametrizedMixin, _parametrized_class
+from parametrax.linen._wrapper import Parametrized, _parametrized_class, _ParametrizedMixin
+from parametrax.tree import Spec
+from parametrax.tree import paths as _paths
 
 
 def _require_parametrized(model: Any, what: str) -> type[_ParametrizedMixin]:

@@ -13,26 +13,26 @@ import flax.linen as nn
 import jax
 
 from parametrax import tree as _tree
-from parametrax.tree import paths as _paths
 from parametrax._errors import (
     ParametrizationError,
     ParametrizationTypeError,
     ShapeError,
     SpecError,
 )
-from parametrax.tree import PARAMETRIZATIONS, Spec
 from parametrax.linen import _compat
 from parametrax.linen._boxes import rebox_plain, rebox_raw, rebox_state, unbox
 from parametrax.linen._collections import (
-    FrozenStateWarning,
     PARAMS,
     STATE_COLLECTION,
+    FrozenStateWarning,
     by_collection,
     constrain_collections,
     explained,
     state_merge,
     state_slice,
 )
+from parametrax.tree import PARAMETRIZATIONS, Spec
+from parametrax.tree import paths as _paths
 
 
 def _base_fields(cls: type) -> list[str]:
@@ -53,7 +53,8 @@ def _unbind(value: Any) -> Any:
 
 
 def _wrapped_method_names(base: type) -> list[str]:
-    names = ["__call__"] if callable(getattr(base, "__call__", None)) else []
+    # whether instances are callable (a class itself always is): B004's `callable(base)` is wrong
+    names = ["__call__"] if callable(getattr(base, "__call__", None)) else []  # noqa: B004
     for klass in base.__mro__:
         if klass is nn.Module or not issubclass(klass, nn.Module):
             continue
@@ -321,7 +322,7 @@ class _ParametrizedMixin(_MixinBase):
         return state_tree
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parametrized_class(
     base: type, layers: tuple[Spec, ...], unsafe: bool, group: bool = True
 ) -> type:

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from parametrax._numerics import default_atol  # the one tolerance table, shared with in_manifold
 from parametrax._core import Parametrization, as_parametrization, describe
 from parametrax._errors import ParametrizationError
+from parametrax._numerics import default_atol  # the one tolerance table, shared with in_manifold
 
 __all__ = ["Subject", "prepare", "default_atol", "BATCH", "NOISE"]
 
