@@ -36,13 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _harness import Runner, jax_runner
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import parametrax as px
 from parametrax.catalog.orthogonal import Orthogonal
-
-from _harness import Runner, jax_runner
 
 LINEN_SN = "flax.linen SpectralNorm"
 NNX_SN = "flax.nnx SpectralNorm"

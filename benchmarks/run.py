@@ -40,7 +40,6 @@ if "--quick" in sys.argv[1:]:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + QUICK_XLA_FLAGS).strip()
 
 import jax  # noqa: E402
-
 import sweeps  # noqa: E402
 import workloads as W  # noqa: E402
 from _harness import measure  # noqa: E402

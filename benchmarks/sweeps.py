@@ -9,14 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _harness import Runner, measure
+from expm_variants import expm_reverse_only
+from workloads import HAVE_TORCH, ortho_map_jax, orthogonal_matrix, skew_lower
 
 import parametrax as px
 from parametrax.catalog import Cayley, Skew
 from parametrax.catalog.orthogonal import Orthogonal
-
-from _harness import Runner, measure
-from expm_variants import expm_reverse_only
-from workloads import HAVE_TORCH, ortho_map_jax, orthogonal_matrix, skew_lower
 
 
 # ------------------------------------------------------------------------------------------------

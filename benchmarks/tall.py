@@ -103,9 +103,9 @@ def jax_cell(method: str, n: int, k: int, cfg: dict, mem_bound_mb: float) -> Non
     import jax.numpy as jnp  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
     import optax  # noqa: PLC0415
+    from _harness import Runner, measure, xla_memory_mb  # noqa: PLC0415
 
     import parametrax as px  # noqa: PLC0415
-    from _harness import Runner, measure, xla_memory_mb  # noqa: PLC0415
 
     x, y, w0 = _data(n, k, cfg["batch"])
     entry = eval(JAX_METHODS[method], {  # noqa: S307 - a fixed table of this file
@@ -169,7 +169,6 @@ def jax_cell(method: str, n: int, k: int, cfg: dict, mem_bound_mb: float) -> Non
 def torch_cell(method: str, n: int, k: int, cfg: dict) -> None:
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
-
     from _harness import Runner, measure  # noqa: PLC0415
 
     x, y, w0 = (torch.tensor(a) for a in _data(n, k, cfg["batch"]))
@@ -357,7 +356,7 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     try:
         return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")]
     except ValueError:
-        raise SystemExit(f"--shapes: expected NxK[,NxK...] such as 1000x16,1000x64; got {text!r}")
+        raise SystemExit(f"--shapes: expected NxK[,NxK...] such as 1000x16,1000x64; got {text!r}") from None
 
 
 def main(argv=None) -> int:

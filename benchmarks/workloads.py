@@ -27,12 +27,11 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 import optax
+from _harness import Runner, jax_runner
 
 import parametrax as px
 from parametrax.catalog.norms import SpectralNorm, WeightNorm
 from parametrax.catalog.orthogonal import Orthogonal
-
-from _harness import Runner, jax_runner
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 

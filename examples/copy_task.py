@@ -155,7 +155,7 @@ def optimizer(lr: float, orthogonal: bool):
         return rms(lr)
 
     def labels(params):
-        return {k: jax.tree.map(lambda _: "orth" if k == "parametrizations" else "rest", v)
+        return {k: jax.tree.map(lambda _, k=k: "orth" if k == "parametrizations" else "rest", v)
                 for k, v in params.items()}
 
     return optax.multi_transform({"orth": rms(lr / 10), "rest": rms(lr)}, labels)

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
 
     rng = np.random.default_rng(args.seed)
     first = last = None
-    for i in range(args.steps):
+    for _ in range(args.steps):
         idx = rng.integers(0, len(xtr), args.batch)
         model, state, opt_state, loss = step(model, state, opt_state, xtr[idx], ytr[idx])
         first = float(loss) if first is None else first

@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import standard_promotion
 from flax import nnx
 
 import parametrax as px
 from parametrax import tree as ptree
+
+from _helpers import standard_promotion
 
 KEY = jax.random.key(0)
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import parametrax as px
-
-from _helpers import MLP, RankOne
 from parametrax import Parametrized, cayley, skew
 from parametrax import tree as ptree
+
+from _helpers import MLP, RankOne
 
 KEY = jax.random.key(0)
 X3 = jnp.ones((2, 3))

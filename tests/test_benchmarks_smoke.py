@@ -10,6 +10,7 @@ import importlib.util
 import json
 
 import jax
+
 from _helpers import run_script
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import standard_promotion
 
 import parametrax as px
+
+from _helpers import standard_promotion
 
 ocp = pytest.importorskip("orbax.checkpoint")
 

@@ -15,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import rand, standard_promotion
 from flax import nnx
 
 import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax import tree as ptree
 from parametrax.catalog.conv_norm import ConvSpectralNorm, conv_singular_values
+
+from _helpers import rand, standard_promotion
 
 KEY = jax.random.key(0)
 STATE = px.linen.STATE_COLLECTION

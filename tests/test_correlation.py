@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import normal, standard_promotion
 from flax import nnx
 from jax.test_util import check_grads
 
 import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax import tree as ptree
+
+from _helpers import normal, standard_promotion
 
 ATOL = 1e-5
 STEPS = 80

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import normal, standard_promotion
 from flax import nnx
 from jax.test_util import check_grads
 
@@ -16,6 +15,8 @@ import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax import tree as ptree
 from parametrax.catalog.hurwitz import lyapunov, lyapunov_kron, lyapunov_schur
+
+from _helpers import normal, standard_promotion
 
 ROUND_TRIP = 1e-4  # float32, relative to max(1, max|A|), for values well inside the set
 STEPS = 60

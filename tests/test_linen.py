@@ -12,8 +12,18 @@ import pytest
 import parametrax as px
 from parametrax import Parametrized, cayley, skew
 
-from _helpers import (Counter, Double, key_normal, MLP, orthogonality_error, RankOne, Scale, skew_error,
-                      standard_promotion, symmetry_error)
+from _helpers import (
+    MLP,
+    Counter,
+    Double,
+    RankOne,
+    Scale,
+    key_normal,
+    orthogonality_error,
+    skew_error,
+    standard_promotion,
+    symmetry_error,
+)
 
 KEY = jax.random.key(0)
 X3 = jnp.ones((2, 3))

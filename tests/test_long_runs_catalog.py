@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import standard_promotion
 
 import parametrax as px
+
+from _helpers import standard_promotion
 
 KEY = jax.random.key(0)
 STEPS = 10_000

@@ -10,14 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import normal, orthogonality_error, standard_promotion, symmetry_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import parametrax as px
-from parametrax import tree as ptree
 from parametrax import _numerics as N
-from parametrax.tree import update_base
+from parametrax import tree as ptree
 from parametrax._numerics import inv_softplus
 from parametrax.catalog import (
     PSSD,
@@ -41,6 +39,9 @@ from parametrax.catalog import (
     SphereEmbedded,
     Stiefel,
 )
+from parametrax.tree import update_base
+
+from _helpers import normal, orthogonality_error, standard_promotion, symmetry_error
 
 KEY = jax.random.key(0)
 

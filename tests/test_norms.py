@@ -11,8 +11,8 @@ import optax
 import pytest
 
 import parametrax as px
-from parametrax import tree as ptree
 from parametrax import AxisError
+from parametrax import tree as ptree
 from parametrax.catalog.norms import SpectralNorm, WeightNorm
 
 from _helpers import rand, standard_promotion

@@ -12,12 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import standard_promotion
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import parametrax as px
 from parametrax import tree as ptree
+
+from _helpers import standard_promotion
 
 KEY = jax.random.key(0)
 

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import normal, standard_promotion
 from flax import nnx
 
 import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax import tree as ptree
+
+from _helpers import normal, standard_promotion
 
 KEY = jax.random.key(0)
 

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import normal, standard_promotion
 
 import parametrax as px
 from parametrax import projections as P
+
+from _helpers import normal, standard_promotion
 
 KERAS_EPS = 1e-7
 STEP_ATOL = 1e-5

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import parametrax as px
-from parametrax import tree as ptree
 from parametrax import AxisError
+from parametrax import tree as ptree
 from parametrax.catalog.norms import SpectralNorm, WeightNorm
 from parametrax.catalog.orthogonal import Orthogonal
 
@@ -79,7 +79,7 @@ def t_np(x):
 # ================================================================================================
 # Orthogonal
 # ================================================================================================
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ours_orth(m):
     """One jitted function per map: (grads, values) for all SHAPES at once, through the variables
     protocol with a base point. ``use_trivialization=False`` is compared through the same
@@ -243,7 +243,7 @@ def test_orthogonal_assignment(m, triv, dt):
     # evaluate the constrained values with the jitted function (shapes in SHAPES order: q, r)
     for which in (0, 1):
         ws = ours_weights(m, triv, new_raws[which::2], new_bases[which::2] if triv else None)
-        for shape, w, ref, q in zip(SHAPES, ws, expected[which::2], exact):
+        for _shape, w, ref, q in zip(SHAPES, ws, expected[which::2], exact):
             close(w, ref)
             if which == 0:
                 close(w, q)  # an orthogonal value is reproduced
@@ -333,7 +333,7 @@ def _inject(sn_module, u0, v0):
         sn_module._v.copy_(torch.tensor(v0))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sn_step(n, axis, update):
     p = SpectralNorm(n_power_iterations=n, axis=axis)
 

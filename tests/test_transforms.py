@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import standard_promotion
 from jax.test_util import check_grads
 
 import parametrax as px
 from parametrax import Parametrized, cayley, skew
+
+from _helpers import standard_promotion
 
 KEY = jax.random.key(0)
 N = 4

@@ -12,7 +12,7 @@ import pytest
 import parametrax as px
 from parametrax import tree as ptree
 
-from _helpers import Double, key_normal, orthogonality_error, RankOne, standard_promotion
+from _helpers import Double, RankOne, key_normal, orthogonality_error, standard_promotion
 
 KEY = jax.random.key(0)
 

@@ -18,7 +18,12 @@ The public API, one name per object (the alias policy is in ``parametrax._deprec
 See ``ARCHITECTURE.md`` for which module owns what.
 """
 
-from parametrax import linen, nnx, tree
+from parametrax import (
+    linen,
+    nnx,
+    projections,  # imports optax only when `project` is called
+    tree,
+)
 from parametrax._core import Parametrization, as_parametrization
 from parametrax._deprecation import module_getattr as _module_getattr
 from parametrax._errors import (
@@ -31,13 +36,17 @@ from parametrax._errors import (
     SpecError,
 )
 from parametrax.catalog import (
+    PSSD,
     SL,
     SO,
     AlmostOrthogonal,
     Cayley,
     Cholesky,
+    ConvSpectralNorm,
+    CorrelationCholesky,
     FixedRank,
     Grassmannian,
+    Hurwitz,
     Interval,
     Invertible,
     LowerTriangular,
@@ -47,7 +56,7 @@ from parametrax.catalog import (
     Orthogonal,
     Positive,
     PositiveDefinite,
-    PSSD,
+    ProductManifold,
     PSSDFixedRank,
     PSSDLowRank,
     RandomPruning,
@@ -60,13 +69,11 @@ from parametrax.catalog import (
     Symmetric,
     WeightNorm,
     cayley,
+    conv_singular_values,
     matrix_exp,
     skew,
     symmetric,
 )
-from parametrax.catalog import CorrelationCholesky, Hurwitz, ProductManifold
-from parametrax.catalog import ConvSpectralNorm, conv_singular_values
-from parametrax import projections  # imports optax only when `project` is called
 from parametrax.linen import Parametrized
 from parametrax.tree import Spec
 

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,14 @@ def empty_variables() -> Variables:
     return {"params": {}, "state": {}}
 
 
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:  # the marker only informs type checkers; no runtime dependency on typing_extensions
+
+    def dataclass_transform(**_kwargs):
+        return lambda cls: cls
+
+
 _AUTO = "_parametrax_auto_dataclass"  # what the automatic dataclass step added to a class
 
 
@@ -74,6 +82,19 @@ class _ParametrizationMeta(type):
         super().__setattr__(name, value)
 
 
+def _forward_unimplemented(self: Parametrization, *raw: Array) -> Array:
+    raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+
+def _apply_default(
+    self: Parametrization, variables: Variables, *raw: Array, update_state: bool = False
+) -> tuple[Array, dict]:
+    del update_state
+    return self.forward(*raw), variables["state"]
+
+
+# Every subclass is made a frozen dataclass by ``__init_subclass__``: this tells type checkers so.
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field,))
 class Parametrization(metaclass=_ParametrizationMeta):
     """A pure ``forward`` / ``right_inverse`` pair: the unit every parametrax API works with.
 
@@ -153,8 +174,10 @@ class Parametrization(metaclass=_ParametrizationMeta):
         type.__setattr__(cls, _AUTO, (added, saved))
 
     # --- the simple protocol -------------------------------------------------------------------
-    def forward(self, *raw: Array) -> Array:
-        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+    # ``forward(*raw)`` and ``apply(variables, *raw, update_state=False)``: each subclass fixes
+    # how many raw arrays it takes, so they are typed as callables of any arity (as torch types
+    # ``nn.Module.forward``); the defaults are the functions above.
+    forward: ClassVar[Callable[..., Array]] = _forward_unimplemented
 
     def right_inverse(self, value: Array) -> Array | tuple[Array, ...]:
         raise NotImplementedError(f"{type(self).__name__} does not implement right_inverse")
@@ -164,11 +187,9 @@ class Parametrization(metaclass=_ParametrizationMeta):
         del key, value
         return empty_variables()
 
-    def apply(self, variables: Variables, *raw: Array, update_state: bool = False):
-        del update_state
-        return self.forward(*raw), variables["state"]
+    apply: ClassVar[Callable[..., tuple[Array, dict]]] = _apply_default
 
-    def apply_inverse(self, variables: Variables, value: Array, *, key: Array):
+    def apply_inverse(self, variables: Variables, value: Array, *, key: Array | None):
         del key
         return self.right_inverse(value), variables["state"]
 
@@ -455,11 +476,12 @@ def _raised_by_own_inverse(link: Parametrization, err: BaseException) -> bool:
 def _check_arity(link: Parametrization, raws: tuple, params: dict, state: dict) -> None:
     """Refuses raw arrays the first link's forward cannot take (a right_inverse returning two
     arrays for a one-array forward, or one for two), before calling it."""
+    fn: Callable[..., Any]
     if link.has_variables or type(link).apply is not Parametrization.apply:
         fn, args = link.apply, ({"params": params, "state": state}, *raws)
         what = "apply(variables, *raw)"
     elif getattr(type(link), "wraps_function", False):
-        fn, args, what = link.fn, raws, "the function"
+        fn, args, what = cast(FunctionParametrization, link).fn, raws, "the function"
     else:
         fn, args, what = link.forward, raws, "forward"
     try:
@@ -584,6 +606,7 @@ def _traced_chain(chain, update_state, originals, params, state):
     without ``update_state``) comes back as ``None`` (an empty pytree), so that the caller can
     return the very input array, as op-by-op evaluation does (callers compare state by identity
     to skip writes)."""
+    value: Array | None
     value, new_state = _forward_ops(chain, originals, params, state, update_state=update_state)
     value = None if value is originals.get(_first_name(originals)) else value
     new_state = [
@@ -726,6 +749,8 @@ def chain_update_base(
     missing entry, as in :func:`chain_forward`.
     """
     link = chain[0]
+    if link.update_base is None:  # the fronts only call this for a link that has update_base
+        raise ParametrizationTypeError(f"{describe(link)} has no update_base.")
     variables = {"params": params[0], "state": state[0]}
     if "original" in originals:
         args: tuple = (originals["original"],)

@@ -15,6 +15,7 @@ Message helpers (one of each, used by every layer):
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 __all__ = [
@@ -99,8 +100,9 @@ def with_context(err: BaseException, context: str) -> BaseException:
     if isinstance(err, ParametrizationError):
         new = type(err)(f"{context}: {err}")
         new.__cause__ = err.__cause__
-        for note in getattr(err, "__notes__", ()):
-            new.add_note(note)
+        if sys.version_info >= (3, 11):  # exception notes are new in Python 3.11
+            for note in getattr(err, "__notes__", ()):
+                new.add_note(note)
         return new
     if hasattr(err, "add_note"):
         err.add_note(f"(parametrax: raised while {context})")

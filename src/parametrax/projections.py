@@ -50,7 +50,7 @@ True
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +88,11 @@ class _AlongAxis(Parametrization):
     """What the norm constraints share: their ``axis`` field (declared by each, so that
     ``MaxNorm(max_value, axis)`` keeps Keras's argument order) is the axis (or axes) the norm
     runs over: an int, a tuple of ints, or None for the whole tensor."""
+
+    if TYPE_CHECKING:  # each subclass declares the field itself (for its argument order)
+
+        @property
+        def axis(self) -> int | tuple[int, ...] | None: ...
 
     def __post_init__(self):
         check_axis_field(self, allow_none=True)

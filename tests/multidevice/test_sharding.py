@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import standard_promotion
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import parametrax as px
+
+from _helpers import standard_promotion
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY = jax.random.key(0)
@@ -202,4 +203,4 @@ def test_pmap_data_parallel_step():
     )
     expected = _sgd_reference(model, params, x, y)
     for i in range(n):
-        assert_close(jax.tree.map(lambda a: a[i], out), expected)
+        assert_close(jax.tree.map(lambda a, i=i: a[i], out), expected)

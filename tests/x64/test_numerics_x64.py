@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import standard_promotion
 
 import parametrax as px
 from parametrax import tree as ptree
+
+from _helpers import standard_promotion
 
 ORTH_TOL_F64 = 1e-12
 ROUND_TRIP_TOL_F64 = 1e-12

@@ -61,7 +61,7 @@ def t_np(x):
     return x.detach().numpy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ours_orth(m):
     p = Orthogonal(m)
 

@@ -227,8 +227,8 @@ def raise_into(y: Array, off: Array, scale: Array | float = 1.0, dtype=None) -> 
     max(1, scale)`` (``scale`` broadcasts against ``y``; ``dtype``: the value's, when ``y`` is
     computed wider): the one projection of values on or beyond the boundary ``0`` of an open
     set. Other entries are kept exactly."""
-    m = interior_margin(y.dtype if dtype is None else dtype)
-    m = m * jnp.maximum(1.0, jnp.asarray(scale, y.dtype))
+    margin = interior_margin(y.dtype if dtype is None else dtype)
+    m = margin * jnp.maximum(1.0, jnp.asarray(scale, y.dtype))
     return jnp.where(off, jnp.broadcast_to(m, y.shape).astype(y.dtype), y)
 
 

@@ -49,6 +49,9 @@ axes and broadcast over the leading ones. Entries with state follow the variable
 which :func:`parametrax.tree.update_base` applies over a whole raw tree (jit-friendly).
 """
 
+from parametrax.catalog.conv_norm import ConvSpectralNorm, conv_singular_values
+from parametrax.catalog.correlation import CorrelationCholesky
+from parametrax.catalog.hurwitz import Hurwitz
 from parametrax.catalog.linear import Skew, Symmetric, skew, symmetric
 from parametrax.catalog.lowrank import SL, AlmostOrthogonal, FixedRank, Invertible, LowRank
 from parametrax.catalog.norms import SpectralNorm, WeightNorm
@@ -61,16 +64,13 @@ from parametrax.catalog.orthogonal import (
     matrix_exp,
 )
 from parametrax.catalog.positive import Interval, Positive
+from parametrax.catalog.product import ProductManifold
 from parametrax.catalog.pruning import RandomPruning
 from parametrax.catalog.psd import PSSD, PositiveDefinite, PSSDFixedRank, PSSDLowRank
 from parametrax.catalog.simplex import Simplex
 from parametrax.catalog.sphere import Sphere, SphereEmbedded
 from parametrax.catalog.stiefel import SO, Grassmannian, Stiefel
 from parametrax.catalog.triangular import Cholesky, LowerTriangular
-from parametrax.catalog.hurwitz import Hurwitz
-from parametrax.catalog.correlation import CorrelationCholesky
-from parametrax.catalog.conv_norm import ConvSpectralNorm, conv_singular_values
-from parametrax.catalog.product import ProductManifold
 
 __all__ = [
     "Symmetric",

@@ -33,6 +33,7 @@ the one ``nn.Conv`` computes, padding included (``"SAME"``, ``"VALID"``, ``"CIRC
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +100,7 @@ def _check_padding(owner: str, padding) -> object:
     if _is_int(padding):
         return int(padding)
     if isinstance(padding, (list, tuple)) and padding:
-        out = []
+        out: list[int | tuple[int, int]] = []
         for p in padding:
             if _is_int(p):
                 out.append(int(p))
@@ -331,7 +332,7 @@ class ConvSpectralNorm(Parametrization):
 
     def __post_init__(self):
         owner = "ConvSpectralNorm"
-        shape = self.input_shape
+        shape: Any = self.input_shape  # as given: validated below
         if isinstance(shape, list) or _is_int(shape):
             shape = tuple(shape) if isinstance(shape, list) else (int(shape),)
         if not isinstance(shape, tuple) or not shape or not all(
@@ -386,7 +387,7 @@ class ConvSpectralNorm(Parametrization):
         x = x.reshape((-1,) + x.shape[x.ndim - nd - 1:])
         strides = _per_axis(repr(self), "strides", self.strides, nd)
         dil = _per_axis(repr(self), "dilation", self.dilation, nd)
-        pad = self.padding
+        pad: Any = self.padding  # made the form lax.conv_general_dilated takes below
         if pad in ("CIRCULAR", "REFLECT"):
             ks = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:nd], dil)]
             pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in ks] + [(0, 0)]
@@ -471,6 +472,11 @@ class ConvSpectralNorm(Parametrization):
                 feature_group_count=self.feature_group_count,
             )
             return jnp.max(s).astype(kernel.dtype)
+        if u is None or v is None:
+            raise ParametrizationTypeError(
+                f"`{self!r}`.sigma: the power-iteration estimate needs the state's `u` and `v` "
+                "(`sigma(kernel, u, v)`); only `exact=True` computes sigma from the kernel alone."
+            )
         return jnp.vdot(u, self.conv(v, kernel), precision=_HIGHEST)
 
     # --- the variables protocol ----------------------------------------------------------------

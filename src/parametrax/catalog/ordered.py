@@ -9,13 +9,13 @@ import jax.numpy as jnp
 
 from parametrax._core import Parametrization
 from parametrax._numerics import (
-    real_axis,
     POSITIVE_MAPS,
     check_axis_field,
     check_scalar_map,
     has_inverse,
     inverse_or_raise,
     raise_into,
+    real_axis,
     resolve_scalar_map,
     strictly_increasing,
     widen,

@@ -93,7 +93,7 @@ class ProductManifold(Parametrization):
                 "`ProductManifold`: `parts` must be a non-empty tuple of parametrizations (or "
                 f"None for an unconstrained block); got {parts!r}."
             )
-        norm = []
+        norm: list[Parametrization | None] = []
         for i, p in enumerate(parts):
             if p is None:
                 norm.append(None)
@@ -146,13 +146,13 @@ class ProductManifold(Parametrization):
             cuts.append(start)
         return axis, jnp.split(x, cuts, axis=axis)
 
-    def _where(self, i: int, block: Array) -> str:
+    def _where(self, i: int, block: Array | jax.ShapeDtypeStruct) -> str:
         return (
             f"{describe(self)} part {i} ({describe(self.parts[i])}) on its block of shape "
             f"{tuple(block.shape)}"
         )
 
-    def _call(self, i: int, block: Array, fn, *args, **kwargs):
+    def _call(self, i: int, block: Array | jax.ShapeDtypeStruct, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ParametrizationError as e:
@@ -251,7 +251,7 @@ class ProductManifold(Parametrization):
 
     # --- optional methods: present when the parts have them --------------------------------------
     @property
-    def update_base(self):
+    def update_base(self):  # type: ignore[override]  # per instance: None unless every part has it
         if not any(p is not None and callable(p.update_base) for p in self.parts):
             return None
         return self._update_base
@@ -269,7 +269,7 @@ class ProductManifold(Parametrization):
         return jnp.concatenate(raws, axis=axis), state
 
     @property
-    def in_manifold(self):
+    def in_manifold(self):  # type: ignore[override]  # per instance: None unless every part has it
         if not all(p is None or callable(p.in_manifold) for p in self.parts):
             return None
         return self._in_manifold
@@ -284,7 +284,7 @@ class ProductManifold(Parametrization):
         return ok
 
     @property
-    def sample(self):
+    def sample(self):  # type: ignore[override]  # per instance: None unless every part has it
         if not all(p is None or callable(p.sample) for p in self.parts):
             return None
         return self._sample

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 
 from parametrax._core import Parametrization
 from parametrax._numerics import (
-    real_axis,
     check_axis_field,
     default_atol,
     positive_image,
     raise_into,
+    real_axis,
     wide_dtype,
     widened,
 )

@@ -35,15 +35,14 @@ the same point at raw zero, the same set, other coordinates away from it. On who
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
 from parametrax._core import Variables
 from parametrax._errors import describe
 from parametrax._numerics import (
-    default_atol,
     complete,
+    default_atol,
     eye_frame,
     haar,
     haar_special,

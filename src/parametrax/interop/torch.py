@@ -395,7 +395,7 @@ def _orthogonal(link: Orthogonal, t: _Tensor, perm, flax_path: str, key):
             f"{'with shape ' + str(x.shape) if x is not None else ''}. (torch orthogonalises a "
             "Conv weight's (kh, kw) slices, parametrax a Flax kernel's (in, out) taps.)"
         )
-    tmpl = link.init_variables(None, jnp.asarray(x)) if link.use_trivialization else {}
+    tmpl = link.init_variables(jax.random.key(0), jnp.asarray(x)) if link.use_trivialization else {}
     base = _link_vars(t, 0, link, tmpl, t.torch_key)["state"].get("base")
     if perm == (0, 1):
         return {"original": x}, [{}], [{"base": base} if tmpl else {}]
@@ -468,12 +468,12 @@ def _by_value(chain, t: _Tensor, perm, flax_path: str, key):
         elif isinstance(link, WeightNorm) and isinstance(link.axis, int):
             link = WeightNorm(axis=perm[link.axis % len(perm)])
         twins.append(link)
-    twins = tuple(twins)
     originals = {k: jnp.asarray(v) for k, v in t.originals.items()}
     x = originals.get("original")
     params, lstate = [], []
     cur = None
     for i, link in enumerate(twins):
+        args: tuple
         if i == 0:
             args = (
                 (x,)

@@ -12,9 +12,9 @@ from typing import Any
 
 from flax.core import meta
 
-from parametrax import tree as _tree
-from parametrax.tree import paths as _paths
 from parametrax.tree import PARAMETRIZATIONS
+from parametrax.tree import paths as _paths
+
 
 def _is_box(x: Any) -> bool:
     return isinstance(x, meta.AxisMetadata)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from parametrax import tree as _tree
-from parametrax.tree import paths as _paths
 from parametrax._errors import NotParametrizedError, ParametrizationError, SpecError
 from parametrax.tree import PARAMETRIZATIONS, Spec
+from parametrax.tree import paths as _paths
+
+if TYPE_CHECKING:  # _wrapper imports this module
+    from parametrax.linen._wrapper import _ParametrizedMixin
 
 STATE_COLLECTION = "parametrization_state"
 PARAMS = "params"
@@ -67,7 +71,7 @@ def state_merge(state_tree: dict, col: str, sub: Mapping) -> None:
 
 
 @contextlib.contextmanager
-def explained(cls: type, what: str, variables: Mapping):  # what: already formatted
+def explained(cls: type[_ParametrizedMixin], what: str, variables: Mapping):  # what: already formatted
     """Re-raises errors about the variables handed to a parametrized module with the module's
     name and, when the cause is a missing collection or foreign variables, what to pass instead."""
     by_col = by_collection(cls._px_spec)
@@ -109,7 +113,7 @@ def explained(cls: type, what: str, variables: Mapping):  # what: already format
         raise type(e)(f"{what}: {e}{hint}") from e.__cause__
 
 
-def _has_raw(tree: Mapping) -> bool:
+def _has_raw(tree: Any) -> TypeGuard[Mapping]:
     return isinstance(tree, Mapping) and PARAMETRIZATIONS in tree
 
 

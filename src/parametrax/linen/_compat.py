@@ -39,6 +39,7 @@ def root_rng(module: nn.Module, name: str) -> Any:
     unchanged in Flax 0.6 .. 0.12.8; the wrapper hands it, as is, to the base module's ``init``
     so the base draws what it would draw unwrapped (see :func:`is_first_draw`).
     """
+    assert module.scope is not None  # called from a bound module's method only
     return module.scope.rngs[name]
 
 
@@ -48,6 +49,7 @@ def rng_names(module: nn.Module) -> list[str]:
     Linen has no public listing of the streams (only ``has_rng(name)`` for a known name); the
     wrapper forwards every stream to the base module, whose stream names it cannot know.
     """
+    assert module.scope is not None  # called from a bound module's method only
     return sorted(module.scope.rngs)
 
 

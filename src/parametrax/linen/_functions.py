@@ -6,13 +6,10 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 
 from parametrax import tree as _tree
-from parametrax.tree import paths as _paths
 from parametrax._errors import NotParametrizedError, ParametrizationTypeError
-from parametrax.tree import Spec
 from parametrax.linen._boxes import boxes_after_bake, rebox_plain, unbox
 from parametrax.linen._collections import (
     PARAMS,
@@ -24,10 +21,12 @@ from parametrax.linen._collections import (
     state_merge,
     state_slice,
 )
-from parametrax.linen._wrapper import Parametrized, _ParametrizedMixin, _parametrized_class
+from parametrax.linen._wrapper import Parametrized, _parametrized_class, _ParametrizedMixin
+from parametrax.tree import Spec
+from parametrax.tree import paths as _paths
 
 
-def _require_parametrized(model: Any, what: str) -> type:
+def _require_parametrized(model: Any, what: str) -> type[_ParametrizedMixin]:
     cls = model if inspect.isclass(model) else type(model)
     if not (inspect.isclass(cls) and issubclass(cls, _ParametrizedMixin)):
         raise NotParametrizedError(
@@ -119,7 +118,7 @@ def remove_parametrizations(
     names: Any = None,
     *,
     leave_parametrized: bool = True,
-) -> tuple[nn.Module, dict]:
+) -> tuple[Any, dict]:  # a module, or a module class for a class
     """Torch's ``remove_parametrizations``: returns ``(module, variables)``.
 
     ``names``: variable paths or globs to unparametrize (default: all). When all are removed,

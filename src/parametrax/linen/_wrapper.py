@@ -7,32 +7,32 @@ import functools
 import inspect
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import flax.linen as nn
 import jax
 
 from parametrax import tree as _tree
-from parametrax.tree import paths as _paths
 from parametrax._errors import (
     ParametrizationError,
     ParametrizationTypeError,
     ShapeError,
     SpecError,
 )
-from parametrax.tree import PARAMETRIZATIONS, Spec
 from parametrax.linen import _compat
 from parametrax.linen._boxes import rebox_plain, rebox_raw, rebox_state, unbox
 from parametrax.linen._collections import (
-    FrozenStateWarning,
     PARAMS,
     STATE_COLLECTION,
+    FrozenStateWarning,
     by_collection,
     constrain_collections,
     explained,
     state_merge,
     state_slice,
 )
+from parametrax.tree import PARAMETRIZATIONS, Spec
+from parametrax.tree import paths as _paths
 
 
 def _base_fields(cls: type) -> list[str]:
@@ -53,7 +53,8 @@ def _unbind(value: Any) -> Any:
 
 
 def _wrapped_method_names(base: type) -> list[str]:
-    names = ["__call__"] if callable(getattr(base, "__call__", None)) else []
+    # whether instances are callable (a class itself always is): B004's `callable(base)` is wrong
+    names = ["__call__"] if callable(getattr(base, "__call__", None)) else []  # noqa: B004
     for klass in base.__mro__:
         if klass is nn.Module or not issubclass(klass, nn.Module):
             continue
@@ -78,14 +79,23 @@ def _setup_noop(self) -> None:
     """The base module's ``setup`` runs inside the functional base call, not here."""
 
 
-class _ParametrizedMixin:
+if TYPE_CHECKING:
+    # The mixin is only ever combined with an ``nn.Module`` (``_parametrized_class``): type its
+    # methods against the module API they call.
+    _MixinBase = nn.Module
+else:
+    _MixinBase = object
+
+
+class _ParametrizedMixin(_MixinBase):
     """Behaviour shared by every class ``Parametrized`` builds (see the module docstring)."""
 
-    _px_spec: Spec
-    _px_layers: tuple[Spec, ...]
-    _px_unsafe: bool
-    _px_group: bool
-    _px_base: type
+    # Set on each class by ``_parametrized_class``.
+    _px_spec: ClassVar[Spec]
+    _px_layers: ClassVar[tuple[Spec, ...]]
+    _px_unsafe: ClassVar[bool]
+    _px_group: ClassVar[bool]
+    _px_base: ClassVar[type]
 
     # `apply(v, x, method=Base.encode)`: flax would call the base class's function on the wrapper,
     # whose `setup` submodules live only inside the functional base call; route it by name.
@@ -156,7 +166,7 @@ class _ParametrizedMixin:
                 self.put_variable(STATE_COLLECTION, k, rebox_plain(v, old))
         return out
 
-    def _px_warn_if_frozen(self, cls: type, method: str, stored: Mapping) -> None:
+    def _px_warn_if_frozen(self, cls: type[_ParametrizedMixin], method: str, stored: Mapping) -> None:
         """Warns when params are differentiated and a link would advance its state, but
         ``parametrization_state`` is immutable: a train step ported with
         ``mutable=["batch_stats"]`` would silently freeze a spectral norm's power iteration."""
@@ -312,7 +322,7 @@ class _ParametrizedMixin:
         return state_tree
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parametrized_class(
     base: type, layers: tuple[Spec, ...], unsafe: bool, group: bool = True
 ) -> type:
@@ -475,7 +485,8 @@ def Parametrized(  # noqa: N802
                 base._px_unsafe or unsafe,
                 base._px_group and group,
             )
-        return _parametrized_class(base, (spec,), unsafe, group)
+        # A class hashes by identity; mypy checks flax's instance-level `Module.__hash__` here.
+        return _parametrized_class(base, (spec,), unsafe, group)  # type: ignore[arg-type]
     if isinstance(base, functools.partial) and inspect.isclass(base.func):
         # Flax's examples define models as class-like partials
         # (`ResNet18 = partial(ResNet, stage_sizes=...)`): the answer is the same partial of the

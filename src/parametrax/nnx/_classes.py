@@ -46,7 +46,7 @@ def _px_reduce(self):
 
 
 def _unpickle(base: type, names: tuple[str, ...]) -> Any:
-    cls = _parametrized_class(base, frozenset(names))
+    cls: Any = _parametrized_class(base, frozenset(names))  # a generated nnx.Module class
     return cls.__new__(cls)
 
 

@@ -16,7 +16,7 @@ import jax.extend.core
 from flax import nnx
 
 
-def pytree_flag(cls: type) -> Any:
+def pytree_flag(cls: type[nnx.Pytree]) -> bool:
     """The ``pytree=`` class keyword ``cls`` was created with (``Module._pytree__is_pytree``).
 
     The generated ``Parametrized<Class>`` subclass must be created with the same flag as its base,
@@ -38,9 +38,7 @@ def current_trace() -> Any:
 
 # jax 0.10 moved the hook from ``jax.core`` (where flax 0.12.1-0.12.x with jax 0.8-0.9 find it)
 # to ``jax.extend.core``; take whichever this jax has.
-_get_opaque_trace_state = getattr(jax.extend.core, "get_opaque_trace_state", None) or getattr(
-    jax.core, "get_opaque_trace_state"
-)
+_get_opaque_trace_state = getattr(jax.extend.core, "get_opaque_trace_state", None) or jax.core.get_opaque_trace_state
 
 
 def module_is_mutable_here(module: Any) -> bool:

@@ -63,7 +63,7 @@ def remove_parametrizations(
         if leave_parametrized:
             value = _evaluate(plist, update_state=False)
         else:
-            value = _value_of(getattr(plist, "original"))
+            value = _value_of(plist.original)
         new_var = var
     else:
         if not leave_parametrized:

@@ -59,7 +59,6 @@ import jax
 import jax.numpy as jnp
 
 from parametrax._errors import ParametrizationError
-
 from parametrax.testing import checks as _checks
 from parametrax.testing._subject import Subject, default_atol, prepare
 from parametrax.testing.checks import (

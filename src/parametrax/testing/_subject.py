@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from parametrax._numerics import default_atol  # the one tolerance table, shared with in_manifold
 from parametrax._core import Parametrization, as_parametrization, describe
 from parametrax._errors import ParametrizationError
+from parametrax._numerics import default_atol  # the one tolerance table, shared with in_manifold
 
 __all__ = ["Subject", "prepare", "default_atol", "BATCH", "NOISE"]
 
@@ -38,7 +38,7 @@ NOISE = 0.5
 # ------------------------------------------------------------------------------------------------
 def twin(p):
     """A new instance with the same hyperparameters (``dataclasses.replace``; else a copy)."""
-    if dataclasses.is_dataclass(p):
+    if dataclasses.is_dataclass(p) and not isinstance(p, type):
         try:
             return dataclasses.replace(p)
         except (TypeError, ValueError):
@@ -186,6 +186,8 @@ class Subject:
             )
 
     def tree_close(self, check: str, got, want, what: str):
+        gt: Any  # a PyTreeDef: jax's annotation of it does not resolve for type checkers
+        wt: Any
         gl, gt = jax.tree.flatten(got)
         wl, wt = jax.tree.flatten(want)
         if gt != wt:

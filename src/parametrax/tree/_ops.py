@@ -39,6 +39,8 @@ from parametrax._errors import (
     chain_repr,
     with_context,
 )
+from parametrax.tree import _grouping
+from parametrax.tree._spec import Spec
 from parametrax.tree.paths import (
     get_path,
     glob_match,
@@ -49,8 +51,6 @@ from parametrax.tree.paths import (
     set_path,
     to_dict,
 )
-from parametrax.tree import _grouping
-from parametrax.tree._spec import Spec
 
 __all__ = [
     "PARAMETRIZATIONS",

@@ -8,7 +8,12 @@ from typing import Any
 
 from parametrax import _core
 from parametrax._core import Parametrization
-from parametrax._errors import ParametrizationError, ParametrizationTypeError, SpecError, with_context
+from parametrax._errors import (
+    ParametrizationError,
+    ParametrizationTypeError,
+    SpecError,
+    with_context,
+)
 from parametrax.tree.paths import glob_match, is_glob, listing
 
 __all__ = ["Spec"]

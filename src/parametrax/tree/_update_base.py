@@ -30,9 +30,9 @@ import jax.numpy as jnp
 from parametrax._core import chain_update_base, describe
 from parametrax._errors import ParametrizationError, SpecError, with_context
 from parametrax.tree._ops import (
+    _make_slot,
     _put_state,
     _RawTree,
-    _make_slot,
     _slot_parts,
     _state_parts,
 )
