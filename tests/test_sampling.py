@@ -135,13 +135,12 @@ def test_eps_is_refused_where_there_is_no_floor():
         (px.LowRank(rank=2), (4, 3)),
         (px.PSSD(), (3, 3)),
         (px.PSSDLowRank(rank=2), (3, 3)),
+        (px.AlmostOrthogonal(lam=0.5), (3, 3)),  # its band has no floor either
     ]:
         with pytest.raises(px.ParametrizationError, match=r"`eps`.*got eps=0\.1"):
             p.sample(KEY, shape, eps=0.1)
-    with pytest.raises(
-        TypeError, match="eps"
-    ):  # no such argument: its band has no floor
-        px.AlmostOrthogonal(lam=0.5).sample(KEY, (3, 3), eps=0.1)
+    with pytest.raises(px.ParametrizationError, match="`init`, `eps` and `factorized`"):
+        px.AlmostOrthogonal(lam=0.5).sample(KEY, (3, 3), distribution="uniform", eps=0.1)
 
 
 def test_bad_init_is_named():

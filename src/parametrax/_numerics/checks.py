@@ -28,6 +28,8 @@ from parametrax._errors import (
 )
 
 Array = jax.Array
+#: What the shape checks read: an array or an abstract value (``jax.ShapeDtypeStruct``).
+Shaped = jax.Array | jax.ShapeDtypeStruct
 
 __all__ = [
     "wide_dtype",
@@ -81,7 +83,7 @@ def widened(fn):
     return wrapper
 
 
-def require_inexact(p, x: Array, *, real: bool = False) -> None:
+def require_inexact(p, x: Shaped, *, real: bool = False) -> None:
     """A floating-point array (``real=False``: complex too)."""
     ok = jnp.issubdtype(x.dtype, jnp.floating if real else jnp.inexact)
     if not ok:
@@ -92,7 +94,7 @@ def require_inexact(p, x: Array, *, real: bool = False) -> None:
         )
 
 
-def require_matrix_shape(p, x: Array) -> None:
+def require_matrix_shape(p, x: Shaped) -> None:
     """At least two axes: the matrix axes (last two) and any batch axes before them."""
     if x.ndim < 2:
         raise ShapeError(
@@ -101,12 +103,12 @@ def require_matrix_shape(p, x: Array) -> None:
         )
 
 
-def require_matrix(p, x: Array, *, real: bool = False) -> None:
+def require_matrix(p, x: Shaped, *, real: bool = False) -> None:
     require_inexact(p, x, real=real)
     require_matrix_shape(p, x)
 
 
-def require_square(p, x: Array, hint: str = "", *, real: bool = False) -> None:
+def require_square(p, x: Shaped, hint: str = "", *, real: bool = False) -> None:
     """Square matrices on the last two axes; ``hint`` (a sentence) is appended to the error."""
     require_matrix(p, x, real=real)
     if x.shape[-1] != x.shape[-2]:
@@ -116,7 +118,7 @@ def require_square(p, x: Array, hint: str = "", *, real: bool = False) -> None:
         )
 
 
-def require_rank(p, x: Array, rank: int, *, square: bool = False, real: bool = False) -> None:
+def require_rank(p, x: Shaped, rank: int, *, square: bool = False, real: bool = False) -> None:
     if square:
         require_square(p, x, real=real)
     else:

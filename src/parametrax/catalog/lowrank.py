@@ -95,15 +95,16 @@ class _SVDFamily(T.Trivialized):
         super().__post_init__()
         owner = type(self).__name__
         fields = self.__dataclass_fields__
+        # the family's subclasses declare `rank` and `f` (or not); read them by name
         if "rank" in fields:
-            check_positive_int(owner, "rank", self.rank)
+            check_positive_int(owner, "rank", getattr(self, "rank"))
         if "f" in fields:
-            S.check_scalar_map(owner, "f", self.f, self._f_names)
+            S.check_scalar_map(owner, "f", getattr(self, "f"), self._f_names)
 
     @property
     def has_right_inverse(self) -> bool:
         """False when ``f`` was given as a callable without its inverse."""
-        return "f" not in self.__dataclass_fields__ or S.has_inverse(self.f)
+        return "f" not in self.__dataclass_fields__ or S.has_inverse(getattr(self, "f"))
 
     # --- subclass hooks -------------------------------------------------------------------------
     def _sigma(self, s: Array, dtype) -> Array:
@@ -126,7 +127,7 @@ class _SVDFamily(T.Trivialized):
         return self._sigma(jax.random.normal(key, shape, dtype), dtype)
 
     # --- shapes ---------------------------------------------------------------------------------
-    def _rank(self, x: Array) -> int:
+    def _rank(self, x: Array | jax.ShapeDtypeStruct) -> int:
         if self._square_only:
             require_square(self, x, real=True)
             return x.shape[-1]
@@ -148,7 +149,7 @@ class _SVDFamily(T.Trivialized):
         return mT(y) if self._wide(like) else y
 
     # --- variables protocol ---------------------------------------------------------------------
-    def init_variables(self, key: Array, value: Array) -> Variables:
+    def init_variables(self, key: Array | None, value: Array) -> Variables:
         del key
         r = self._rank(value)
         big, small = max(value.shape[-2:]), min(value.shape[-2:])
@@ -218,7 +219,8 @@ class _SVDFamily(T.Trivialized):
         state = variables["state"]
         bu = T.moved_base(state["base_u"], x[..., :, :r], self.triv)
         bv = T.moved_base(state["base_v"], mT(x[..., :r, :]), self.triv)
-        lower, upper = _masks(*x.shape[-2:], r)
+        n, k = x.shape[-2:]
+        lower, upper = _masks(n, k, r)
         x = jnp.where(lower | upper, jnp.zeros_like(x), x)
         return self._untall(x, raw), {**state, "base_u": bu, "base_v": bv}
 
@@ -310,7 +312,7 @@ class _SVDFamily(T.Trivialized):
             return jnp.maximum(sigma, low.astype(sigma.dtype))
         if isinstance(self, SL):
             tiny = jnp.finfo(sigma.dtype).tiny
-            l = jnp.log(jnp.maximum(sigma, tiny if eps is None else max(eps, tiny)))
+            l = jnp.log(jnp.maximum(sigma, tiny if eps is None else max(float(eps), float(tiny))))
             l = jnp.maximum(l, jnp.max(l, axis=-1, keepdims=True) + jnp.log(S.rank_floor(dtype)))
             return jnp.exp(l - jnp.mean(l, axis=-1, keepdims=True))
         if isinstance(self, AlmostOrthogonal):
@@ -375,12 +377,12 @@ class _PositiveSigma:
         return default_atol(dtype)
 
     def _sigma(self, s, dtype):
-        sigma = S.positive_image(S.resolve_scalar_map(self.f).f(s))
+        sigma = S.positive_image(S.resolve_scalar_map(getattr(self, "f")).f(s))
         ratio = self._floor(dtype)
         return S.floor_ratio(sigma, ratio) if ratio else sigma
 
     def _sigma_inverse(self, sigma, top, dtype):
-        inv = S.inverse_or_raise(type(self).__name__, S.resolve_scalar_map(self.f))
+        inv = S.inverse_or_raise(type(self).__name__, S.resolve_scalar_map(getattr(self, "f")))
         return inv(S.raise_small(sigma, top, self._keep(dtype), dtype))
 
 
@@ -520,7 +522,7 @@ class AlmostOrthogonal(_SVDFamily):
         t = (sigma - 1.0) / self.lam
         edge = 1.0 - S.interior_margin(dtype)
         t = jnp.where(jnp.abs(t) < 1.0, t, jnp.where(t < 0, -edge, edge))
-        return inv(S.clip_to_image(m, t, jnp.finfo(sigma.dtype).eps))
+        return inv(S.clip_to_image(m, t, float(jnp.finfo(sigma.dtype).eps)))
 
     def _sv_ok(self, sv, tol, r, x):
         return jnp.all(jnp.abs(sv - 1.0) <= self.lam + tol, axis=-1)
@@ -535,6 +537,7 @@ class AlmostOrthogonal(_SVDFamily):
         *,
         distribution: str | None = None,
         init: Callable | None = None,
+        eps: float | None = None,
         factorized: bool = False,
     ):
         """A random point of shape ``shape``.
@@ -546,21 +549,23 @@ class AlmostOrthogonal(_SVDFamily):
         * ``distribution="uniform"``: an orthogonal matrix (all singular values 1), Haar on the
           Stiefel manifold / O(n) (geotorch's ``AlmostOrthogonal.sample()`` default, which
           samples SO(n); ``det = -1`` is on this set too).
-        * ``distribution="torus"``: geotorch's torus initialisation for recurrent kernels, as
-          ``SO.sample(init="torus")`` (block-diagonal 2x2 rotations by angles ``U(-π, π)``; the
-          first ``K`` columns when non-square).
+        * ``distribution="torus"``: the torus initialisation for recurrent kernels, as
+          ``SO.sample(init="torus")``: block-diagonal 2x2 rotations by angles ``U(-π, π)`` (the
+          first ``K`` columns when non-square); geotorch draws the same with ``triv="expm"``.
         """
         if distribution is None:
-            return super().sample(key, shape, dtype, init=init, factorized=factorized)
+            # `eps` is refused there as for every entry without a floor of its own
+            return super().sample(key, shape, dtype, init=init, eps=eps, factorized=factorized)
         if distribution not in self._DISTRIBUTIONS:
             raise ParametrizationError(
                 "`AlmostOrthogonal.sample`: `distribution` has to be one of None, "
                 + ", ".join(f'"{d}"' for d in self._DISTRIBUTIONS)
                 + f"; got {distribution!r}."
             )
-        if init is not None or factorized:
+        if init is not None or eps is not None or factorized:
             raise ParametrizationError(
-                f'`AlmostOrthogonal.sample`: `init` and `factorized` apply to distribution=None; '
+                f'`AlmostOrthogonal.sample`: `init`, `eps` and `factorized` apply to '
+                f'distribution=None; '
                 f'distribution="{distribution}" samples an orthogonal matrix.'
             )
         from parametrax._numerics import torus

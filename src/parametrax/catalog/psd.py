@@ -89,10 +89,11 @@ class _SymEigen(T.Trivialized):
     def __post_init__(self):
         super().__post_init__()
         owner = type(self).__name__
+        # the family's subclasses declare `rank` and `f` (or not); read them by name
         if "rank" in self.__dataclass_fields__:
-            check_positive_int(owner, "rank", self.rank)
+            check_positive_int(owner, "rank", getattr(self, "rank"))
         if "f" in self.__dataclass_fields__:
-            S.check_scalar_map(owner, "f", self.f, self._f_names)
+            S.check_scalar_map(owner, "f", getattr(self, "f"), self._f_names)
 
     @property
     def has_right_inverse(self) -> bool:
@@ -119,7 +120,7 @@ class _SymEigen(T.Trivialized):
         ratio = self._floor(dtype)
         return S.floor_ratio(w, ratio) if ratio else w
 
-    def _rank(self, x: Array) -> int:
+    def _rank(self, x: Array | jax.ShapeDtypeStruct) -> int:
         rank = getattr(self, "rank", None)
         if rank is None:
             require_square(self, x, real=True)
