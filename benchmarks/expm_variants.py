@@ -175,7 +175,7 @@ def compare(sizes=(8, 16, 32, 64), batches=(1, 8), reps=15, inner=10, scale=5.0)
             a = jnp.asarray(a / np.linalg.norm(a, axis=(-2, -1), keepdims=True) * scale, jnp.float32)
             w = jnp.asarray(rng.standard_normal(a.shape), jnp.float32)
             calls = [jax.jit(f) for f in fns.values()]
-            calls += [jax.jit(jax.grad(lambda a, f=f: jnp.sum(f(a) * w))) for f in fns.values()]
+            calls += [jax.jit(jax.grad(lambda a, f=f, w=w: jnp.sum(f(a) * w))) for f in fns.values()]
             best = [1e9] * len(calls)
             for c in calls:
                 jax.block_until_ready(c(a))

@@ -12,6 +12,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.test_util import check_grads
 

@@ -437,7 +437,7 @@ def test_expm_jvp_and_grad_match_finite_differences(kind):
         jac = np.asarray(jax.jacfwd(expm)(aj), np.float64)  # (4, 4, 4, 4)
         np.testing.assert_allclose(np.einsum("ijkl,kl->ij", jac, e), tangent, rtol=1e-4,
                                    atol=1e-5 * scale)
-        grad = np.asarray(jax.grad(lambda x: jnp.sum(expm(x) * wj))(aj), np.float64)
+        grad = np.asarray(jax.grad(lambda x, wj=wj: jnp.sum(expm(x) * wj))(aj), np.float64)
         # <grad, E> = <W, L(A, E)>: the adjoint checked against the same differences.
         assert abs(np.sum(grad * e) - np.sum(w * fd)) <= 2e-4 * (1 + norm) * np.linalg.norm(w) * scale
 
