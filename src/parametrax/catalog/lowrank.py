@@ -97,14 +97,14 @@ class _SVDFamily(T.Trivialized):
         fields = self.__dataclass_fields__
         # the family's subclasses declare `rank` and `f` (or not); read them by name
         if "rank" in fields:
-            check_positive_int(owner, "rank", self.rank)
+            check_positive_int(owner, "rank", getattr(self, "rank"))  # noqa: B009
         if "f" in fields:
-            S.check_scalar_map(owner, "f", self.f, self._f_names)
+            S.check_scalar_map(owner, "f", getattr(self, "f"), self._f_names)  # noqa: B009
 
     @property
     def has_right_inverse(self) -> bool:
         """False when ``f`` was given as a callable without its inverse."""
-        return "f" not in self.__dataclass_fields__ or S.has_inverse(self.f)
+        return "f" not in self.__dataclass_fields__ or S.has_inverse(getattr(self, "f"))  # noqa: B009
 
     # --- subclass hooks -------------------------------------------------------------------------
     def _sigma(self, s: Array, dtype) -> Array:
@@ -377,12 +377,12 @@ class _PositiveSigma:
         return default_atol(dtype)
 
     def _sigma(self, s, dtype):
-        sigma = S.positive_image(S.resolve_scalar_map(self.f).f(s))
+        sigma = S.positive_image(S.resolve_scalar_map(getattr(self, "f")).f(s))  # noqa: B009
         ratio = self._floor(dtype)
         return S.floor_ratio(sigma, ratio) if ratio else sigma
 
     def _sigma_inverse(self, sigma, top, dtype):
-        inv = S.inverse_or_raise(type(self).__name__, S.resolve_scalar_map(self.f))
+        inv = S.inverse_or_raise(type(self).__name__, S.resolve_scalar_map(getattr(self, "f")))  # noqa: B009
         return inv(S.raise_small(sigma, top, self._keep(dtype), dtype))
 
 

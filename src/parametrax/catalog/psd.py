@@ -91,9 +91,9 @@ class _SymEigen(T.Trivialized):
         owner = type(self).__name__
         # the family's subclasses declare `rank` and `f` (or not); read them by name
         if "rank" in self.__dataclass_fields__:
-            check_positive_int(owner, "rank", self.rank)
+            check_positive_int(owner, "rank", getattr(self, "rank"))  # noqa: B009
         if "f" in self.__dataclass_fields__:
-            S.check_scalar_map(owner, "f", self.f, self._f_names)
+            S.check_scalar_map(owner, "f", getattr(self, "f"), self._f_names)  # noqa: B009
 
     @property
     def has_right_inverse(self) -> bool:
