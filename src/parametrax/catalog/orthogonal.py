@@ -65,6 +65,7 @@ from parametrax._numerics import (
     expm,
     eye_frame,
     eye_like,
+    gram,
     mH,
     mT,
     qr_positive,
@@ -132,7 +133,7 @@ def _householder_product(x: Array) -> Array:
     # V^T V = I + A_1 + A_1^T + A^T A (A_1: A's top k x k block, strictly lower). Formed from
     # A^T A rather than from V, so that the small squares are summed before 1 is added: summing
     # them into 1 one by one costs ~k roundings (3x the error at n = 128, tails ~0.01).
-    ata = jnp.matmul(mT(a), a, precision=_HIGHEST)
+    ata = gram(a)  # one product in the reverse pass (a custom derivative), not two
     a1t = mT(a[..., :k, :])
     t_inv = a1t + jnp.triu(ata, 1) + 0.5 * (1 + ata) * jnp.eye(k, dtype=x.dtype)
     y = lax.linalg.triangular_solve(t_inv, a1t + jnp.eye(k, dtype=x.dtype), left_side=True,
