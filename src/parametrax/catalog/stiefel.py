@@ -185,8 +185,12 @@ class _OrthogonalFamily(T.Trivialized):
         """A random point of shape ``shape``.
 
         ``init="uniform"``: Haar measure (sign-fixed QR of a Gaussian matrix; SO: det +1);
-        ``init="torus"``: geotorch's torus initialisation for recurrent kernels (block-diagonal
-        2x2 rotations by angles ``U(-π, π)``; for non-square shapes, the first ``K`` columns).
+        ``init="torus"``: the torus initialisation for recurrent kernels (Henaff et al. 2016):
+        block-diagonal 2x2 rotations with angles uniform in ``(-π, π)``, whatever the ``triv``
+        (for non-square shapes, the first ``K`` columns, built in O(N K) without the ``N x N``
+        matrix). geotorch's torus initialisation equals this only with ``triv="expm"``: it
+        pushes its angles through the manifold's ``triv``, so its Cayley torus has angles
+        ``2 atan(b / 2)``, ``b ~ U(-π, π)``, in ``(-2.01, 2.01)`` and not uniform.
         """
         T.check_init(self, init)
         shape = tuple(shape)
@@ -194,7 +198,7 @@ class _OrthogonalFamily(T.Trivialized):
         n, k = max(shape[-2:]), min(shape[-2:])
         batch = shape[:-2]
         if init == "torus":
-            q = torus(key, batch, n, dtype)[..., :, :k]
+            q = torus(key, batch, n, dtype, k)  # O(N K): never the N x N matrix
         elif self._special:
             q = haar_special(key, batch, n, dtype)
         else:
