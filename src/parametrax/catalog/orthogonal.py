@@ -302,6 +302,13 @@ class Cayley(Parametrization):
     True
     """
 
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
+        may stack equal chains. Exactly this class: a subclass may change the maths and
+        declares for itself."""
+        return type(self) is Cayley
+
     def forward(self, x: Array) -> Array:
         require_square(self, x, SQUARE_HINT)
         return cayley_map(x)
@@ -332,6 +339,18 @@ class MatrixExp(Parametrization):
     >>> bool(jnp.all(jnp.linalg.eigvalsh(P) > 0))
     True
     """
+
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
+        may stack equal chains. Exactly this class: a subclass may change the maths and
+        declares for itself."""
+        return type(self) is MatrixExp
+
+    def batching_pays(self, shape: tuple) -> bool:
+        """A batched matrix exponential was measured faster than a loop (``tree._grouping``)."""
+        del shape
+        return True
 
     def forward(self, x: Array) -> Array:
         require_square(self, x, SQUARE_HINT)
@@ -452,6 +471,19 @@ class Orthogonal(Parametrization):
 
     def __repr__(self) -> str:
         return f"Orthogonal(map={self.map!r}, use_trivialization={self.use_trivialization})"
+
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
+        may stack equal chains. Exactly this class: a subclass may change the maths and
+        declares for itself."""
+        return type(self) is Orthogonal
+
+    def batching_pays(self, shape: tuple) -> bool:
+        """With the matrix exponential (``map="matrix_exp"``, or ``None`` on a square shape):
+        batched, it was measured faster than a loop; the Cayley and Householder maps were not."""
+        square = len(shape) >= 2 and shape[-1] == shape[-2]
+        return self.map == "matrix_exp" or (self.map is None and square)
 
     # --- which map, and input checks -------------------------------------------------------
     def resolved_map(self, x: Array) -> str:

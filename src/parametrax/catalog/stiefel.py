@@ -72,6 +72,20 @@ class _OrthogonalFamily(T.Trivialized):
     _special = False  # det +1 (SO)
     _horizontal = False  # Grassmannian: no rotation within the subspace
 
+    # --- grouped evaluation (parametrax.tree) ---------------------------------------------------
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones (grouped evaluation may
+        stack equal chains) with a named ``triv``; a user callable is unknown. Exactly
+        :class:`Stiefel`, :class:`SO` and :class:`Grassmannian`: a subclass declares for
+        itself."""
+        return type(self) in (Stiefel, SO, Grassmannian) and isinstance(self.triv, str)
+
+    def batching_pays(self, shape: tuple) -> bool:
+        """With ``triv="expm"``: a batched matrix exponential was measured faster than a loop."""
+        del shape
+        return self.triv == "expm"
+
     # --- shapes ---------------------------------------------------------------------------------
     def _check(self, x: Array) -> None:
         if self._square_only:
