@@ -74,6 +74,7 @@ from parametrax._numerics.scalar import (
 from parametrax._numerics.tall import (
     apply_frame,
     eye_frame,
+    gram,
     skew_blocks,
     skew_dense,
     skew_map_columns,

@@ -38,26 +38,33 @@ def haar_special(key: Array, batch: tuple, n: int, dtype) -> Array:
     return jnp.concatenate([first, q[..., :, 1:]], axis=-1).astype(dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def torus(key: Array, batch: tuple, n: int, dtype) -> Array:
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def torus(key: Array, batch: tuple, n: int, dtype, k: int | None = None) -> Array:
     """The "torus" initialisation for RNNs (Henaff et al. 2016): block-diagonal 2x2 rotations
     by angles ``θ ~ U(-π, π)`` (a 1 in the corner when ``n`` is odd); this is ``expm`` of the
     block-diagonal skew matrix with blocks ``[[0, -θ], [θ, 0]]``, whatever the entry's ``triv``.
+
+    With ``k`` (``<= n``) only the first ``k`` columns, ``(*batch, n, k)``, built directly in
+    O(n k) (the same draw: equal to the first ``k`` columns of the ``n x n`` result).
 
     It equals geotorch's ``torus_init_`` / ``sample("torus")`` with ``triv="expm"`` only.
     geotorch draws ``b ~ U(-π, π)`` and pushes the skew matrix through the manifold's own
     ``triv``: with ``triv="cayley"`` (``(I - A/2)⁻¹(I + A/2)``) its rotation angles are
     ``2 atan(b/2)``, in ``(-2.01, 2.01)`` and not uniform; here they stay uniform in
     ``(-π, π)``."""
+    k = n if k is None else k
     m = n // 2
     theta = jax.random.uniform(key, tuple(batch) + (m,), dtype, -jnp.pi, jnp.pi)
     c, s = jnp.cos(theta), jnp.sin(theta)
     diag = jnp.ones(tuple(batch) + (n,), dtype)
     diag = diag.at[..., 0 : 2 * m : 2].set(c).at[..., 1 : 2 * m : 2].set(c)
-    q = diag[..., :, None] * jnp.eye(n, dtype=dtype)
+    q = diag[..., :, None] * jnp.eye(n, k, dtype=dtype)
     if m:
         sub = jnp.zeros(tuple(batch) + (n - 1,), dtype).at[..., 0::2].set(s)
-        rows = jnp.arange(n - 1) + 1
-        cols = jnp.arange(n - 1)
-        q = q.at[..., rows, cols].set(sub).at[..., cols, rows].set(-sub)
+        low = min(n - 1, k)  # q[j + 1, j] = sub[j] for the columns j < k
+        cols = jnp.arange(low)
+        q = q.at[..., cols + 1, cols].set(sub[..., :low])
+        up = min(n - 1, k - 1)  # q[j, j + 1] = -sub[j] for the columns j + 1 < k
+        cols = jnp.arange(up)
+        q = q.at[..., cols, cols + 1].set(-sub[..., :up])
     return q

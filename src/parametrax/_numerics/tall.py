@@ -30,17 +30,24 @@ the whole map O(n k²):
    a retraction. It is the Stiefel geodesic of Edelman, Arias & Smith (1998, §2.4.2) and the
    Sherman–Morrison–Woodbury form of the Cayley transform (Wen & Yin 2013), written on the
    non-orthonormal basis ``[E, [0; C]]`` so that no factorization of ``C`` is differentiated.
-   ``rho`` (the largest column norm of ``C``, without gradient) balances the two blocks; it
-   does not change the value. When ``n <= 2k`` the dense ``n x n`` matrix is the smaller one and
+   The basis is balanced by an upper triangular ``R_b`` (``[0; C] R_b^{-1}``; the Cholesky
+   factor of ``C^H C``, without gradient): any invertible ``R_b`` gives the same value, this one
+   keeps the small map as well conditioned as the dense one. When ``n <= 2k`` the dense
+   ``n x n`` matrix is the smaller one and
    is used instead (the same function, the cheaper of two exact forms).
 
 2. **The base as a frame** (:func:`apply_frame`). A base point is kept as its first ``k``
    columns ``Y`` (``n x k``, orthonormal), completed to ``B = [Y, Y_perp]`` by the Householder
    QR of ``Y``: ``Y = H_1 ... H_k [R; 0]`` and ``Y_perp = (H_1 ... H_k)[:, k:]``, exactly the
-   columns ``jnp.linalg.qr(Y, mode="complete")`` appends. Then
-   ``B Z = Y Z_1 + H_1 ... H_k [0; Z_2]`` costs two ``n x k x k`` products in compact WY form
-   (``H_1 ... H_k = I - V T V^H``). At ``Z = E`` the second term is exactly zero and ``Y Z_1 =
-   Y``: a frame is reproduced bit for bit.
+   columns ``jnp.linalg.qr(Y, mode="complete")`` appends. With the compact WY form of that QR
+   rebuilt from ``Y``'s top ``k x k`` block alone (an unpivoted LU, ``k`` steps on ``k x k``),
+   ``B Z = Y m + [Sigma p; Z_2]`` with ``k x k`` matrices ``m`` and ``p``: two ``n x k x k``
+   products (``Y_2^H Z_2`` and ``Y m``) and no ``n x k`` reflector matrix. At ``Z = E``,
+   ``m = I`` and ``p = 0``: a frame is reproduced bit for bit.
+
+Cost of one training step (forward and backward) in ``n x k x k`` products: the base 4, the
+``2k x 2k`` maps 5 (:func:`gram` takes one product in each direction), the Householder map 5;
+the ``k x k`` and ``2k x 2k`` work does not grow with ``n``.
 
 Both are batched over leading axes.
 """
@@ -55,13 +62,29 @@ from parametrax._numerics.linalg import mH, sign_or_one
 
 Array = jax.Array
 
-__all__ = ["skew_blocks", "skew_dense", "skew_map_columns", "apply_frame", "eye_frame"]
+__all__ = ["skew_blocks", "skew_dense", "skew_map_columns", "apply_frame", "eye_frame", "gram"]
 
 _HIGHEST = lax.Precision.HIGHEST
 
 
 def _mm(a: Array, b: Array) -> Array:
     return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+@jax.custom_jvp
+def gram(c: Array) -> Array:
+    """``C^H C`` (``(..., k, k)``) of a tall ``(..., n, k)`` ``C``, with the derivative written
+    as ``dG = S + S^H``, ``S = C^H dC``: one ``n x k x k`` product in the forward derivative
+    and one (``C (G_bar + G_bar^H)``) in its transpose, where JAX's rule for the two-operand
+    product forms two (``dC^H C`` and ``C^H dC``; ``C G_bar^H`` and ``C G_bar``)."""
+    return _mm(mH(c), c)
+
+
+@gram.defjvp
+def _gram_jvp(primals, tangents):
+    (c,), (dc,) = primals, tangents
+    s = _mm(mH(c), dc)
+    return gram(c), s + mH(s)
 
 
 def eye_frame(batch: tuple, n: int, k: int, dtype) -> Array:
@@ -96,12 +119,12 @@ def skew_map_columns(s: Array, c: Array, f) -> Array:
     k, m = s.shape[-1], c.shape[-2]
     if m <= k:
         return f(skew_dense(s, c))[..., :, :k]
-    gram = _mm(mH(c), c)  # C^H C, k x k
-    rb = _balance(c)  # U = [E, [0; C] R_b^{-1}]: A U = U M for any invertible R_b
+    g = gram(c)  # C^H C, k x k
+    rb = _balance(g)  # U = [E, [0; C] R_b^{-1}]: A U = U M for any invertible R_b
     tri = lax.linalg.triangular_solve
     small = jnp.concatenate(
         [
-            jnp.concatenate([s, -tri(rb, gram, left_side=False, lower=False)], axis=-1),
+            jnp.concatenate([s, -tri(rb, g, left_side=False, lower=False)], axis=-1),
             jnp.concatenate([rb, jnp.zeros_like(s)], axis=-1),
         ],
         axis=-2,
@@ -111,34 +134,40 @@ def skew_map_columns(s: Array, c: Array, f) -> Array:
     return jnp.concatenate([fm[..., :k, :k], _mm(c, low)], axis=-2)
 
 
-def _balance(c: Array) -> Array:
-    """An invertible upper triangular ``R_b`` (no gradient) close to the R factor of ``C``: with
-    ``U = [E, [0; C] R_b^{-1}]`` nearly orthonormal, ``M`` is nearly the skew matrix
-    ``[[S, -R^H], [R, 0]]`` of Edelman, Arias & Smith, so the small map is as well conditioned
-    as the dense one. Diagonal entries below ``1e-3`` of the largest (a rank-deficient ``C``,
-    e.g. ``C = 0`` where a trivialization starts) are raised to it (``R_b = I`` at ``C = 0``);
-    any invertible ``R_b`` gives the same value and the same derivative."""
-    r = jnp.linalg.qr(lax.stop_gradient(c), mode="r")
-    d = jnp.diagonal(r, axis1=-2, axis2=-1)
-    top = jnp.max(jnp.abs(d), axis=-1, keepdims=True)
-    floor = jnp.where(top > 0, 1e-3 * top, 1.0)
-    mag = jnp.maximum(jnp.abs(d), floor)
-    new = sign_or_one(d) * mag
-    k = d.shape[-1]
-    return r + (new - d)[..., :, None] * jnp.eye(k, dtype=r.dtype)
+def _balance(gram: Array) -> Array:
+    """An invertible upper triangular ``R_b`` (no gradient) close to the R factor of ``C``, from
+    its Gram matrix ``C^H C`` (already formed; a QR of the ``n x k`` ``C`` would cost several
+    ``n x k x k`` products more): with ``U = [E, [0; C] R_b^{-1}]`` nearly orthonormal, ``M`` is
+    nearly the skew matrix ``[[S, -R^H], [R, 0]]`` of Edelman, Arias & Smith, so the small map is
+    as well conditioned as the dense one. ``R_b`` is the Cholesky factor of ``C^H C + delta I``,
+    ``delta = (1e-6 + 10 k eps)`` times the largest diagonal entry: singular values of ``C``
+    below ``~1e-3`` (float64; ``~8e-3`` in float32 at ``k = 50``) of the largest (a
+    rank-deficient ``C``) are raised to that, and ``C = 0`` (where a trivialization starts)
+    gives ``R_b = I``. Any invertible ``R_b`` gives the same value and the same derivative."""
+    gram = lax.stop_gradient(gram)
+    k = gram.shape[-1]
+    eye = jnp.eye(k, dtype=gram.dtype)
+    diag = jnp.real(jnp.diagonal(gram, axis1=-2, axis2=-1))
+    top = jnp.max(diag, axis=-1)[..., None, None]
+    eps = float(jnp.finfo(diag.dtype).eps)
+    reg = jnp.where(top > 0, gram + ((1e-6 + 10 * k * eps) * top) * eye, eye)
+    r = mH(jnp.linalg.cholesky(reg))
+    ok = jnp.all(jnp.isfinite(r), axis=(-2, -1), keepdims=True)
+    return jnp.where(ok, r, eye)
 
 
 @jax.jit
-def _reflectors(y: Array) -> tuple[Array, Array, Array, Array]:
-    """The compact form ``H_1 ... H_k = I - V T V^H`` of the Householder QR of the frame ``y``
-    (orthonormal columns), rebuilt from ``y`` itself (Ballard, Demmel, Grigori, Jacquelin,
-    Knight & Nguyen 2015, "Reconstructing Householder vectors from tall-skinny QR"): the LU
-    factorization ``y - [Sigma; 0] = V U`` without pivoting, ``Sigma`` the signs chosen on
-    the fly as ``-sign(Re pivot)`` (so every pivot has modulus >= 1: a stable elimination;
-    and LAPACK's ``geqrf`` choice, a real ``R`` diagonal, so the completion is LAPACK's), and ``T = -U Sigma V_1^{-H}``.
-    Only the ``k x k`` top block is eliminated (a ``k``-step loop on ``k x k``); the rest of
-    ``V`` is one triangular solve. Returns ``(V, U, Sigma, V_1)``."""
-    k = y.shape[-1]
+def _top_lu(y1: Array) -> tuple[Array, Array]:
+    """The ``k x k`` data of the compact form ``H_1 ... H_k = I - V T V^H`` of the Householder
+    QR of a frame whose top block is ``y1`` (Ballard, Demmel, Grigori, Jacquelin, Knight &
+    Nguyen 2015, "Reconstructing Householder vectors from tall-skinny QR"): the LU
+    factorization ``y1 - Sigma = V_1 U`` without pivoting, the signs ``Sigma`` chosen on the fly
+    as ``-sign(Re pivot)`` (so every pivot has modulus >= 1: a stable elimination; and LAPACK's
+    ``geqrf`` choice, a real ``R`` diagonal, so the completion is LAPACK's). A ``k``-step loop
+    on ``k x k`` only: its cost does not grow with ``n``. Returns the packed factors (``U`` on
+    and above the diagonal, ``V_1``'s strict lower part below; ``V_1`` has a unit diagonal) and
+    the diagonal of ``Sigma``."""
+    k = y1.shape[-1]
     idx = jnp.arange(k)
 
     def body(j, carry):
@@ -154,31 +183,40 @@ def _reflectors(y: Array) -> tuple[Array, Array, Array, Array]:
         a = jnp.where(below[:, None] & (idx == j)[None, :], col[..., :, None], a)
         return a, sig.at[..., j].set(s)
 
-    sig0 = jnp.zeros(y.shape[:-2] + (k,), y.dtype)
-    a, sig = lax.fori_loop(0, k, body, (y[..., :k, :], sig0))
-    u = jnp.triu(a)
-    v1 = jnp.tril(a, -1) + jnp.eye(k, dtype=y.dtype)
-    v2 = lax.linalg.triangular_solve(u, y[..., k:, :], left_side=False, lower=False)
-    return jnp.concatenate([v1, v2], axis=-2), u, sig, v1
+    sig0 = jnp.zeros(y1.shape[:-2] + (k,), y1.dtype)
+    return lax.fori_loop(0, k, body, (y1, sig0))
 
 
 def apply_frame(frame: Array, z: Array) -> Array:
-    """``B @ z`` for the base ``B = [Y, Y_perp]`` kept as its frame ``Y = frame`` (``(..., n,
-    k)``, orthonormal columns) and ``z`` of shape ``(..., n, k)``: ``Y z_1 + H_1 ... H_k [0;
-    z_2]`` (module docstring). ``Y_perp`` is the Householder completion of ``Y`` (the columns
-    ``jnp.linalg.qr(Y, mode="complete")`` appends), computed without gradient: the result is
-    differentiable in ``z`` and, through ``Y z_1``, in ``Y``. An ``(..., n, n)`` ``frame`` is a
-    whole base (the square case, or a base stored in full): ``frame @ z``."""
+    r"""``B @ z`` for the base ``B = [Y, Y_perp]`` kept as its frame ``Y = frame`` (``(..., n,
+    k)``, orthonormal columns) and ``z`` of shape ``(..., n, k)``. ``Y_perp`` is the
+    Householder completion of ``Y`` (the columns ``jnp.linalg.qr(Y, mode="complete")``
+    appends). An ``(..., n, n)`` ``frame`` is a whole base (the square case, or a base stored
+    in full): ``frame @ z``.
+
+    With ``H_1 ... H_k = I - V T V^H``, ``Y - [Sigma; 0] = V U`` (:func:`_top_lu`), ``V_2 = Y_2
+    U^{-1}`` and ``T = -U Sigma V_1^{-H}`` (Ballard et al.), the product
+    ``B z = Y z_1 + (I - V T V^H) [0; z_2]`` simplifies (substitute ``V_2`` and ``T``; ``V_1 U +
+    Sigma = Y_1``) to
+
+        B z = Y m + [Sigma p; z_2],   p = -Sigma (Y_1 - Sigma)^{-H} Y_2^H z_2,   m = z_1 - p:
+
+    two ``n x k x k`` products (``Y_2^H z_2`` and ``Y m``), ``k x k`` solves with the LU
+    factors, and no ``n x k`` reflector matrix: the completion's whole cost beyond the two
+    products is the ``k``-step elimination on the ``k x k`` top block. At ``z = E`` (``z_1 = I``,
+    ``z_2 = 0``) ``p = 0`` and the result is ``Y`` bit for bit. The elimination is computed
+    without gradient; the result is differentiable in ``z`` and in ``Y`` (through the two
+    products; the ``k x k`` LU factors are held constant)."""
     n, k = frame.shape[-2:]
     if n == k:
         return _mm(frame, z)
-    top = _mm(frame, z[..., :k, :])
-    v, u, sig, v1 = _reflectors(lax.stop_gradient(frame))
-    w = _mm(mH(v[..., k:, :]), z[..., k:, :])  # V^H [0; z_2]
-    w = lax.linalg.triangular_solve(  # V_1^{-H} w
-        v1, w, left_side=True, lower=True, transpose_a=True, conjugate_a=True,
-        unit_diagonal=True,
-    )
-    w = -_mm(u, sig[..., :, None] * w)  # T V^H [0; z_2],  T = -U Sigma V_1^{-H}
-    low = jnp.concatenate([jnp.zeros_like(z[..., :k, :]), z[..., k:, :]], axis=-2)
-    return top + low - _mm(v, w)
+    lu, sig = _top_lu(lax.stop_gradient(frame[..., :k, :]))
+    z1, z2 = z[..., :k, :], z[..., k:, :]
+    g = _mm(mH(frame[..., k:, :]), z2)  # Y_2^H z_2
+    tri = lax.linalg.triangular_solve
+    g = tri(lu, g, left_side=True, lower=False, transpose_a=True, conjugate_a=True)  # U^{-H}
+    g = tri(lu, g, left_side=True, lower=True, transpose_a=True, conjugate_a=True,
+            unit_diagonal=True)  # V_1^{-H}: (Y_1 - Sigma)^{-H} = V_1^{-H} U^{-H}
+    p = -sig[..., :, None] * g
+    top = sig[..., :, None] * p
+    return _mm(frame, z1 - p) + jnp.concatenate([top, z2], axis=-2)

@@ -87,6 +87,13 @@ class Symmetric(Parametrization):
 
     __repr__ = _repr
 
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
+        may stack equal chains. Exactly this class: a subclass may change the maths and
+        declares for itself."""
+        return type(self) is Symmetric
+
     def forward(self, x: Array) -> Array:
         require_square(self, x, _SQUARE_HINT)
         return _tri(x, self.lower) + mT(_tri(x, self.lower, 1))
@@ -142,6 +149,13 @@ class Skew(Parametrization):
         _check_lower(self)
 
     __repr__ = _repr
+
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
+        may stack equal chains. Exactly this class: a subclass may change the maths and
+        declares for itself."""
+        return type(self) is Skew
 
     def forward(self, x: Array) -> Array:
         require_square(self, x, _SQUARE_HINT)

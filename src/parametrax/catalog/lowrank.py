@@ -574,7 +574,7 @@ class AlmostOrthogonal(_SVDFamily):
         self._rank(jax.ShapeDtypeStruct(shape, dtype))
         big, small = max(shape[-2:]), min(shape[-2:])
         if distribution == "torus":
-            q = torus(key, shape[:-2], big, dtype)[..., :, :small]
+            q = torus(key, shape[:-2], big, dtype, small)  # O(big small), not big x big
         else:
             q = haar(key, shape[:-2], big, small, dtype)
         return mT(q) if shape[-2] < shape[-1] else q

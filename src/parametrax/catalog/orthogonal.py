@@ -65,6 +65,7 @@ from parametrax._numerics import (
     expm,
     eye_frame,
     eye_like,
+    gram,
     mH,
     mT,
     qr_positive,
@@ -133,7 +134,7 @@ def _householder_product(x: Array) -> Array:
     # V^T V = I + A_1 + A_1^T + A^T A (A_1: A's top k x k block, strictly lower). Formed from
     # A^T A rather than from V, so that the small squares are summed before 1 is added: summing
     # them into 1 one by one costs ~k roundings (3x the error at n = 128, tails ~0.01).
-    ata = jnp.matmul(mT(a), a, precision=_HIGHEST)
+    ata = gram(a)  # one product in the reverse pass (a custom derivative), not two
     a1t = mT(a[..., :k, :])
     t_inv = a1t + jnp.triu(ata, 1) + 0.5 * (1 + ata) * jnp.eye(k, dtype=x.dtype)
     y = lax.linalg.triangular_solve(t_inv, a1t + jnp.eye(k, dtype=x.dtype), left_side=True,
@@ -302,6 +303,13 @@ class Cayley(Parametrization):
     True
     """
 
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
+        may stack equal chains. Exactly this class: a subclass may change the maths and
+        declares for itself."""
+        return type(self) is Cayley
+
     def forward(self, x: Array) -> Array:
         require_square(self, x, SQUARE_HINT)
         return cayley_map(x)
@@ -316,10 +324,13 @@ class MatrixExp(Parametrization):
     r"""The matrix exponential ``X -> expm(X)`` (:func:`parametrax._numerics.expm`: scaling and
     squaring, batched natively, at least as accurate as ``jax.scipy.linalg.expm``).
 
-    Chained after :class:`Skew` it gives orthogonal matrices with det +1 (to rounding, which
-    grows with the input: ``max |Q^T Q - I| ~ 5e-8 ||X||_1`` in float32, at most ``1.5e-7
-    ||X||_1``: registering a value of norm 1e4 keeps it as the raw value, about 1e-3 off); after
-    :class:`Symmetric`, symmetric positive-definite ones. Like the tutorial's
+    Chained after :class:`Skew` it gives orthogonal matrices with det +1, orthogonal to
+    rounding at any finite norm (Newton–Schulz steps after the squarings of a skew input; beyond
+    a 1-norm of ``3.1e9`` in float32 the squarings are capped and the result is ``exp(2^{31-s}
+    X)``, still orthogonal but not ``exp(X)``); after :class:`Symmetric`, symmetric
+    positive-definite ones (where ``exp`` of the largest eigenvalue would overflow the dtype,
+    about 88.7 in float32, the result is clamped: ``exp(X)`` scaled down so that its largest
+    entry is half the dtype's maximum). See :func:`parametrax._numerics.expm`. Like the tutorial's
     ``MatrixExponential`` it has no right inverse, so assigning through a chain that contains
     it is an error (use ``Orthogonal(map="matrix_exp")``, whose trivialization can be assigned).
 
@@ -329,6 +340,18 @@ class MatrixExp(Parametrization):
     >>> bool(jnp.all(jnp.linalg.eigvalsh(P) > 0))
     True
     """
+
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
+        may stack equal chains. Exactly this class: a subclass may change the maths and
+        declares for itself."""
+        return type(self) is MatrixExp
+
+    def batching_pays(self, shape: tuple) -> bool:
+        """A batched matrix exponential was measured faster than a loop (``tree._grouping``)."""
+        del shape
+        return True
 
     def forward(self, x: Array) -> Array:
         require_square(self, x, SQUARE_HINT)
@@ -349,13 +372,15 @@ class Orthogonal(Parametrization):
 
     * ``"matrix_exp"``: ``Q = expm(A)[:, :k]``, ``A = Y - Y^H``, ``Y = [tril(X), 0]`` padded to
       ``n x n`` (the strict upper part of ``X`` is ignored; a real diagonal cancels).
-      Orthogonality degrades with the raw size: scaling and squaring doubles the rounding
-      error at each of its ``log2 ||A||_1`` squarings, so in float32 ``max |Q^T Q - I|`` is
-      about ``5e-8 ||A||_1`` (at most ``1.5e-7 ||A||_1``, measured for n = 3 to 64, raw
-      scales 10 to 1e4): within ``1e-4`` up to ``||A||_1 ~ 700``, ``1e-3`` at ``~1e4``. With
-      the trivialization (default) assignments move the base, not the raw value, which stays
-      small; without it, an initial value of norm 1e4 is kept as the raw value and is that
-      far off (``float64``: ``~1e-16 ||A||_1``).
+      Where the map runs on the dense skew matrix (square matrices, and ``n <= 2k``) the
+      columns are orthonormal to rounding at any raw size (the exponential of a skew matrix
+      keeps orthogonality through Newton–Schulz steps after its squarings; beyond a 1-norm of
+      ``3.1e9`` in float32 it is ``exp(2^{31-s} A)``, orthogonal but not ``exp(A)``:
+      :func:`parametrax._numerics.expm`). For ``n > 2k`` it runs on a ``2k x 2k`` matrix that
+      is skew only up to rounding, and orthogonality degrades with the raw size (float32,
+      measured at n = 64 and 200: ``max |Q^T Q - I|`` about ``1e-5`` for raw entries of size
+      10, ``1e-4`` at 100 to 1000, ``1e-2`` at 1e4). With the trivialization (default)
+      assignments move the base, not the raw value, which stays small.
     * ``"cayley"``: ``Q = ((I - A/2)^{-1} (I + A/2))[:, :k]`` (note the ``1/2``, unlike the
       tutorial's :class:`~parametrax.Cayley`).
     * ``"householder"`` (real only): ``Q`` is the first ``k`` columns of ``H_1 ... H_k`` with
@@ -447,6 +472,19 @@ class Orthogonal(Parametrization):
 
     def __repr__(self) -> str:
         return f"Orthogonal(map={self.map!r}, use_trivialization={self.use_trivialization})"
+
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
+        may stack equal chains. Exactly this class: a subclass may change the maths and
+        declares for itself."""
+        return type(self) is Orthogonal
+
+    def batching_pays(self, shape: tuple) -> bool:
+        """With the matrix exponential (``map="matrix_exp"``, or ``None`` on a square shape):
+        batched, it was measured faster than a loop; the Cayley and Householder maps were not."""
+        square = len(shape) >= 2 and shape[-1] == shape[-2]
+        return self.map == "matrix_exp" or (self.map is None and square)
 
     # --- which map, and input checks -------------------------------------------------------
     def resolved_map(self, x: Array) -> str:

@@ -71,6 +71,20 @@ class _OrthogonalFamily(T.Trivialized):
     _special = False  # det +1 (SO)
     _horizontal = False  # Grassmannian: no rotation within the subspace
 
+    # --- grouped evaluation (parametrax.tree) ---------------------------------------------------
+    @property
+    def broadcasts(self) -> bool:
+        """Acts on the last two axes and broadcasts over leading ones (grouped evaluation may
+        stack equal chains) with a named ``triv``; a user callable is unknown. Exactly
+        :class:`Stiefel`, :class:`SO` and :class:`Grassmannian`: a subclass declares for
+        itself."""
+        return type(self) in (Stiefel, SO, Grassmannian) and isinstance(self.triv, str)
+
+    def batching_pays(self, shape: tuple) -> bool:
+        """With ``triv="expm"``: a batched matrix exponential was measured faster than a loop."""
+        del shape
+        return self.triv == "expm"
+
     # --- shapes ---------------------------------------------------------------------------------
     def _check(self, x: Array) -> None:
         if self._square_only:
@@ -184,8 +198,12 @@ class _OrthogonalFamily(T.Trivialized):
         """A random point of shape ``shape``.
 
         ``init="uniform"``: Haar measure (sign-fixed QR of a Gaussian matrix; SO: det +1);
-        ``init="torus"``: geotorch's torus initialisation for recurrent kernels (block-diagonal
-        2x2 rotations by angles ``U(-π, π)``; for non-square shapes, the first ``K`` columns).
+        ``init="torus"``: the torus initialisation for recurrent kernels (Henaff et al. 2016):
+        block-diagonal 2x2 rotations with angles uniform in ``(-π, π)``, whatever the ``triv``
+        (for non-square shapes, the first ``K`` columns, built in O(N K) without the ``N x N``
+        matrix). geotorch's torus initialisation equals this only with ``triv="expm"``: it
+        pushes its angles through the manifold's ``triv``, so its Cayley torus has angles
+        ``2 atan(b / 2)``, ``b ~ U(-π, π)``, in ``(-2.01, 2.01)`` and not uniform.
         """
         T.check_init(self, init)
         shape = tuple(shape)
@@ -193,7 +211,7 @@ class _OrthogonalFamily(T.Trivialized):
         n, k = max(shape[-2:]), min(shape[-2:])
         batch = shape[:-2]
         if init == "torus":
-            q = torus(key, batch, n, dtype)[..., :, :k]
+            q = torus(key, batch, n, dtype, k)  # O(N K): never the N x N matrix
         elif self._special:
             q = haar_special(key, batch, n, dtype)
         else:

@@ -15,17 +15,17 @@ grouped:
 * Only chains whose every link is known to act on trailing axes and to broadcast over a
   leading batch axis, its variables batched with the value (the contract kit's
   ``broadcasts=True``, checked by its ``vmap == broadcasting`` test). A link says so with a
-  ``broadcasts`` class attribute (``True`` / ``False``); without one, only the catalog's matrix
-  maps listed in :data:`_BROADCASTING` count (with a named trivialization, never a user
-  callable). A map of the whole tensor (``SpectralNorm``, ``WeightNorm``, ``Sphere(axis=None)``)
+  ``broadcasts`` class attribute or property (``True`` / ``False``; the catalog's matrix maps
+  declare it, the trivialized ones only with a named ``triv``, never a user callable); without
+  one it is not grouped. A map of the whole tensor (``SpectralNorm``, ``WeightNorm``, ``Sphere(axis=None)``)
   is never grouped: stacking would change what it normalises.
 * Only variables whose chains are equal (parametrizations are frozen dataclasses: equal
   configurations compare equal) and whose raw arrays and link variables have equal tree
   structure, shapes, dtypes and weak types.
 * Only where it was measured to pay (:func:`worth_grouping`): two or more variables, matrices
-  of at most :data:`MAX_GROUP_N` rows and columns, and a chain holding a matrix exponential
-  (``MatrixExp``, ``Orthogonal`` resolving to ``"matrix_exp"``, a trivialization with
-  ``triv="expm"``). On the 2-core CPU of ``benchmarks/results.md`` a batched Cayley map gained
+  of at most :data:`MAX_GROUP_N` rows and columns, and a chain holding a link whose
+  ``batching_pays(shape)`` says so (in the catalog: a matrix exponential, i.e. ``MatrixExp``,
+  ``Orthogonal`` resolving to ``"matrix_exp"``, a trivialization with ``triv="expm"``). On the 2-core CPU of ``benchmarks/results.md`` a batched Cayley map gained
   nothing over L separate ones (the separate LU factorizations already run concurrently) and
   the batched program compiled more slowly, so Cayley-only chains are evaluated alone.
 * Never under JAX's explicit sharding mode (the stack would have to be sharded too).
@@ -50,60 +50,22 @@ __all__ = ["MAX_GROUP_N", "group_paths", "forward_group", "worth_grouping", "bro
 MAX_GROUP_N = 128
 
 
-def _catalog_broadcasting() -> dict[type, Any]:
-    """The catalog entries known to broadcast over leading axes, each with a predicate on the
-    instance (``None``: every instance)."""
-    from parametrax.catalog import linear, orthogonal, stiefel  # catalog below tree: no cycle
-
-    def named_triv(p: Any) -> bool:
-        return isinstance(getattr(p, "triv", None), str)
-
-    return {
-        linear.Skew: None,
-        linear.Symmetric: None,
-        orthogonal.Cayley: None,
-        orthogonal.MatrixExp: None,
-        orthogonal.Orthogonal: None,
-        stiefel.Stiefel: named_triv,
-        stiefel.SO: named_triv,
-        stiefel.Grassmannian: named_triv,
-    }
-
-
-_BROADCASTING: dict[type, Any] | None = None
-
-
 def broadcasts(link: _core.Parametrization) -> bool:
     """Whether ``link`` acts on trailing axes and broadcasts over a leading batch axis, its
-    variables batched with the value (so a stack of raw values is a batch)."""
-    global _BROADCASTING
-    declared = getattr(type(link), "broadcasts", None)
-    if isinstance(declared, bool):
-        return declared
-    if _BROADCASTING is None:
-        _BROADCASTING = _catalog_broadcasting()
-    if type(link) not in _BROADCASTING:  # exact type: a subclass may change the maths
-        return False
-    check = _BROADCASTING[type(link)]
-    return check is None or bool(check(link))
+    variables batched with the value (so a stack of raw values is a batch): the link's own
+    ``broadcasts`` declaration (a class attribute or property); undeclared links are not
+    grouped."""
+    declared = getattr(link, "broadcasts", None)
+    return declared if isinstance(declared, bool) else False
 
 
 def _matrix_side(shape: tuple) -> int:
     return max(shape[-2:]) if len(shape) >= 2 else (shape[-1] if shape else 1)
 
 
-def _batching_pays(link: _core.Parametrization, shape: tuple) -> bool:
-    """Whether ``link``'s batched evaluation was measured faster than a loop on this backend."""
-    from parametrax.catalog import orthogonal, stiefel
-
-    if isinstance(link, orthogonal.MatrixExp):
-        return True
-    if isinstance(link, orthogonal.Orthogonal):
-        square = len(shape) >= 2 and shape[-1] == shape[-2]
-        return link.map == "matrix_exp" or (link.map is None and square)
-    if isinstance(link, (stiefel.Stiefel, stiefel.SO, stiefel.Grassmannian)):
-        return link.triv == "expm"
-    return False
+def _pays(link: Any, shape: tuple) -> bool:
+    pays = getattr(link, "batching_pays", None)  # Parametrization's default: False
+    return bool(pays(shape)) if callable(pays) else False
 
 
 def worth_grouping(chain: tuple, count: int, shape: tuple) -> bool:
@@ -113,7 +75,7 @@ def worth_grouping(chain: tuple, count: int, shape: tuple) -> bool:
     return (
         count >= 2
         and _matrix_side(shape) <= MAX_GROUP_N
-        and any(_batching_pays(link, shape) for link in chain)
+        and any(_pays(link, shape) for link in chain)
     )
 
 
