@@ -150,7 +150,8 @@ def _balance(gram: Array) -> Array:
     diag = jnp.real(jnp.diagonal(gram, axis1=-2, axis2=-1))
     top = jnp.max(diag, axis=-1)[..., None, None]
     eps = float(jnp.finfo(diag.dtype).eps)
-    reg = jnp.where(top > 0, gram + ((1e-6 + 10 * k * eps) * top) * eye, eye)
+    shift = ((1e-6 + 10 * k * eps) * top).astype(gram.dtype)  # real; cast for complex gram
+    reg = jnp.where(top > 0, gram + shift * eye, eye)
     r = mH(jnp.linalg.cholesky(reg))
     ok = jnp.all(jnp.isfinite(r), axis=(-2, -1), keepdims=True)
     return jnp.where(ok, r, eye)

@@ -38,7 +38,7 @@ Array = jax.Array
 # ------------------------------------------------------------------------------------------------
 # Maps Skew(n) -> SO(n)
 # ------------------------------------------------------------------------------------------------
-TRIVIALIZATIONS = {"expm": expm, "cayley": cayley_half}
+TRIVIALIZATIONS: dict[str, Callable[[Array], Array]] = {"expm": expm, "cayley": cayley_half}
 
 
 def check_triv(owner: str, triv) -> None:

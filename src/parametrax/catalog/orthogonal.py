@@ -246,15 +246,15 @@ def _refuse_eigenvalue_minus_one(p, value: Array, x: Array, norm: Array) -> Arra
     bad = ~(norm <= cayley_raw_bound(value.dtype))
     if isinstance(bad, jax.core.Tracer):
         return jnp.where(bad[..., None, None], jnp.asarray(jnp.nan, x.dtype), x)
-    bad = np.asarray(bad)
-    if not bad.any():
+    bad_np = np.asarray(bad)
+    if not bad_np.any():
         return x
     where = ""
-    if bad.ndim:
-        idx = [tuple(int(i) for i in ix) for ix in zip(*np.nonzero(bad))]
+    if bad_np.ndim:
+        idx = [tuple(int(i) for i in ix) for ix in zip(*np.nonzero(bad_np))]
         where = f" (batch index {idx[0]}" + (f" and {len(idx) - 1} more" if len(idx) > 1 else "")
         where += ")"
-    worst = float(np.max(np.where(bad, np.asarray(norm), 0)))
+    worst = float(np.max(np.where(bad_np, np.asarray(norm), 0)))
     raise RightInverseError(
         f"`{p!r}`: the value of shape {tuple(value.shape)}{where} has an eigenvalue at (or "
         f"within rounding of) -1: its inverse Cayley transform has norm {worst:.3g}, above the "

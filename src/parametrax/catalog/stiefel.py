@@ -86,7 +86,7 @@ class _OrthogonalFamily(T.Trivialized):
         return self.triv == "expm"
 
     # --- shapes ---------------------------------------------------------------------------------
-    def _check(self, x: Array) -> None:
+    def _check(self, x: Array | jax.ShapeDtypeStruct) -> None:
         if self._square_only:
             require_square(
                 self, x, " For orthonormal columns of a non-square matrix use `Stiefel`.", real=True
