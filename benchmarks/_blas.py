@@ -30,7 +30,8 @@ def pin_blas_threads() -> str:
     if want == "default":
         return os.environ.get("OPENBLAS_NUM_THREADS", "default")
     if not want.isdigit() or int(want) < 1:
-        raise ValueError(f"{OVERRIDE} must be a positive number of threads or 'default'; "
-                         f"got {want!r}.")
+        raise ValueError(
+            f"{OVERRIDE} must be a positive number of threads or 'default'; got {want!r}."
+        )
     os.environ["OPENBLAS_NUM_THREADS"] = want
     return want

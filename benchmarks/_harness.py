@@ -123,7 +123,7 @@ def measure(
         steps[r.name] = int(min(max_steps, max(1, round(round_s / max(per, 1e-9)))))
     samples: dict[str, list[float]] = {r.name: [] for r in runners}
     for k in range(rounds):
-        order = runners[k % len(runners):] + runners[: k % len(runners)]
+        order = runners[k % len(runners) :] + runners[: k % len(runners)]
         for r in order:
             n = steps[r.name]
             t0 = time.perf_counter()

@@ -46,8 +46,7 @@ def child() -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -62,8 +61,13 @@ def main() -> int:
             env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
             if settings[s] is not None:
                 env["OPENBLAS_NUM_THREADS"] = settings[s]
-            proc = subprocess.run([sys.executable, __file__, "--child"], env=env,
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             samples[s].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {args.rounds} rounds")
     print("| map | default threads ms | 1 thread ms | default / 1 thread |")
@@ -72,8 +76,10 @@ def main() -> int:
         d = [x[case] for x in samples["default"]]
         o = [x[case] for x in samples["1 thread"]]
         ratio = statistics.median(a / b for a, b in zip(d, o))
-        print(f"| Cayley {case} | {statistics.median(d) * 1e3:.3f} | "
-              f"{statistics.median(o) * 1e3:.3f} | {ratio:.1f} |")
+        print(
+            f"| Cayley {case} | {statistics.median(d) * 1e3:.3f} | "
+            f"{statistics.median(o) * 1e3:.3f} | {ratio:.1f} |"
+        )
     return 0
 
 

@@ -84,8 +84,9 @@ def _triangular_inverse(t, lower, unit, block):
     """Inverse of the lower (unit) or upper triangle of ``t``, halves inverted recursively."""
     n = t.shape[-1]
     if n <= block:
-        return lax.linalg.triangular_solve(t, _eye(t), left_side=True, lower=lower,
-                                           unit_diagonal=unit)
+        return lax.linalg.triangular_solve(
+            t, _eye(t), left_side=True, lower=lower, unit_diagonal=unit
+        )
     h = n // 2
     a = _triangular_inverse(t[..., :h, :h], lower, unit, block)
     b = _triangular_inverse(t[..., h:, h:], lower, unit, block)
@@ -104,15 +105,22 @@ def _upper_times_lower(u, l, block):
     h = n // 2
     u11, u12, u22 = u[..., :h, :h], u[..., :h, h:], u[..., h:, h:]
     l11, l21, l22 = l[..., :h, :h], l[..., h:, :h], l[..., h:, h:]
-    return _cat([[_upper_times_lower(u11, l11, block) + _mm(u12, l21), _mm(u12, l22)],
-                 [_mm(u22, l21), _upper_times_lower(u22, l22, block)]])
+    return _cat(
+        [
+            [_upper_times_lower(u11, l11, block) + _mm(u12, l21), _mm(u12, l22)],
+            [_mm(u22, l21), _upper_times_lower(u22, l22, block)],
+        ]
+    )
 
 
 def _lu_inverse(a, block=128):
     """``a^{-1} = U^{-1} L^{-1} P`` from ``a[perm] = L U`` (batched)."""
     lu, _, perm = lax.linalg.lu(a)
-    z = _upper_times_lower(_triangular_inverse(lu, False, False, block),
-                           _triangular_inverse(lu, True, True, block), block)
+    z = _upper_times_lower(
+        _triangular_inverse(lu, False, False, block),
+        _triangular_inverse(lu, True, True, block),
+        block,
+    )
     return jnp.take_along_axis(z, jnp.argsort(perm, axis=-1)[..., None, :], axis=-1)
 
 
@@ -183,7 +191,8 @@ def accuracy() -> None:
     import pathlib
 
     spec = importlib.util.spec_from_file_location(
-        "tolerances", pathlib.Path(__file__).with_name("tolerances.py"))
+        "tolerances", pathlib.Path(__file__).with_name("tolerances.py")
+    )
     tol = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tol)
     forms = {
@@ -230,8 +239,10 @@ def main() -> None:
     if args.accuracy:
         accuracy()
         return
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, float32, "
-          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}")
+    print(
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}, float32, "
+        f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
+    )
     print("fraction of the matmul rate (k * t_matmul / t), median over rounds; ms in brackets\n")
     names = list(VARIANTS)
     head = " | ".join(f"{v} fwd | {v} fwd+bwd" for v in names)

@@ -59,6 +59,7 @@ def _variants(front: str, p, n: int):
     update = front == "nnx"  # an NNX layer reads in train mode: stateful maps advance
     jitted = jax.jit(lambda r, s: px.tree.forward(spec, r, s, update_state=update)[0])
     if front == "tree":
+
         def read():
             return px.tree.constrain(spec, raw, state)["w"]
     else:
@@ -104,15 +105,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--reads", type=int, default=20)
     args = ap.parse_args()
-    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, n = {args.n}, "
-          f"{args.rounds} rounds x {args.reads} reads")
+    print(
+        f"jax {jax.__version__}, {jax.devices()[0].platform}, n = {args.n}, "
+        f"{args.rounds} rounds x {args.reads} reads"
+    )
     print("| front | map | ops µs | eager µs | jit µs | ops / eager | eager / jit |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for front in ("nnx", "tree"):
         for name in MAPS:
             m = measure(front, name, args.n, args.rounds, args.reads)
-            print(f"| {front} | {name} | {m['ops']:.0f} | {m['eager']:.0f} | {m['jit']:.0f} "
-                  f"| {m['ops/eager']:.2f} | {m['eager/jit']:.2f} |", flush=True)
+            print(
+                f"| {front} | {name} | {m['ops']:.0f} | {m['eager']:.0f} | {m['jit']:.0f} "
+                f"| {m['ops/eager']:.2f} | {m['eager/jit']:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

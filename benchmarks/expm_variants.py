@@ -87,7 +87,7 @@ def expm_reverse_only(a):
         raise TypeError("the experiment covers one float32 matrix")
     norm = lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(a), axis=0)))  # the L1 norm, as JAX
     s = jnp.maximum(0.0, jnp.floor(jnp.log2(norm / 3.925724783138660)))
-    a = a / (2.0 ** s).astype(a.dtype)
+    a = a / (2.0**s).astype(a.dtype)
     idx = jnp.digitize(norm, jnp.array([4.258730016922831e-001, 1.880152677804762e000]))
     u, v = lax.switch(idx, [_pade3, _pade5, _pade7], a)
     r = jnp.linalg.solve(v - u, v + u)
@@ -137,8 +137,13 @@ def thetas(u_bits=(24, 53), degrees=(6, 8, 9, 12, 15, 16, 18, 20)):
     out = {}
     for m in degrees:
         big = m + 80
-        g = [mp.fsum((-1) ** i / mp.factorial(i) / mp.factorial(k - i) for i in range(max(0, k - m), k + 1))
-             for k in range(big)]
+        g = [
+            mp.fsum(
+                (-1) ** i / mp.factorial(i) / mp.factorial(k - i)
+                for i in range(max(0, k - m), k + 1)
+            )
+            for k in range(big)
+        ]
         g[0] -= 1  # exp(-x) T_m(x) - 1 = O(x^(m+1))
         series, power = [mp.mpf(0)] * big, [mp.mpf(1)] + [mp.mpf(0)] * (big - 1)
         for j in range(1, big // (m + 1) + 2):  # log(1 + g) = sum (-1)^(j+1) g^j / j
@@ -165,17 +170,24 @@ def compare(sizes=(8, 16, 32, 64), batches=(1, 8), reps=15, inner=10, scale=5.0)
     from parametrax._numerics import expm
 
     fns = {"jsl": jax.scipy.linalg.expm, "previous": expm_previous, "parametrax": expm}
-    print(f"{'batch':>5} {'n':>4} | " + " | ".join(f"{k} fwd / grad (us)" for k in fns)
-          + " | speed-up vs jsl fwd / grad")
+    print(
+        f"{'batch':>5} {'n':>4} | "
+        + " | ".join(f"{k} fwd / grad (us)" for k in fns)
+        + " | speed-up vs jsl fwd / grad"
+    )
     for b in batches:
         for n in sizes:
             rng = np.random.default_rng(n)
             g = rng.standard_normal((b, n, n))
             a = g - np.swapaxes(g, -1, -2)
-            a = jnp.asarray(a / np.linalg.norm(a, axis=(-2, -1), keepdims=True) * scale, jnp.float32)
+            a = jnp.asarray(
+                a / np.linalg.norm(a, axis=(-2, -1), keepdims=True) * scale, jnp.float32
+            )
             w = jnp.asarray(rng.standard_normal(a.shape), jnp.float32)
             calls = [jax.jit(f) for f in fns.values()]
-            calls += [jax.jit(jax.grad(lambda a, f=f, w=w: jnp.sum(f(a) * w))) for f in fns.values()]
+            calls += [
+                jax.jit(jax.grad(lambda a, f=f, w=w: jnp.sum(f(a) * w))) for f in fns.values()
+            ]
             best = [1e9] * len(calls)
             for c in calls:
                 jax.block_until_ready(c(a))
@@ -188,8 +200,12 @@ def compare(sizes=(8, 16, 32, 64), batches=(1, 8), reps=15, inner=10, scale=5.0)
                     best[i] = min(best[i], (time.perf_counter() - t) / inner * 1e6)
             k = len(fns)
             cells = [f"{best[i]:7.1f} / {best[k + i]:7.1f}" for i in range(k)]
-            print(f"{b:>5} {n:>4} | " + " | ".join(cells)
-                  + f" | {best[0] / best[k - 1]:.2f} / {best[k] / best[2 * k - 1]:.2f}", flush=True)
+            print(
+                f"{b:>5} {n:>4} | "
+                + " | ".join(cells)
+                + f" | {best[0] / best[k - 1]:.2f} / {best[k] / best[2 * k - 1]:.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":  # OPENBLAS_NUM_THREADS=1 python benchmarks/expm_variants.py [--theta]

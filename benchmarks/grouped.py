@@ -113,7 +113,7 @@ def measure(layers: int, n: int, map_: str, rounds: int, steps: int, compiles: i
             times[g].append(got[g])
         ratios.append(got[True] / got[False])
     for r in range(1, compiles):
-        for g in ((False, True) if r % 2 == 1 else (True, False)):
+        for g in (False, True) if r % 2 == 1 else (True, False):
             comp[g].append(compile_seconds(layers, n, map_, g))
     cg, cu = statistics.median(comp[True]), statistics.median(comp[False])
     return {
@@ -146,12 +146,16 @@ def main() -> None:
     compiles = args.compiles or (3 if args.full else 1)
     if not args.no_force:
         _grouping.worth_grouping = lambda chain, count, shape: count >= 2
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, rounds {rounds} x "
-          f"{steps} steps, {compiles} compile(s) each, grouping rule "
-          f"{'forced (any two)' if not args.no_force else 'default'}")
-    print("| map | n | L | grouped ms | ungrouped ms | step ratio (range) | compile grouped s "
-          "| compile ungrouped s | compile ratio | loss diff |")
+    print(
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}, "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, rounds {rounds} x "
+        f"{steps} steps, {compiles} compile(s) each, grouping rule "
+        f"{'forced (any two)' if not args.no_force else 'default'}"
+    )
+    print(
+        "| map | n | L | grouped ms | ungrouped ms | step ratio (range) | compile grouped s "
+        "| compile ungrouped s | compile ratio | loss diff |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for map_ in args.maps:
         for n in widths:

@@ -81,9 +81,7 @@ def main():
     layer = nnx.Linear(args.width, args.width, rngs=nnx.Rngs(3))
     pnnx.register_parametrization(layer, "kernel", px.WeightNorm())
     runs["eager read (1 layer)"] = lambda: layer.kernel.block_until_ready()
-    kernel_fn = jax.jit(
-        lambda g, v: px.WeightNorm().forward(g, v)
-    )
+    kernel_fn = jax.jit(lambda g, v: px.WeightNorm().forward(g, v))
     pl = layer.parametrizations.kernel
     runs["jitted map (1 layer, reference)"] = lambda: kernel_fn(
         pl.original0[...], pl.original1[...]

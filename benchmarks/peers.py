@@ -65,8 +65,14 @@ def _bce(logits, labels):
     return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
 
 
-def nnx_runner(name: str, model: nnx.Module, loss_fn, batch: tuple,
-               opt: optax.GradientTransformation, note: str = "") -> Runner:
+def nnx_runner(
+    name: str,
+    model: nnx.Module,
+    loss_fn,
+    batch: tuple,
+    opt: optax.GradientTransformation,
+    note: str = "",
+) -> Runner:
     """A runner for an NNX ``model`` trained with ``nnx.Optimizer(model, opt, wrt=nnx.Param)``
     and ``loss_fn(model, *batch)``: the step NNX's documentation writes."""
     optimizer = nnx.Optimizer(model, opt, wrt=nnx.Param)
@@ -92,8 +98,9 @@ def w1_nnx(n: int, map_name: str, w0, b0, x, y, opt) -> list[Runner]:
     layer = nnx.Linear(n, n, rngs=nnx.Rngs(0))
     layer.kernel.set_value(jnp.asarray(w0))
     layer.bias.set_value(jnp.asarray(b0))
-    px.nnx.register_parametrization(layer, "kernel", Orthogonal(map=map_name),
-                                    key=jax.random.key(1))
+    px.nnx.register_parametrization(
+        layer, "kernel", Orthogonal(map=map_name), key=jax.random.key(1)
+    )
 
     def loss(model, x, y):
         return jnp.mean((model(x) - y) ** 2)
@@ -110,8 +117,9 @@ class _LinenSNDisc(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i in range(3):
-            conv = nn.Conv(self.channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                           name=f"conv{i}")
+            conv = nn.Conv(
+                self.channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name=f"conv{i}"
+            )
             x = nn.SpectralNorm(conv, n_steps=1, name=f"sn{i}")(x, update_stats=True)
             x = nn.leaky_relu(x, 0.2)
         x = x.reshape((x.shape[0], -1))
@@ -154,17 +162,30 @@ def w3_peers(*, channels, ks, bs, hk, hb, uv, x, y, opt, seed=0) -> list[Runner]
         out, upd = model.apply({"params": p, **stats}, x, mutable=["batch_stats"])
         return _bce(out, y), {**stats, **upd}
 
-    runners.append(jax_runner(LINEN_SN, linen_loss, params, stats, (x, y), opt,
-                              loss_updates_aux=True))
+    runners.append(
+        jax_runner(LINEN_SN, linen_loss, params, stats, (x, y), opt, loss_updates_aux=True)
+    )
 
     # flax.nnx
     class NNXDisc(nnx.Module):
         def __init__(self, rngs):
             cins = [3, channels, channels]
-            self.convs = nnx.List([
-                nnx.SpectralNorm(nnx.Conv(cin, channels, (4, 4), strides=(2, 2),
-                                          padding=((1, 1), (1, 1)), rngs=rngs), rngs=rngs)
-                for cin in cins])
+            self.convs = nnx.List(
+                [
+                    nnx.SpectralNorm(
+                        nnx.Conv(
+                            cin,
+                            channels,
+                            (4, 4),
+                            strides=(2, 2),
+                            padding=((1, 1), (1, 1)),
+                            rngs=rngs,
+                        ),
+                        rngs=rngs,
+                    )
+                    for cin in cins
+                ]
+            )
             self.head = nnx.Linear(side * side * channels, 1, rngs=rngs)
 
         def __call__(self, x):
@@ -179,8 +200,11 @@ def w3_peers(*, channels, ks, bs, hk, hb, uv, x, y, opt, seed=0) -> list[Runner]
         c.batch_stats[("kernel", "u")].set_value(jnp.asarray(uv[i][0]).reshape(1, -1))
     m.head.kernel.set_value(jnp.asarray(hk))
     m.head.bias.set_value(jnp.asarray(hb))
-    runners.append(nnx_runner(NNX_SN, m, lambda model, x, y: _bce(model(x), y),
-                              (jnp.asarray(x), jnp.asarray(y)), opt))
+    runners.append(
+        nnx_runner(
+            NNX_SN, m, lambda model, x, y: _bce(model(x), y), (jnp.asarray(x), jnp.asarray(y)), opt
+        )
+    )
 
     # equinox (channels first, one sample at a time, vmapped over the batch)
     keys = jax.random.split(jax.random.key(seed), 8)
@@ -188,9 +212,11 @@ def w3_peers(*, channels, ks, bs, hk, hb, uv, x, y, opt, seed=0) -> list[Runner]
     layers = []
     for i in range(3):
         conv = eqx.nn.Conv2d(cins[i], channels, 4, stride=2, padding=1, key=keys[i])
-        conv = eqx.tree_at(lambda c: (c.weight, c.bias), conv,
-                           (jnp.asarray(np.transpose(ks[i], (3, 2, 0, 1))),
-                            jnp.asarray(bs[i]).reshape(-1, 1, 1)))
+        conv = eqx.tree_at(
+            lambda c: (c.weight, c.bias),
+            conv,
+            (jnp.asarray(np.transpose(ks[i], (3, 2, 0, 1))), jnp.asarray(bs[i]).reshape(-1, 1, 1)),
+        )
         layers.append(eqx.nn.SpectralNorm(conv, "weight", key=keys[3 + i]))
     head = eqx.nn.Linear(side * side * channels, 1, key=keys[6])
     hk_t = hk.reshape(side, side, channels).transpose(2, 0, 1).reshape(1, -1)
@@ -217,12 +243,16 @@ def w3_peers(*, channels, ks, bs, hk, hb, uv, x, y, opt, seed=0) -> list[Runner]
 
     def eqx_loss(p, state, x, y):
         model = eqx.combine(p, estatic)
-        out, state = jax.vmap(model, axis_name="batch", in_axes=(0, None),
-                              out_axes=(0, None))(x, state)
+        out, state = jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
+            x, state
+        )
         return _bce(out, y), state
 
-    runners.append(jax_runner(EQX_SN, eqx_loss, eparams, state, (xe, jnp.asarray(y)), opt,
-                              loss_updates_aux=True))
+    runners.append(
+        jax_runner(
+            EQX_SN, eqx_loss, eparams, state, (xe, jnp.asarray(y)), opt, loss_updates_aux=True
+        )
+    )
     return runners
 
 
@@ -253,8 +283,11 @@ def w4_peers(*, width, depth, names, ws, bs, x, y, opt, seed=0) -> list[Runner]:
     variables = model.init(jax.random.key(seed), x)
 
     def pick(path, leaf):
-        layer = next(n for n in names if n in path or n.replace("fc", "wn") in path
-                     or (n == "head" and "wnhead" in path))
+        layer = next(
+            n
+            for n in names
+            if n in path or n.replace("fc", "wn") in path or (n == "head" and "wnhead" in path)
+        )
         i = idx[layer]
         if path[-1] == "kernel":
             return jnp.asarray(ws[i])
@@ -276,8 +309,12 @@ def w4_peers(*, width, depth, names, ws, bs, x, y, opt, seed=0) -> list[Runner]:
 
     class NNXMLP(nnx.Module):
         def __init__(self, rngs):
-            self.layers = nnx.List([nnx.WeightNorm(nnx.Linear(a, b, rngs=rngs), rngs=rngs)
-                                    for a, b in zip(dims, dims[1:])])
+            self.layers = nnx.List(
+                [
+                    nnx.WeightNorm(nnx.Linear(a, b, rngs=rngs), rngs=rngs)
+                    for a, b in zip(dims, dims[1:])
+                ]
+            )
 
         def __call__(self, x):
             for i, layer in enumerate(self.layers):
@@ -292,8 +329,11 @@ def w4_peers(*, width, depth, names, ws, bs, x, y, opt, seed=0) -> list[Runner]:
         wn.layer_instance.bias.set_value(jnp.asarray(bs[i]))
         (path,) = list(wn.scales)
         wn.scales[path] = jnp.asarray(norms[i])
-    runners.append(nnx_runner(NNX_WN, m, lambda model, x, y: _xent(model(x), y),
-                              (jnp.asarray(x), jnp.asarray(y)), opt))
+    runners.append(
+        nnx_runner(
+            NNX_WN, m, lambda model, x, y: _xent(model(x), y), (jnp.asarray(x), jnp.asarray(y)), opt
+        )
+    )
 
     # equinox (torch layout: weight (out, in); norms over every axis but the first)
     keys = jax.random.split(jax.random.key(seed), len(ws))

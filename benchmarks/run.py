@@ -141,31 +141,65 @@ def workload_list(cfg: dict, torch_ok: bool, peers: bool = True):
     inline = not cfg.get("no_unparametrized")  # --quick: fewer runners, fewer compiles
     for m in cfg["w1_maps"]:
         for n in cfg["w1_sizes"]:
-            out.append((f"W1 Dense {n}x{n} orthogonal ({m})", "W1",
-                        lambda n=n, m=m: W.w1_dense(n, m, torch_ok=torch_ok, inline=inline,
-                                                    peers=peers)))
+            out.append(
+                (
+                    f"W1 Dense {n}x{n} orthogonal ({m})",
+                    "W1",
+                    lambda n=n, m=m: W.w1_dense(
+                        n, m, torch_ok=torch_ok, inline=inline, peers=peers
+                    ),
+                )
+            )
     for n in cfg["w1_tutorial_sizes"]:
-        out.append((f"W1 Dense {n}x{n} [Skew, Cayley] (tutorial chain)", "W1",
-                    lambda n=n: W.w1_dense(n, "tutorial_cayley", torch_ok=torch_ok,
-                                             inline=inline)))
+        out.append(
+            (
+                f"W1 Dense {n}x{n} [Skew, Cayley] (tutorial chain)",
+                "W1",
+                lambda n=n: W.w1_dense(n, "tutorial_cayley", torch_ok=torch_ok, inline=inline),
+            )
+        )
     w2 = cfg["w2"]
-    out.append((f"W2 RNN h={w2['hidden']} T={w2['steps']} orthogonal (matrix_exp)", "W2",
-                lambda: W.w2_rnn(**w2, torch_ok=torch_ok, inline=inline,
-                                 torch_loop=not cfg.get("no_unparametrized"))))
+    out.append(
+        (
+            f"W2 RNN h={w2['hidden']} T={w2['steps']} orthogonal (matrix_exp)",
+            "W2",
+            lambda: W.w2_rnn(
+                **w2, torch_ok=torch_ok, inline=inline, torch_loop=not cfg.get("no_unparametrized")
+            ),
+        )
+    )
     w3 = cfg["w3"]
-    out.append((f"W3 disc 3 conv x{w3['channels']} + spectral norm", "W3",
-                lambda: W.w3_disc(spectral=True, **w3, torch_ok=torch_ok, inline=inline,
-                                  peers=peers)))
+    out.append(
+        (
+            f"W3 disc 3 conv x{w3['channels']} + spectral norm",
+            "W3",
+            lambda: W.w3_disc(spectral=True, **w3, torch_ok=torch_ok, inline=inline, peers=peers),
+        )
+    )
     if not cfg.get("no_unparametrized"):
-        out.append((f"W3 disc 3 conv x{w3['channels']} (no SN)", "W3",
-                    lambda: W.w3_disc(spectral=False, **w3, torch_ok=torch_ok)))
+        out.append(
+            (
+                f"W3 disc 3 conv x{w3['channels']} (no SN)",
+                "W3",
+                lambda: W.w3_disc(spectral=False, **w3, torch_ok=torch_ok),
+            )
+        )
     w4 = cfg["w4"]
-    out.append((f"W4 MLP {w4['depth']}x{w4['width']} + weight norm", "W4",
-                lambda: W.w4_mlp(weight_norm=True, **w4, torch_ok=torch_ok, inline=inline,
-                                 peers=peers)))
+    out.append(
+        (
+            f"W4 MLP {w4['depth']}x{w4['width']} + weight norm",
+            "W4",
+            lambda: W.w4_mlp(weight_norm=True, **w4, torch_ok=torch_ok, inline=inline, peers=peers),
+        )
+    )
     if not cfg.get("no_unparametrized"):
-        out.append((f"W4 MLP {w4['depth']}x{w4['width']} (no WN)", "W4",
-                    lambda: W.w4_mlp(weight_norm=False, **w4, torch_ok=torch_ok)))
+        out.append(
+            (
+                f"W4 MLP {w4['depth']}x{w4['width']} (no WN)",
+                "W4",
+                lambda: W.w4_mlp(weight_norm=False, **w4, torch_ok=torch_ok),
+            )
+        )
     return out
 
 
@@ -187,43 +221,62 @@ def run(cfg: dict, torch_ok: bool, only: set[str] | None, peers: bool = True) ->
             timing = measure(runners, rounds=cfg["rounds"], round_s=cfg["round_s"])
             entry = {"title": title, "group": group, "loss_gap": gap, "runners": []}
             for r in runners:
-                entry["runners"].append({
-                    "name": r.name, "loss0": r.loss0, "compile_s": r.compile_s,
-                    "mem_mb": r.mem_mb, **timing[r.name],
-                })
+                entry["runners"].append(
+                    {
+                        "name": r.name,
+                        "loss0": r.loss0,
+                        "compile_s": r.compile_s,
+                        "mem_mb": r.mem_mb,
+                        **timing[r.name],
+                    }
+                )
             results["workloads"].append(entry)
             best = {r["name"]: r["median_s"] * 1e3 for r in entry["runners"]}
-            progress(f"[{time.perf_counter() - t0:5.1f}s] {title}: "
-                     + ", ".join(f"{k} {v:.2f} ms" for k, v in best.items()))
+            progress(
+                f"[{time.perf_counter() - t0:5.1f}s] {title}: "
+                + ", ".join(f"{k} {v:.2f} ms" for k, v in best.items())
+            )
     results["maps"] = {}
     if only is None or "maps" in only:
         for n in cfg["map_sizes"]:
             t0 = time.perf_counter()
             results["maps"][n] = sweeps.map_cost(
-                n, rounds=cfg["map_rounds"] if n < 512 else min(3, cfg["map_rounds"]),
+                n,
+                rounds=cfg["map_rounds"] if n < 512 else min(3, cfg["map_rounds"]),
                 round_s=cfg["map_round_s"],
-                householder_max=cfg["householder_max"], torch_ok=torch_ok,
-                quick=bool(cfg.get("no_unparametrized")))
-            progress(f"[{time.perf_counter() - t0:5.1f}s] map cost n={n}: "
-                     + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in results["maps"][n].items()))
+                householder_max=cfg["householder_max"],
+                torch_ok=torch_ok,
+                quick=bool(cfg.get("no_unparametrized")),
+            )
+            progress(
+                f"[{time.perf_counter() - t0:5.1f}s] map cost n={n}: "
+                + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in results["maps"][n].items())
+            )
     results["compile"] = {}
     if only is None or "compile" in only:
         for d in cfg["depths"]:
             t0 = time.perf_counter()
             results["compile"][d] = sweeps.compile_time(d, map_name=cfg["compile_map"])
             res = results["compile"][d]
-            progress(f"[{time.perf_counter() - t0:5.1f}s] compile, {d} orthogonal layers: "
-                     + ", ".join(f"{k} {v['total_s']:.2f} s" for k, v in res.items()))
+            progress(
+                f"[{time.perf_counter() - t0:5.1f}s] compile, {d} orthogonal layers: "
+                + ", ".join(f"{k} {v['total_s']:.2f} s" for k, v in res.items())
+            )
     results["primitives"] = {}
     if (only is None or "primitives" in only) and "prim_sizes" in cfg:
         t0 = time.perf_counter()
         results["primitives"] = sweeps.primitives(
-            n_sizes=cfg["prim_sizes"], convs=cfg["prim_convs"], rnn=cfg["prim_rnn"],
+            n_sizes=cfg["prim_sizes"],
+            convs=cfg["prim_convs"],
+            rnn=cfg["prim_rnn"],
             rounds=cfg["map_rounds"],
-            round_s=cfg["map_round_s"], torch_ok=torch_ok)
-        progress(f"[{time.perf_counter() - t0:5.1f}s] base operations: "
-                 + ", ".join(f"{k} {v['jax'] * 1e3:.2f} ms" for k, v in
-                             results["primitives"].items()))
+            round_s=cfg["map_round_s"],
+            torch_ok=torch_ok,
+        )
+        progress(
+            f"[{time.perf_counter() - t0:5.1f}s] base operations: "
+            + ", ".join(f"{k} {v['jax'] * 1e3:.2f} ms" for k, v in results["primitives"].items())
+        )
     results["load_end"] = load()
     results["total_s"] = time.perf_counter() - t_all
     results["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -265,16 +318,20 @@ def summary_rows(results: dict) -> list[dict]:
         torch_rs = [r for r in e["runners"] if r["name"].startswith("torch")]
         best_torch = min(torch_rs, key=lambda r: r["median_s"]) if torch_rs else None
         plain_torch = [r for r in torch_rs if "cached" not in r["name"]]
-        rows.append({
-            "title": e["title"],
-            "lib": lib,
-            "ref": ref,
-            "ratio": ratio(lib, ref),
-            "inline": inline,
-            "ratio_inline": ratio(lib, inline) if inline else None,
-            "torch_best": best_torch,
-            "torch_plain": min(plain_torch, key=lambda r: r["median_s"]) if plain_torch else None,
-        })
+        rows.append(
+            {
+                "title": e["title"],
+                "lib": lib,
+                "ref": ref,
+                "ratio": ratio(lib, ref),
+                "inline": inline,
+                "ratio_inline": ratio(lib, inline) if inline else None,
+                "torch_best": best_torch,
+                "torch_plain": min(plain_torch, key=lambda r: r["median_s"])
+                if plain_torch
+                else None,
+            }
+        )
     return rows
 
 
@@ -306,15 +363,23 @@ def peers_section(results: dict) -> list[str]:
         lib = _find(e, W.PX)
         for r in e["runners"]:
             if lib is not None and r is not lib and _is_peer(r["name"]):
-                rows.append(f"| {e['title']} | {r['name']} | {_ms(r['median_s'])} | "
-                            f"{_ms(lib['median_s'])} | {ratio(r, lib):.2f} |")
+                rows.append(
+                    f"| {e['title']} | {r['name']} | {_ms(r['median_s'])} | "
+                    f"{_ms(lib['median_s'])} | {ratio(r, lib):.2f} |"
+                )
     if not rows:
         return []
     m = results["machine"]
-    return ["", "## Peers: flax's and equinox's wrappers, the NNX front", "",
-            PEERS_NOTE.format(flax=m.get("flax", "?"), equinox=m.get("equinox", "?")), "",
-            "| workload | implementation | ms / step | parametrax ms | × parametrax |",
-            "|---|---|---:|---:|---:|", *rows]
+    return [
+        "",
+        "## Peers: flax's and equinox's wrappers, the NNX front",
+        "",
+        PEERS_NOTE.format(flax=m.get("flax", "?"), equinox=m.get("equinox", "?")),
+        "",
+        "| workload | implementation | ms / step | parametrax ms | × parametrax |",
+        "|---|---|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def _is_peer(name: str) -> bool:
@@ -329,13 +394,18 @@ def markdown(results: dict) -> str:
         "Generated by `python benchmarks/run.py`"
         + (" --quick" if results.get("quick") else "")
         + f" on {m['date']} in {results['total_s']:.0f} s. Do not edit by hand."
-        + (" **Quick run: tiny sizes and XLA optimisations off (`" + QUICK_XLA_FLAGS
-           + "`); it checks that the suite works, its figures mean nothing.**"
-           if results.get("quick") else ""),
+        + (
+            " **Quick run: tiny sizes and XLA optimisations off (`"
+            + QUICK_XLA_FLAGS
+            + "`); it checks that the suite works, its figures mean nothing.**"
+            if results.get("quick")
+            else ""
+        ),
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('ram_gb')} GB RAM, {m['os']}; "
         f"Python {m['python']}, JAX {m['jax']} ({m['jax_backend']}), flax {m['flax']}, "
-        f"optax {m['optax']}" + (f", equinox {m['equinox']}" if "equinox" in m else "")
+        f"optax {m['optax']}"
+        + (f", equinox {m['equinox']}" if "equinox" in m else "")
         + (f", PyTorch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m else "")
         + f"; OpenBLAS threads: {m.get('openblas_threads', 'not recorded')}"
         + f". Load average (1 min) {results['load_start']:.2f} at the start, "
@@ -376,21 +446,30 @@ def markdown(results: dict) -> str:
             + f"{_ms(ref['median_s'])} | "
             + (f"{r['ratio_inline']:.3f} | " if inl else "— | ")
             + f"{r['ratio']:.3f} | "
-            + (f"{_ms(t['median_s'])} ({t['name'].replace('torch', '').strip() or 'plain'}) | "
-               f"{ratio(t, lib):.2f} |" if t else "— | — |")
+            + (
+                f"{_ms(t['median_s'])} ({t['name'].replace('torch', '').strip() or 'plain'}) | "
+                f"{ratio(t, lib):.2f} |"
+                if t
+                else "— | — |"
+            )
         )
     lines += peers_section(results)
-    lines += ["", "## Every implementation", "",
-              "| workload | implementation | ms / step (median) | min–max ms "
-              "| × hand-written JAX | compile s | XLA MB | first loss |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Every implementation",
+        "",
+        "| workload | implementation | ms / step (median) | min–max ms "
+        "| × hand-written JAX | compile s | XLA MB | first loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in results["workloads"]:
         ref = _find(e, W.JAX)
         for r in e["runners"]:
             lines.append(
                 f"| {e['title']} | {r['name']} | {_ms(r['median_s'])} | "
                 f"{_ms(r['min_s'])}–{_ms(r['max_s'])} | {ratio(r, ref):.2f} | "
-                + (f"{r['compile_s']:.2f}" if r["compile_s"] is not None else "—") + " | "
+                + (f"{r['compile_s']:.2f}" if r["compile_s"] is not None else "—")
+                + " | "
                 + (f"{r['mem_mb']:.1f}" if r["mem_mb"] is not None else "—")
                 + f" | {r['loss0']:.6g} |"
             )
@@ -398,49 +477,74 @@ def markdown(results: dict) -> str:
         names = list(next(iter(results["maps"].values())).keys())
         for v in results["maps"].values():
             names += [k for k in v if k not in names]
-        lines += ["", "## Cost of one orthogonal map, forward + backward (ms)", "",
-                  "`value_and_grad` of `sum(Q(X) * W)` for an n×n `X` (no trivialization base). "
-                  "`[Skew, Cayley]` is the tutorial chain (`Cayley` uses parametrax's custom "
-                  "derivative); `jax solve` is the same map written with `jnp.linalg.solve` and "
-                  "differentiated by JAX; the `Orthogonal` maps follow torch's `orthogonal` "
-                  "(Cayley with A/2). `expm, reverse-only squarings (experiment)` is "
-                  "`benchmarks/expm_variants.py`: JAX's expm with the squarings in a dynamic "
-                  "loop under a custom VJP (same numbers; no forward mode, so not in the "
-                  "library).", "",
-                  "| map | " + " | ".join(f"n={n}" for n in results["maps"]) + " |",
-                  "|---|" + "---:|" * len(results["maps"])]
+        lines += [
+            "",
+            "## Cost of one orthogonal map, forward + backward (ms)",
+            "",
+            "`value_and_grad` of `sum(Q(X) * W)` for an n×n `X` (no trivialization base). "
+            "`[Skew, Cayley]` is the tutorial chain (`Cayley` uses parametrax's custom "
+            "derivative); `jax solve` is the same map written with `jnp.linalg.solve` and "
+            "differentiated by JAX; the `Orthogonal` maps follow torch's `orthogonal` "
+            "(Cayley with A/2). `expm, reverse-only squarings (experiment)` is "
+            "`benchmarks/expm_variants.py`: JAX's expm with the squarings in a dynamic "
+            "loop under a custom VJP (same numbers; no forward mode, so not in the "
+            "library).",
+            "",
+            "| map | " + " | ".join(f"n={n}" for n in results["maps"]) + " |",
+            "|---|" + "---:|" * len(results["maps"]),
+        ]
         for name in names:
-            lines.append(f"| {name} | " + " | ".join(
-                _ms(v.get(name)) if v.get(name) is not None else "—"
-                for v in results["maps"].values()) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    _ms(v.get(name)) if v.get(name) is not None else "—"
+                    for v in results["maps"].values()
+                )
+                + " |"
+            )
     if results["compile"]:
-        lines += ["", "## Compile time vs number of orthogonal layers (s)", "",
-                  f"A stack of `Dense(64)` layers, each kernel "
-                  f"`Orthogonal(map=\"{results['config'].get('compile_map', 'matrix_exp')}\")`; "
-                  "trace + lower + compile of one Adam training step.", "",
-                  "| layers | parametrax trace+lower | parametrax compile | parametrax total "
-                  "| hand-written total | ratio |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Compile time vs number of orthogonal layers (s)",
+            "",
+            f"A stack of `Dense(64)` layers, each kernel "
+            f'`Orthogonal(map="{results["config"].get("compile_map", "matrix_exp")}")`; '
+            "trace + lower + compile of one Adam training step.",
+            "",
+            "| layers | parametrax trace+lower | parametrax compile | parametrax total "
+            "| hand-written total | ratio |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for d, v in results["compile"].items():
             p, j = v["parametrax"], v["jax (hand-written)"]
-            lines.append(f"| {d} | {p['trace_lower_s']:.2f} | {p['compile_s']:.2f} | "
-                         f"{p['total_s']:.2f} | {j['total_s']:.2f} | "
-                         f"{p['total_s'] / j['total_s']:.2f} |")
+            lines.append(
+                f"| {d} | {p['trace_lower_s']:.2f} | {p['compile_s']:.2f} | "
+                f"{p['total_s']:.2f} | {j['total_s']:.2f} | "
+                f"{p['total_s'] / j['total_s']:.2f} |"
+            )
     if results.get("primitives"):
-        lines += ["", "## Base operations: JAX vs torch (ms, forward + backward)", "",
-                  "The operations the workloads are built from, with no parametrization: "
-                  "`jax.grad` of `sum(op(a, b))` w.r.t. every input against torch's "
-                  "`backward()`, interleaved. Where torch is faster here, parametrax cannot be "
-                  "faster than torch on a workload dominated by that operation (W1 Cayley: the "
-                  "solve; W2: the recurrence; W3: the convolutions). Convolutions are W3's "
-                  "layers (4×4, stride 2, batch 64; NHWC in JAX, NCHW in torch); the RNN "
-                  "recurrence is W2 without the orthogonal map (`lax.scan` of a tanh cell "
-                  "against torch's fused `nn.RNN`).", "",
-                  "| operation | JAX ms | torch ms | torch / JAX |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Base operations: JAX vs torch (ms, forward + backward)",
+            "",
+            "The operations the workloads are built from, with no parametrization: "
+            "`jax.grad` of `sum(op(a, b))` w.r.t. every input against torch's "
+            "`backward()`, interleaved. Where torch is faster here, parametrax cannot be "
+            "faster than torch on a workload dominated by that operation (W1 Cayley: the "
+            "solve; W2: the recurrence; W3: the convolutions). Convolutions are W3's "
+            "layers (4×4, stride 2, batch 64; NHWC in JAX, NCHW in torch); the RNN "
+            "recurrence is W2 without the orthogonal map (`lax.scan` of a tanh cell "
+            "against torch's fused `nn.RNN`).",
+            "",
+            "| operation | JAX ms | torch ms | torch / JAX |",
+            "|---|---:|---:|---:|",
+        ]
         for op, v in results["primitives"].items():
             t = v.get("torch")
-            lines.append(f"| {op} | {_ms(v['jax'])} | {_ms(t)} | "
-                         + (f"{t / v['jax']:.2f} |" if t else "— |"))
+            lines.append(
+                f"| {op} | {_ms(v['jax'])} | {_ms(t)} | "
+                + (f"{t / v['jax']:.2f} |" if t else "— |")
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -456,16 +560,29 @@ def chart(results: dict, path: pathlib.Path) -> None:
     if rows:
         labels = [r["title"].replace(" orthogonal", "\northo").replace(" + ", "\n+ ") for r in rows]
         ys = range(len(rows))
-        series = [("parametrax (or flax)", [r["lib"]["median_s"] for r in rows], "C0"),
-                  ("hand-written JAX", [r["ref"]["median_s"] for r in rows], "C1"),
-                  ("torch, uncached", [r["torch_plain"]["median_s"] if r["torch_plain"] else 0
-                                       for r in rows], "C3"),
-                  ("torch, best", [r["torch_best"]["median_s"] if r["torch_best"] else 0
-                                   for r in rows], "C2")]
+        series = [
+            ("parametrax (or flax)", [r["lib"]["median_s"] for r in rows], "C0"),
+            ("hand-written JAX", [r["ref"]["median_s"] for r in rows], "C1"),
+            (
+                "torch, uncached",
+                [r["torch_plain"]["median_s"] if r["torch_plain"] else 0 for r in rows],
+                "C3",
+            ),
+            (
+                "torch, best",
+                [r["torch_best"]["median_s"] if r["torch_best"] else 0 for r in rows],
+                "C2",
+            ),
+        ]
         h = 0.2
         for i, (name, vals, c) in enumerate(series):
-            ax.barh([y + (i - 1.5) * h for y in ys], [v * 1e3 for v in vals], height=h,
-                    label=name, color=c)
+            ax.barh(
+                [y + (i - 1.5) * h for y in ys],
+                [v * 1e3 for v in vals],
+                height=h,
+                label=name,
+                color=c,
+            )
         ax.set_yticks(list(ys))
         ax.set_yticklabels(labels, fontsize=7)
         ax.invert_yaxis()
@@ -474,10 +591,20 @@ def chart(results: dict, path: pathlib.Path) -> None:
         ax.set_title("Training step, median")
         ax.legend(fontsize=8)
         ax = axes[0, 1]
-        ax.barh([y - 0.2 for y in ys], [r["ratio"] for r in rows], height=0.4, color="C1",
-                label="parametrax / hand-written JAX")
-        ax.barh([y + 0.2 for y in ys], [r["ratio_inline"] or 0 for r in rows], height=0.4,
-                color="C0", label="parametrax / flax + inline")
+        ax.barh(
+            [y - 0.2 for y in ys],
+            [r["ratio"] for r in rows],
+            height=0.4,
+            color="C1",
+            label="parametrax / hand-written JAX",
+        )
+        ax.barh(
+            [y + 0.2 for y in ys],
+            [r["ratio_inline"] or 0 for r in rows],
+            height=0.4,
+            color="C0",
+            label="parametrax / flax + inline",
+        )
         ax.axvline(1.0, color="k", lw=1)
         ax.axvline(1.05, color="r", ls="--", lw=1, label="target 1.05")
         ax.set_yticks(list(ys))
@@ -507,15 +634,18 @@ def chart(results: dict, path: pathlib.Path) -> None:
     if results["compile"]:
         ds = sorted(results["compile"])
         for name in ("parametrax", "jax (hand-written)"):
-            ax.plot(ds, [results["compile"][d][name]["total_s"] for d in ds], marker="o",
-                    label=name)
+            ax.plot(
+                ds, [results["compile"][d][name]["total_s"] for d in ds], marker="o", label=name
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("orthogonal layers")
         ax.set_ylabel("s, trace + lower + compile")
         ax.set_title("Compile time vs model size")
         ax.legend(fontsize=8)
-    fig.suptitle(f"parametrax benchmarks — {results['machine']['cpu']}, "
-                 f"{results['machine']['cores']} cores, JAX {results['machine']['jax']}")
+    fig.suptitle(
+        f"parametrax benchmarks — {results['machine']['cpu']}, "
+        f"{results['machine']['cores']} cores, JAX {results['machine']['jax']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -525,17 +655,31 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few rounds (< 1 min)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
-    ap.add_argument("--no-peers", action="store_true",
-                    help="skip flax's and equinox's own wrappers and parametrax's NNX front")
-    ap.add_argument("--only", default=None,
-                    help="comma-separated subset of W1,W2,W3,W4,maps,compile,primitives")
-    ap.add_argument("--rounds", type=int, default=None,
-                    help="interleaved rounds per workload (default 7; --quick 3): fewer for a "
-                         "check that the figures are sane, not for the record")
-    ap.add_argument("--report-only", action="store_true",
-                    help="rewrite results.md and results.png from an existing results.json")
-    ap.add_argument("--out", default=None,
-                    help="output folder (default: benchmarks/, or benchmarks/_quick/ with --quick)")
+    ap.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip flax's and equinox's own wrappers and parametrax's NNX front",
+    )
+    ap.add_argument(
+        "--only", default=None, help="comma-separated subset of W1,W2,W3,W4,maps,compile,primitives"
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds per workload (default 7; --quick 3): fewer for a "
+        "check that the figures are sane, not for the record",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite results.md and results.png from an existing results.json",
+    )
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: benchmarks/, or benchmarks/_quick/ with --quick)",
+    )
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.rounds is not None:
@@ -558,7 +702,7 @@ def main(argv=None) -> int:
         progress("matplotlib not installed: no chart (pip install -e '.[examples]')")
     progress(f"wrote {out / 'results.md'} in {results['total_s']:.0f} s")
     for r in summary_rows(results):
-        extra = (f", / flax + inline = {r['ratio_inline']:.3f}" if r["ratio_inline"] else "")
+        extra = f", / flax + inline = {r['ratio_inline']:.3f}" if r["ratio_inline"] else ""
         progress(f"  {r['title']}: parametrax / hand-written JAX = {r['ratio']:.3f}{extra}")
     return 0
 

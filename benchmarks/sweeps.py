@@ -38,8 +38,9 @@ def _plain_cayley_tutorial(x):
     return jnp.linalg.solve(eye - a, eye + a)
 
 
-def map_cost(n: int, *, rounds: int, round_s: float, householder_max: int, torch_ok=True,
-             quick: bool = False):
+def map_cost(
+    n: int, *, rounds: int, round_s: float, householder_max: int, torch_ok=True, quick: bool = False
+):
     """Seconds for value_and_grad of ``sum(map(X) * W)`` for every map, interleaved.
     ``quick``: the Cayley maps only (the matrix exponentials dominate compile time)."""
     rng = np.random.default_rng(n)
@@ -56,11 +57,19 @@ def map_cost(n: int, *, rounds: int, round_s: float, householder_max: int, torch
     chain = lambda x: Cayley()(Skew()(x))  # noqa: E731
     runners.append(Runner("parametrax [Skew, Cayley]", _jax_fb(chain, x, w), 0.0))
     runners.append(Runner("jax solve [skew, cayley]", _jax_fb(_plain_cayley_tutorial, x, w), 0.0))
-    runners.append(Runner("jax (hand-written) cayley",
-                          _jax_fb(lambda x: ortho_map_jax(x, "cayley"), x, w), 0.0))
+    runners.append(
+        Runner(
+            "jax (hand-written) cayley", _jax_fb(lambda x: ortho_map_jax(x, "cayley"), x, w), 0.0
+        )
+    )
     if not quick:
-        runners.append(Runner("expm, reverse-only squarings (experiment)",
-                              _jax_fb(lambda x: expm_reverse_only(skew_lower(x)), x, w), 0.0))
+        runners.append(
+            Runner(
+                "expm, reverse-only squarings (experiment)",
+                _jax_fb(lambda x: expm_reverse_only(skew_lower(x)), x, w),
+                0.0,
+            )
+        )
     if torch_ok and HAVE_TORCH:
         import torch  # noqa: PLC0415
         from torch.nn.utils.parametrizations import orthogonal  # noqa: PLC0415
@@ -122,8 +131,10 @@ def compile_time(depth: int, *, width: int = 64, map_name: str = "matrix_exp"):
             h = jnp.tanh(h @ (b @ ortho_map_jax(p["x"], map_name)) + p["b"])
         return jnp.mean((h - y) ** 2)
 
-    for name, loss, p, aux in [("parametrax", px_loss, params, rest),
-                               ("jax (hand-written)", jax_loss, hparams, bases)]:
+    for name, loss, p, aux in [
+        ("parametrax", px_loss, params, rest),
+        ("jax (hand-written)", jax_loss, hparams, bases),
+    ]:
 
         def step(p, o, aux, x, y, loss=loss):
             l, g = jax.value_and_grad(loss)(p, aux, x, y)
@@ -155,8 +166,16 @@ def _torch_fb(fn, *args):
     return call
 
 
-def primitives(*, n_sizes=(256, 512), batch=128, convs=((3, 64, 32), (64, 64, 16)),
-               rnn=(64, 100, 32, 256), rounds: int, round_s: float, torch_ok: bool = True):
+def primitives(
+    *,
+    n_sizes=(256, 512),
+    batch=128,
+    convs=((3, 64, 32), (64, 64, 16)),
+    rnn=(64, 100, 32, 256),
+    rounds: int,
+    round_s: float,
+    torch_ok: bool = True,
+):
     """Seconds for forward + backward (w.r.t. every input, as in a training step) of the
     operations the workloads are built from, JAX and torch interleaved.
 
@@ -197,21 +216,32 @@ def primitives(*, n_sizes=(256, 512), batch=128, convs=((3, 64, 32), (64, 64, 16
         add(f"matmul {n}×{n} @ {n}×{n}", jnp.matmul, (a, b), lambda a, b: a @ b, (a, b))
         add(f"dense {batch}×{n} @ {n}×{n}", jnp.matmul, (x, a), lambda x, w: x @ w, (x, a))
         m = np.eye(n, dtype=np.float32) - 0.5 * (a - a.T)  # a Cayley system matrix
-        add(f"solve {n}×{n}", jnp.linalg.solve, (m, b), lambda m, b: torch.linalg.solve(m, b),
-            (m, b))
+        add(
+            f"solve {n}×{n}",
+            jnp.linalg.solve,
+            (m, b),
+            lambda m, b: torch.linalg.solve(m, b),
+            (m, b),
+        )
     for cin, cout, hw in convs:
         xs = rng.standard_normal((64, hw, hw, cin)).astype(np.float32)
         k = (rng.standard_normal((4, 4, cin, cout)) / np.sqrt(16 * cin)).astype(np.float32)
 
         def jconv(x, k):
-            return jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)),
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jax.lax.conv_general_dilated(
+                x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
 
         def tconv(x, k):
             return torch.nn.functional.conv2d(x, k, stride=2, padding=1)
 
-        add(f"conv 4×4/2 {cin}→{cout}, 64×{hw}×{hw}", jconv, (xs, k), tconv,
-            (xs.transpose(0, 3, 1, 2).copy(), k.transpose(3, 2, 0, 1).copy()))
+        add(
+            f"conv 4×4/2 {cin}→{cout}, 64×{hw}×{hw}",
+            jconv,
+            (xs, k),
+            tconv,
+            (xs.transpose(0, 3, 1, 2).copy(), k.transpose(3, 2, 0, 1).copy()),
+        )
     if rnn is not None:  # W2's recurrence alone: lax.scan vs torch's fused nn.RNN
         batch_, steps, inputs, hidden = rnn
         xs = rng.standard_normal((batch_, steps, inputs)).astype(np.float32)
@@ -231,15 +261,28 @@ def primitives(*, n_sizes=(256, 512), batch=128, convs=((3, 64, 32), (64, 64, 16
             module = torch.nn.RNN(inputs, hidden, batch_first=True)
 
             def trnn(x, wih, whh, b):
-                p = {"weight_ih_l0": wih, "weight_hh_l0": whh, "bias_ih_l0": b,
-                     "bias_hh_l0": torch.zeros_like(b)}
+                p = {
+                    "weight_ih_l0": wih,
+                    "weight_hh_l0": whh,
+                    "bias_ih_l0": b,
+                    "bias_hh_l0": torch.zeros_like(b),
+                }
                 return torch.func.functional_call(module, p, (x,))[0][:, -1]
 
-        add(f"RNN recurrence h={hidden}, T={steps}, batch {batch_}", jrnn, (xs, wi, wh, bias),
-            trnn, (xs, wi.T.copy(), wh.T.copy(), bias))
+        add(
+            f"RNN recurrence h={hidden}, T={steps}, batch {batch_}",
+            jrnn,
+            (xs, wi, wh, bias),
+            trnn,
+            (xs, wi.T.copy(), wh.T.copy(), bias),
+        )
     runners = [Runner(f"jax {op}", f, 0.0) for op, f in jax_fns.items()]
     runners += [Runner(f"torch {op}", f, 0.0) for op, f in torch_fns.items()]
     res = measure(runners, rounds=rounds, warmup=2, round_s=round_s, max_steps=200)
-    return {op: {"jax": res[f"jax {op}"]["median_s"],
-                 "torch": res[f"torch {op}"]["median_s"] if op in torch_fns else None}
-            for op in jax_fns}
+    return {
+        op: {
+            "jax": res[f"jax {op}"]["median_s"],
+            "torch": res[f"torch {op}"]["median_s"] if op in torch_fns else None,
+        }
+        for op in jax_fns
+    }

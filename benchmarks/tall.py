@@ -68,8 +68,12 @@ TORCH_METHODS = ("geotorch 0.4 orthogonal", "torch orthogonal")
 METHODS = tuple(JAX_METHODS) + TORCH_METHODS
 NOT_ORTHONORMAL = {"LowRank(16)"}
 
-FULL = {"shapes": [(n, k) for n in (1000, 10000, 30000, 100000) for k in (16, 64, 256)],
-        "rounds": 5, "round_s": 0.3, "batch": 32}
+FULL = {
+    "shapes": [(n, k) for n in (1000, 10000, 30000, 100000) for k in (16, 64, 256)],
+    "rounds": 5,
+    "round_s": 0.3,
+    "batch": 32,
+}
 QUICK = {"shapes": [(256, 16)], "rounds": 2, "round_s": 0.01, "batch": 8}
 # --quick checks that the table works; like run.py it lowers XLA's optimisation level
 QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -108,9 +112,15 @@ def jax_cell(method: str, n: int, k: int, cfg: dict, mem_bound_mb: float) -> Non
     import parametrax as px  # noqa: PLC0415
 
     x, y, w0 = _data(n, k, cfg["batch"])
-    entry = eval(JAX_METHODS[method], {  # noqa: S307 - a fixed table of this file
-        "Orthogonal": px.Orthogonal, "Stiefel": px.Stiefel,
-        "Grassmannian": px.Grassmannian, "LowRank": px.LowRank})
+    entry = eval(
+        JAX_METHODS[method],
+        {  # noqa: S307 - a fixed table of this file
+            "Orthogonal": px.Orthogonal,
+            "Stiefel": px.Stiefel,
+            "Grassmannian": px.Grassmannian,
+            "LowRank": px.LowRank,
+        },
+    )
     model = px.Parametrized(nn.Dense(k, use_bias=False), {"kernel": entry})
 
     t0 = time.perf_counter()
@@ -135,13 +145,20 @@ def jax_cell(method: str, n: int, k: int, cfg: dict, mem_bound_mb: float) -> Non
 
         opt_state = opt.init(params)
         t0 = time.perf_counter()
-        compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(
-            params, opt_state, rest, x, y).compile()
+        compiled = (
+            jax.jit(train_step, donate_argnums=(0, 1))
+            .lower(params, opt_state, rest, x, y)
+            .compile()
+        )
         compile_s = time.perf_counter() - t0
         mem = xla_memory_mb(compiled)
         if mem is not None and mem > mem_bound_mb:
-            emit(phase="exceeded", bound=f"XLA memory {mem / 1024:.1f} GB > "
-                 f"{mem_bound_mb / 1024:.0f} GB ({name} step)", compile_s=compile_s)
+            emit(
+                phase="exceeded",
+                bound=f"XLA memory {mem / 1024:.1f} GB > "
+                f"{mem_bound_mb / 1024:.0f} GB ({name} step)",
+                compile_s=compile_s,
+            )
             raise SystemExit(0)
         carry = [params, opt_state]
 
@@ -158,12 +175,17 @@ def jax_cell(method: str, n: int, k: int, cfg: dict, mem_bound_mb: float) -> Non
     timing = measure([lib, plain], rounds=cfg["rounds"], round_s=cfg["round_s"])
     kernel = px.linen.constrain(model, {"params": carry[0], **rest})["params"]["kernel"]
     kernel = np.asarray(kernel, np.float64)
-    err = (None if method in NOT_ORTHONORMAL
-           else float(np.max(np.abs(kernel.T @ kernel - np.eye(k)))))
-    emit(phase="done", step_s=timing["parametrax"]["median_s"],
-         plain_step_s=timing["plain"]["median_s"],
-         step_ratio=paired_ratio(timing["parametrax"]["samples_s"], timing["plain"]["samples_s"]),
-         orth_err=err, finite=bool(np.isfinite(kernel).all()))
+    err = (
+        None if method in NOT_ORTHONORMAL else float(np.max(np.abs(kernel.T @ kernel - np.eye(k))))
+    )
+    emit(
+        phase="done",
+        step_s=timing["parametrax"]["median_s"],
+        plain_step_s=timing["plain"]["median_s"],
+        step_ratio=paired_ratio(timing["parametrax"]["samples_s"], timing["plain"]["samples_s"]),
+        orth_err=err,
+        finite=bool(np.isfinite(kernel).all()),
+    )
 
 
 def torch_cell(method: str, n: int, k: int, cfg: dict) -> None:
@@ -206,11 +228,15 @@ def torch_cell(method: str, n: int, k: int, cfg: dict) -> None:
     timing = measure([lib, plain], rounds=cfg["rounds"], round_s=cfg["round_s"])
     with torch.no_grad():
         w = lin.weight.double().numpy()
-    emit(phase="done", step_s=timing["constrained"]["median_s"],
-         plain_step_s=timing["plain"]["median_s"],
-         step_ratio=paired_ratio(timing["constrained"]["samples_s"], timing["plain"]["samples_s"]),
-         orth_err=float(np.max(np.abs(w @ w.T - np.eye(k)))), finite=bool(np.isfinite(w).all()),
-         torch_threads=torch.get_num_threads())
+    emit(
+        phase="done",
+        step_s=timing["constrained"]["median_s"],
+        plain_step_s=timing["plain"]["median_s"],
+        step_ratio=paired_ratio(timing["constrained"]["samples_s"], timing["plain"]["samples_s"]),
+        orth_err=float(np.max(np.abs(w @ w.T - np.eye(k)))),
+        finite=bool(np.isfinite(w).all()),
+        torch_threads=torch.get_num_threads(),
+    )
 
 
 def cell_main(method: str, n: int, k: int, quick: bool, mem_bound_gb: float) -> int:
@@ -237,15 +263,31 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_cell(method: str, n: int, k: int, *, quick: bool, register_bound: float,
-             cell_bound: float, mem_bound_gb: float) -> dict:
+def run_cell(
+    method: str,
+    n: int,
+    k: int,
+    *,
+    quick: bool,
+    register_bound: float,
+    cell_bound: float,
+    mem_bound_gb: float,
+) -> dict:
     """Run one cell in a subprocess; return its merged JSON lines, with ``exceeded`` (the bound
     it passed) when it was stopped or stopped itself, ``error`` when it failed."""
     env = dict(os.environ)
     if quick:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + QUICK_XLA_FLAGS).strip()
-    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--cell", method, str(n),
-           str(k), "--mem-bound-gb", str(mem_bound_gb)] + (["--quick"] if quick else [])
+    cmd = [
+        sys.executable,
+        str(pathlib.Path(__file__).resolve()),
+        "--cell",
+        method,
+        str(n),
+        str(k),
+        "--mem-bound-gb",
+        str(mem_bound_gb),
+    ] + (["--quick"] if quick else [])
     out: dict = {"method": method, "n": n, "k": k}
     peak = 0.0
     with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
@@ -296,10 +338,15 @@ def markdown(results: dict) -> str:
         "# Tall matrices: constrained n x k kernel vs the plain kernel",
         "",
         f"Generated by `python benchmarks/tall.py{' --quick' if results['quick'] else ''}"
-        + (f" --shapes {results['shapes']}" if results.get("shapes") else "") + "` on "
+        + (f" --shapes {results['shapes']}" if results.get("shapes") else "")
+        + "` on "
         f"{m['date']} in {results['total_s']:.0f} s. Do not edit by hand."
-        + (" **Quick run: small shapes and XLA optimisations off; it checks that the table "
-           "works, its figures mean nothing.**" if results["quick"] else ""),
+        + (
+            " **Quick run: small shapes and XLA optimisations off; it checks that the table "
+            "works, its figures mean nothing.**"
+            if results["quick"]
+            else ""
+        ),
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, JAX {m['jax']}, "
         f"OpenBLAS threads {m['openblas_threads']}. Bounds: registration "
@@ -322,17 +369,26 @@ def markdown(results: dict) -> str:
     for c in results["cells"]:
         pre = f"| {c['n']} | {c['k']} | {c['method']} | "
         if "exceeded" in c or "error" in c:
-            what = (f"**exceeds bound** ({c['exceeded']})" if "exceeded" in c
-                    else f"**failed** ({c['error']})")
-            rows.append(pre + _f(c.get("register_s"), ".2f") + f" | {what} | | | | | "
-                        + _f(c.get("peak_rss_mb"), ".0f") + " | |")
+            what = (
+                f"**exceeds bound** ({c['exceeded']})"
+                if "exceeded" in c
+                else f"**failed** ({c['error']})"
+            )
+            rows.append(
+                pre
+                + _f(c.get("register_s"), ".2f")
+                + f" | {what} | | | | | "
+                + _f(c.get("peak_rss_mb"), ".0f")
+                + " | |"
+            )
             continue
         mem, pmem = c.get("mem_mb"), c.get("plain_mem_mb")
         rows.append(
             pre + f"{c['register_s']:.2f} | {_f(c.get('compile_s'), '.2f')} | "
             f"{c['step_s'] * 1e3:.3g} | {c['step_ratio']:.2f} | {_f(mem, '.1f')} | "
             + (f"{mem / pmem:.2f}" if mem and pmem else "—")
-            + f" | {c['peak_rss_mb']:.0f} | {_f(c.get('orth_err'), '.1e')} |")
+            + f" | {c['peak_rss_mb']:.0f} | {_f(c.get('orth_err'), '.1e')} |"
+        )
     return "\n".join(head + rows) + "\n"
 
 
@@ -347,30 +403,42 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "jax": jax.__version__, "openblas_threads": BLAS_THREADS,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "openblas_threads": BLAS_THREADS,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     try:
         return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")]
     except ValueError:
-        raise SystemExit(f"--shapes: expected NxK[,NxK...] such as 1000x16,1000x64; got {text!r}") from None
+        raise SystemExit(
+            f"--shapes: expected NxK[,NxK...] such as 1000x16,1000x64; got {text!r}"
+        ) from None
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small shapes, XLA optimisations off")
     ap.add_argument("--shapes", default=None, help="NxK,NxK,... (default: the full grid)")
-    ap.add_argument("--methods", default=None,
-                    help="';'-separated subset of: " + "; ".join(METHODS))
+    ap.add_argument(
+        "--methods", default=None, help="';'-separated subset of: " + "; ".join(METHODS)
+    )
     ap.add_argument("--no-torch", action="store_true", help="skip geotorch and torch")
     ap.add_argument("--register-bound", type=float, default=60.0, help="seconds (default 60)")
     ap.add_argument("--cell-bound", type=float, default=600.0, help="seconds (default 600)")
     ap.add_argument("--mem-bound-gb", type=float, default=8.0, help="GB (default 8)")
-    ap.add_argument("--jobs", type=int, default=None,
-                    help="cells run at once (default 1; --quick: 2, its figures mean nothing)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="cells run at once (default 1; --quick: 2, its figures mean nothing)",
+    )
     ap.add_argument("--out", default=None, help="output folder")
     ap.add_argument("--cell", nargs=3, metavar=("METHOD", "N", "K"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -388,18 +456,38 @@ def main(argv=None) -> int:
         methods = [m for m in methods if m not in TORCH_METHODS]
     out = pathlib.Path(args.out) if args.out else (HERE / "_quick" if args.quick else HERE)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "quick": args.quick, "config": cfg, "shapes": args.shapes,
-               "bounds": {"register_s": args.register_bound, "cell_s": args.cell_bound,
-                          "mem_gb": args.mem_bound_gb}, "cells": []}
+    results = {
+        "machine": machine(),
+        "quick": args.quick,
+        "config": cfg,
+        "shapes": args.shapes,
+        "bounds": {
+            "register_s": args.register_bound,
+            "cell_s": args.cell_bound,
+            "mem_gb": args.mem_bound_gb,
+        },
+        "cells": [],
+    }
     t_all = time.perf_counter()
 
     def one(cell):
         (n, k), method = cell
-        c = run_cell(method, n, k, quick=args.quick, register_bound=args.register_bound,
-                     cell_bound=args.cell_bound, mem_bound_gb=args.mem_bound_gb)
-        state = (f"exceeds bound ({c['exceeded']})" if "exceeded" in c
-                 else f"FAILED ({c['error']})" if "error" in c
-                 else f"step x{c['step_ratio']:.2f}, register {c['register_s']:.2f} s")
+        c = run_cell(
+            method,
+            n,
+            k,
+            quick=args.quick,
+            register_bound=args.register_bound,
+            cell_bound=args.cell_bound,
+            mem_bound_gb=args.mem_bound_gb,
+        )
+        state = (
+            f"exceeds bound ({c['exceeded']})"
+            if "exceeded" in c
+            else f"FAILED ({c['error']})"
+            if "error" in c
+            else f"step x{c['step_ratio']:.2f}, register {c['register_s']:.2f} s"
+        )
         print(f"[{c['wall_s']:5.1f}s] {n}x{k} {method}: {state}", flush=True)
         return c
 

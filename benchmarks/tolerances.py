@@ -47,7 +47,9 @@ def main() -> None:
     cayley = jax.jit(lambda x: px.cayley(px.skew(x)))
     expm = jax.jit(lambda x: px.matrix_exp(px.skew(x)))
     inverse = jax.jit(lambda q: px.skew.right_inverse(px.cayley.right_inverse(q)))
-    print("dtype     | orth [skew,cayley] | orth [skew,matrix_exp] | round trip [skew,cayley] (refused)")
+    print(
+        "dtype     | orth [skew,cayley] | orth [skew,matrix_exp] | round trip [skew,cayley] (refused)"
+    )
     for dtype in DTYPES:
         worst = [0.0, 0.0, 0.0]
         refused = 0
@@ -64,8 +66,10 @@ def main() -> None:
             diff = np.abs(back[ok] - np.asarray(q, np.float64)[ok])
             worst[2] = max(worst[2], float(np.max(diff)) if diff.size else 0.0)
         name = jnp.dtype(dtype).name
-        print(f"{name:9} | {worst[0]:18.1e} | {worst[1]:22.1e} | {worst[2]:.1e}"
-              f"  ({refused} of {16 * 20} refused)")
+        print(
+            f"{name:9} | {worst[0]:18.1e} | {worst[1]:22.1e} | {worst[2]:.1e}"
+            f"  ({refused} of {16 * 20} refused)"
+        )
 
     print("\nhuge norms, float32, 8x8, 3 seeds: max orthogonality error")
     rng = np.random.default_rng(0)
@@ -73,7 +77,9 @@ def main() -> None:
     for norm in [1e2, 1e3, 1e4, 1e5, 3.5e5, 5e5, 1e6, 1e7, 1e8, 1e9]:
         x = rng.standard_normal((3, 8, 8))
         a = np.triu(x, 1) - np.swapaxes(np.triu(x, 1), -1, -2)
-        x = (np.triu(x, 1) * norm / np.linalg.norm(a, axis=(-2, -1), keepdims=True)).astype(np.float32)
+        x = (np.triu(x, 1) * norm / np.linalg.norm(a, axis=(-2, -1), keepdims=True)).astype(
+            np.float32
+        )
         e_exp, e_cay = orth_err(expm(jnp.asarray(x))), orth_err(cayley(jnp.asarray(x)))
         finite = bool(np.all(np.isfinite(np.asarray(expm(jnp.asarray(x))))))
         if not finite and first_nan is None:

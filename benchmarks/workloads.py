@@ -148,8 +148,16 @@ def _torch_linear(kernel, bias=None):
 # ------------------------------------------------------------------------------------------------
 # W1: Dense n x n with an orthogonal kernel
 # ------------------------------------------------------------------------------------------------
-def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok: bool = True,
-             inline: bool = True, peers: bool = False):
+def w1_dense(
+    n: int,
+    map_name: str,
+    *,
+    batch: int = 128,
+    seed: int = 0,
+    torch_ok: bool = True,
+    inline: bool = True,
+    peers: bool = False,
+):
     rng = np.random.default_rng(seed)
     w0 = orthogonal_matrix(rng, n)  # an orthogonal start: every framework keeps it as the base
     b0 = (0.1 * rng.standard_normal(n)).astype(np.float32)
@@ -164,7 +172,9 @@ def w1_dense(n: int, map_name: str, *, batch: int = 128, seed: int = 0, torch_ok
     # parametrax
     model = px.Parametrized(nn.Dense, {"kernel": Orthogonal(map=map_name)})(features=n)
     variables = model.init(jax.random.key(seed), x)
-    variables = px.linen.assign(model, variables, {"kernel": jnp.asarray(w0)}, key=jax.random.key(1))
+    variables = px.linen.assign(
+        model, variables, {"kernel": jnp.asarray(w0)}, key=jax.random.key(1)
+    )
     variables = jax.tree.map(lambda a: a, dict(variables))
     params = dict(variables["params"])
     params["bias"] = jnp.asarray(b0)
@@ -248,8 +258,9 @@ def _w1_tutorial(n, w0, b0, x, y, opt, seed, torch_ok, inline=True):
         return mse(dense.apply({"params": {"kernel": k, "bias": p["b"]}}, x), y)
 
     if inline:
-        runners.append(jax_runner(FLAX_INLINE, flax_loss, {"x": raw0, "b": jnp.asarray(b0)},
-                                  (), (x, y), opt))
+        runners.append(
+            jax_runner(FLAX_INLINE, flax_loss, {"x": raw0, "b": jnp.asarray(b0)}, (), (x, y), opt)
+        )
 
     if torch_ok and HAVE_TORCH:
         torch = _torch()
@@ -309,8 +320,17 @@ def _xent(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def w2_rnn(*, hidden=256, inputs=32, steps=100, batch=64, seed=0, torch_ok=True, torch_loop=True,
-           inline=True):
+def w2_rnn(
+    *,
+    hidden=256,
+    inputs=32,
+    steps=100,
+    batch=64,
+    seed=0,
+    torch_ok=True,
+    torch_loop=True,
+    inline=True,
+):
     rng = np.random.default_rng(seed)
     wi = (rng.standard_normal((inputs, hidden)) / np.sqrt(inputs)).astype(np.float32)
     bi = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
@@ -339,8 +359,11 @@ def w2_rnn(*, hidden=256, inputs=32, steps=100, batch=64, seed=0, torch_ok=True,
     runners.append(jax_runner(PX, px_loss, params, rest, (x, y), opt))
 
     hparams = {
-        "wi": jnp.asarray(wi), "bi": jnp.asarray(bi), "x": -jnp.eye(hidden, dtype=jnp.float32),
-        "wo": jnp.asarray(wo), "bo": jnp.asarray(bo),
+        "wi": jnp.asarray(wi),
+        "bi": jnp.asarray(bi),
+        "x": -jnp.eye(hidden, dtype=jnp.float32),
+        "wo": jnp.asarray(wo),
+        "bo": jnp.asarray(bo),
     }
 
     def jax_loss(p, base, x, y):
@@ -359,8 +382,10 @@ def w2_rnn(*, hidden=256, inputs=32, steps=100, batch=64, seed=0, torch_ok=True,
 
     def flax_loss(p, base, x, y):
         k = base @ ortho_map_jax(p["x"], "matrix_exp")  # once per step, outside nn.RNN
-        q = {"SimpleCell_0": {"i": {"kernel": p["wi"], "bias": p["bi"]}, "h": {"kernel": k}},
-             "out": {"kernel": p["wo"], "bias": p["bo"]}}
+        q = {
+            "SimpleCell_0": {"i": {"kernel": p["wi"], "bias": p["bi"]}, "h": {"kernel": k}},
+            "out": {"kernel": p["wo"], "bias": p["bo"]},
+        }
         return _xent(plain_model.apply({"params": q}, x), y)
 
     if inline:
@@ -417,8 +442,9 @@ class Disc(nn.Module):
     @nn.compact
     def __call__(self, x):  # NHWC
         for i in range(3):
-            x = nn.Conv(self.channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                        name=f"conv{i}")(x)
+            x = nn.Conv(
+                self.channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name=f"conv{i}"
+            )(x)
             x = nn.leaky_relu(x, 0.2)
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(1, name="head")(x)[:, 0]
@@ -439,8 +465,17 @@ def _normalize(v, eps=1e-12):
     return v / jnp.maximum(jnp.linalg.norm(v), eps)
 
 
-def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=True,
-            inline=True, peers=False):
+def w3_disc(
+    *,
+    spectral: bool,
+    channels=64,
+    size=32,
+    batch=64,
+    seed=0,
+    torch_ok=True,
+    inline=True,
+    peers=False,
+):
     rng = np.random.default_rng(seed)
     shapes = [(4, 4, 3, channels), (4, 4, channels, channels), (4, 4, channels, channels)]
     ks = [(rng.standard_normal(s) / np.sqrt(np.prod(s[:3]))).astype(np.float32) for s in shapes]
@@ -461,8 +496,9 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
         model = base
     variables = model.init(jax.random.key(seed), x)
     variables = jax.tree.map(lambda a: a, dict(variables))
-    plain = {f"conv{i}": {"kernel": jnp.asarray(ks[i]), "bias": jnp.asarray(bs[i])}
-             for i in range(3)}
+    plain = {
+        f"conv{i}": {"kernel": jnp.asarray(ks[i]), "bias": jnp.asarray(bs[i])} for i in range(3)
+    }
     plain["head"] = {"kernel": jnp.asarray(hk), "bias": jnp.asarray(hb)}
     if spectral:
         # store the same kernels through the right inverse (identity for SpectralNorm), keep
@@ -476,17 +512,22 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
         params["head"] = plain["head"]
         rest = {k: v for k, v in variables.items() if k != "params"}
         sn_state = rest[px.linen.STATE_COLLECTION]["parametrizations"]
-        uv = [(sn_state[f"conv{i}"]["kernel"]["0"]["u"], sn_state[f"conv{i}"]["kernel"]["0"]["v"])
-              for i in range(3)]
+        uv = [
+            (sn_state[f"conv{i}"]["kernel"]["0"]["u"], sn_state[f"conv{i}"]["kernel"]["0"]["v"])
+            for i in range(3)
+        ]
 
         def px_loss(params, rest, x, y):
             out, upd = model.apply(
                 {"params": params, **rest}, x, mutable=[px.linen.STATE_COLLECTION]
             )
             return _bce(out, y), {**rest, **upd}
-        runners.append(jax_runner(PX + label, px_loss, params, rest, (x, y), opt,
-                                  loss_updates_aux=True))
+
+        runners.append(
+            jax_runner(PX + label, px_loss, params, rest, (x, y), opt, loss_updates_aux=True)
+        )
     else:
+
         def flax_loss(p, _, x, y):
             return _bce(model.apply({"params": p}, x), y)
 
@@ -500,6 +541,7 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
         return (x @ p["head"]["kernel"] + p["head"]["bias"])[:, 0]
 
     if spectral:
+
         def sn(k, u, v, update):
             mat = jnp.moveaxis(k, -1, 0).reshape(k.shape[-1], -1)  # (out, kh*kw*in)
             if update:
@@ -513,8 +555,10 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
             res = [sn(p[f"conv{i}"]["kernel"], *uv[i], True) for i in range(3)]
             out = forward(p, x, [r[0] for r in res])
             return _bce(out, y), [r[1] for r in res]
-        runners.append(jax_runner(JAX + label, jax_loss, plain, uv, (x, y), opt,
-                                  loss_updates_aux=True))
+
+        runners.append(
+            jax_runner(JAX + label, jax_loss, plain, uv, (x, y), opt, loss_updates_aux=True)
+        )
 
         def with_kernels(p, kernels):
             q = {k: dict(v) for k, v in p.items()}
@@ -526,15 +570,30 @@ def w3_disc(*, spectral: bool, channels=64, size=32, batch=64, seed=0, torch_ok=
             res = [sn(p[f"conv{i}"]["kernel"], *uv[i], True) for i in range(3)]
             out = base.apply({"params": with_kernels(p, [r[0] for r in res])}, x)
             return _bce(out, y), [r[1] for r in res]
+
         if inline:
-            runners.append(jax_runner(FLAX_INLINE + label, flax_loss, plain, uv, (x, y), opt,
-                                      loss_updates_aux=True))
+            runners.append(
+                jax_runner(
+                    FLAX_INLINE + label, flax_loss, plain, uv, (x, y), opt, loss_updates_aux=True
+                )
+            )
         if peers:
-            runners += _peers().w3_peers(channels=channels, ks=ks, bs=bs, hk=hk, hb=hb, uv=uv,
-                                         x=x, y=y, opt=opt, seed=seed)
+            runners += _peers().w3_peers(
+                channels=channels, ks=ks, bs=bs, hk=hk, hb=hb, uv=uv, x=x, y=y, opt=opt, seed=seed
+            )
     else:
-        runners.append(jax_runner(JAX + label, lambda p, _, x, y: _bce(
-            forward(p, x, [p[f"conv{i}"]["kernel"] for i in range(3)]), y), plain, (), (x, y), opt))
+        runners.append(
+            jax_runner(
+                JAX + label,
+                lambda p, _, x, y: _bce(
+                    forward(p, x, [p[f"conv{i}"]["kernel"] for i in range(3)]), y
+                ),
+                plain,
+                (),
+                (x, y),
+                opt,
+            )
+        )
 
     if torch_ok and HAVE_TORCH:
         torch = _torch()
@@ -592,35 +651,52 @@ class MLP(nn.Module):
         return nn.Dense(self.classes, name="head")(x)
 
 
-def w4_mlp(*, weight_norm: bool, width=512, depth=3, inputs=784, batch=256, seed=0,
-           torch_ok=True, inline=True, peers=False):
+def w4_mlp(
+    *,
+    weight_norm: bool,
+    width=512,
+    depth=3,
+    inputs=784,
+    batch=256,
+    seed=0,
+    torch_ok=True,
+    inline=True,
+    peers=False,
+):
     rng = np.random.default_rng(seed)
     dims = [inputs] + [width] * depth + [10]
     names = [f"fc{i}" for i in range(depth)] + ["head"]
-    ws = [(rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
-          for a, b in zip(dims, dims[1:])]
+    ws = [
+        (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        for a, b in zip(dims, dims[1:])
+    ]
     bs = [(0.01 * rng.standard_normal(b)).astype(np.float32) for b in dims[1:]]
     x = rng.standard_normal((batch, inputs)).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int32)
     opt = optax.adam(1e-3)
     label = " + WN" if weight_norm else ""
     runners = []
-    plain = {n: {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}
-             for n, w, b in zip(names, ws, bs)}
+    plain = {
+        n: {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)} for n, w, b in zip(names, ws, bs)
+    }
 
     base = MLP(width, depth)
     if weight_norm:
         model = px.Parametrized(base, {"*/kernel": WeightNorm()})
         variables = model.init(jax.random.key(seed), x)
-        variables = px.linen.assign(model, variables, {f"{n}/kernel": plain[n]["kernel"] for n in names})
+        variables = px.linen.assign(
+            model, variables, {f"{n}/kernel": plain[n]["kernel"] for n in names}
+        )
         params = jax.tree.map(lambda a: a, dict(variables["params"]))
         for n in names:
             params[n] = {"bias": plain[n]["bias"]}
+
         def px_loss(p, _, x, y):
             return _xent(model.apply({"params": p}, x), y)
 
         runners.append(jax_runner(PX + label, px_loss, params, (), (x, y), opt))
     else:
+
         def flax_loss(p, _, x, y):
             return _xent(base.apply({"params": p}, x), y)
 
@@ -634,28 +710,47 @@ def w4_mlp(*, weight_norm: bool, width=512, depth=3, inputs=784, batch=256, seed
         return x
 
     if weight_norm:
-        gv = {n: {"g": jnp.linalg.norm(plain[n]["kernel"], axis=0, keepdims=True),
-                  "v": plain[n]["kernel"], "b": plain[n]["bias"]} for n in names}
+        gv = {
+            n: {
+                "g": jnp.linalg.norm(plain[n]["kernel"], axis=0, keepdims=True),
+                "v": plain[n]["kernel"],
+                "b": plain[n]["bias"],
+            }
+            for n in names
+        }
 
         def jax_loss(p, _, x, y):
-            layers = [(p[n]["g"] * p[n]["v"] / jnp.linalg.norm(p[n]["v"], axis=0, keepdims=True),
-                       p[n]["b"]) for n in names]
+            layers = [
+                (
+                    p[n]["g"] * p[n]["v"] / jnp.linalg.norm(p[n]["v"], axis=0, keepdims=True),
+                    p[n]["b"],
+                )
+                for n in names
+            ]
             return _xent(forward(layers, x), y)
 
         runners.append(jax_runner(JAX + label, jax_loss, gv, (), (x, y), opt))
 
         def flax_loss(p, _, x, y):
-            q = {n: {"kernel": p[n]["g"] * p[n]["v"]
-                     / jnp.linalg.norm(p[n]["v"], axis=0, keepdims=True), "bias": p[n]["b"]}
-                 for n in names}
+            q = {
+                n: {
+                    "kernel": p[n]["g"]
+                    * p[n]["v"]
+                    / jnp.linalg.norm(p[n]["v"], axis=0, keepdims=True),
+                    "bias": p[n]["b"],
+                }
+                for n in names
+            }
             return _xent(base.apply({"params": q}, x), y)
 
         if inline:
             runners.append(jax_runner(FLAX_INLINE + label, flax_loss, gv, (), (x, y), opt))
         if peers:
-            runners += _peers().w4_peers(width=width, depth=depth, names=names, ws=ws, bs=bs,
-                                         x=x, y=y, opt=opt, seed=seed)
+            runners += _peers().w4_peers(
+                width=width, depth=depth, names=names, ws=ws, bs=bs, x=x, y=y, opt=opt, seed=seed
+            )
     else:
+
         def jax_plain_loss(p, _, x, y):
             return _xent(forward([(p[n]["kernel"], p[n]["bias"]) for n in names], x), y)
 

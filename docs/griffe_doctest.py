@@ -28,7 +28,7 @@ def fence_doctests(text: str) -> str:
         indent = m.group(1)
         block = []
         while i < len(lines) and lines[i].strip() and lines[i].startswith(indent):
-            block.append(lines[i][len(indent):])
+            block.append(lines[i][len(indent) :])
             i += 1
         out.extend([f"{indent}```pycon", *(indent + b for b in block), f"{indent}```"])
     return "\n".join(out)

@@ -55,8 +55,18 @@ N_IN = 10
 N_OUT = 9
 PATH = "**/h/kernel"  # the recurrent kernel of the cell, wherever Flax puts it
 
-DEFAULTS = dict(L=100, K=10, hidden=128, batch=128, iterations=400, lr=1e-3,
-                models="expm,cayley,rnn,lstm", retract_every=0, seed=0, rnn_cell="tanh")
+DEFAULTS = dict(
+    L=100,
+    K=10,
+    hidden=128,
+    batch=128,
+    iterations=400,
+    lr=1e-3,
+    models="expm,cayley,rnn,lstm",
+    retract_every=0,
+    seed=0,
+    rnn_cell="tanh",
+)
 PAPER = dict(L=1000, hidden=190, batch=128, iterations=4000)
 
 
@@ -66,9 +76,15 @@ PAPER = dict(L=1000, hidden=190, batch=128, iterations=4000)
 def copy_batch(key, batch: int, L: int, K: int):
     """Inputs ``(batch, L + 2K)`` int and targets ``(batch, L + 2K)`` int (expRNN's layout)."""
     seq = jax.random.randint(key, (batch, K), 1, N_SYMBOLS + 1)
-    x = jnp.concatenate([seq, jnp.zeros((batch, L), jnp.int32),
-                         jnp.full((batch, 1), 9, jnp.int32),
-                         jnp.zeros((batch, K - 1), jnp.int32)], axis=1)
+    x = jnp.concatenate(
+        [
+            seq,
+            jnp.zeros((batch, L), jnp.int32),
+            jnp.full((batch, 1), 9, jnp.int32),
+            jnp.zeros((batch, K - 1), jnp.int32),
+        ],
+        axis=1,
+    )
     y = jnp.concatenate([jnp.zeros((batch, L + K), jnp.int32), seq], axis=1)
     return x, y
 
@@ -104,9 +120,9 @@ class Cell(nn.RNNCellBase):
 
     @nn.compact
     def __call__(self, h, x):
-        pre = (nn.Dense(self.features, use_bias=False, name="i",
-                        kernel_init=nn.initializers.he_normal())(x)
-               + nn.Dense(self.features, use_bias=False, name="h", kernel_init=henaff_init)(h))
+        pre = nn.Dense(
+            self.features, use_bias=False, name="i", kernel_init=nn.initializers.he_normal()
+        )(x) + nn.Dense(self.features, use_bias=False, name="h", kernel_init=henaff_init)(h)
         b = self.param("b", nn.initializers.uniform(0.02), (self.features,))
         h = modrelu(pre, b - 0.01) if self.activation == "modrelu" else jnp.tanh(pre + b - 0.01)
         return h, h
@@ -155,8 +171,10 @@ def optimizer(lr: float, orthogonal: bool):
         return rms(lr)
 
     def labels(params):
-        return {k: jax.tree.map(lambda _, k=k: "orth" if k == "parametrizations" else "rest", v)
-                for k, v in params.items()}
+        return {
+            k: jax.tree.map(lambda _, k=k: "orth" if k == "parametrizations" else "rest", v)
+            for k, v in params.items()
+        }
 
     return optax.multi_transform({"orth": rms(lr / 10), "rest": rms(lr)}, labels)
 
@@ -184,8 +202,13 @@ def train(kind: str, args, key) -> np.ndarray:
 
     losses = np.zeros(args.iterations)
     keys = jax.random.split(k_data, args.iterations)
-    bar = tqdm(range(args.iterations), desc=f"{kind:>6}", file=sys.stdout, mininterval=1.0,
-               disable=args.quiet)
+    bar = tqdm(
+        range(args.iterations),
+        desc=f"{kind:>6}",
+        file=sys.stdout,
+        mininterval=1.0,
+        disable=args.quiet,
+    )
     for i in bar:
         params, opt_state, loss = step(params, opt_state, rest, keys[i])
         losses[i] = float(loss)
@@ -239,13 +262,19 @@ def plot(curves: dict, args, path: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for kind, losses in curves.items():
         ax.plot(losses, label=kind, lw=1)
-    ax.axhline(baseline(args.L, args.K), color="k", ls="--", lw=1,
-               label=f"memoryless baseline K ln8/(L+2K) = {baseline(args.L, args.K):.4f}")
+    ax.axhline(
+        baseline(args.L, args.K),
+        color="k",
+        ls="--",
+        lw=1,
+        label=f"memoryless baseline K ln8/(L+2K) = {baseline(args.L, args.K):.4f}",
+    )
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy")
-    ax.set_title(f"Copying memory task, L={args.L}, K={args.K}, hidden {args.hidden}, "
-                 f"batch {args.batch}")
+    ax.set_title(
+        f"Copying memory task, L={args.L}, K={args.K}, hidden {args.hidden}, batch {args.batch}"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -258,19 +287,37 @@ def parse(argv=None):
     ap.add_argument("--K", type=int, help=f"symbols to copy (default {DEFAULTS['K']})")
     ap.add_argument("--hidden", type=int, help=f"hidden size (default {DEFAULTS['hidden']})")
     ap.add_argument("--batch", type=int, help=f"batch size (default {DEFAULTS['batch']})")
-    ap.add_argument("--iterations", "--steps", dest="iterations", type=int,
-                    help=f"training iterations (default {DEFAULTS['iterations']})")
+    ap.add_argument(
+        "--iterations",
+        "--steps",
+        dest="iterations",
+        type=int,
+        help=f"training iterations (default {DEFAULTS['iterations']})",
+    )
     ap.add_argument("--lr", type=float, help=f"RMSprop learning rate (default {DEFAULTS['lr']})")
     ap.add_argument("--models", help=f"comma-separated subset of {DEFAULTS['models']}")
-    ap.add_argument("--retract-every", dest="retract_every", type=int,
-                    help="dynamic trivialization: move the base every N steps (default 0: off)")
+    ap.add_argument(
+        "--retract-every",
+        dest="retract_every",
+        type=int,
+        help="dynamic trivialization: move the base every N steps (default 0: off)",
+    )
     ap.add_argument("--seed", type=int, help="PRNG seed (default 0)")
-    ap.add_argument("--rnn-cell", dest="rnn_cell", help="the unconstrained RNN's activation: "
-                    "tanh (default) or modrelu")
-    ap.add_argument("--paper", action="store_true",
-                    help="expRNN's setting: L=1000, hidden 190, batch 128, 4000 iterations")
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).with_suffix(".png")),
-                    help="where to save the plot")
+    ap.add_argument(
+        "--rnn-cell",
+        dest="rnn_cell",
+        help="the unconstrained RNN's activation: tanh (default) or modrelu",
+    )
+    ap.add_argument(
+        "--paper",
+        action="store_true",
+        help="expRNN's setting: L=1000, hidden 190, batch 128, 4000 iterations",
+    )
+    ap.add_argument(
+        "--out",
+        default=str(pathlib.Path(__file__).with_suffix(".png")),
+        help="where to save the plot",
+    )
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
@@ -289,9 +336,11 @@ def main(argv=None) -> int:
         if k not in ("expm", "cayley", "rnn", "lstm"):
             raise SystemExit(f"unknown model {k!r}; choose from expm, cayley, rnn, lstm")
     base = baseline(args.L, args.K)
-    print(f"copying task: L={args.L}, K={args.K}, sequence length {args.L + 2 * args.K}, "
-          f"hidden {args.hidden}, batch {args.batch}, {args.iterations} iterations; "
-          f"baseline {base:.4f}")
+    print(
+        f"copying task: L={args.L}, K={args.K}, sequence length {args.L + 2 * args.K}, "
+        f"hidden {args.hidden}, batch {args.batch}, {args.iterations} iterations; "
+        f"baseline {base:.4f}"
+    )
     key = jax.random.key(args.seed)
     curves, final = {}, {}
     t0 = time.perf_counter()
@@ -307,8 +356,10 @@ def main(argv=None) -> int:
         for k in ("expm", "cayley"):
             assert final[k] < 0.1 * base, f"{k}: {final[k]:.4f} is not far below {base:.4f}"
         assert final["rnn"] > 0.7 * base, f"rnn: {final['rnn']:.4f} is not near {base:.4f}"
-        print("[ok] the orthogonal RNNs end far below the memoryless baseline; the "
-              "unconstrained RNN does not.")
+        print(
+            "[ok] the orthogonal RNNs end far below the memoryless baseline; the "
+            "unconstrained RNN does not."
+        )
     return 0
 
 

@@ -117,13 +117,25 @@ def main(argv=None) -> int:
     conv = np.asarray(plain.conv.weight).reshape(plain.conv.weight.shape[0], -1)
     sigma = float(np.linalg.norm(conv, 2))
     baked = px.equinox.remove_parametrizations(model, state)
-    same = float(np.max(np.abs(jax.vmap(baked)(xte[:32]) - jax.vmap(
-        lambda xi: model(xi, state=state, inference=True)[0])(xte[:32]))))
+    same = float(
+        np.max(
+            np.abs(
+                jax.vmap(baked)(xte[:32])
+                - jax.vmap(lambda xi: model(xi, state=state, inference=True)[0])(xte[:32])
+            )
+        )
+    )
     print(f"loss {first:.3f} -> {last:.3f}; test accuracy {acc:.3f}")
     print(f"hidden weight max|W Wᵀ - I| = {ortho:.2e}; conv matrix spectral norm = {sigma:.4f}")
     print(f"baked {type(baked).__name__} vs parametrized outputs: max diff {same:.2e}")
-    ok = (ortho < 1e-4 and abs(sigma - 1) < 1e-3 and same < 1e-4 and type(baked) is CNN
-          and last < first and acc >= args.min_accuracy)
+    ok = (
+        ortho < 1e-4
+        and abs(sigma - 1) < 1e-3
+        and same < 1e-4
+        and type(baked) is CNN
+        and last < first
+        and acc >= args.min_accuracy
+    )
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -93,7 +93,11 @@ def main():
     step = jax.jit(train_step)
     for _ in range(20):
         p1, o1, loss1 = step(p1, o1, x, y)
-    diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), p, p1)))
+    diff = max(
+        jax.tree.leaves(
+            jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), p, p1)
+        )
+    )
     assert abs(float(loss) - float(loss1)) < 1e-5 and diff < 1e-5
     ok(f"one device gives the same loss ({float(loss1):.4f}) and parameters (max diff {diff:.1e})")
 
@@ -101,10 +105,14 @@ def main():
     dmesh = jax.make_mesh((8,), ("data",))
 
     def local_sgd(p, x, y):
-        loss_fn = lambda p: jax.lax.pmean(jnp.mean((model.apply({"params": p}, x) - y) ** 2), "data")
+        loss_fn = lambda p: jax.lax.pmean(
+            jnp.mean((model.apply({"params": p}, x) - y) ** 2), "data"
+        )
         return jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(loss_fn)(p))
 
-    sgd = jax.jit(jax.shard_map(local_sgd, mesh=dmesh, in_specs=(P(), P("data"), P("data")), out_specs=P()))
+    sgd = jax.jit(
+        jax.shard_map(local_sgd, mesh=dmesh, in_specs=(P(), P("data"), P("data")), out_specs=P())
+    )
     dbatch = NamedSharding(dmesh, P("data", None))
     p_dp = sgd(
         jax.device_put(single, NamedSharding(dmesh, P())),
@@ -113,7 +121,13 @@ def main():
     )
     g = jax.grad(lambda p: jnp.mean((model.apply({"params": p}, x) - y) ** 2))(single)
     expected = jax.tree.map(lambda a, b: a - 0.1 * b, single, g)
-    err = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), p_dp, expected)))
+    err = max(
+        jax.tree.leaves(
+            jax.tree.map(
+                lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), p_dp, expected
+            )
+        )
+    )
     assert err < 1e-5
     ok(f"shard_map data-parallel SGD step equals the single-device step (max diff {err:.1e})")
     print("All sharding claims hold.")

@@ -42,8 +42,12 @@ from parametrax.catalog.norms import SpectralNorm
 MODES = 8
 RADIUS = 2.0
 STD = 0.02
-CENTRES = np.stack([RADIUS * np.array([math.cos(t), math.sin(t)])
-                    for t in np.linspace(0, 2 * math.pi, MODES, endpoint=False)])
+CENTRES = np.stack(
+    [
+        RADIUS * np.array([math.cos(t), math.sin(t)])
+        for t in np.linspace(0, 2 * math.pi, MODES, endpoint=False)
+    ]
+)
 
 
 def ring_batch(key, n):
@@ -132,11 +136,13 @@ def train(spectral: bool, args, key):
 
     keys = jax.random.split(kdata, args.steps)
     name = "spectral norm" if spectral else "plain"
-    bar = tqdm(range(args.steps), desc=f"{name:>13}", file=sys.stdout, mininterval=1.0,
-               disable=args.quiet)
+    bar = tqdm(
+        range(args.steps), desc=f"{name:>13}", file=sys.stdout, mininterval=1.0, disable=args.quiet
+    )
     for i in bar:
         g_params, d_params, d_state, g_os, d_os, dl, gl = step(
-            g_params, d_params, d_state, g_os, d_os, keys[i])
+            g_params, d_params, d_state, g_os, d_os, keys[i]
+        )
         if i % 100 == 0:
             bar.set_postfix(d=f"{float(dl):.3f}", g=f"{float(gl):.3f}")
     if not (np.isfinite(float(dl)) and np.isfinite(float(gl))):
@@ -172,8 +178,13 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--z-dim", dest="z_dim", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--d-scale", dest="d_scale", type=float, default=10.0,
-                    help="the discriminator multiplies its input by this")
+    ap.add_argument(
+        "--d-scale",
+        dest="d_scale",
+        type=float,
+        default=10.0,
+        help="the discriminator multiplies its input by this",
+    )
     ap.add_argument("--samples", type=int, default=2500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(pathlib.Path(__file__).with_suffix(".png")))

@@ -81,7 +81,10 @@ print("variables:", jax.tree.map(jnp.shape, v))
 original = v["params"]["parametrizations"]["kernel"]["original"]
 print("original (the raw, unconstrained values) =\n", original)
 check("the raw value lives at params/parametrizations/kernel/original", original.shape == (3, 3))
-check("the kernel is computed from it: A == Symmetric(original)", bool(jnp.all(A == px.symmetric(original))))
+check(
+    "the kernel is computed from it: A == Symmetric(original)",
+    bool(jnp.all(A == px.symmetric(original))),
+)
 
 # -----------------------------------------------------------------------------------------------
 section("Parametrizations are first-class citizens")
@@ -160,7 +163,10 @@ layer_spd = Parametrized(nn.Dense(3), {"kernel": [px.symmetric, px.matrix_exp]})
 S = px.linen.constrain(layer_spd, layer_spd.init(key, x))["params"]["kernel"]
 eigs = jnp.linalg.eigvalsh(S)
 print("Symmetric + MatrixExp: eigenvalues =", eigs)
-check("Symmetric + MatrixExp gives a positive definite kernel", max_abs(S - S.T) < 1e-5 and float(eigs.min()) > 0)
+check(
+    "Symmetric + MatrixExp gives a positive definite kernel",
+    max_abs(S - S.T) < 1e-5 and float(eigs.min()) > 0,
+)
 
 # -----------------------------------------------------------------------------------------------
 section("Initializing parametrizations")
@@ -169,7 +175,9 @@ X = px.matrix_exp(px.skew(jax.random.normal(jax.random.key(1), (3, 3))))  # orth
 ov = px.linen.assign(layer_orthogonal, ov, {"kernel": X})
 Q = px.linen.constrain(layer_orthogonal, ov)["params"]["kernel"]
 print("after assigning X: |kernel - X| =", max_abs(Q - X))
-check("assigning an orthogonal X makes the kernel X (Cayley's right inverse)", max_abs(Q - X) < 1e-5)
+check(
+    "assigning an orthogonal X makes the kernel X (Cayley's right inverse)", max_abs(Q - X) < 1e-5
+)
 
 # The tutorial's CayleyMap.right_inverse read a global `X`, so a second assignment silently
 # restored the first. parametrax's inverts the value it is given:
@@ -204,12 +212,20 @@ v = layer.init(key, x)
 A = px.linen.constrain(layer, v)["params"]["kernel"]
 base, base_v = px.linen.remove_parametrizations(layer, v)
 print("after removal:", type(base).__name__, jax.tree.map(jnp.shape, base_v))
-check("leave_parametrized=True keeps the symmetric value", bool(jnp.all(base_v["params"]["kernel"] == A)))
-check("the plain Dense computes what the parametrized one did", max_abs(base.apply(base_v, x) - layer.apply(v, x)) < 1e-6)
+check(
+    "leave_parametrized=True keeps the symmetric value",
+    bool(jnp.all(base_v["params"]["kernel"] == A)),
+)
+check(
+    "the plain Dense computes what the parametrized one did",
+    max_abs(base.apply(base_v, x) - layer.apply(v, x)) < 1e-6,
+)
 
 base, base_v = px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
 check(
     "leave_parametrized=False leaves the raw original (its upper triangle)",
-    bool(jnp.all(base_v["params"]["kernel"] == v["params"]["parametrizations"]["kernel"]["original"])),
+    bool(
+        jnp.all(base_v["params"]["kernel"] == v["params"]["parametrizations"]["kernel"]["original"])
+    ),
 )
 print("\nAll tutorial claims hold.")

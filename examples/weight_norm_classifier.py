@@ -94,7 +94,7 @@ def train(weight_norm: bool, data, args):
         perm = rng.permutation(n)
         total = 0.0
         for b in range(per_epoch):
-            idx = perm[b * args.batch:(b + 1) * args.batch]
+            idx = perm[b * args.batch : (b + 1) * args.batch]
             params, opt_state, loss = step(params, opt_state, xtr[idx], ytr[idx])
             total += float(loss)
         curve.append(total / per_epoch)
@@ -127,8 +127,14 @@ def plot(results, path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--epochs", "--steps", dest="epochs", type=int, default=30,
-                    help="training epochs (default 30)")
+    ap.add_argument(
+        "--epochs",
+        "--steps",
+        dest="epochs",
+        type=int,
+        default=30,
+        help="training epochs (default 30)",
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--depth", type=int, default=2)
@@ -145,8 +151,9 @@ def main(argv=None) -> int:
         name = "weight norm" if wn else "plain"
         results[name] = train(wn, data, args)
         curve, accs = results[name]
-        print(f"{name:>11}: final training loss {curve[-1]:.4f}, test accuracy "
-              f"{100 * accs[-1]:.1f}%")
+        print(
+            f"{name:>11}: final training loss {curve[-1]:.4f}, test accuracy {100 * accs[-1]:.1f}%"
+        )
     if not args.no_plot:
         plot(results, args.out)
         print(f"plot: {args.out}")

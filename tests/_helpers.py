@@ -29,8 +29,14 @@ def run_script(script: str, *args: str, timeout: int = 300, fast_compile: bool =
     env = dict(os.environ)
     if fast_compile:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + FAST_COMPILE).strip()
-    proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
@@ -55,8 +61,11 @@ def rand(seed_or_rng, shape, dtype=np.float32, scale=1.0):
     """Standard normal numpy draws, ``scale`` times, complex when ``dtype`` is (independent real
     and imaginary parts). Takes a seed or a ``np.random.Generator``. Numpy, not jax.random: no
     per-shape compilation in eager tests."""
-    rng = (seed_or_rng if isinstance(seed_or_rng, np.random.Generator)
-           else np.random.default_rng(seed_or_rng))
+    rng = (
+        seed_or_rng
+        if isinstance(seed_or_rng, np.random.Generator)
+        else np.random.default_rng(seed_or_rng)
+    )
     x = rng.standard_normal(shape)
     if np.dtype(dtype).kind == "c":
         x = x + 1j * rng.standard_normal(shape)

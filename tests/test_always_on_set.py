@@ -133,7 +133,8 @@ def test_orthogonal_of_a_zero_column_is_orthogonal(orth_map, triv):
 
 def test_dense_with_zeros_init_and_orthogonal_kernel_is_orthogonal():
     model = px.Parametrized(nn.Dense, {"kernel": px.Orthogonal()})(
-        3, kernel_init=nn.initializers.zeros)
+        3, kernel_init=nn.initializers.zeros
+    )
     variables = model.init(KEY, jnp.ones((1, 5)))
     k = px.linen.constrain(model, variables)["params"]["kernel"]
     assert finite(k) and orth_err(k) < 1e-4
@@ -194,7 +195,8 @@ def test_skew_cayley_assign_eigenvalue_minus_one(name):
     spec = {"w": [px.skew, px.cayley]}
     raw0, state0 = register(spec, np.eye(value.shape[0], dtype=np.float32))
     _check_cayley_outcome(
-        spec, value, lambda: ptree.assign(spec, raw0, state0, {"w": jnp.asarray(value)}))
+        spec, value, lambda: ptree.assign(spec, raw0, state0, {"w": jnp.asarray(value)})
+    )
 
 
 @pytest.mark.parametrize("n", [3, 4, 8])
@@ -206,7 +208,8 @@ def test_skew_cayley_det_minus_one_orthogonal_is_refused_or_handled(n):
 
 def test_linen_orthogonal_init_into_skew_cayley_is_refused_or_handled():
     model = px.Parametrized(nn.Dense, {"kernel": [px.skew, px.cayley]})(
-        4, kernel_init=nn.initializers.orthogonal())
+        4, kernel_init=nn.initializers.orthogonal()
+    )
     for seed in range(8):  # about half of linen's orthogonal draws have det -1
         try:
             variables = model.init(jax.random.key(seed), jnp.ones((1, 4)))
@@ -334,7 +337,8 @@ def test_nnx_failed_assignment_leaves_the_module_unchanged():
     with pytest.raises(px.ParametrizationError):
         layer.kernel = jnp.asarray(w0 + 1000.0)
     np.testing.assert_array_equal(
-        np.asarray(layer.parametrizations["kernel"].original[...]), before)
+        np.asarray(layer.parametrizations["kernel"].original[...]), before
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,8 +390,9 @@ def test_cholesky_projection_has_a_positive_diagonal():
     assert np.all(_sigmoid(np.diag(np.asarray(raw))) >= LIVE_GRAD)
 
 
-@pytest.mark.parametrize("entry", [px.Positive(), px.Ordered(), px.Cholesky()],
-                         ids=["Positive", "Ordered", "Cholesky"])
+@pytest.mark.parametrize(
+    "entry", [px.Positive(), px.Ordered(), px.Cholesky()], ids=["Positive", "Ordered", "Cholesky"]
+)
 def test_softplus_entries_registered_from_a_normal_init_train_and_stay_on_the_set(entry):
     w = np.random.default_rng(4).standard_normal((4, 4)).astype(np.float32)
     spec = {"w": entry}
@@ -437,14 +442,20 @@ def _scaled_sigmoid_map():
     catalog keeps its scalar-map table (update here if that table moves)."""
     import importlib
 
-    for mod in ("parametrax._numerics.scalar", "parametrax._numerics", "parametrax.catalog.lowrank"):
+    for mod in (
+        "parametrax._numerics.scalar",
+        "parametrax._numerics",
+        "parametrax.catalog.lowrank",
+    ):
         try:
             table = importlib.import_module(mod).SCALAR_MAPS
         except (ImportError, AttributeError):
             continue
         return table["scaled_sigmoid"].f
-    pytest.fail("the scaled_sigmoid scalar map (SCALAR_MAPS table) was not found; update "
-                "_scaled_sigmoid_map in tests/test_always_on_set.py")
+    pytest.fail(
+        "the scaled_sigmoid scalar map (SCALAR_MAPS table) was not found; update "
+        "_scaled_sigmoid_map in tests/test_always_on_set.py"
+    )
 
 
 def test_scaled_sigmoid_is_accurate_near_zero():

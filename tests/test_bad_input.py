@@ -99,7 +99,9 @@ class HalfInverse(Identity):
 
 def _tree_setup(chain, value=None):
     spec = {"w": chain}
-    raw, state = ptree.register(spec, {"w": jnp.eye(3) if value is None else value, "b": jnp.ones(3)})
+    raw, state = ptree.register(
+        spec, {"w": jnp.eye(3) if value is None else value, "b": jnp.ones(3)}
+    )
     return spec, raw, state
 
 
@@ -141,7 +143,8 @@ def test_spec_key_not_a_string():
 
 def test_spec_key_empty_collection_prefix():
     with pytest.raises(
-        px.SpecError, match=r"spec key `:kernel`: expected `<path>` \(in params\) or `<collection>:<path>`"
+        px.SpecError,
+        match=r"spec key `:kernel`: expected `<path>` \(in params\) or `<collection>:<path>`",
     ):
         Parametrized(nn.Dense(3), {":kernel": skew}).init(KEY, X3)
 
@@ -149,8 +152,12 @@ def test_spec_key_empty_collection_prefix():
 def test_tree_constrain_with_a_spec_missing_a_parametrized_variable():
     spec = {"*/kernel": skew}
     raw, state = ptree.register(spec, {"a": {"kernel": jnp.eye(2)}, "b": {"kernel": jnp.eye(2)}})
-    with unchanged(raw, state), pytest.raises(
-        px.SpecError, match=r"the raw tree holds parametrized variables no spec key names: `b/kernel`"
+    with (
+        unchanged(raw, state),
+        pytest.raises(
+            px.SpecError,
+            match=r"the raw tree holds parametrized variables no spec key names: `b/kernel`",
+        ),
     ):
         ptree.constrain({"a/kernel": skew}, raw, state)
 
@@ -254,16 +261,21 @@ def test_is_parametrized_name_must_be_a_string():
 @pytest.mark.parametrize("leaf,kind", [(1.0, "float"), (None, "NoneType")], ids=["float", "None"])
 def test_non_array_leaf(leaf, kind):
     params = {"w": leaf, "b": jnp.ones(2)}
-    with unchanged(params), pytest.raises(
-        px.ParametrizationTypeError,
-        match=rf"parametrizing `w` with \[Skew, Cayley\]: expected an array at `w`, got {kind}",
+    with (
+        unchanged(params),
+        pytest.raises(
+            px.ParametrizationTypeError,
+            match=rf"parametrizing `w` with \[Skew, Cayley\]: expected an array at `w`, got {kind}",
+        ),
     ):
         ptree.register({"w": [skew, cayley]}, params)
 
 
 def test_tree_that_is_not_a_mapping_is_addressed_by_key_paths():
     # Any pytree is accepted (issue 13); a key that is not one of its key paths lists them.
-    with pytest.raises(px.SpecError, match=r"spec key `w` matches no variable of the tree; the variables are: `0`"):
+    with pytest.raises(
+        px.SpecError, match=r"spec key `w` matches no variable of the tree; the variables are: `0`"
+    ):
         ptree.register({"w": skew}, [jnp.eye(2)])
 
 
@@ -278,7 +290,9 @@ def test_matrix_map_on_a_bias_vector():
 
 
 @pytest.mark.parametrize(
-    "chain,first", [([skew], "Skew"), ([px.symmetric, px.matrix_exp], "Symmetric")], ids=["skew", "sym-expm"]
+    "chain,first",
+    [([skew], "Skew"), ([px.symmetric, px.matrix_exp], "Symmetric")],
+    ids=["skew", "sym-expm"],
 )
 def test_square_map_on_a_wide_kernel(chain, first):
     names = ", ".join(type(p).__name__ for p in chain)
@@ -302,10 +316,13 @@ def test_integer_embedding_through_a_matrix_map():
 
 def test_integer_leaf_through_pruning():
     params = {"w": jnp.ones((3, 3), jnp.int32)}
-    with unchanged(params), pytest.raises(
-        px.ShapeError,
-        match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` needs a floating-point or "
-        r"complex array; got dtype int32",
+    with (
+        unchanged(params),
+        pytest.raises(
+            px.ShapeError,
+            match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` needs a floating-point or "
+            r"complex array; got dtype int32",
+        ),
     ):
         ptree.register({"w": px.RandomPruning(0.5)}, params, key=KEY)
 
@@ -336,10 +353,13 @@ def test_forward_returning_a_non_array():
 
 def test_stateful_link_without_a_key():
     params = {"w": jnp.eye(3)}
-    with unchanged(params), pytest.raises(
-        px.ParametrizationError,
-        match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` owns variables and needs "
-        r"a PRNG key to initialise them; pass `key=`",
+    with (
+        unchanged(params),
+        pytest.raises(
+            px.ParametrizationError,
+            match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` owns variables and needs "
+            r"a PRNG key to initialise them; pass `key=`",
+        ),
     ):
         ptree.register({"w": px.RandomPruning(0.5)}, params)
 
@@ -375,40 +395,52 @@ def test_right_inverse_returns_an_empty_tuple():
 
 def test_assign_right_inverse_returns_too_many_arrays():
     raw, state = ptree.register({"w": Halves()}, {"w": jnp.eye(3)})
-    with unchanged(raw, state), pytest.raises(
-        px.RightInverseError,
-        match=r"parametrizing `w` with \[Thirds\]: right_inverse returned 3 array\(s\) \(original0, "
-        r"original1, original2\) but the variable stores 2 \(original0, original1\)",
+    with (
+        unchanged(raw, state),
+        pytest.raises(
+            px.RightInverseError,
+            match=r"parametrizing `w` with \[Thirds\]: right_inverse returned 3 array\(s\) \(original0, "
+            r"original1, original2\) but the variable stores 2 \(original0, original1\)",
+        ),
     ):
         ptree.assign({"w": Thirds()}, raw, state, {"w": jnp.eye(3)})
 
 
 def test_assign_right_inverse_returns_one_array_for_two_originals():
     raw, state = ptree.register({"w": Halves()}, {"w": jnp.eye(3)})
-    with unchanged(raw, state), pytest.raises(
-        px.RightInverseError,
-        match=r"parametrizing `w` with \[OneOfTwo\]: right_inverse returned 1 array\(s\) "
-        r"\(original\) but the variable stores 2",
+    with (
+        unchanged(raw, state),
+        pytest.raises(
+            px.RightInverseError,
+            match=r"parametrizing `w` with \[OneOfTwo\]: right_inverse returned 1 array\(s\) "
+            r"\(original\) but the variable stores 2",
+        ),
     ):
         ptree.assign({"w": OneOfTwo()}, raw, state, {"w": jnp.eye(3)})
 
 
 def test_assign_right_inverse_returns_the_wrong_shape():
     spec, raw, state = _tree_setup(Identity())
-    with unchanged(raw, state), pytest.raises(
-        px.RightInverseError,
-        match=r"parametrizing `w` with \[RowsInverse\]: right_inverse returned shape \(2, 3\) and "
-        r"dtype float32 for `original`, which has shape \(3, 3\) and dtype float32",
+    with (
+        unchanged(raw, state),
+        pytest.raises(
+            px.RightInverseError,
+            match=r"parametrizing `w` with \[RowsInverse\]: right_inverse returned shape \(2, 3\) and "
+            r"dtype float32 for `original`, which has shape \(3, 3\) and dtype float32",
+        ),
     ):
         ptree.assign({"w": RowsInverse()}, raw, state, {"w": jnp.eye(3)})
 
 
 def test_assign_right_inverse_changes_the_dtype():
     spec, raw, state = _tree_setup(Identity())
-    with unchanged(raw, state), pytest.raises(
-        px.RightInverseError,
-        match=r"parametrizing `w` with \[HalfInverse\]: right_inverse returned shape \(3, 3\) and "
-        r"dtype float16 for `original`, which has shape \(3, 3\) and dtype float32",
+    with (
+        unchanged(raw, state),
+        pytest.raises(
+            px.RightInverseError,
+            match=r"parametrizing `w` with \[HalfInverse\]: right_inverse returned shape \(3, 3\) and "
+            r"dtype float16 for `original`, which has shape \(3, 3\) and dtype float32",
+        ),
     ):
         ptree.assign({"w": HalfInverse()}, raw, state, {"w": jnp.eye(3)})
 
@@ -416,11 +448,14 @@ def test_assign_right_inverse_changes_the_dtype():
 def test_assign_through_a_plain_function_has_no_right_inverse():
     layer = Parametrized(nn.Dense(3), {"kernel": [skew, jnp.tanh]})
     v = layer.init(KEY, X3)
-    with unchanged(v), pytest.raises(
-        px.RightInverseError,
-        match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, tanh\]: cannot "
-        r"assign through the chain \[Skew, tanh\]: function `tanh` does not implement "
-        r"right_inverse",
+    with (
+        unchanged(v),
+        pytest.raises(
+            px.RightInverseError,
+            match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, tanh\]: cannot "
+            r"assign through the chain \[Skew, tanh\]: function `tanh` does not implement "
+            r"right_inverse",
+        ),
     ):
         px.linen.assign(layer, v, {"kernel": jnp.eye(3)})
 
@@ -443,11 +478,14 @@ def test_user_error_inside_right_inverse_keeps_its_type_and_gains_the_path():
 def test_assign_a_vector_to_a_matrix():
     layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
     v = layer.init(KEY, X3)
-    with unchanged(v), pytest.raises(
-        px.ShapeError,
-        match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
-        r"value assigned has shape \(3,\) and dtype float32; expected shape \(3, 3\) and dtype "
-        r"float32 \(those of the current value\)",
+    with (
+        unchanged(v),
+        pytest.raises(
+            px.ShapeError,
+            match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
+            r"value assigned has shape \(3,\) and dtype float32; expected shape \(3, 3\) and dtype "
+            r"float32 \(those of the current value\)",
+        ),
     ):
         px.linen.assign(layer, v, {"kernel": jnp.ones(3)})
 
@@ -455,9 +493,12 @@ def test_assign_a_vector_to_a_matrix():
 @pytest.mark.parametrize("bad,kind", [([[1.0]], "list"), (None, "NoneType")], ids=["list", "None"])
 def test_assign_a_non_array(bad, kind):
     spec, raw, state = _tree_setup([skew, cayley])
-    with unchanged(raw, state), pytest.raises(
-        px.ParametrizationTypeError,
-        match=rf"parametrizing `w` with \[Skew, Cayley\]: the value assigned must be an array, got {kind}",
+    with (
+        unchanged(raw, state),
+        pytest.raises(
+            px.ParametrizationTypeError,
+            match=rf"parametrizing `w` with \[Skew, Cayley\]: the value assigned must be an array, got {kind}",
+        ),
     ):
         ptree.assign(spec, raw, state, {"w": bad})
 
@@ -465,10 +506,13 @@ def test_assign_a_non_array(bad, kind):
 def test_assign_complex_to_a_real_variable():
     layer = Parametrized(MLP(), {"*/kernel": skew})
     v = layer.init(KEY, X4)
-    with unchanged(v), pytest.raises(
-        px.ShapeError,
-        match=r"parametrizing `Dense_0/kernel` with \[Skew\]: the value assigned has shape \(4, 4\) "
-        r"and dtype complex64; expected shape \(4, 4\) and dtype float32",
+    with (
+        unchanged(v),
+        pytest.raises(
+            px.ShapeError,
+            match=r"parametrizing `Dense_0/kernel` with \[Skew\]: the value assigned has shape \(4, 4\) "
+            r"and dtype complex64; expected shape \(4, 4\) and dtype float32",
+        ),
     ):
         px.linen.assign(layer, v, {"Dense_0/kernel": jnp.eye(4, dtype=jnp.complex64)})
 
@@ -476,10 +520,13 @@ def test_assign_complex_to_a_real_variable():
 def test_assign_with_a_glob_key():
     layer = Parametrized(MLP(), {"*/kernel": skew})
     v = layer.init(KEY, X4)
-    with unchanged(v), pytest.raises(
-        px.SpecError,
-        match=r"assign to `ParametrizedMLP`: assign takes exact variable paths, not globs or "
-        r"non-strings; got '\*/kernel'",
+    with (
+        unchanged(v),
+        pytest.raises(
+            px.SpecError,
+            match=r"assign to `ParametrizedMLP`: assign takes exact variable paths, not globs or "
+            r"non-strings; got '\*/kernel'",
+        ),
     ):
         px.linen.assign(layer, v, {"*/kernel": jnp.zeros((4, 4))})
 
@@ -487,10 +534,13 @@ def test_assign_with_a_glob_key():
 def test_assign_to_a_collection_the_spec_does_not_name():
     layer = Parametrized(nn.Dense(3), {"kernel": skew})
     v = layer.init(KEY, X3)
-    with unchanged(v), pytest.raises(
-        px.NotParametrizedError,
-        match=r"assign: `batch_stats:mean` is not parametrized in `ParametrizedDense` \(spec keys: "
-        r"`kernel`\)",
+    with (
+        unchanged(v),
+        pytest.raises(
+            px.NotParametrizedError,
+            match=r"assign: `batch_stats:mean` is not parametrized in `ParametrizedDense` \(spec keys: "
+            r"`kernel`\)",
+        ),
     ):
         px.linen.assign(layer, v, {"batch_stats:mean": jnp.ones(3)})
 
@@ -498,10 +548,13 @@ def test_assign_to_a_collection_the_spec_does_not_name():
 def test_assign_inf_through_linen():
     layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
     v = layer.init(KEY, X3)
-    with unchanged(v), pytest.raises(
-        px.ParametrizationError,
-        match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
-        r"value assigned contains 1 Inf among 9 entries; refusing to store it",
+    with (
+        unchanged(v),
+        pytest.raises(
+            px.ParametrizationError,
+            match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
+            r"value assigned contains 1 Inf among 9 entries; refusing to store it",
+        ),
     ):
         px.linen.assign(layer, v, {"kernel": jnp.eye(3).at[0, 1].set(jnp.inf)})
 
@@ -518,10 +571,13 @@ def test_assign_several_values_one_bad_changes_nothing():
 def test_remove_glob_matching_nothing():
     layer = Parametrized(MLP(), {"*/kernel": skew})
     v = layer.init(KEY, X4)
-    with unchanged(v), pytest.raises(
-        px.NotParametrizedError,
-        match=r"remove_parametrizations: `\*/bias` is not parametrized in `ParametrizedMLP`; the "
-        r"parametrized variables are `Dense_0/kernel`, `Dense_1/kernel`",
+    with (
+        unchanged(v),
+        pytest.raises(
+            px.NotParametrizedError,
+            match=r"remove_parametrizations: `\*/bias` is not parametrized in `ParametrizedMLP`; the "
+            r"parametrized variables are `Dense_0/kernel`, `Dense_1/kernel`",
+        ),
     ):
         px.linen.remove_parametrizations(layer, v, "*/bias")
 
@@ -529,11 +585,14 @@ def test_remove_glob_matching_nothing():
 def test_remove_all_with_leave_parametrized_false_and_one_multi_array_chain_removes_nothing():
     layer = Parametrized(MLP(), {"Dense_0/kernel": skew, "Dense_1/kernel": RankOne()})
     v = layer.init(KEY, X4)
-    with unchanged(v), pytest.raises(
-        px.ParametrizationError,
-        match=r"remove_parametrizations from `ParametrizedMLP`: parametrizing `Dense_1/kernel` with "
-        r"\[RankOne\]: cannot leave unparametrized \(`leave_parametrized=False`\) a variable "
-        r"parametrized in terms of 2 arrays \(original0..original1\)",
+    with (
+        unchanged(v),
+        pytest.raises(
+            px.ParametrizationError,
+            match=r"remove_parametrizations from `ParametrizedMLP`: parametrizing `Dense_1/kernel` with "
+            r"\[RankOne\]: cannot leave unparametrized \(`leave_parametrized=False`\) a variable "
+            r"parametrized in terms of 2 arrays \(original0..original1\)",
+        ),
     ):
         px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
 
@@ -541,11 +600,14 @@ def test_remove_all_with_leave_parametrized_false_and_one_multi_array_chain_remo
 def test_remove_from_plain_variables():
     layer = Parametrized(nn.Dense(3), {"kernel": skew})
     plain = nn.Dense(3).init(KEY, X3)
-    with unchanged(plain), pytest.raises(
-        px.NotParametrizedError,
-        match=r"remove_parametrizations from `ParametrizedDense`: the tree has no "
-        r"`parametrizations` entry.*\(top-level keys: `bias`, `kernel`\). These are not the "
-        r"variables of a `ParametrizedDense` \(a plain `Dense`'s",
+    with (
+        unchanged(plain),
+        pytest.raises(
+            px.NotParametrizedError,
+            match=r"remove_parametrizations from `ParametrizedDense`: the tree has no "
+            r"`parametrizations` entry.*\(top-level keys: `bias`, `kernel`\). These are not the "
+            r"variables of a `ParametrizedDense` \(a plain `Dense`'s",
+        ),
     ):
         px.linen.remove_parametrizations(layer, plain)
 
@@ -554,10 +616,13 @@ def test_remove_from_plain_variables():
 def test_apply_with_plain_module_variables():
     layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
     plain = nn.Dense(3).init(KEY, X3)
-    with unchanged(plain), pytest.raises(
-        px.NotParametrizedError,
-        match=r"`ParametrizedDense.__call__`: the tree has no `parametrizations` entry.*top-level "
-        r"keys: `bias`, `kernel`.*pass the variables `ParametrizedDense.init` returned",
+    with (
+        unchanged(plain),
+        pytest.raises(
+            px.NotParametrizedError,
+            match=r"`ParametrizedDense.__call__`: the tree has no `parametrizations` entry.*top-level "
+            r"keys: `bias`, `kernel`.*pass the variables `ParametrizedDense.init` returned",
+        ),
     ):
         layer.apply(plain, X3)
 
@@ -565,10 +630,13 @@ def test_apply_with_plain_module_variables():
 def test_apply_with_another_models_variables():
     other = Parametrized(MLP(), {"*/kernel": skew})
     v = other.init(KEY, X4)
-    with unchanged(v), pytest.raises(
-        px.SpecError,
-        match=r"`ParametrizedDense.__call__`: spec key `kernel` matches no variable of the raw "
-        r"tree's parametrizations; the variables are: `Dense_0/kernel`, `Dense_1/kernel`",
+    with (
+        unchanged(v),
+        pytest.raises(
+            px.SpecError,
+            match=r"`ParametrizedDense.__call__`: spec key `kernel` matches no variable of the raw "
+            r"tree's parametrizations; the variables are: `Dense_0/kernel`, `Dense_1/kernel`",
+        ),
     ):
         Parametrized(nn.Dense(4), {"kernel": skew}).apply(v, X4)
 
@@ -577,12 +645,15 @@ def test_apply_without_the_state_collection():
     layer = Parametrized(nn.Dense(3), {"kernel": px.RandomPruning(0.5)})
     v = layer.init(KEY, X3)
     params_only = {"params": v["params"]}
-    with unchanged(params_only), pytest.raises(
-        px.ParametrizationError,
-        match=r"`ParametrizedDense.__call__`: parametrizing `kernel` with \[RandomPruning\]: "
-        r"`RandomPruning` \(link 0 of the chain\) reads its variable 'mask', which it was not given: "
-        r"it received params \[\] and state \[\].*no `parametrization_state` collection: pass every "
-        r"collection `init` returned",
+    with (
+        unchanged(params_only),
+        pytest.raises(
+            px.ParametrizationError,
+            match=r"`ParametrizedDense.__call__`: parametrizing `kernel` with \[RandomPruning\]: "
+            r"`RandomPruning` \(link 0 of the chain\) reads its variable 'mask', which it was not given: "
+            r"it received params \[\] and state \[\].*no `parametrization_state` collection: pass every "
+            r"collection `init` returned",
+        ),
     ):
         layer.apply(params_only, X3)
 
@@ -602,20 +673,27 @@ def test_constrained_and_assign_without_the_state_collection():
     v = layer.init(KEY, X3)
     params_only = {"params": v["params"]}
     with unchanged(params_only):
-        with pytest.raises(px.ParametrizationError, match=r"constrain\(`ParametrizedDense`\): .*'mask'"):
+        with pytest.raises(
+            px.ParametrizationError, match=r"constrain\(`ParametrizedDense`\): .*'mask'"
+        ):
             px.linen.constrain(layer, params_only)
-        with pytest.raises(px.ParametrizationError, match=r"assign to `ParametrizedDense`: .*'mask'"):
+        with pytest.raises(
+            px.ParametrizationError, match=r"assign to `ParametrizedDense`: .*'mask'"
+        ):
             px.linen.assign(layer, params_only, {"kernel": jnp.eye(3)})
 
 
 def test_tree_forward_without_state():
     spec = {"w": px.RandomPruning(0.5)}
     raw, state = ptree.register(spec, {"w": jnp.eye(3)}, key=KEY)
-    with unchanged(raw), pytest.raises(
-        px.ParametrizationError,
-        match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` \(link 0 of the chain\) "
-        r"reads its variable 'mask', which it was not given.*Pass back the state made at "
-        r"registration",
+    with (
+        unchanged(raw),
+        pytest.raises(
+            px.ParametrizationError,
+            match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` \(link 0 of the chain\) "
+            r"reads its variable 'mask', which it was not given.*Pass back the state made at "
+            r"registration",
+        ),
     ):
         ptree.constrain(spec, raw)
 

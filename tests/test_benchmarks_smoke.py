@@ -31,8 +31,13 @@ def test_benchmark_suite_quick(tmp_path):
             assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
     assert results["maps"] and results["compile"] and results["primitives"]
     md = (tmp_path / "results.md").read_text()
-    for section in ("## Summary", "## Every implementation", "## Cost of one orthogonal map",
-                    "## Compile time", "## Base operations"):
+    for section in (
+        "## Summary",
+        "## Every implementation",
+        "## Cost of one orthogonal map",
+        "## Compile time",
+        "## Base operations",
+    ):
         assert section in md
 
 
@@ -102,18 +107,45 @@ def test_tall_cell_torch_in_process(capsys):
 def test_tall_watcher_reports_a_blown_bound():
     """A cell past its memory bound is killed and reported as exceeding it, not left out."""
     tall = _tall()
-    c = tall.run_cell("Orthogonal()", 24, 16, quick=True, register_bound=60, cell_bound=60,
-                      mem_bound_gb=1e-3)
+    c = tall.run_cell(
+        "Orthogonal()", 24, 16, quick=True, register_bound=60, cell_bound=60, mem_bound_gb=1e-3
+    )
     assert c["exceeded"].startswith("memory"), c
-    cells = [c, {"method": "LowRank(16)", "n": 24, "k": 16, "error": "exit 1: boom",
-                 "peak_rss_mb": 1.0},
-             {"method": "Stiefel()", "n": 24, "k": 16, "register_s": 0.5, "compile_s": 0.2,
-              "step_s": 1e-3, "plain_step_s": 5e-4, "step_ratio": 2.0, "mem_mb": 2.0,
-              "plain_mem_mb": 1.0, "peak_rss_mb": 300.0, "orth_err": 1e-7}]
-    md = tall.markdown({"machine": {"cpu": "cpu", "cores": 2, "python": "3", "jax": "0",
-                                    "openblas_threads": "1", "date": "today"},
-                        "quick": True, "config": TINY, "total_s": 1.0, "cells": cells,
-                        "bounds": {"register_s": 60, "cell_s": 60, "mem_gb": 1e-3}})
+    cells = [
+        c,
+        {"method": "LowRank(16)", "n": 24, "k": 16, "error": "exit 1: boom", "peak_rss_mb": 1.0},
+        {
+            "method": "Stiefel()",
+            "n": 24,
+            "k": 16,
+            "register_s": 0.5,
+            "compile_s": 0.2,
+            "step_s": 1e-3,
+            "plain_step_s": 5e-4,
+            "step_ratio": 2.0,
+            "mem_mb": 2.0,
+            "plain_mem_mb": 1.0,
+            "peak_rss_mb": 300.0,
+            "orth_err": 1e-7,
+        },
+    ]
+    md = tall.markdown(
+        {
+            "machine": {
+                "cpu": "cpu",
+                "cores": 2,
+                "python": "3",
+                "jax": "0",
+                "openblas_threads": "1",
+                "date": "today",
+            },
+            "quick": True,
+            "config": TINY,
+            "total_s": 1.0,
+            "cells": cells,
+            "bounds": {"register_s": 60, "cell_s": 60, "mem_gb": 1e-3},
+        }
+    )
     rows = [r for r in md.splitlines() if r.startswith("| 24 |")]
     assert len(rows) == 3  # every cell has its row, blown or not
     assert "**exceeds bound** (memory" in rows[0] and "**failed** (exit 1: boom)" in rows[1]

@@ -118,7 +118,9 @@ def test_vector_refused(p):
 
 
 def test_integer_refused():
-    with pytest.raises(px.ShapeError, match="needs a floating-point or complex array; got dtype int32"):
+    with pytest.raises(
+        px.ShapeError, match="needs a floating-point or complex array; got dtype int32"
+    ):
         px.skew(jnp.ones((3, 3), jnp.int32))
 
 

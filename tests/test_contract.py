@@ -129,14 +129,22 @@ TABLE = [
     row(px.as_parametrization(jnp.tanh), (4,), in_manifold=in_open_unit_interval),
     # --- Orthogonal: every map, with and without the trivialization ---------------------------
     row(px.Orthogonal(), (4, 4), in_manifold=is_orthonormal),  # square: matrix_exp
-    row(px.Orthogonal(), (5, 3), raw_domain=unit_diagonal, in_manifold=is_orthonormal),  # householder
+    row(
+        px.Orthogonal(), (5, 3), raw_domain=unit_diagonal, in_manifold=is_orthonormal
+    ),  # householder
     row(px.Orthogonal(map="cayley"), (2, 3, 4), in_manifold=is_orthonormal),  # wide, batched
-    row(px.Orthogonal(map="householder", use_trivialization=False), (5, 3),
-        raw_domain=unit_diagonal, in_manifold=is_orthonormal),
-    row(px.Orthogonal(map="matrix_exp", use_trivialization=False), (4, 4),
-        in_manifold=is_orthonormal),
-    row(px.Orthogonal(map="cayley", use_trivialization=False), (4, 3),
-        in_manifold=is_orthonormal),
+    row(
+        px.Orthogonal(map="householder", use_trivialization=False),
+        (5, 3),
+        raw_domain=unit_diagonal,
+        in_manifold=is_orthonormal,
+    ),
+    row(
+        px.Orthogonal(map="matrix_exp", use_trivialization=False),
+        (4, 4),
+        in_manifold=is_orthonormal,
+    ),
+    row(px.Orthogonal(map="cayley", use_trivialization=False), (4, 3), in_manifold=is_orthonormal),
     # --- norms (maps of the whole tensor: no broadcasting over a leading axis) ----------------
     row(px.SpectralNorm(), (4, 3), broadcasts=False),
     row(px.SpectralNorm(axis=(0, 2), n_power_iterations=3), (2, 3, 2), broadcasts=False),
@@ -192,10 +200,14 @@ TABLE = [
     row(px.SpectralNorm(learnable_scale=True), (5,), broadcasts=False, value=gaussian((5,))),
     # --- issue 14: the convolution's operator norm (kernels: a map of the whole tensor) --------
     row(px.ConvSpectralNorm((5,)), (3, 2, 3), broadcasts=False),
-    row(px.ConvSpectralNorm((5, 4), strides=2, padding="VALID", n_power_iterations=2),
-        (2, 2, 2, 3), broadcasts=False),
-    row(px.ConvSpectralNorm((4, 4), padding="CIRCULAR", exact=True), (2, 2, 2, 2),
-        broadcasts=False),
+    row(
+        px.ConvSpectralNorm((5, 4), strides=2, padding="VALID", n_power_iterations=2),
+        (2, 2, 2, 3),
+        broadcasts=False,
+    ),
+    row(
+        px.ConvSpectralNorm((4, 4), padding="CIRCULAR", exact=True), (2, 2, 2, 2), broadcasts=False
+    ),
     # --- issue 14: Skew / Symmetric on the lower triangle (and their own in_manifold, sample) --
     row(px.Symmetric(lower=True), (2, 3, 3), in_manifold=is_symmetric),
     row(px.Skew(lower=True), (4, 4), in_manifold=is_skew),
@@ -203,8 +215,11 @@ TABLE = [
     # --- issue 14: ProductManifold (blocks of one array) -------------------------------------------
     row(px.ProductManifold((px.Positive(), px.Simplex(), None), sizes=(2, 3, 1)), (2, 6)),
     row(px.ProductManifold((px.Stiefel(triv="cayley"), px.Positive()), sizes=(2, 2)), (4, 4)),
-    row(px.ProductManifold((px.Symmetric(lower=True), px.Sphere()), sizes=(3, 2), axis=-2),
-        (5, 3), broadcasts=False),
+    row(
+        px.ProductManifold((px.Symmetric(lower=True), px.Sphere()), sizes=(3, 2), axis=-2),
+        (5, 3),
+        broadcasts=False,
+    ),
 ]
 
 

@@ -51,9 +51,16 @@ def flax_conv(p, kernel, x):
     pad = p.padding
     if isinstance(pad, tuple):
         pad = [q if isinstance(q, tuple) else (q, q) for q in pad]
-    layer = nn.Conv(kernel.shape[-1], kernel.shape[:nd], strides=p.strides, padding=pad,
-                    kernel_dilation=p.dilation, feature_group_count=p.feature_group_count,
-                    use_bias=False, precision=jax.lax.Precision.HIGHEST)
+    layer = nn.Conv(
+        kernel.shape[-1],
+        kernel.shape[:nd],
+        strides=p.strides,
+        padding=pad,
+        kernel_dilation=p.dilation,
+        feature_group_count=p.feature_group_count,
+        use_bias=False,
+        precision=jax.lax.Precision.HIGHEST,
+    )
     return layer.apply({"params": {"kernel": jnp.asarray(kernel)}}, jnp.asarray(x)[None])[0]
 
 
@@ -62,8 +69,9 @@ CONFIGS = [
     pytest.param((3, 3, 2, 3), {"input_shape": (5, 4)}, id="2d-same"),
     pytest.param((3, 3, 2, 3), {"input_shape": (6, 5), "padding": "VALID"}, id="2d-valid"),
     pytest.param((3, 3, 2, 2), {"input_shape": (6, 6), "strides": 2}, id="2d-stride2"),
-    pytest.param((2, 3, 2, 3), {"input_shape": (6, 5), "strides": (1, 2), "padding": 1},
-                 id="2d-int"),
+    pytest.param(
+        (2, 3, 2, 3), {"input_shape": (6, 5), "strides": (1, 2), "padding": 1}, id="2d-int"
+    ),
     pytest.param((3, 3, 1, 2), {"input_shape": (7, 7), "dilation": 2}, id="2d-dilation2"),
     pytest.param((3, 3, 2, 3), {"input_shape": (5, 4), "padding": "CIRCULAR"}, id="2d-circular"),
     pytest.param((3, 3, 2, 2), {"input_shape": (5, 5), "padding": "REFLECT"}, id="2d-reflect"),
@@ -79,8 +87,9 @@ def test_operator_is_flax_conv(shape, kw):
     p = ConvSpectralNorm(**kw)
     k = rand(1, shape)
     x = rand(2, p.input_shape + (shape[-2] * p.feature_group_count,))
-    np.testing.assert_allclose(p.conv(jnp.asarray(x), jnp.asarray(k)), flax_conv(p, k, x),
-                               rtol=F32_RTOL, atol=1e-5)
+    np.testing.assert_allclose(
+        p.conv(jnp.asarray(x), jnp.asarray(k)), flax_conv(p, k, x), rtol=F32_RTOL, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("shape, kw", CONFIGS)
@@ -99,16 +108,23 @@ def test_power_iteration_converges_to_the_dense_operator_norm(shape, kw):
 
 @pytest.mark.parametrize(
     "shape, input_shape, dilation, groups",
-    [((3, 3, 2, 3), (5, 4), 1, 1), ((3, 3, 2, 2), (6, 7), 2, 1), ((3, 3, 2, 4), (4, 4), 1, 2),
-     ((5, 2, 2), (3,), 1, 1),  # a kernel longer than the input wraps around
-     ((3, 2, 2), (6,), 1, 1), ((2, 2, 2, 1, 2), (3, 3, 4), 1, 1)],
+    [
+        ((3, 3, 2, 3), (5, 4), 1, 1),
+        ((3, 3, 2, 2), (6, 7), 2, 1),
+        ((3, 3, 2, 4), (4, 4), 1, 2),
+        ((5, 2, 2), (3,), 1, 1),  # a kernel longer than the input wraps around
+        ((3, 2, 2), (6,), 1, 1),
+        ((2, 2, 2, 1, 2), (3, 3, 4), 1, 1),
+    ],
 )
 def test_fft_singular_values_are_all_the_dense_operators(shape, input_shape, dilation, groups):
     k = rand(4, shape)
-    p = ConvSpectralNorm(input_shape, padding="CIRCULAR", dilation=dilation,
-                         feature_group_count=groups)
-    s = np.asarray(conv_singular_values(k, input_shape, dilation=dilation,
-                                        feature_group_count=groups))
+    p = ConvSpectralNorm(
+        input_shape, padding="CIRCULAR", dilation=dilation, feature_group_count=groups
+    )
+    s = np.asarray(
+        conv_singular_values(k, input_shape, dilation=dilation, feature_group_count=groups)
+    )
     assert s.shape[:-1] == input_shape
     assert np.all(np.diff(s, axis=-1) <= 0)  # decreasing along the last axis
     want = np.linalg.svd(dense(p, k), compute_uv=False)
@@ -145,8 +161,9 @@ def test_power_iteration_converges_to_the_fft_exact_value():
     step = jax.jit(lambda v: p.apply(v, k, update_state=True)[1])
     for _ in range(900):
         v = {"params": {}, "state": step(v)}
-    np.testing.assert_allclose(float(p.sigma(k, v["state"]["u"], v["state"]["v"])),
-                               want - errs[2], rtol=F32_RTOL)
+    np.testing.assert_allclose(
+        float(p.sigma(k, v["state"]["u"], v["state"]["v"])), want - errs[2], rtol=F32_RTOL
+    )
 
 
 def test_operator_norm_bounds_the_gain_and_the_reshaped_norm_does_not():
@@ -163,13 +180,15 @@ def test_operator_norm_bounds_the_gain_and_the_reshaped_norm_does_not():
     def gain(kernel, xs):
         y = conv.apply({"params": {"kernel": kernel}}, xs)
         return np.linalg.norm(np.asarray(y).reshape(len(xs), -1), axis=1) / np.linalg.norm(
-            np.asarray(xs).reshape(len(xs), -1), axis=1)
+            np.asarray(xs).reshape(len(xs), -1), axis=1
+        )
 
     xs = jnp.asarray(rand(6, (256,) + x_shape))
     worst = np.linalg.svd(a)[2][0].reshape((1,) + x_shape).astype(np.float32)  # top right s.v.
     # SpectralNorm of the reshaped kernel: the worst input is amplified by op_norm / mat_norm
-    k_mat = ptree.constrain({"k": px.SpectralNorm()},
-                            *ptree.register({"k": px.SpectralNorm()}, {"k": k}, key=KEY))["k"]
+    k_mat = ptree.constrain(
+        {"k": px.SpectralNorm()}, *ptree.register({"k": px.SpectralNorm()}, {"k": k}, key=KEY)
+    )["k"]
     np.testing.assert_allclose(gain(k_mat, worst)[0], op_norm / mat_norm, rtol=POWER_RTOL)
     assert gain(k_mat, worst)[0] > 1.5
     # ConvSpectralNorm: every random input and the worst one have gain <= 1 (to the estimate)
@@ -219,8 +238,7 @@ def test_power_gradient_treats_u_v_as_constants():
 # ------------------------------------------------------------------------------------------------
 def test_linen_conv_layout_train_eval_and_gain():
     p = ConvSpectralNorm((8, 8))
-    model = px.Parametrized(nn.Conv, {"kernel": p})(features=4, kernel_size=(3, 3),
-                                                  use_bias=False)
+    model = px.Parametrized(nn.Conv, {"kernel": p})(features=4, kernel_size=(3, 3), use_bias=False)
     x = jnp.asarray(rand(12, (2, 8, 8, 3)))
     v = jax.jit(model.init)(KEY, x)
     assert jax.tree.map(jnp.shape, v) == {
@@ -235,14 +253,16 @@ def test_linen_conv_layout_train_eval_and_gain():
     k = px.linen.constrain(model, v1)["params"]["kernel"]
     np.testing.assert_allclose(top_sv(dense(p, k)), 1.0, rtol=5e-3)
     gains = np.linalg.norm(np.asarray(y_train).reshape(2, -1), axis=1) / np.linalg.norm(
-        np.asarray(x).reshape(2, -1), axis=1)
+        np.asarray(x).reshape(2, -1), axis=1
+    )
     assert np.all(gains <= 1 + 5e-3)
 
 
 def test_linen_training_keeps_the_operator_norm():
     p = ConvSpectralNorm((6, 6), padding="CIRCULAR", exact=True)
-    model = px.Parametrized(nn.Conv, {"kernel": p})(features=2, kernel_size=(3, 3),
-                                                  padding="CIRCULAR")
+    model = px.Parametrized(nn.Conv, {"kernel": p})(
+        features=2, kernel_size=(3, 3), padding="CIRCULAR"
+    )
     x = jnp.asarray(rand(13, (4, 6, 6, 2)))
     target = 5.0 * jnp.asarray(rand(14, (4, 6, 6, 2)))
     v = model.init(KEY, x)
@@ -266,15 +286,18 @@ def test_linen_training_keeps_the_operator_norm():
 
 
 def test_nnx_register_exact_and_power():
-    for p in (ConvSpectralNorm((6, 6), padding="CIRCULAR", exact=True),
-              ConvSpectralNorm((6, 6), n_warmup_iterations=300)):
+    for p in (
+        ConvSpectralNorm((6, 6), padding="CIRCULAR", exact=True),
+        ConvSpectralNorm((6, 6), n_warmup_iterations=300),
+    ):
         layer = nnx.Conv(2, 3, (3, 3), padding=p.padding, use_bias=False, rngs=nnx.Rngs(0))
         pnnx.register_parametrization(layer, "kernel", p, rngs=nnx.Rngs(1))
         k = np.asarray(layer.kernel)
         np.testing.assert_allclose(top_sv(dense(p, k)), 1.0, rtol=POWER_RTOL)
         x = jnp.asarray(rand(15, (16, 6, 6, 2)))
         g = np.linalg.norm(np.asarray(layer(x)).reshape(16, -1), axis=1) / np.linalg.norm(
-            np.asarray(x).reshape(16, -1), axis=1)
+            np.asarray(x).reshape(16, -1), axis=1
+        )
         assert np.all(g <= 1 + POWER_RTOL)
 
 

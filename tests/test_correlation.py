@@ -61,8 +61,15 @@ def test_unused_entries_have_zero_gradient():
 
 def test_gradients_match_finite_differences():
     c = normal(3, (4, 4))
-    check_grads(lambda x: jnp.sum(c * CC(x)), (normal(4, (4, 4)),), order=1, modes=["rev"],
-                eps=1e-2, atol=1e-2, rtol=1e-2)
+    check_grads(
+        lambda x: jnp.sum(c * CC(x)),
+        (normal(4, (4, 4)),),
+        order=1,
+        modes=["rev"],
+        eps=1e-2,
+        atol=1e-2,
+        rtol=1e-2,
+    )
 
 
 def test_right_inverse_exact_on_the_set_and_closed_form():
@@ -81,8 +88,11 @@ def test_projection_off_the_set():
     v[np.diag_indices(4)] = np.abs(v[np.diag_indices(4)]) + 0.1
     # positive diagonal: the row-normalised lower triangle (the nearest point, Frobenius)
     t = np.tril(v)
-    np.testing.assert_allclose(CC(CC.right_inverse(jnp.asarray(v))),
-                               t / np.linalg.norm(t, axis=-1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(
+        CC(CC.right_inverse(jnp.asarray(v))),
+        t / np.linalg.norm(t, axis=-1, keepdims=True),
+        atol=1e-6,
+    )
     # a diagonal <= 0: replaced by 1e-2 * the norm of the row's off-diagonal part
     w = v.copy()
     w[2, 2] = -1.0
@@ -152,8 +162,9 @@ def test_linen_and_nnx():
     kernel = px.linen.constrain(layer, variables)["params"]["kernel"]
     assert_correlation_cholesky(kernel)
     np.testing.assert_allclose(layer.apply(variables, x), x @ kernel, atol=1e-5)
-    grads = jax.grad(lambda p: corr_loss(px.linen.constrain(layer, {"params": p})["params"]["kernel"]))(
-        variables["params"])
+    grads = jax.grad(
+        lambda p: corr_loss(px.linen.constrain(layer, {"params": p})["params"]["kernel"])
+    )(variables["params"])
     assert np.all(np.isfinite(np.asarray(grads["parametrizations"]["kernel"]["original"])))
 
     lin = nnx.Linear(3, 3, use_bias=False, rngs=nnx.Rngs(0))

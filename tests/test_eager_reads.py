@@ -232,8 +232,9 @@ def test_nnx_spectral_norm_state_advances_as_the_jitted_map_and_op_by_op():
         np.testing.assert_allclose(np.asarray(ua), np.asarray(uc), rtol=0, atol=1e-6)
     # and it moved: the stored u is not the one made at registration
     fresh = nnx_layer(px.SpectralNorm())
-    assert not np.array_equal(a.parametrizations.kernel[0].u[...],
-                              fresh.parametrizations.kernel[0].u[...])
+    assert not np.array_equal(
+        a.parametrizations.kernel[0].u[...], fresh.parametrizations.kernel[0].u[...]
+    )
 
 
 def test_tree_forward_state_updates_and_identity():
@@ -377,8 +378,9 @@ def test_compiled_reads_keep_no_model_alive():
     with pnnx.cached():
         _ = layer.kernel  # the read itself is under test
     ref = weakref.ref(layer)
-    model = peqx.Parametrized(eqx.nn.Linear(N, N, key=jax.random.key(0)),
-                              {"weight": px.WeightNorm()})
+    model = peqx.Parametrized(
+        eqx.nn.Linear(N, N, key=jax.random.key(0)), {"weight": px.WeightNorm()}
+    )
     peqx.constrain(model)
     ref_eqx = weakref.ref(model.raw)
     del layer, model

@@ -58,7 +58,9 @@ def test_mlp_trains_with_filter_grad_and_keeps_the_constraint():
 
 def test_stateful_spectral_norm_through_eqx_state():
     lin = eqx.nn.Linear(6, 4, key=KEY)
-    model, state = eqx.nn.make_with_state(peqx.Parametrized)(lin, {"weight": px.SpectralNorm()}, key=KEY)
+    model, state = eqx.nn.make_with_state(peqx.Parametrized)(
+        lin, {"weight": px.SpectralNorm()}, key=KEY
+    )
     x = jnp.ones(6)
     for _ in range(30):  # training calls advance the power iteration
         _, state = model(x, state=state)
@@ -68,7 +70,9 @@ def test_stateful_spectral_norm_through_eqx_state():
     jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(same), jax.tree.leaves(state))
     grads = eqx.filter_grad(lambda m: jnp.sum(m(x, state=state)[0]))(model)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
-    with pytest.raises(px.ParametrizationError, match=r"eqx.nn.make_with_state\(px.equinox.Parametrized\)"):
+    with pytest.raises(
+        px.ParametrizationError, match=r"eqx.nn.make_with_state\(px.equinox.Parametrized\)"
+    ):
         model(x)
 
 
@@ -90,7 +94,9 @@ def test_errors():
     model = peqx.Parametrized(lin, {"weight": px.skew})
     with pytest.raises(px.ParametrizationTypeError, match="already a px.equinox.Parametrized"):
         peqx.Parametrized(model, {"raw/weight": px.skew})
-    with pytest.raises(px.ParametrizationError, match="no parametrization of this module has state"):
+    with pytest.raises(
+        px.ParametrizationError, match="no parametrization of this module has state"
+    ):
         model(jnp.ones(3), state=object())
     with pytest.raises(px.SpecError, match="matches no variable"):
         peqx.Parametrized(lin, {"kernel": px.skew})

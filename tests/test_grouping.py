@@ -62,7 +62,8 @@ def _perturb(raw, seed=7):
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     out = [
         (x + 0.3 * jax.random.normal(k, x.shape, jnp.float32).astype(x.dtype))
-        if jnp.issubdtype(x.dtype, jnp.floating) else x
+        if jnp.issubdtype(x.dtype, jnp.floating)
+        else x
         for x, k in zip(leaves, keys)
     ]
     return jax.tree.unflatten(treedef, out)
@@ -73,9 +74,14 @@ def _loss(spec, state, group):
         vals = pt.constrain(spec, raw, state, group=group)
         # bfloat16 leaves are weighed in float32 (what standard promotion did; the main suite
         # runs without x64, so no leaf is wider)
-        return sum(jnp.sum(jnp.real(v).astype(jnp.float32)
-                           * jnp.cos(jnp.arange(v.size, dtype=jnp.float32).reshape(v.shape)))
-                   for v in jax.tree.leaves(vals))
+        return sum(
+            jnp.sum(
+                jnp.real(v).astype(jnp.float32)
+                * jnp.cos(jnp.arange(v.size, dtype=jnp.float32).reshape(v.shape))
+            )
+            for v in jax.tree.leaves(vals)
+        )
+
     return f
 
 
@@ -137,8 +143,11 @@ def test_tree_every_broadcasting_entry_identical_when_grouped(spy, force, chain,
 
 def test_default_rule_groups_only_expm_and_small_n(spy):
     spec = {"c*": px.Orthogonal(map="cayley"), "e*": EXPM, "big*": EXPM}
-    params = {**_params(3, (4, 4), prefix="c"), **_params(3, (4, 4), prefix="e"),
-              **_params(2, (130, 130), prefix="big")}
+    params = {
+        **_params(3, (4, 4), prefix="c"),
+        **_params(3, (4, 4), prefix="e"),
+        **_params(2, (130, 130), prefix="big"),
+    }
     raw, state = pt.register(spec, params, key=jax.random.key(0))
     pt.constrain(spec, raw, state)
     assert spy == [3]  # the three expm kernels; not the Cayley ones, not n = 130 > 128
@@ -172,8 +181,15 @@ def test_mixed_chains_shapes_and_dtypes_only_group_equal_ones(spy, force):
         originals, lparams = pt._ops._slot_parts(slot, len(chain))
         items[path] = (chain, originals, lparams, pt._ops._state_parts(state, path, len(chain)))
     groups = sorted(sorted(g) for g in _grouping.group_paths(items))
-    assert groups == [["a0", "a1", "a2"], ["b0", "b1"], ["c0", "c1"], ["d0"], ["h0", "h1"],
-                      ["w0"], ["w1"]]
+    assert groups == [
+        ["a0", "a1", "a2"],
+        ["b0", "b1"],
+        ["c0", "c1"],
+        ["d0"],
+        ["h0", "h1"],
+        ["w0"],
+        ["w1"],
+    ]
 
 
 def test_whole_tensor_maps_never_grouped(force):
@@ -199,8 +215,10 @@ def test_state_is_stacked_and_returned_per_variable(spy):
     spec = {"*": EXPM}
     raw, state = pt.register(spec, _params(3, (4, 4)), key=jax.random.key(0))
     # Move the bases away from each other (torch's dynamic trivialization), then compare.
-    targets = {k: jnp.linalg.qr(jax.random.normal(jax.random.key(10 + i), (4, 4)))[0]
-               for i, k in enumerate(["k0", "k1", "k2"])}
+    targets = {
+        k: jnp.linalg.qr(jax.random.normal(jax.random.key(10 + i), (4, 4)))[0]
+        for i, k in enumerate(["k0", "k1", "k2"])
+    }
     raw, state = pt.assign(spec, raw, state, targets, key=jax.random.key(3))
     raw = _perturb(raw)
     spy.clear()
@@ -272,8 +290,12 @@ def test_failed_batched_evaluation_falls_back_and_errors_name_the_variable(force
 
     spec = {"*": Broken()}
     # A raw tree written by hand (registering would already run the broken forward).
-    raw = {"parametrizations": {"a": {"original": jnp.ones((2, 2))},
-                                "b": {"original": jnp.ones((2, 2))}}}
+    raw = {
+        "parametrizations": {
+            "a": {"original": jnp.ones((2, 2))},
+            "b": {"original": jnp.ones((2, 2))},
+        }
+    }
     with pytest.raises(ParametrizationError, match="parametrizing `a`.*broken link"):
         pt.constrain(spec, raw, {})
 
@@ -307,12 +329,15 @@ def test_linen_grouped_equals_alone(spy, dtype):
         return lambda p: jnp.sum(model.apply({"params": p, **rest}, x).astype(jnp.float32) ** 2)
 
     spy.clear()
-    _assert_identical(on.apply({"params": params, **rest}, x),
-                      off.apply({"params": params, **rest}, x))
+    _assert_identical(
+        on.apply({"params": params, **rest}, x), off.apply({"params": params, **rest}, x)
+    )
     assert spy == [4]
     _assert_identical(jax.grad(loss(on))(params), jax.grad(loss(off))(params))
-    _assert_identical(px.linen.constrain(on, {"params": params, **rest}),
-                      px.linen.constrain(off, {"params": params, **rest}))
+    _assert_identical(
+        px.linen.constrain(on, {"params": params, **rest}),
+        px.linen.constrain(off, {"params": params, **rest}),
+    )
     spy.clear()
     off.apply({"params": params, **rest}, x)
     jax.grad(loss(off))(params)

@@ -161,8 +161,9 @@ def test_gradients_match_finite_differences():
     h = px.Hurwitz(alpha=0.1)
     x = normal(6, (3, 3))
     c = normal(7, (3, 3))
-    check_grads(lambda x: jnp.sum(c * h(x)), (x,), order=1, modes=["rev"],
-                eps=1e-2, atol=2e-2, rtol=2e-2)
+    check_grads(
+        lambda x: jnp.sum(c * h(x)), (x,), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,7 +208,8 @@ def test_tree_api_training_stays_hurwitz():
     @jax.jit
     def step(raw, opt):
         loss, g = jax.value_and_grad(
-            lambda r: jnp.sum((ptree.constrain(spec, r, state)["A"] - TARGET) ** 2))(raw)
+            lambda r: jnp.sum((ptree.constrain(spec, r, state)["A"] - TARGET) ** 2)
+        )(raw)
         u, opt = tx.update(g, opt, raw)
         return optax.apply_updates(raw, u), opt, loss
 
@@ -239,8 +241,9 @@ def test_linen_dense_registers_the_projection_and_trains():
 
     @jax.jit
     def step(params, opt):
-        loss, g = jax.value_and_grad(
-            lambda p: jnp.mean((layer.apply({"params": p}, x) - y) ** 2))(params)
+        loss, g = jax.value_and_grad(lambda p: jnp.mean((layer.apply({"params": p}, x) - y) ** 2))(
+            params
+        )
         u, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, u), opt, loss
 
@@ -293,15 +296,17 @@ def _scipy_lyapunov(b):
 def test_lyapunov_schur_matches_kronecker_and_scipy(n):
     # Hurwitz samples and general matrices (non-normal, with complex eigenvalues and a
     # non-Hurwitz one: the solution exists unless two eigenvalues sum to 0).
-    b = jnp.concatenate([px.Hurwitz().sample(jax.random.key(n), (3, n, n)),
-                         normal(n, (2, n, n)) - 0.3 * jnp.eye(n)])
+    b = jnp.concatenate(
+        [px.Hurwitz().sample(jax.random.key(n), (3, n, n)), normal(n, (2, n, n)) - 0.3 * jnp.eye(n)]
+    )
     ref = _scipy_lyapunov(b)
     scale = np.max(np.abs(ref), axis=(-2, -1), keepdims=True)
     for solver in (lyapunov, lyapunov_schur, lyapunov_kron):
         got = np.asarray(solver(b), np.float64)
         assert np.max(np.abs(got - ref) / scale) < 2e-5, solver.__name__
-    np.testing.assert_allclose(lyapunov_schur(b), lyapunov_kron(b), rtol=0,
-                               atol=2e-5 * float(scale.max()))
+    np.testing.assert_allclose(
+        lyapunov_schur(b), lyapunov_kron(b), rtol=0, atol=2e-5 * float(scale.max())
+    )
 
 
 def test_lyapunov_is_the_schur_solver_on_cpu():

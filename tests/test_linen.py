@@ -99,14 +99,18 @@ def test_conv_kernel_skew_on_last_two_axes():
     assert k.shape == (3, 3, 4, 4)
     assert skew_error(k) == 0
     y = conv.apply(v, jnp.ones((1, 8, 8, 4)))
-    np.testing.assert_allclose(y, nn.Conv(4, (3, 3)).apply(px.linen.constrain(conv, v), jnp.ones((1, 8, 8, 4))), atol=1e-6)
+    np.testing.assert_allclose(
+        y, nn.Conv(4, (3, 3)).apply(px.linen.constrain(conv, v), jnp.ones((1, 8, 8, 4))), atol=1e-6
+    )
 
 
 def test_rnn_recurrent_kernel():
     rnn = Parametrized(nn.RNN(nn.SimpleCell(5)), {"cell/h/kernel": [skew, px.matrix_exp]})
     xs = key_normal(1, (2, 7, 3))
     v = rnn.init(KEY, xs)
-    assert shapes(v["params"]["parametrizations"]) == {"cell": {"h": {"kernel": {"original": (5, 5)}}}}
+    assert shapes(v["params"]["parametrizations"]) == {
+        "cell": {"h": {"kernel": {"original": (5, 5)}}}
+    }
     k = px.linen.constrain(rnn, v)["params"]["cell"]["h"]["kernel"]
     assert orthogonality_error(k) < 1e-5
     np.testing.assert_allclose(
@@ -124,7 +128,9 @@ def test_nested_inside_parent_keeps_plain_names():
 
     v = Net().init(KEY, X3)
     assert sorted(v["params"]) == ["Dense_0", "Dense_1", "named"]
-    assert "parametrizations" in v["params"]["Dense_0"] and "parametrizations" in v["params"]["named"]
+    assert (
+        "parametrizations" in v["params"]["Dense_0"] and "parametrizations" in v["params"]["named"]
+    )
 
 
 def test_setup_submodule():
@@ -136,14 +142,18 @@ def test_setup_submodule():
             return self.enc(x)
 
     v = Net().init(KEY, X3)
-    assert shapes(v) == {"params": {"enc": {"bias": (3,), "parametrizations": {"kernel": {"original": (3, 3)}}}}}
+    assert shapes(v) == {
+        "params": {"enc": {"bias": (3,), "parametrizations": {"kernel": {"original": (3, 3)}}}}
+    }
 
 
 def test_other_methods_are_forwarded():
     emb = Parametrized(nn.Embed(5, 5), {"embedding": px.symmetric})
     v = emb.init(KEY, jnp.array([0, 1]))
     e = px.linen.constrain(emb, v)["params"]["embedding"]
-    np.testing.assert_allclose(emb.apply(v, jnp.ones((1, 5)), method="attend"), jnp.ones((1, 5)) @ e.T, atol=1e-6)
+    np.testing.assert_allclose(
+        emb.apply(v, jnp.ones((1, 5)), method="attend"), jnp.ones((1, 5)) @ e.T, atol=1e-6
+    )
 
 
 # --- init is registration ----------------------------------------------------------------------
@@ -151,7 +161,9 @@ def test_init_reproduces_plain_module_with_exact_inverse():
     plain_v = nn.Dense(3).init(KEY, X3)
     layer = Parametrized(nn.Dense(3), {"kernel": Double()})
     v = layer.init(KEY, X3)
-    np.testing.assert_allclose(v["params"]["parametrizations"]["kernel"]["original"], plain_v["params"]["kernel"] / 2)
+    np.testing.assert_allclose(
+        v["params"]["parametrizations"]["kernel"]["original"], plain_v["params"]["kernel"] / 2
+    )
     np.testing.assert_allclose(layer.apply(v, X3), nn.Dense(3).apply(plain_v, X3), rtol=1e-6)
 
 
@@ -187,7 +199,9 @@ def test_optax_training_keeps_orthogonal_every_step():
 
     @jax.jit
     def step(params, state):
-        loss, g = jax.value_and_grad(lambda p: jnp.mean((layer.apply({"params": p}, x) - target) ** 2))(params)
+        loss, g = jax.value_and_grad(
+            lambda p: jnp.mean((layer.apply({"params": p}, x) - target) ** 2)
+        )(params)
         u, state = opt.update(g, state)
         return optax.apply_updates(params, u), state, loss
 
@@ -195,7 +209,10 @@ def test_optax_training_keeps_orthogonal_every_step():
     for _ in range(60):
         params, state, loss = step(params, state)
         losses.append(float(loss))
-        assert orthogonality_error(px.linen.constrain(layer, {"params": params})["params"]["kernel"]) < 1e-5
+        assert (
+            orthogonality_error(px.linen.constrain(layer, {"params": params})["params"]["kernel"])
+            < 1e-5
+        )
     assert losses[-1] < 0.3 * losses[0]
 
 
@@ -216,7 +233,9 @@ def test_state_updates_only_when_mutable():
     layer = Parametrized(nn.Dense(3), {"kernel": Counter()})
     v = layer.init(KEY, X3)
     n = lambda v: int(v["parametrization_state"]["parametrizations"]["kernel"]["0"]["count"])
-    assert n(v) == 1  # registration ran one updating forward (torch: the check forward in train mode)
+    assert (
+        n(v) == 1
+    )  # registration ran one updating forward (torch: the check forward in train mode)
     layer.apply(v, X3)  # eval: nothing mutable, nothing changes
     _, upd = layer.apply(v, X3, mutable=["parametrization_state"])
     assert n(upd) == 2
@@ -270,10 +289,13 @@ def test_rnn_scan_evaluates_the_map_once_not_per_step():
 
     # The check can fail: parametrizing the cell inside the scan puts the map in the loop body,
     # where it runs T times.
-    naive = nn.RNN(Parametrized(nn.SimpleCell, {"h/kernel": [skew, cayley]})(
-        H, recurrent_kernel_init=so_init))
+    naive = nn.RNN(
+        Parametrized(nn.SimpleCell, {"h/kernel": [skew, cayley]})(H, recurrent_kernel_init=so_init)
+    )
     nv = naive.init(KEY, xs)
-    n_out, n_in = _count_in_jaxpr(jax.make_jaxpr(lambda v, xs: naive.apply(v, xs))(nv, xs).jaxpr, "lu")
+    n_out, n_in = _count_in_jaxpr(
+        jax.make_jaxpr(lambda v, xs: naive.apply(v, xs))(nv, xs).jaxpr, "lu"
+    )
     assert n_in >= 1
 
     # And at run time, under jit: a counting parametrization fires once per apply.
@@ -360,7 +382,10 @@ def test_assign_sets_constrained_value():
     v2 = px.linen.assign(layer, v, {"kernel": q})
     np.testing.assert_allclose(px.linen.constrain(layer, v2)["params"]["kernel"], q, atol=1e-5)
     np.testing.assert_array_equal(v2["params"]["bias"], v["params"]["bias"])
-    assert v["params"]["parametrizations"]["kernel"]["original"] is not v2["params"]["parametrizations"]["kernel"]["original"]
+    assert (
+        v["params"]["parametrizations"]["kernel"]["original"]
+        is not v2["params"]["parametrizations"]["kernel"]["original"]
+    )
 
 
 def test_remove_leave_parametrized_true_and_false():
@@ -372,24 +397,34 @@ def test_remove_leave_parametrized_true_and_false():
     assert shapes(bv) == {"params": {"bias": (3,), "kernel": (3, 3)}}
     np.testing.assert_allclose(base.apply(bv, X3), y, atol=1e-6)
     base, bv = px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
-    np.testing.assert_array_equal(bv["params"]["kernel"], v["params"]["parametrizations"]["kernel"]["original"])
+    np.testing.assert_array_equal(
+        bv["params"]["kernel"], v["params"]["parametrizations"]["kernel"]["original"]
+    )
 
 
 def test_remove_some_keeps_the_rest():
     model = Parametrized(MLP, {"*/kernel": skew})()
     v = model.init(KEY, jnp.ones((1, 4)))
     m2, v2 = px.linen.remove_parametrizations(model, v, "Dense_0/kernel")
-    assert px.linen.is_parametrized(m2, "Dense_1/kernel") and not px.linen.is_parametrized(m2, "Dense_0/kernel")
-    np.testing.assert_allclose(m2.apply(v2, jnp.ones((1, 4))), model.apply(v, jnp.ones((1, 4))), atol=1e-6)
+    assert px.linen.is_parametrized(m2, "Dense_1/kernel") and not px.linen.is_parametrized(
+        m2, "Dense_0/kernel"
+    )
+    np.testing.assert_allclose(
+        m2.apply(v2, jnp.ones((1, 4))), model.apply(v, jnp.ones((1, 4))), atol=1e-6
+    )
 
 
 def test_remove_multi_array_originals():
     layer = Parametrized(nn.Dense(4), {"kernel": RankOne()})
     v = layer.init(KEY, jnp.ones((1, 3)))
-    with pytest.raises(px.ParametrizationError, match=r"cannot leave unparametrized \(`leave_parametrized=False`\)"):
+    with pytest.raises(
+        px.ParametrizationError, match=r"cannot leave unparametrized \(`leave_parametrized=False`\)"
+    ):
         px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
     base, bv = px.linen.remove_parametrizations(layer, v)
-    np.testing.assert_allclose(bv["params"]["kernel"], px.linen.constrain(layer, v)["params"]["kernel"])
+    np.testing.assert_allclose(
+        bv["params"]["kernel"], px.linen.constrain(layer, v)["params"]["kernel"]
+    )
 
 
 def test_queries():
@@ -405,14 +440,19 @@ def test_queries():
 def test_wrapping_twice_appends_to_the_chain():  # init semantics: tests/test_linen_wrapping.py
     once = Parametrized(nn.Dense, {"kernel": skew})
     twice = Parametrized(once, {"kernel": cayley})
-    assert px.linen.spec_of(twice) == px.linen.spec_of(Parametrized(nn.Dense, {"kernel": [skew, cayley]}))
+    assert px.linen.spec_of(twice) == px.linen.spec_of(
+        Parametrized(nn.Dense, {"kernel": [skew, cayley]})
+    )
     assert twice is Parametrized(once, {"kernel": cayley})  # made once
 
 
 # --- errors: each pinned, nothing half-changed --------------------------------------------------
 def test_error_unknown_path_lists_existing():
     layer = Parametrized(nn.Dense(3), {"weight": skew})
-    with pytest.raises(px.SpecError, match=r"`ParametrizedDense`: spec key `weight` matches no variable of the tree; the variables are: `bias`, `kernel`"):
+    with pytest.raises(
+        px.SpecError,
+        match=r"`ParametrizedDense`: spec key `weight` matches no variable of the tree; the variables are: `bias`, `kernel`",
+    ):
         layer.init(KEY, X3)
 
 
@@ -422,18 +462,27 @@ def test_error_glob_matching_nothing():
 
 
 def test_error_unknown_collection():
-    with pytest.raises(px.SpecError, match=r"names the collection\(s\) \['batch_stats'\], which `Dense` does not create"):
+    with pytest.raises(
+        px.SpecError,
+        match=r"names the collection\(s\) \['batch_stats'\], which `Dense` does not create",
+    ):
         Parametrized(nn.Dense(3), {"batch_stats:mean": skew}).init(KEY, X3)
 
 
 def test_error_non_square_for_square_map():
-    with pytest.raises(px.ShapeError, match=r"parametrizing `kernel` with \[Skew, Cayley\]: `Cayley` acts on square matrices .* got shape \(3, 5\)"):
+    with pytest.raises(
+        px.ShapeError,
+        match=r"parametrizing `kernel` with \[Skew, Cayley\]: `Cayley` acts on square matrices .* got shape \(3, 5\)",
+    ):
         Parametrized(nn.Dense(5), {"kernel": [skew, cayley]}).init(KEY, X3)
 
 
 def test_error_shape_changing_forward_without_unsafe():
     flat = lambda k: k.reshape(-1)
-    with pytest.raises(px.ShapeError, match=r"may not change the shape or dtype of the variable unless `unsafe=True`"):
+    with pytest.raises(
+        px.ShapeError,
+        match=r"may not change the shape or dtype of the variable unless `unsafe=True`",
+    ):
         Parametrized(nn.Dense(3), {"kernel": flat}).init(KEY, X3)
 
 
@@ -441,7 +490,10 @@ def test_error_assign_without_right_inverse_leaves_variables():
     layer = Parametrized(nn.Dense(3), {"kernel": [skew, px.matrix_exp]})
     v = layer.init(KEY, X3)
     before = jax.tree.map(np.asarray, v)
-    with pytest.raises(px.RightInverseError, match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, MatrixExp\]: cannot assign through the chain .* `MatrixExp` does not implement right_inverse"):
+    with pytest.raises(
+        px.RightInverseError,
+        match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, MatrixExp\]: cannot assign through the chain .* `MatrixExp` does not implement right_inverse",
+    ):
         px.linen.assign(layer, v, {"kernel": jnp.eye(3)})
     jax.tree.map(np.testing.assert_array_equal, v, before)
 
@@ -449,27 +501,40 @@ def test_error_assign_without_right_inverse_leaves_variables():
 def test_error_assign_wrong_shape_and_unknown_name():
     layer = Parametrized(nn.Dense(3), {"kernel": skew})
     v = layer.init(KEY, X3)
-    with pytest.raises(px.ShapeError, match=r"has shape \(2, 2\) and dtype float32; expected shape \(3, 3\)"):
+    with pytest.raises(
+        px.ShapeError, match=r"has shape \(2, 2\) and dtype float32; expected shape \(3, 3\)"
+    ):
         px.linen.assign(layer, v, {"kernel": jnp.eye(2)})
-    with pytest.raises(px.NotParametrizedError, match=r"cannot assign to `bias`: it is not parametrized"):
+    with pytest.raises(
+        px.NotParametrizedError, match=r"cannot assign to `bias`: it is not parametrized"
+    ):
         px.linen.assign(layer, v, {"bias": jnp.ones(3)})
 
 
 def test_error_remove_unparametrized():
     layer = Parametrized(nn.Dense(3), {"kernel": skew})
     v = layer.init(KEY, X3)
-    with pytest.raises(px.NotParametrizedError, match=r"`bias` is not parametrized in `ParametrizedDense`; the parametrized variables are `kernel`"):
+    with pytest.raises(
+        px.NotParametrizedError,
+        match=r"`bias` is not parametrized in `ParametrizedDense`; the parametrized variables are `kernel`",
+    ):
         px.linen.remove_parametrizations(layer, v, "bias")
     with pytest.raises(px.NotParametrizedError, match=r"`Dense` is not a parametrized module"):
         px.linen.remove_parametrizations(nn.Dense(3), v)
 
 
 def test_error_bad_base_and_spec():
-    with pytest.raises(px.ParametrizationTypeError, match=r"`base` must be a flax.linen Module class, instance or class partial.*; got function <function .*<lambda> at "):
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"`base` must be a flax.linen Module class, instance or class partial.*; got function <function .*<lambda> at ",
+    ):
         Parametrized(lambda x: x, {"kernel": skew})
     with pytest.raises(px.ParametrizationTypeError, match=r"a spec must be a mapping"):
         Parametrized(nn.Dense, [skew])
-    with pytest.raises(px.ParametrizationTypeError, match=r"spec key `kernel`: expected a Parametrization or a callable, got str"):
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"spec key `kernel`: expected a Parametrization or a callable, got str",
+    ):
         Parametrized(nn.Dense, {"kernel": "skew"})
 
 
@@ -498,7 +563,10 @@ def test_apply_with_everything_mutable_leaves_params_alone():
 
 def test_unsafe_allows_dtype_changing_forward():
     to_bf16 = lambda k: k.astype(jnp.bfloat16)
-    with pytest.raises(px.ShapeError, match=r"dtype float32, the parametrized value has shape \(3, 3\) and dtype bfloat16"):
+    with pytest.raises(
+        px.ShapeError,
+        match=r"dtype float32, the parametrized value has shape \(3, 3\) and dtype bfloat16",
+    ):
         Parametrized(nn.Dense(3), {"kernel": to_bf16}).init(KEY, X3)
     layer = Parametrized(nn.Dense(3), {"kernel": to_bf16}, unsafe=True)
     v = layer.init(KEY, X3)
@@ -514,7 +582,9 @@ def test_remove_with_several_exact_spec_keys():
     v = model.init(KEY, jnp.ones((1, 4)))
     y = model.apply(v, jnp.ones((1, 4)))
     m2, v2 = px.linen.remove_parametrizations(model, v, "Dense_1/kernel")
-    assert px.linen.is_parametrized(m2, "Dense_0/kernel") and not px.linen.is_parametrized(m2, "Dense_1/kernel")
+    assert px.linen.is_parametrized(m2, "Dense_0/kernel") and not px.linen.is_parametrized(
+        m2, "Dense_1/kernel"
+    )
     np.testing.assert_allclose(m2.apply(v2, jnp.ones((1, 4))), y, atol=1e-6)
     base, bv = px.linen.remove_parametrizations(model, v)
     assert type(base) is MLP

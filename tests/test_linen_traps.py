@@ -45,7 +45,9 @@ def test_class_partial_gives_the_same_partial_of_the_parametrized_class():
     PNet2 = Parametrized(Net2, {"*/kernel": skew})
     assert isinstance(PNet2, functools.partial) and PNet2.keywords == {"width": 4, "depth": 2}
     model = PNet2()
-    assert (model.width, model.depth) == (4, 2) and px.linen.is_parametrized(model, "Dense_1/kernel")
+    assert (model.width, model.depth) == (4, 2) and px.linen.is_parametrized(
+        model, "Dense_1/kernel"
+    )
     v = model.init(KEY, jnp.ones((1, 4)))
     plain = Net2().init(KEY, jnp.ones((1, 4)))
     k = px.linen.constrain(model, v)["params"]["Dense_1"]["kernel"]
@@ -64,7 +66,9 @@ def test_method_given_as_the_base_class_function_is_the_named_method():
     c = px.linen.constrain(model, v)["params"]["enc"]
     np.testing.assert_allclose(by_name, x @ c["kernel"] + c["bias"], rtol=1e-6)
     v2 = model.init(KEY, x, method=AutoEncoder.encode)
-    assert "enc" in v2["params"]["parametrizations"] and "dec" not in v2["params"]["parametrizations"]
+    assert (
+        "enc" in v2["params"]["parametrizations"] and "dec" not in v2["params"]["parametrizations"]
+    )
 
 
 # --- differentiating a stateful chain with its state immutable ----------------------------------
@@ -79,8 +83,11 @@ def _loss(model, variables, mutable):
 def test_grad_with_state_immutable_warns_that_the_power_iteration_is_frozen():
     model = Parametrized(nn.Dense(3), {"kernel": px.SpectralNorm()})
     v = model.init(KEY, jnp.ones((2, 3)))
-    with pytest.warns(px.linen.FrozenStateWarning, match=r"`parametrization_state` is not mutable.*"
-                      r"`parametrizations/kernel/0/u`.*mutable=\[\.\.\., \"parametrization_state\"\]"):
+    with pytest.warns(
+        px.linen.FrozenStateWarning,
+        match=r"`parametrization_state` is not mutable.*"
+        r"`parametrizations/kernel/0/u`.*mutable=\[\.\.\., \"parametrization_state\"\]",
+    ):
         jax.grad(_loss(model, v, ["batch_stats"]))(v["params"])  # a ported BatchNorm train step
     with pytest.warns(px.linen.FrozenStateWarning):
         jax.jit(jax.vmap(jax.grad(_loss(model, v, False)), in_axes=None, axis_size=2))(v["params"])
@@ -112,9 +119,12 @@ def _rnn(**rnn_kwargs):
 
 
 def test_stateful_cell_inside_rnn_fails_at_init_with_both_fixes():
-    with pytest.raises(px.ParametrizationError, match=r"`parametrization_state`, which is immutable "
-                       r"here.*`Parametrized\(nn.RNN\(cell\), \{\"cell/<path>\": \.\.\.\}\)`.*"
-                       r"variable_broadcast=\[\"params\", \"parametrization_state\"\]"):
+    with pytest.raises(
+        px.ParametrizationError,
+        match=r"`parametrization_state`, which is immutable "
+        r"here.*`Parametrized\(nn.RNN\(cell\), \{\"cell/<path>\": \.\.\.\}\)`.*"
+        r"variable_broadcast=\[\"params\", \"parametrization_state\"\]",
+    ):
         _rnn().init(KEY, jnp.ones((2, 5, 3)))
 
 
@@ -135,7 +145,9 @@ def test_both_fixes_in_the_message_work_and_advance_the_state(fix):
 
 def test_tabulate_lists_inner_rows_and_counts_every_raw_array_once():
     model = Parametrized(MLP(), {"*/kernel": skew})
-    table = nn.tabulate(model, KEY, compute_flops=False, console_kwargs={"width": 200})(jnp.ones((1, 4)))
+    table = nn.tabulate(model, KEY, compute_flops=False, console_kwargs={"width": 200})(
+        jnp.ones((1, 4))
+    )
     rows = [line for line in table.splitlines() if "│ Dense_0 " in line or "│ Dense_1 " in line]
     assert len(rows) == 2  # the inner modules' rows are there
     raw = model.init(KEY, jnp.ones((1, 4)))["params"]

@@ -60,7 +60,9 @@ def test_twice_wrapped_double_matches_torch_and_is_not_the_one_chain():
     v = twice.init(KEY, X3)
     weight, original = torch_twice(plain, TDouble(), TDouble())
     np.testing.assert_allclose(px.linen.constrain(twice, v)["params"]["kernel"], weight, rtol=1e-6)
-    np.testing.assert_allclose(v["params"]["parametrizations"]["kernel"]["original"], original, rtol=1e-6)
+    np.testing.assert_allclose(
+        v["params"]["parametrizations"]["kernel"]["original"], original, rtol=1e-6
+    )
     np.testing.assert_allclose(weight, 2 * np.asarray(plain), rtol=1e-6)  # torch: p_new(W0)
     # One wrap with the chain [Double, Double] registers through both right inverses instead.
     once = Parametrized(nn.Dense(3), {"kernel": [Double(), Double()]})
@@ -76,7 +78,9 @@ def test_twice_wrapped_skew_then_cayley_matches_torch():
     weight, original = torch_twice(plain, TSkew(), _TorchCayley())
     k = px.linen.constrain(twice, v)["params"]["kernel"]
     np.testing.assert_allclose(k, weight, atol=1e-5)
-    np.testing.assert_allclose(v["params"]["parametrizations"]["kernel"]["original"], original, atol=1e-6)
+    np.testing.assert_allclose(
+        v["params"]["parametrizations"]["kernel"]["original"], original, atol=1e-6
+    )
     np.testing.assert_allclose(k.T @ k, np.eye(3), atol=1e-5)
 
 
@@ -96,13 +100,18 @@ def test_twice_wrapped_appended_link_variables_and_new_paths():
     assert sorted(slot) == ["1", "original"] and float(slot["1"]["s"]) == 3.0
     assert set(v["parametrization_state"]["parametrizations"]["kernel"]) == {"2"}
     c = px.linen.constrain(twice, v)["params"]
-    np.testing.assert_allclose(c["kernel"], 3 * plain["kernel"], rtol=1e-6)  # Scale(3)(W0): W0 untouched
+    np.testing.assert_allclose(
+        c["kernel"], 3 * plain["kernel"], rtol=1e-6
+    )  # Scale(3)(W0): W0 untouched
     # bias was not parametrized before: a first registration, exact at init.
     np.testing.assert_allclose(c["bias"], plain["bias"], atol=0)
     assert "bias" not in v["params"]
     # the spec is the one merged chain, and the class is made once
     assert px.linen.spec_of(twice).chain_for("kernel") == (Double(), Scale(3.0), Counter())
-    assert type(twice) is Parametrized(inner, {"kernel": [Scale(3.0), Counter()], "bias": Double()}).__class__
+    assert (
+        type(twice)
+        is Parametrized(inner, {"kernel": [Scale(3.0), Counter()], "bias": Double()}).__class__
+    )
 
 
 # --- a missing parametrization_state names the collection and the fix ---------------------------
@@ -114,9 +123,13 @@ def test_missing_state_collection_names_it_and_shows_the_apply_call():
         r"`model.apply\(variables, x\)` to use it, `model.apply\(variables, x, "
         r"mutable=\[\"parametrization_state\"\]\)` to also advance it"
     )
-    with pytest.raises(px.ParametrizationError, match=r"no `parametrization_state` collection.*" + fix):
+    with pytest.raises(
+        px.ParametrizationError, match=r"no `parametrization_state` collection.*" + fix
+    ):
         layer.apply({"params": v["params"]}, X3)
-    with pytest.raises(px.ParametrizationError, match=r"collection given has no entry for `kernel` link 0.*" + fix):
+    with pytest.raises(
+        px.ParametrizationError, match=r"collection given has no entry for `kernel` link 0.*" + fix
+    ):
         layer.apply({"params": v["params"], "parametrization_state": {}}, X3)
     with pytest.raises(px.ParametrizationError, match=fix):
         px.linen.constrain(layer, {"params": v["params"]})

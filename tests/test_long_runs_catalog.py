@@ -39,7 +39,9 @@ def _long_run(layer, x, target, constraint_error):
 
     @jax.jit
     def run(p):
-        (p, _), (losses, errs) = jax.lax.scan(block, (p, opt.init(p)), None, length=STEPS // CHECK_EVERY)
+        (p, _), (losses, errs) = jax.lax.scan(
+            block, (p, opt.init(p)), None, length=STEPS // CHECK_EVERY
+        )
         return p, losses.reshape(-1), errs
 
     p, losses, errs = run(params)
@@ -72,7 +74,10 @@ def test_weight_norm_long_adam_run():
     def err(v):
         k = px.linen.constrain(layer, v)["params"]["kernel"]
         g = v["params"]["parametrizations"]["kernel"]["original0"]
-        return jnp.max(jnp.abs(jnp.linalg.norm(k, axis=0) - jnp.abs(g.reshape(-1))) / (jnp.abs(g.reshape(-1)) + 1e-6))
+        return jnp.max(
+            jnp.abs(jnp.linalg.norm(k, axis=0) - jnp.abs(g.reshape(-1)))
+            / (jnp.abs(g.reshape(-1)) + 1e-6)
+        )
 
     p, losses, errs = _long_run(layer, x, target, err)
     assert np.all(np.isfinite(losses)) and np.all(np.isfinite(errs))

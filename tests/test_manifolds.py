@@ -571,7 +571,9 @@ def test_linen_dense_on_stiefel_trains_and_stays_orthonormal():
     variables = jax.jit(layer.init)(KEY, x)
     shapes = jax.tree.map(jnp.shape, variables)
     assert shapes["params"]["parametrizations"]["kernel"] == {"original": (5, 3)}
-    assert shapes["parametrization_state"]["parametrizations"]["kernel"]["0"] == {"base": (5, 3)}  # frame
+    assert shapes["parametrization_state"]["parametrizations"]["kernel"]["0"] == {
+        "base": (5, 3)
+    }  # frame
     kernel_of = jax.jit(lambda v: px.linen.constrain(layer, v)["params"]["kernel"])
     kernel0 = kernel_of(variables)
     assert orthogonality_error(kernel0) < ON_MANIFOLD
@@ -770,8 +772,11 @@ def test_every_exported_entry_is_in_every_entry():
     from parametrax import catalog
 
     have = {type(p) for p, _ in _ALL}
-    missing = [n for n in catalog.__all__ if isinstance(getattr(catalog, n), type)
-               and getattr(catalog, n) not in have]
+    missing = [
+        n
+        for n in catalog.__all__
+        if isinstance(getattr(catalog, n), type) and getattr(catalog, n) not in have
+    ]
     assert not missing, missing
 
 
@@ -812,9 +817,7 @@ def test_forward_mode_derivatives_work_on_every_entry(p, shape):
     jf = jax.jacfwd(f)(raw)
     jr = jax.jacrev(f)(raw)
     np.testing.assert_allclose(jf, jr, atol=1e-4, rtol=1e-3)
-    np.testing.assert_allclose(
-        jvp, jnp.tensordot(jf, t, axes=len(shape)), atol=1e-4, rtol=1e-3
-    )
+    np.testing.assert_allclose(jvp, jnp.tensordot(jf, t, axes=len(shape)), atol=1e-4, rtol=1e-3)
     eps = 1e-3
     fd = (f(raw + eps * t) - f(raw - eps * t)) / (2 * eps)
     np.testing.assert_allclose(jvp, fd, atol=3e-2 * max(1.0, float(jnp.max(jnp.abs(fd)))))
@@ -829,9 +832,18 @@ def _np_orth_err(q):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("entry,shape", [
-    (Stiefel(), (6, 3)), (Stiefel(triv="cayley"), (3, 6)), (Grassmannian(), (4, 4)),
-    (Grassmannian(triv="cayley"), (6, 3)), (SO(), (4, 4)), (SO(triv="cayley"), (5, 5))], ids=str)
+@pytest.mark.parametrize(
+    "entry,shape",
+    [
+        (Stiefel(), (6, 3)),
+        (Stiefel(triv="cayley"), (3, 6)),
+        (Grassmannian(), (4, 4)),
+        (Grassmannian(triv="cayley"), (6, 3)),
+        (SO(), (4, 4)),
+        (SO(triv="cayley"), (5, 5)),
+    ],
+    ids=str,
+)
 def test_half_precision_gaussian_is_projected_not_kept(entry, shape, dtype):
     # on_manifold_tol(bf16) was 100 eps = 0.78: a bf16 Gaussian counted as orthonormal and
     # became the base point. Bound: one rounding of an orthonormal matrix (2 eps) and the base's.
@@ -870,10 +882,13 @@ def test_sphere_embedded_zero_vector_maps_to_a_point_of_the_sphere(axis, dtype):
     norms = np.sqrt(np.sum(y * y, axis=axis))
     np.testing.assert_allclose(norms, 2.0, rtol=2 * float(jnp.finfo(dtype).eps))
     g = jax.grad(lambda r: jnp.sum(p(r).astype(jnp.float32) * jnp.arange(12.0).reshape(4, 3)))(
-        raw["parametrizations"]["w"]["original"])
+        raw["parametrizations"]["w"]["original"]
+    )
     assert np.all(np.isfinite(np.asarray(g, np.float64)))
-    np.testing.assert_allclose(np.asarray(p(jnp.zeros((4, 3), dtype)), np.float64).sum(), 2.0 * (
-        4 if axis == -1 else 3 if axis == -2 else 1))
+    np.testing.assert_allclose(
+        np.asarray(p(jnp.zeros((4, 3), dtype)), np.float64).sum(),
+        2.0 * (4 if axis == -1 else 3 if axis == -2 else 1),
+    )
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e30])

@@ -157,7 +157,8 @@ def test_linen_assign_of_a_value_the_chain_cannot_represent_changes_nothing():
     v = layer.init(KEY, jnp.ones((1, 3)))
     before = _frozen(v)
     with pytest.raises(
-        px.RightInverseError, match=r"assign to `ParametrizedDense`.*`kernel`.*Cayley.*eigenvalue -1"
+        px.RightInverseError,
+        match=r"assign to `ParametrizedDense`.*`kernel`.*Cayley.*eigenvalue -1",
     ):
         px.linen.assign(layer, v, {"kernel": -jnp.eye(3)})
     _same(v, before)
@@ -165,8 +166,9 @@ def test_linen_assign_of_a_value_the_chain_cannot_represent_changes_nothing():
 
 def test_non_finite_variables_from_init_variables_are_refused():
     with pytest.raises(
-        px.RightInverseError, match=r"link 0 \(`NanInit`\) state `s` has 1 NaN among 1 entries "
-        r"\(from its init_variables\)"
+        px.RightInverseError,
+        match=r"link 0 \(`NanInit`\) state `s` has 1 NaN among 1 entries "
+        r"\(from its init_variables\)",
     ):
         ptree.register({"w": NanInit()}, {"w": jnp.ones(3)}, key=KEY)
 
@@ -184,8 +186,9 @@ def test_a_registered_value_the_chain_maps_to_inf_is_refused():
     exp of an eigenvalue of 1e4 overflows float32."""
     value = 1e4 * np.eye(3, dtype=np.float32)
     assert np.isinf(np.exp(np.float32(1e4)))
-    with pytest.raises(px.RightInverseError, match="maps the raw values it stored back to a value "
-                       "with .*(NaN|Inf)"):
+    with pytest.raises(
+        px.RightInverseError, match="maps the raw values it stored back to a value with .*(NaN|Inf)"
+    ):
         ptree.register({"w": [px.symmetric, px.matrix_exp]}, {"w": jnp.asarray(value)})
 
 
@@ -302,10 +305,14 @@ def _sigma(w):
 def test_spectral_norm_assignment_reads_back_w_over_numpy_sigma(shape):
     spec = {"w": px.SpectralNorm()}
     rng = np.random.default_rng(1)
-    raw, state = ptree.register(spec, {"w": jnp.asarray(rng.standard_normal(shape), jnp.float32)},
-                                key=KEY)
-    for w in (3 * np.eye(*shape), 5 * rng.standard_normal(shape),
-              1e-6 * rng.standard_normal(shape)):
+    raw, state = ptree.register(
+        spec, {"w": jnp.asarray(rng.standard_normal(shape), jnp.float32)}, key=KEY
+    )
+    for w in (
+        3 * np.eye(*shape),
+        5 * rng.standard_normal(shape),
+        1e-6 * rng.standard_normal(shape),
+    ):
         w = w.astype(np.float32)
         raw, state = ptree.assign(spec, raw, state, {"w": jnp.asarray(w)})
         out = np.asarray(ptree.constrain(spec, raw, state)["w"])
@@ -347,8 +354,11 @@ def test_spectral_norm_bfloat16_assignment():
 @pytest.mark.parametrize("shape", [(3, 4), (5,)])
 def test_spectral_norm_refuses_an_all_zero_value(shape):
     spec = {"w": px.SpectralNorm()}
-    with pytest.raises(px.ParametrizationError, match=r"parametrizing `w` with \[SpectralNorm\]: "
-                       ".*the value is all zero"):
+    with pytest.raises(
+        px.ParametrizationError,
+        match=r"parametrizing `w` with \[SpectralNorm\]: "
+        ".*the value is all zero",
+    ):
         ptree.register(spec, {"w": jnp.zeros(shape)}, key=KEY)
     raw, state = ptree.register(spec, {"w": jnp.ones(shape)}, key=KEY)
     before = (_frozen(raw), _frozen(state))
@@ -412,6 +422,8 @@ def test_bake_refuses_a_non_finite_constrained_value():
         "non-finite",
     ):
         ptree.remove_parametrizations(spec, raw, state)
-    tree, _ = ptree.remove_parametrizations(spec, raw, state, leave_parametrized=False)  # the raw value: allowed
+    tree, _ = ptree.remove_parametrizations(
+        spec, raw, state, leave_parametrized=False
+    )  # the raw value: allowed
     assert np.isnan(np.asarray(tree["w"])).all()
     assert "b" in tree

@@ -490,8 +490,9 @@ def test_learnable_scale_nnx_register_keeps_value():
 
     layer = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
     k0 = np.asarray(layer.kernel[...])
-    pnnx.register_parametrization(layer, "kernel", SpectralNorm(learnable_scale=True),
-                                  rngs=nnx.Rngs(1))
+    pnnx.register_parametrization(
+        layer, "kernel", SpectralNorm(learnable_scale=True), rngs=nnx.Rngs(1)
+    )
     close(layer.kernel, k0)
     close(layer.parametrizations.kernel.original0[...], _sigma_np(k0))
 

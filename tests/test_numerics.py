@@ -139,7 +139,9 @@ def test_bfloat16_dense_layer_init_apply_and_grad():
 
     y, g = apply_and_grad(v["params"])
     assert y.dtype == jnp.bfloat16
-    np.testing.assert_allclose(f64(y), f64(x) @ f64(k) + f64(v["params"]["bias"]), atol=0.1, rtol=0.05)
+    np.testing.assert_allclose(
+        f64(y), f64(x) @ f64(k) + f64(v["params"]["bias"]), atol=0.1, rtol=0.05
+    )
     graw = g["parametrizations"]["kernel"]["original"]
     assert graw.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(graw)))
     assert float(jnp.max(jnp.abs(graw))) > 0
@@ -193,7 +195,13 @@ def test_one_by_one_is_the_identity(name):
 
 @pytest.mark.parametrize(
     "chain",
-    [[px.symmetric], [px.skew], SO_CHAINS["cayley"], SO_CHAINS["matrix_exp"], [px.RandomPruning(0.5)]],
+    [
+        [px.symmetric],
+        [px.skew],
+        SO_CHAINS["cayley"],
+        SO_CHAINS["matrix_exp"],
+        [px.RandomPruning(0.5)],
+    ],
     ids=["symmetric", "skew", "cayley", "matrix_exp", "pruning"],
 )
 @pytest.mark.parametrize("shape", [(0, 0), (0, 3, 3)], ids=str)
@@ -214,7 +222,9 @@ def test_zero_size_dense_layer_applies():
 
 
 def test_zero_by_n_is_refused_as_non_square():
-    with pytest.raises(px.ShapeError, match=r"`Skew` acts on square matrices .* got shape \(0, 3\)"):
+    with pytest.raises(
+        px.ShapeError, match=r"`Skew` acts on square matrices .* got shape \(0, 3\)"
+    ):
         ptree.register({"w": px.skew}, {"w": jnp.zeros((0, 3))})
 
 
@@ -317,7 +327,9 @@ LONG_RUN_TOL = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
 
 
 def _long_run(chain, dtype, n=8):
-    layer = px.Parametrized(nn.Dense(n, use_bias=False, dtype=dtype, param_dtype=dtype), {"kernel": chain})
+    layer = px.Parametrized(
+        nn.Dense(n, use_bias=False, dtype=dtype, param_dtype=dtype), {"kernel": chain}
+    )
     x = jax.random.normal(jax.random.key(1), (32, n), dtype)
     target = x.astype(jnp.float32) @ jax.random.normal(jax.random.key(2), (n, n))  # unreachable
     params = layer.init(KEY, x)["params"]
@@ -339,7 +351,9 @@ def _long_run(chain, dtype, n=8):
 
     @jax.jit
     def run(p):
-        (p, _), (losses, errs) = jax.lax.scan(block, (p, opt.init(p)), None, length=STEPS // CHECK_EVERY)
+        (p, _), (losses, errs) = jax.lax.scan(
+            block, (p, opt.init(p)), None, length=STEPS // CHECK_EVERY
+        )
         return p, losses.reshape(-1), errs
 
     return run(params)
@@ -435,11 +449,14 @@ def test_expm_jvp_and_grad_match_finite_differences(kind):
         _, tangent = jax.jvp(expm, (aj,), (ej,))
         assert np.linalg.norm(np.asarray(tangent, np.float64) - fd) <= 2e-4 * (1 + norm) * scale
         jac = np.asarray(jax.jacfwd(expm)(aj), np.float64)  # (4, 4, 4, 4)
-        np.testing.assert_allclose(np.einsum("ijkl,kl->ij", jac, e), tangent, rtol=1e-4,
-                                   atol=1e-5 * scale)
+        np.testing.assert_allclose(
+            np.einsum("ijkl,kl->ij", jac, e), tangent, rtol=1e-4, atol=1e-5 * scale
+        )
         grad = np.asarray(jax.grad(lambda x, wj=wj: jnp.sum(expm(x) * wj))(aj), np.float64)
         # <grad, E> = <W, L(A, E)>: the adjoint checked against the same differences.
-        assert abs(np.sum(grad * e) - np.sum(w * fd)) <= 2e-4 * (1 + norm) * np.linalg.norm(w) * scale
+        assert (
+            abs(np.sum(grad * e) - np.sum(w * fd)) <= 2e-4 * (1 + norm) * np.linalg.norm(w) * scale
+        )
 
 
 def test_expm_value_is_the_same_with_and_without_derivatives():
@@ -469,7 +486,9 @@ def test_expm_of_skew_stays_orthogonal_at_any_finite_norm(norm):
     assert bool(jnp.all(jnp.isfinite(g)))
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize(
+    "dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=lambda d: jnp.dtype(d).name
+)
 def test_expm_of_symmetric_is_finite_positive_definite_where_exp_overflows(dtype):
     """exp of a symmetric matrix whose largest eigenvalue exceeds log(max) of the dtype (88.7
     float32 / bfloat16, 11.1 float16) is clamped: scaled so its largest entry is at most max/2,
@@ -502,7 +521,9 @@ def test_expm_half_precision_is_float32_rounded(dtype):
     a = jnp.asarray(_mixed_batch("general", np.random.default_rng(9), norms=(0.1, 1.0, 3.0)), dtype)
     got = expm(a)
     assert got.dtype == dtype
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(expm(a.astype(jnp.float32)).astype(dtype)))
+    np.testing.assert_array_equal(
+        np.asarray(got), np.asarray(expm(a.astype(jnp.float32)).astype(dtype))
+    )
     q = expm(jnp.asarray(_mixed_batch("skew", np.random.default_rng(9), norms=(1.0, 30.0)), dtype))
     assert orth_err(q) < ORTH_TOL[dtype]
 

@@ -84,7 +84,8 @@ def test_ordered_forward_keeps_a_strictly_increasing_result_bit_for_bit():
     np.testing.assert_allclose(f64(o(x)), want, rtol=1e-6, atol=1e-6)
     y = o(x)
     assert bool(jnp.all(o(o.right_inverse(y)) == y)) or np.allclose(
-        f64(o(o.right_inverse(y))), f64(y), rtol=1e-6)
+        f64(o(o.right_inverse(y))), f64(y), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
@@ -149,8 +150,9 @@ def test_positive_right_inverse_raises_off_set_values_to_the_margin(dtype, margi
 
 def test_positive_right_inverse_is_exact_on_tiny_positive_values():
     y = jnp.array([1e-30, 1e-20, 1e-6], jnp.float32)
-    np.testing.assert_allclose(f64(px.Positive()(px.Positive().right_inverse(y))), f64(y),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        f64(px.Positive()(px.Positive().right_inverse(y))), f64(y), rtol=1e-5
+    )
 
 
 def test_positive_registered_from_zeros_has_live_gradients():
@@ -207,7 +209,10 @@ def test_cholesky_right_inverse_of_a_negative_diagonal():
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5)])
 def test_fixed_rank_of_lower_rank_values_has_the_rank_with_a_margin(p, shape):
     rng = np.random.default_rng(0)
-    for value in (np.zeros(shape), np.outer(rng.standard_normal(shape[0]), rng.standard_normal(shape[1]))):
+    for value in (
+        np.zeros(shape),
+        np.outer(rng.standard_normal(shape[0]), rng.standard_normal(shape[1])),
+    ):
         _, _, y = register(p, value.astype(np.float32))
         sv = np.linalg.svd(y, compute_uv=False)
         assert sv[1] >= 0.99e-2 * max(1.0, sv[0]) and sv[2] <= 1e-5 * max(1.0, sv[0]), sv
@@ -250,8 +255,11 @@ def test_almost_orthogonal_projection_lands_inside_the_band_where_gradients_reac
         sv = np.linalg.svd(y, compute_uv=False)
         np.testing.assert_allclose(sv, [1 + 0.5 * 0.99, 1.0, 1 - 0.5 * 0.99], rtol=1e-5)
         s = np.diag(raw_of(raw))
-        deriv = {"sin": np.cos(s), "tanh": 1 - np.tanh(s) ** 2,
-                 "scaled_sigmoid": 0.5 * (1 - np.tanh(s / 2) ** 2)}[f]
+        deriv = {
+            "sin": np.cos(s),
+            "tanh": 1 - np.tanh(s) ** 2,
+            "scaled_sigmoid": 0.5 * (1 - np.tanh(s / 2) ** 2),
+        }[f]
         assert np.all(np.abs(deriv) >= 5e-3), (f, s)
 
 
@@ -259,13 +267,32 @@ def test_almost_orthogonal_projection_lands_inside_the_band_where_gradients_reac
 # Half precision: the SVD / eigh entries compute in float32 and land on their sets
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-@pytest.mark.parametrize("name", ["LowRank", "FixedRank", "Invertible", "SL", "AlmostOrthogonal",
-                                  "PositiveDefinite", "PSSD", "PSSDLowRank", "PSSDFixedRank"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LowRank",
+        "FixedRank",
+        "Invertible",
+        "SL",
+        "AlmostOrthogonal",
+        "PositiveDefinite",
+        "PSSD",
+        "PSSDLowRank",
+        "PSSDFixedRank",
+    ],
+)
 def test_half_precision_svd_and_eigh_entries_register_on_their_sets(name, dtype):
-    p = {"LowRank": px.LowRank(2), "FixedRank": px.FixedRank(2), "Invertible": px.Invertible(),
-         "SL": px.SL(), "AlmostOrthogonal": px.AlmostOrthogonal(0.5),
-         "PositiveDefinite": px.PositiveDefinite(), "PSSD": px.PSSD(),
-         "PSSDLowRank": px.PSSDLowRank(2), "PSSDFixedRank": px.PSSDFixedRank(2)}[name]
+    p = {
+        "LowRank": px.LowRank(2),
+        "FixedRank": px.FixedRank(2),
+        "Invertible": px.Invertible(),
+        "SL": px.SL(),
+        "AlmostOrthogonal": px.AlmostOrthogonal(0.5),
+        "PositiveDefinite": px.PositiveDefinite(),
+        "PSSD": px.PSSD(),
+        "PSSDLowRank": px.PSSDLowRank(2),
+        "PSSDFixedRank": px.PSSDFixedRank(2),
+    }[name]
     v = 3.0 * np.random.default_rng(1).standard_normal((4, 4))
     raw, state, y = register(p, jnp.asarray(v, dtype))
     assert raw["parametrizations"]["w"]["original"].dtype == dtype

@@ -156,8 +156,10 @@ def test_householder_scales_columns_by_the_sign_of_the_diagonal():
 @pytest.mark.parametrize("decay", ["adamw", "lion"])
 def test_householder_stays_orthonormal_under_weight_decay(decay):
     # torch's defect: the stored -1 decays to -0.9999999, int() gives 0, the column vanishes.
-    tx = {"adamw": standard_promotion(optax.adamw(1e-3, weight_decay=1e-2)),
-          "lion": optax.lion(1e-3, weight_decay=1.0)}[decay]
+    tx = {
+        "adamw": standard_promotion(optax.adamw(1e-3, weight_decay=1e-2)),
+        "lion": optax.lion(1e-3, weight_decay=1.0),
+    }[decay]
     p = Orthogonal("householder", False)
     x = p.right_inverse(jnp.asarray(rand(3, (6, 3))))
     assert set(np.abs(np.diagonal(np.asarray(x))).tolist()) == {1.0}
@@ -573,9 +575,17 @@ def _det_minus_one(n, seed):
     return q.astype(np.float32)
 
 
-@pytest.mark.parametrize("value", [
-    _rotation(np.pi), -np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32)[[1, 0, 3, 2]],
-    _det_minus_one(5, 0), _rotation(np.pi - 1e-4)], ids=["pi", "-I", "perm", "det-1", "pi-1e-4"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        _rotation(np.pi),
+        -np.eye(4, dtype=np.float32),
+        np.eye(4, dtype=np.float32)[[1, 0, 3, 2]],
+        _det_minus_one(5, 0),
+        _rotation(np.pi - 1e-4),
+    ],
+    ids=["pi", "-I", "perm", "det-1", "pi-1e-4"],
+)
 def test_cayley_right_inverse_refuses_an_eigenvalue_minus_one(value):
     with pytest.raises(px.RightInverseError, match=r'eigenvalue .*-1.*Orthogonal\(map="cayley"\)'):
         px.cayley.right_inverse(jnp.asarray(value))

@@ -48,8 +48,9 @@ def test_axis_zero_blocks_of_a_matrix():
 
 # --- state: stateful parts keep their variables under distinct keys -----------------------------
 def test_stateful_parts_keep_their_state_under_distinct_keys():
-    p = px.ProductManifold((px.Stiefel(), px.Stiefel(triv="cayley"), px.RandomPruning(0.5)),
-                           sizes=(2, 2, 2))
+    p = px.ProductManifold(
+        (px.Stiefel(), px.Stiefel(triv="cayley"), px.RandomPruning(0.5)), sizes=(2, 2, 2)
+    )
     assert p.has_variables and callable(p.update_base)
     value = normal(2, (5, 6))
     raw, state = ptree.register({"w": p}, {"w": value}, key=KEY)
@@ -118,8 +119,11 @@ def test_hashable_equal_configurations():
 # --- errors --------------------------------------------------------------------------------------
 def test_sizes_that_do_not_add_up():
     p = px.ProductManifold((px.Positive(), px.Simplex()), sizes=(2, 2))
-    with pytest.raises(px.ShapeError, match=r"`sizes`=\(2, 2\) add up to 4, but axis -1 .* "
-                                            r"shape \(3, 5\) has length 5"):
+    with pytest.raises(
+        px.ShapeError,
+        match=r"`sizes`=\(2, 2\) add up to 4, but axis -1 .* "
+        r"shape \(3, 5\) has length 5",
+    ):
         p(jnp.ones((3, 5)))
     with pytest.raises(px.ShapeError, match="add up to 4"):
         ptree.register({"w": p}, {"w": jnp.ones((5,))})
@@ -127,8 +131,11 @@ def test_sizes_that_do_not_add_up():
 
 def test_part_that_cannot_take_its_block():
     p = px.ProductManifold((px.skew, px.Positive()), sizes=(2, 1))
-    with pytest.raises(px.ShapeError, match=r"`ProductManifold` part 0 \(`Skew`\) on its block "
-                                            r"of shape \(3, 2\): .*square"):
+    with pytest.raises(
+        px.ShapeError,
+        match=r"`ProductManifold` part 0 \(`Skew`\) on its block "
+        r"of shape \(3, 2\): .*square",
+    ):
         p(jnp.ones((3, 3)))
 
 
@@ -138,14 +145,17 @@ def test_part_with_several_raw_arrays_is_refused():
         ptree.register({"w": p}, {"w": jnp.ones((3, 3))})
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(parts=(), sizes=()), "non-empty tuple"),
-    (dict(parts=(px.Positive(),), sizes=(2, 1)), "1 part.* but 2 size"),
-    (dict(parts=(px.Positive(),), sizes=(0,)), "positive ints"),
-    (dict(parts=(px.Positive(),), sizes=3), "positive ints"),
-    (dict(parts=([px.skew, px.cayley],), sizes=(3,)), "part 0 is a list"),
-    (dict(parts=(px.Positive(),), sizes=(3,), axis=1.0), "`axis` must be an int"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(parts=(), sizes=()), "non-empty tuple"),
+        (dict(parts=(px.Positive(),), sizes=(2, 1)), "1 part.* but 2 size"),
+        (dict(parts=(px.Positive(),), sizes=(0,)), "positive ints"),
+        (dict(parts=(px.Positive(),), sizes=3), "positive ints"),
+        (dict(parts=([px.skew, px.cayley],), sizes=(3,)), "part 0 is a list"),
+        (dict(parts=(px.Positive(),), sizes=(3,), axis=1.0), "`axis` must be an int"),
+    ],
+)
 def test_bad_configuration(kwargs, match):
     with pytest.raises(px.ParametrizationError, match=match):
         px.ProductManifold(**kwargs)
@@ -175,7 +185,8 @@ def test_tree_api_training_stays_on_the_product():
     @jax.jit
     def step(raw, opt):
         loss, g = jax.value_and_grad(
-            lambda r: jnp.sum((ptree.constrain(spec, r, state)["w"] - TARGET) ** 2))(raw)
+            lambda r: jnp.sum((ptree.constrain(spec, r, state)["w"] - TARGET) ** 2)
+        )(raw)
         u, opt = tx.update(g, opt, raw)
         return optax.apply_updates(raw, u), opt, loss
 
@@ -199,7 +210,8 @@ def test_linen_dense_with_a_product_kernel():
     _check_on_set(kernel)
     np.testing.assert_allclose(layer.apply(variables, x), x @ kernel, atol=1e-5)
     grads = jax.grad(lambda p: jnp.sum(layer.apply({**variables, "params": p}, x) ** 2))(
-        variables["params"])
+        variables["params"]
+    )
     g = grads["parametrizations"]["kernel"]["original"]
     assert g.shape == (4, 4) and np.all(np.isfinite(g))
 

@@ -40,8 +40,9 @@ def test_unit_norm_and_non_neg_match_keras_formulas():
     keras_unit = w / (KERAS_EPS + np.linalg.norm(w, axis=0, keepdims=True))
     np.testing.assert_allclose(P.unit_norm()(jnp.asarray(w, jnp.float32)), keras_unit, atol=1e-6)
     keras_nonneg = w * (w >= 0)
-    np.testing.assert_array_equal(P.non_neg()(jnp.asarray(w, jnp.float32)),
-                                  keras_nonneg.astype(np.float32))
+    np.testing.assert_array_equal(
+        P.non_neg()(jnp.asarray(w, jnp.float32)), keras_nonneg.astype(np.float32)
+    )
     np.testing.assert_array_equal(P.unit_norm(axis=None)(jnp.zeros((2, 2))), 0.0)  # 0 stays 0
 
 
@@ -133,7 +134,9 @@ def test_max_norm_on_a_linen_mlp_with_adam():
         for layer in ("layers_0", "layers_2"):
             assert np.all(norms(p["params"][layer]["kernel"], 0) <= 0.8 + STEP_ATOL)
 
-    tx = optax.chain(standard_promotion(optax.adam(0.03)), P.project({"**/kernel": P.max_norm(0.8)}))
+    tx = optax.chain(
+        standard_promotion(optax.adam(0.03)), P.project({"**/kernel": P.max_norm(0.8)})
+    )
     _, losses = run(tx, params, loss_fn, 100, check)
     assert losses[-1] < 0.3 * losses[0]
 

@@ -34,9 +34,7 @@ def _draw(init, shape):
 
 def _rank_one(key, shape, dtype):
     a = jax.random.normal(key, shape[:-1] + (1,), dtype)
-    b = jax.random.normal(
-        jax.random.fold_in(key, 1), shape[:-2] + (1, shape[-1]), dtype
-    )
+    b = jax.random.normal(jax.random.fold_in(key, 1), shape[:-2] + (1, shape[-1]), dtype)
     return a @ b
 
 
@@ -77,11 +75,7 @@ def test_fixedrank_invertible_sl_almostorthogonal_singular_values():
 def test_invertible_fixes_a_negative_determinant():
     def neg_det(key, shape, dtype):
         x = jax.random.normal(key, shape, dtype)
-        return (
-            x
-            * jnp.sign(jnp.linalg.det(x))[..., None, None]
-            * jnp.array([-1.0, 1, 1, 1])
-        )
+        return x * jnp.sign(jnp.linalg.det(x))[..., None, None] * jnp.array([-1.0, 1, 1, 1])
 
     d = _draw(neg_det, (3, 4, 4))
     assert np.all(np.linalg.det(d) < 0)
@@ -146,9 +140,7 @@ def test_eps_is_refused_where_there_is_no_floor():
 def test_bad_init_is_named():
     with pytest.raises(px.ParametrizationError, match=r"must be a JAX initializer"):
         px.LowRank(rank=1).sample(KEY, (3, 2), init="normal")
-    with pytest.raises(
-        px.ParametrizationError, match=r"returned an array of shape \(2, 3\)"
-    ):
+    with pytest.raises(px.ParametrizationError, match=r"returned an array of shape \(2, 3\)"):
         px.PSSD().sample(KEY, (3, 3), init=lambda k, s, d: jnp.ones((2, 3), d))
 
 
@@ -189,9 +181,7 @@ def test_factorized_psd():
     lam, q = p.sample(KEY, (5, 5), init=normal_init(1.0), factorized=True)
     assert lam.shape == (2,) and q.shape == (5, 2)
     d = _draw(normal_init(1.0), (5, 5))
-    np.testing.assert_allclose(
-        np.asarray(lam), np.linalg.eigvalsh(d @ d.T)[-2:], rtol=1e-4
-    )
+    np.testing.assert_allclose(np.asarray(lam), np.linalg.eigvalsh(d @ d.T)[-2:], rtol=1e-4)
     x = p.sample(KEY, (5, 5), init=normal_init(1.0))
     np.testing.assert_allclose(np.asarray((q * lam) @ q.T), np.asarray(x), atol=1e-4)
 
@@ -209,20 +199,14 @@ def test_pssd_is_w_wt_of_the_draw():
         np.linalg.eigvalsh(d @ d.T)[-2:],
         rtol=1e-4,
     )
-    np.testing.assert_allclose(
-        np.linalg.eigvalsh(np.asarray(x, np.float64))[:2], 0, atol=1e-5
-    )
+    np.testing.assert_allclose(np.linalg.eigvalsh(np.asarray(x, np.float64))[:2], 0, atol=1e-5)
 
 
 def test_wishart_statistics():
     """E[W Wᵀ] = n s² I; the eigenvalue distribution matches numpy's Wishart draws (KS)."""
     m, n, std = 2000, 4, 0.5
-    x = np.asarray(
-        px.PositiveDefinite().sample(KEY, (m, n, n), init=normal_init(std)), np.float64
-    )
-    np.testing.assert_allclose(
-        x.mean(0), n * std**2 * np.eye(n), atol=0.05 * n * std**2
-    )
+    x = np.asarray(px.PositiveDefinite().sample(KEY, (m, n, n), init=normal_init(std)), np.float64)
+    np.testing.assert_allclose(x.mean(0), n * std**2 * np.eye(n), atol=0.05 * n * std**2)
     top = np.linalg.eigvalsh(x)[:, -1]
     rng = np.random.default_rng(1)
     w = rng.normal(0, std, (m, n, n))
@@ -271,9 +255,7 @@ def test_almost_orthogonal_distributions(shape):
 def test_almost_orthogonal_uniform_is_haar():
     """The first entry of a Haar orthogonal 4x4 matrix has density ∝ (1 - t²)^{1/2}: compare
     with numpy's sign-fixed QR of Gaussian matrices (KS)."""
-    x = np.asarray(
-        px.AlmostOrthogonal(lam=0.3).sample(KEY, (1000, 4, 4), distribution="uniform")
-    )
+    x = np.asarray(px.AlmostOrthogonal(lam=0.3).sample(KEY, (1000, 4, 4), distribution="uniform"))
     rng = np.random.default_rng(2)
     q, r = np.linalg.qr(rng.normal(size=(1000, 4, 4)))
     q = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
@@ -282,9 +264,7 @@ def test_almost_orthogonal_uniform_is_haar():
 
 def test_almost_orthogonal_bad_distribution():
     p = px.AlmostOrthogonal(lam=0.5)
-    with pytest.raises(
-        px.ParametrizationError, match=r'one of None, "uniform", "torus"; got'
-    ):
+    with pytest.raises(px.ParametrizationError, match=r'one of None, "uniform", "torus"; got'):
         p.sample(KEY, (3, 3), distribution="haar")
     with pytest.raises(px.ParametrizationError, match=r"apply to distribution=None"):
         p.sample(KEY, (3, 3), distribution="uniform", init=normal_init(1.0))

@@ -22,7 +22,9 @@ def _run(folder: str, extra_env: dict) -> None:
         text=True,
         cwd=HERE.parent,
     )
-    assert proc.returncode == 0, f"tests/{folder} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"tests/{folder} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    )
 
 
 def test_float64_suite():

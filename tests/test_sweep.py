@@ -193,7 +193,10 @@ def _entries():
     for m in ("matrix_exp", "cayley", "householder"):
         for t in (True, False):
             e[f"Orthogonal-{m}-{'triv' if t else 'notriv'}"] = (
-                px.Orthogonal(map=m, use_trivialization=t), ALL_SHAPES, m_orthonormal)
+                px.Orthogonal(map=m, use_trivialization=t),
+                ALL_SHAPES,
+                m_orthonormal,
+            )
     for triv in ("expm", "cayley"):
         e[f"Stiefel-{triv}"] = (px.Stiefel(triv=triv), ALL_SHAPES, m_orthonormal)
         e[f"Grassmannian-{triv}"] = (px.Grassmannian(triv=triv), ALL_SHAPES, m_orthonormal)
@@ -202,10 +205,12 @@ def _entries():
     e["SphereEmbedded"] = (px.SphereEmbedded(), ALL_SHAPES, m_unit_rows)
     e["PositiveDefinite"] = (px.PositiveDefinite(), SQUARE, m_positive_definite)
     e["PSSD"] = (px.PSSD(), SQUARE, m_pssd)
-    e["PSSDLowRank"] = (px.PSSDLowRank(2), SQUARE,
-                        functools.partial(_pssd_rank, r=2, exact=False))
-    e["PSSDFixedRank"] = (px.PSSDFixedRank(2), SQUARE,
-                          functools.partial(_pssd_rank, r=2, exact=True))
+    e["PSSDLowRank"] = (px.PSSDLowRank(2), SQUARE, functools.partial(_pssd_rank, r=2, exact=False))
+    e["PSSDFixedRank"] = (
+        px.PSSDFixedRank(2),
+        SQUARE,
+        functools.partial(_pssd_rank, r=2, exact=True),
+    )
     e["LowRank"] = (px.LowRank(2), ALL_SHAPES, m_low_rank)
     e["FixedRank"] = (px.FixedRank(2), ALL_SHAPES, m_fixed_rank)
     e["Invertible"] = (px.Invertible(), SQUARE, m_invertible)
@@ -224,8 +229,11 @@ def _entries():
     e["symmetric-matrix_exp"] = ([px.symmetric, px.matrix_exp], SQUARE, m_positive_definite)
     # issue 14: Skew on the lower triangle; ProductManifold (Stiefel block | positive block)
     e["skew_lower-cayley"] = ([px.Skew(lower=True), px.cayley], SQUARE, m_special_orthogonal)
-    e["ProductManifold"] = (px.ProductManifold((px.Stiefel(), px.Positive()), sizes=(2, 2)),
-                            SQUARE, m_product_stiefel_positive)
+    e["ProductManifold"] = (
+        px.ProductManifold((px.Stiefel(), px.Positive()), sizes=(2, 2)),
+        SQUARE,
+        m_product_stiefel_positive,
+    )
     return e
 
 
@@ -289,10 +297,15 @@ def m_conv_spectral(y, tol, circular=False):
 
 
 ENTRIES["ConvSpectralNorm"] = (
-    [_ToKernel(), px.ConvSpectralNorm((CONV_LEN,)), _ToMatrix()], ALL_SHAPES, m_conv_spectral)
+    [_ToKernel(), px.ConvSpectralNorm((CONV_LEN,)), _ToMatrix()],
+    ALL_SHAPES,
+    m_conv_spectral,
+)
 ENTRIES["ConvSpectralNorm-exact"] = (
     [_ToKernel(), px.ConvSpectralNorm((CONV_LEN,), padding="CIRCULAR", exact=True), _ToMatrix()],
-    ALL_SHAPES, functools.partial(m_conv_spectral, circular=True))
+    ALL_SHAPES,
+    functools.partial(m_conv_spectral, circular=True),
+)
 STATEFUL |= {"ConvSpectralNorm"}
 
 OPTIMIZERS = {
@@ -302,7 +315,9 @@ OPTIMIZERS = {
     "adamw": lambda: standard_promotion(optax.adamw(1e-2, weight_decay=1e-2)),
     "lion": lambda: optax.lion(1e-3, weight_decay=1e-2),
     "adafactor": lambda: optax.adafactor(1e-2),
-    "clip": lambda: optax.chain(optax.clip_by_global_norm(1.0), standard_promotion(optax.adam(1e-2))),
+    "clip": lambda: optax.chain(
+        optax.clip_by_global_norm(1.0), standard_promotion(optax.adam(1e-2))
+    ),
     # A huge learning rate with a bounded step (Adam's steps are ~lr): the raw values reach
     # |x| ~ 300 but stay finite; every finite raw value must map onto the set.
     "huge_lr": lambda: standard_promotion(optax.adam(10.0)),
@@ -458,8 +473,9 @@ def _fast_cases():
     opts, dtypes = list(OPTIMIZERS), list(DTYPES)
     out = []
     for i, (entry, (_, shapes, _)) in enumerate(ENTRIES.items()):
-        out.append((entry, opts[i % len(opts)], shapes[i % len(shapes)],
-                    dtypes[(i // 2) % len(dtypes)]))
+        out.append(
+            (entry, opts[i % len(opts)], shapes[i % len(shapes)], dtypes[(i // 2) % len(dtypes)])
+        )
     return out
 
 
@@ -502,124 +518,126 @@ CAUSES["conv-lag"] = (
     "(a spectral gap of ~1% between the top singular values of a conv operator); sigma is "
     "underestimated until u, v catch up (raise n_power_iterations, or exact=True)"
 )
-KNOWN_FAILURES.update({
-    "ConvSpectralNorm|adafactor|square|bf16|default": "conv-lag",  # off the set at step 21 (off by
-    "ConvSpectralNorm|adafactor|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.8
-    "ConvSpectralNorm|adafactor|square|f32|default": "conv-lag",  # off the set at step 21 (off by
-    "ConvSpectralNorm|adafactor|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.80
-    "ConvSpectralNorm|adafactor|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
-    "ConvSpectralNorm|adafactor|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 24 (o
-    "ConvSpectralNorm|adafactor|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.5)
-    "ConvSpectralNorm|adafactor|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 15
-    "ConvSpectralNorm|adafactor|tall|f32|rank_deficient": "conv-lag",  # off the set at step 19 (of
-    "ConvSpectralNorm|adafactor|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.478)
-    "ConvSpectralNorm|adafactor|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.365
-    "ConvSpectralNorm|adafactor|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.363)
-    "ConvSpectralNorm|adamw|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.0
-    "ConvSpectralNorm|adamw|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
-    "ConvSpectralNorm|adamw|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.06
-    "ConvSpectralNorm|adamw|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-    "ConvSpectralNorm|adamw|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 19 (off b
-    "ConvSpectralNorm|adamw|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-    "ConvSpectralNorm|adamw|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
-    "ConvSpectralNorm|adamw|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-    "ConvSpectralNorm|adamw|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 6 (of
-    "ConvSpectralNorm|adamw|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-    "ConvSpectralNorm|adamw|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
-    "ConvSpectralNorm|adamw|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-    "ConvSpectralNorm|adam|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.06
-    "ConvSpectralNorm|adam|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
-    "ConvSpectralNorm|adam|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.064
-    "ConvSpectralNorm|adam|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-    "ConvSpectralNorm|adam|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 7 (off
-    "ConvSpectralNorm|adam|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 17 (off by
-    "ConvSpectralNorm|adam|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-    "ConvSpectralNorm|adam|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
-    "ConvSpectralNorm|adam|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-    "ConvSpectralNorm|adam|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 5 (off
-    "ConvSpectralNorm|adam|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-    "ConvSpectralNorm|adam|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
-    "ConvSpectralNorm|adam|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-    "ConvSpectralNorm|clip|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.06
-    "ConvSpectralNorm|clip|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
-    "ConvSpectralNorm|clip|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.062
-    "ConvSpectralNorm|clip|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-    "ConvSpectralNorm|clip|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 17 (off by
-    "ConvSpectralNorm|clip|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.383)
-    "ConvSpectralNorm|clip|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
-    "ConvSpectralNorm|clip|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-    "ConvSpectralNorm|clip|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 5 (off
-    "ConvSpectralNorm|clip|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
-    "ConvSpectralNorm|clip|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
-    "ConvSpectralNorm|clip|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-    "ConvSpectralNorm|huge_lr|square|bf16|default": "conv-lag",  # off the set at step 1 (off by 1.
-    "ConvSpectralNorm|huge_lr|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
-    "ConvSpectralNorm|huge_lr|square|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (of
-    "ConvSpectralNorm|huge_lr|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
-    "ConvSpectralNorm|huge_lr|square|f32|default": "conv-lag",  # off the set at step 1 (off by 1.1
-    "ConvSpectralNorm|huge_lr|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1
-    "ConvSpectralNorm|huge_lr|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-    "ConvSpectralNorm|huge_lr|tall|bf16|default": "conv-lag",  # off the set at step 1 (off by 0.22
-    "ConvSpectralNorm|huge_lr|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (off
-    "ConvSpectralNorm|huge_lr|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.373)
-    "ConvSpectralNorm|huge_lr|tall|f32|default": "conv-lag",  # off the set at step 1 (off by 0.233
-    "ConvSpectralNorm|huge_lr|tall|f32|rank_deficient": "conv-lag",  # off the set at step 1 (off b
-    "ConvSpectralNorm|huge_lr|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-    "ConvSpectralNorm|huge_lr|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (
-    "ConvSpectralNorm|huge_lr|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (off
-    "ConvSpectralNorm|huge_lr|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-    "ConvSpectralNorm|huge_lr|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (o
-    "ConvSpectralNorm|huge_lr|wide|f32|rank_deficient": "conv-lag",  # off the set at step 1 (off b
-    "ConvSpectralNorm|huge_lr|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-    "ConvSpectralNorm|lion|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.02)
-    "ConvSpectralNorm|lion|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-    "ConvSpectralNorm|lion|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-    "ConvSpectralNorm|lion|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-    "ConvSpectralNorm|lion|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.359)
-    "ConvSpectralNorm|lion|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-    "ConvSpectralNorm|momentum|square|bf16|default": "conv-lag",  # off the set at step 2 (off by 0
-    "ConvSpectralNorm|momentum|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step
-    "ConvSpectralNorm|momentum|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.06
-    "ConvSpectralNorm|momentum|square|f32|default": "conv-lag",  # off the set at step 2 (off by 0.
-    "ConvSpectralNorm|momentum|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1
-    "ConvSpectralNorm|momentum|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.05)
-    "ConvSpectralNorm|momentum|tall|bf16|default": "conv-lag",  # off the set at step 17 (off by 0.
-    "ConvSpectralNorm|momentum|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
-    "ConvSpectralNorm|momentum|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 4 (off
-    "ConvSpectralNorm|momentum|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.96)
-    "ConvSpectralNorm|momentum|tall|f32|default": "conv-lag",  # off the set at step 17 (off by 0.0
-    "ConvSpectralNorm|momentum|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (
-    "ConvSpectralNorm|momentum|tall|f32|rank_deficient": "conv-lag",  # off the set at step 4 (off
-    "ConvSpectralNorm|momentum|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.87)
-    "ConvSpectralNorm|momentum|wide|bf16|default": "conv-lag",  # off the set at step 16 (off by 0.
-    "ConvSpectralNorm|momentum|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 2
-    "ConvSpectralNorm|momentum|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 10 (of
-    "ConvSpectralNorm|momentum|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
-    "ConvSpectralNorm|momentum|wide|f32|default": "conv-lag",  # off the set at step 16 (off by 0.0
-    "ConvSpectralNorm|momentum|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 2 (
-    "ConvSpectralNorm|momentum|wide|f32|rank_deficient": "conv-lag",  # off the set at step 10 (off
-    "ConvSpectralNorm|momentum|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-    "ConvSpectralNorm|sgd|square|bf16|default": "conv-lag",  # off the set at step 3 (off by 0.163)
-    "ConvSpectralNorm|sgd|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (of
-    "ConvSpectralNorm|sgd|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.06)
-    "ConvSpectralNorm|sgd|square|f32|default": "conv-lag",  # off the set at step 3 (off by 0.161)
-    "ConvSpectralNorm|sgd|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off
-    "ConvSpectralNorm|sgd|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.05)
-    "ConvSpectralNorm|sgd|tall|bf16|default": "conv-lag",  # off the set at step 12 (off by 0.089)
-    "ConvSpectralNorm|sgd|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off
-    "ConvSpectralNorm|sgd|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 8 (off by 0
-    "ConvSpectralNorm|sgd|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.96)
-    "ConvSpectralNorm|sgd|tall|f32|default": "conv-lag",  # off the set at step 12 (off by 0.0832)
-    "ConvSpectralNorm|sgd|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off b
-    "ConvSpectralNorm|sgd|tall|f32|rank_deficient": "conv-lag",  # off the set at step 7 (off by 0.
-    "ConvSpectralNorm|sgd|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.87)
-    "ConvSpectralNorm|sgd|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 2 (off
-    "ConvSpectralNorm|sgd|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 28 (off by
-    "ConvSpectralNorm|sgd|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
-    "ConvSpectralNorm|sgd|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 2 (off b
-    "ConvSpectralNorm|sgd|wide|f32|rank_deficient": "conv-lag",  # off the set at step 28 (off by 0
-    "ConvSpectralNorm|sgd|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-})
+KNOWN_FAILURES.update(
+    {
+        "ConvSpectralNorm|adafactor|square|bf16|default": "conv-lag",  # off the set at step 21 (off by
+        "ConvSpectralNorm|adafactor|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.8
+        "ConvSpectralNorm|adafactor|square|f32|default": "conv-lag",  # off the set at step 21 (off by
+        "ConvSpectralNorm|adafactor|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.80
+        "ConvSpectralNorm|adafactor|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
+        "ConvSpectralNorm|adafactor|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 24 (o
+        "ConvSpectralNorm|adafactor|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.5)
+        "ConvSpectralNorm|adafactor|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 15
+        "ConvSpectralNorm|adafactor|tall|f32|rank_deficient": "conv-lag",  # off the set at step 19 (of
+        "ConvSpectralNorm|adafactor|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.478)
+        "ConvSpectralNorm|adafactor|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.365
+        "ConvSpectralNorm|adafactor|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.363)
+        "ConvSpectralNorm|adamw|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.0
+        "ConvSpectralNorm|adamw|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
+        "ConvSpectralNorm|adamw|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.06
+        "ConvSpectralNorm|adamw|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+        "ConvSpectralNorm|adamw|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 19 (off b
+        "ConvSpectralNorm|adamw|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+        "ConvSpectralNorm|adamw|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
+        "ConvSpectralNorm|adamw|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+        "ConvSpectralNorm|adamw|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 6 (of
+        "ConvSpectralNorm|adamw|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+        "ConvSpectralNorm|adamw|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
+        "ConvSpectralNorm|adamw|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+        "ConvSpectralNorm|adam|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.06
+        "ConvSpectralNorm|adam|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
+        "ConvSpectralNorm|adam|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.064
+        "ConvSpectralNorm|adam|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+        "ConvSpectralNorm|adam|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 7 (off
+        "ConvSpectralNorm|adam|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 17 (off by
+        "ConvSpectralNorm|adam|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+        "ConvSpectralNorm|adam|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
+        "ConvSpectralNorm|adam|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+        "ConvSpectralNorm|adam|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 5 (off
+        "ConvSpectralNorm|adam|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+        "ConvSpectralNorm|adam|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
+        "ConvSpectralNorm|adam|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+        "ConvSpectralNorm|clip|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.06
+        "ConvSpectralNorm|clip|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
+        "ConvSpectralNorm|clip|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.062
+        "ConvSpectralNorm|clip|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+        "ConvSpectralNorm|clip|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 17 (off by
+        "ConvSpectralNorm|clip|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.383)
+        "ConvSpectralNorm|clip|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
+        "ConvSpectralNorm|clip|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+        "ConvSpectralNorm|clip|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 5 (off
+        "ConvSpectralNorm|clip|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
+        "ConvSpectralNorm|clip|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
+        "ConvSpectralNorm|clip|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+        "ConvSpectralNorm|huge_lr|square|bf16|default": "conv-lag",  # off the set at step 1 (off by 1.
+        "ConvSpectralNorm|huge_lr|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
+        "ConvSpectralNorm|huge_lr|square|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (of
+        "ConvSpectralNorm|huge_lr|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
+        "ConvSpectralNorm|huge_lr|square|f32|default": "conv-lag",  # off the set at step 1 (off by 1.1
+        "ConvSpectralNorm|huge_lr|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1
+        "ConvSpectralNorm|huge_lr|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+        "ConvSpectralNorm|huge_lr|tall|bf16|default": "conv-lag",  # off the set at step 1 (off by 0.22
+        "ConvSpectralNorm|huge_lr|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (off
+        "ConvSpectralNorm|huge_lr|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.373)
+        "ConvSpectralNorm|huge_lr|tall|f32|default": "conv-lag",  # off the set at step 1 (off by 0.233
+        "ConvSpectralNorm|huge_lr|tall|f32|rank_deficient": "conv-lag",  # off the set at step 1 (off b
+        "ConvSpectralNorm|huge_lr|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+        "ConvSpectralNorm|huge_lr|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (
+        "ConvSpectralNorm|huge_lr|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (off
+        "ConvSpectralNorm|huge_lr|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+        "ConvSpectralNorm|huge_lr|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (o
+        "ConvSpectralNorm|huge_lr|wide|f32|rank_deficient": "conv-lag",  # off the set at step 1 (off b
+        "ConvSpectralNorm|huge_lr|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+        "ConvSpectralNorm|lion|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.02)
+        "ConvSpectralNorm|lion|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
+        "ConvSpectralNorm|lion|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+        "ConvSpectralNorm|lion|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
+        "ConvSpectralNorm|lion|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.359)
+        "ConvSpectralNorm|lion|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
+        "ConvSpectralNorm|momentum|square|bf16|default": "conv-lag",  # off the set at step 2 (off by 0
+        "ConvSpectralNorm|momentum|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step
+        "ConvSpectralNorm|momentum|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.06
+        "ConvSpectralNorm|momentum|square|f32|default": "conv-lag",  # off the set at step 2 (off by 0.
+        "ConvSpectralNorm|momentum|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1
+        "ConvSpectralNorm|momentum|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.05)
+        "ConvSpectralNorm|momentum|tall|bf16|default": "conv-lag",  # off the set at step 17 (off by 0.
+        "ConvSpectralNorm|momentum|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
+        "ConvSpectralNorm|momentum|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 4 (off
+        "ConvSpectralNorm|momentum|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.96)
+        "ConvSpectralNorm|momentum|tall|f32|default": "conv-lag",  # off the set at step 17 (off by 0.0
+        "ConvSpectralNorm|momentum|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (
+        "ConvSpectralNorm|momentum|tall|f32|rank_deficient": "conv-lag",  # off the set at step 4 (off
+        "ConvSpectralNorm|momentum|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.87)
+        "ConvSpectralNorm|momentum|wide|bf16|default": "conv-lag",  # off the set at step 16 (off by 0.
+        "ConvSpectralNorm|momentum|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 2
+        "ConvSpectralNorm|momentum|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 10 (of
+        "ConvSpectralNorm|momentum|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
+        "ConvSpectralNorm|momentum|wide|f32|default": "conv-lag",  # off the set at step 16 (off by 0.0
+        "ConvSpectralNorm|momentum|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 2 (
+        "ConvSpectralNorm|momentum|wide|f32|rank_deficient": "conv-lag",  # off the set at step 10 (off
+        "ConvSpectralNorm|momentum|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+        "ConvSpectralNorm|sgd|square|bf16|default": "conv-lag",  # off the set at step 3 (off by 0.163)
+        "ConvSpectralNorm|sgd|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (of
+        "ConvSpectralNorm|sgd|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.06)
+        "ConvSpectralNorm|sgd|square|f32|default": "conv-lag",  # off the set at step 3 (off by 0.161)
+        "ConvSpectralNorm|sgd|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off
+        "ConvSpectralNorm|sgd|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.05)
+        "ConvSpectralNorm|sgd|tall|bf16|default": "conv-lag",  # off the set at step 12 (off by 0.089)
+        "ConvSpectralNorm|sgd|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off
+        "ConvSpectralNorm|sgd|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 8 (off by 0
+        "ConvSpectralNorm|sgd|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.96)
+        "ConvSpectralNorm|sgd|tall|f32|default": "conv-lag",  # off the set at step 12 (off by 0.0832)
+        "ConvSpectralNorm|sgd|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off b
+        "ConvSpectralNorm|sgd|tall|f32|rank_deficient": "conv-lag",  # off the set at step 7 (off by 0.
+        "ConvSpectralNorm|sgd|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.87)
+        "ConvSpectralNorm|sgd|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 2 (off
+        "ConvSpectralNorm|sgd|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 28 (off by
+        "ConvSpectralNorm|sgd|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
+        "ConvSpectralNorm|sgd|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 2 (off b
+        "ConvSpectralNorm|sgd|wide|f32|rank_deficient": "conv-lag",  # off the set at step 28 (off by 0
+        "ConvSpectralNorm|sgd|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
+    }
+)
 assert set(KNOWN_FAILURES.values()) <= set(CAUSES), set(KNOWN_FAILURES.values()) - set(CAUSES)
 
 
@@ -633,11 +651,16 @@ def _check(entry, opt, shape, dtype):
         if failed and not known:
             new.append(f"{cid}: {outcome}")
         if known and not failed:
-            fixed.append(f"{cid} ({KNOWN_FAILURES[cid]}) now gives {outcome!r}: remove it from "
-                         "KNOWN_FAILURES")
+            fixed.append(
+                f"{cid} ({KNOWN_FAILURES[cid]}) now gives {outcome!r}: remove it from "
+                "KNOWN_FAILURES"
+            )
     assert not new and not fixed, "\n".join(
-        ["new failures (off the set, non-finite, or an unclear error):"] + new
-        + ["known failures that no longer fail:"] + fixed)
+        ["new failures (off the set, non-finite, or an unclear error):"]
+        + new
+        + ["known failures that no longer fail:"]
+        + fixed
+    )
 
 
 def _params(cases, marks=()):

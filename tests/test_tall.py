@@ -33,8 +33,9 @@ def rand(seed, shape, scale=1.0, dtype=np.float32):
 
 
 def frame(seed, n, k, dtype=np.float32):
-    return np.linalg.qr(rand(seed, (n, k), dtype=np.complex128 if np.dtype(dtype).kind == "c"
-                                 else np.float64))[0].astype(dtype)
+    return np.linalg.qr(
+        rand(seed, (n, k), dtype=np.complex128 if np.dtype(dtype).kind == "c" else np.float64)
+    )[0].astype(dtype)
 
 
 def orth_err(q):
@@ -67,7 +68,7 @@ def dense_householder(x):
     for j in range(k):
         v = np.zeros(n)
         v[j] = 1.0
-        v[j + 1:] = x[j + 1:, j]
+        v[j + 1 :] = x[j + 1 :, j]
         h = h @ (np.eye(n) - 2.0 * np.outer(v, v) / (v @ v))
     d = np.where(np.diagonal(x) == 0, 1.0, np.sign(np.diagonal(x)))
     return h[:, :k] * d
@@ -76,7 +77,7 @@ def dense_householder(x):
 def whole_base(y):
     """The n x n base a frame stands for: the frame, completed by LAPACK's complete QR."""
     q = np.linalg.qr(np.asarray(y, np.complex128), mode="complete")[0]
-    return np.concatenate([np.asarray(y, np.complex128), q[:, y.shape[1]:]], axis=1)
+    return np.concatenate([np.asarray(y, np.complex128), q[:, y.shape[1] :]], axis=1)
 
 
 def oracle(x, y, m, diagonal=True, horizontal=False):
@@ -154,8 +155,17 @@ def test_large_raw_values_stay_accurate():
 
 
 # --- registration, assignment, update_base ------------------------------------------------------
-@pytest.mark.parametrize("p", [Orthogonal(), Orthogonal("cayley"), Orthogonal("matrix_exp"),
-                               Stiefel(), Grassmannian(triv="cayley")], ids=repr)
+@pytest.mark.parametrize(
+    "p",
+    [
+        Orthogonal(),
+        Orthogonal("cayley"),
+        Orthogonal("matrix_exp"),
+        Stiefel(),
+        Grassmannian(triv="cayley"),
+    ],
+    ids=repr,
+)
 def test_registration_reproduces_the_value_and_keeps_a_frame(p):
     n, k = 40, 5
     w = rand(8, (n, k))
@@ -176,8 +186,9 @@ def test_registration_reproduces_the_value_and_keeps_a_frame(p):
     np.testing.assert_allclose(ptree.constrain({"w": p}, raw2, state2)["w"], target, atol=F32_ATOL)
 
 
-@pytest.mark.parametrize("p", [Stiefel(), Grassmannian(), LowRank(3, triv="cayley"),
-                               PSSDLowRank(3)], ids=repr)
+@pytest.mark.parametrize(
+    "p", [Stiefel(), Grassmannian(), LowRank(3, triv="cayley"), PSSDLowRank(3)], ids=repr
+)
 def test_update_base_keeps_the_value_with_raw_zero(p):
     shape = (30, 30) if isinstance(p, PSSDLowRank) else (40, 6)
     w = rand(10, shape)
@@ -205,8 +216,15 @@ TRAIN_SPECS = {
 }
 
 
-TRAIN_SHAPES = {"a": (48, 6), "b": (6, 48), "c": (2, 40, 5), "d": (5, 40), "e": (48, 6),
-                "f": (2, 6, 40), "g": (40, 5)}
+TRAIN_SHAPES = {
+    "a": (48, 6),
+    "b": (6, 48),
+    "c": (2, 40, 5),
+    "d": (5, 40),
+    "e": (48, 6),
+    "f": (2, 6, 40),
+    "g": (40, 5),
+}
 
 
 @pytest.fixture(scope="module")
@@ -228,8 +246,11 @@ def trained_loss():
 @pytest.mark.parametrize("opt", ["adam", "adamw", "sgd"])
 def test_membership_after_many_optimizer_steps(opt, trained_loss):
     raw, state, value_and_grad = trained_loss
-    tx = {"adam": optax.adam(0.05), "adamw": optax.adamw(0.05, weight_decay=0.1),
-          "sgd": optax.sgd(0.05)}[opt]
+    tx = {
+        "adam": optax.adam(0.05),
+        "adamw": optax.adamw(0.05, weight_decay=0.1),
+        "sgd": optax.sgd(0.05),
+    }[opt]
     tx = standard_promotion(tx)  # optax's own step is not strict-clean (see _helpers)
     opt_state = tx.init(raw)
 
@@ -296,8 +317,15 @@ def test_gradient_at_the_registered_point_is_finite():
 
 
 # --- the memory bound, from the compiled step -----------------------------------------------
-MEMORY_SPECS = [Orthogonal(), Orthogonal("cayley"), Orthogonal("matrix_exp"), Stiefel(),
-                Stiefel(triv="cayley"), Grassmannian(), LowRank(4)]
+MEMORY_SPECS = [
+    Orthogonal(),
+    Orthogonal("cayley"),
+    Orthogonal("matrix_exp"),
+    Stiefel(),
+    Stiefel(triv="cayley"),
+    Grassmannian(),
+    LowRank(4),
+]
 
 
 def test_compiled_step_holds_no_n_by_n_buffer():

@@ -128,9 +128,7 @@ def _torch_mlp(seed=0):
     PZ.orthogonal(m.fc2)
     PZ.weight_norm(m.fc3)
     PZ.orthogonal(m.fc4)
-    with (
-        torch.no_grad()
-    ):  # start the Cayley chain from an orthogonal matrix it can represent
+    with torch.no_grad():  # start the Cayley chain from an orthogonal matrix it can represent
         m.blocks[0].weight.copy_(torch.linalg.qr(torch.randn(4, 4))[0])
     P.register_parametrization(m.blocks[0], "weight", TSkew())
     P.register_parametrization(m.blocks[0], "weight", TCayley())
@@ -146,8 +144,7 @@ def test_mlp_end_to_end_with_template():
     tm = _train(_torch_mlp(), x)
     sd = tm.state_dict()
     assert (
-        "fc3.parametrizations.weight.original0" in sd
-        and "fc1.parametrizations.weight.0._u" in sd
+        "fc3.parametrizations.weight.original0" in sd and "fc1.parametrizations.weight.0._u" in sd
     )
 
     model = px.Parametrized(FlaxMLP, MLP_SPEC)()
@@ -167,21 +164,15 @@ def test_mlp_end_to_end_with_template():
         )
     # spectral norm's state moved, not recomputed: u, v are torch's
     st = variables["parametrization_state"]["parametrizations"]["fc1"]["kernel"]["0"]
-    np.testing.assert_array_equal(
-        np.asarray(st["u"]), sd["fc1.parametrizations.weight.0._u"]
-    )
-    np.testing.assert_array_equal(
-        np.asarray(st["v"]), sd["fc1.parametrizations.weight.0._v"]
-    )
+    np.testing.assert_array_equal(np.asarray(st["u"]), sd["fc1.parametrizations.weight.0._u"])
+    np.testing.assert_array_equal(np.asarray(st["v"]), sd["fc1.parametrizations.weight.0._v"])
 
 
 @pytest.mark.filterwarnings("ignore::parametrax.linen.FrozenStateWarning")
 def test_training_continues_identically_for_the_exact_translations():
     """One more SGD step on both sides from the loaded raw values gives the same outputs: the raw
     values (not only the values) correspond for spectral norm, weight norm and orthogonal."""
-    spec = {
-        k: v for k, v in MLP_SPEC.items() if k[:3] == "fc1" or k[:3] in ("fc3", "fc4")
-    }
+    spec = {k: v for k, v in MLP_SPEC.items() if k[:3] == "fc1" or k[:3] in ("fc3", "fc4")}
 
     class Small(tnn.Module):
         def __init__(self):
@@ -243,9 +234,7 @@ def test_orthogonal_every_case(shape, omap, triv):
     _train(lin, x, steps=2, lr=0.1)
     spec = {"kernel": px.Orthogonal(map=omap, use_trivialization=triv)}
     model = px.Parametrized(nn.Dense(shape[0]), spec)
-    v = pt.load_state_dict(
-        lin.state_dict(), spec, modules={"": ""}, key=jax.random.key(0)
-    )
+    v = pt.load_state_dict(lin.state_dict(), spec, modules={"": ""}, key=jax.random.key(0))
     np.testing.assert_allclose(
         np.asarray(model.apply(v, jnp.asarray(x_np))),
         _torch_out(lin, x),
@@ -286,16 +275,12 @@ def test_conv_spectral_and_weight_norm():
     model = px.Parametrized(FlaxConv, spec)()
     xf = jnp.asarray(x_np.transpose(0, 2, 3, 1))
     template = model.init(jax.random.key(0), xf)
-    v = pt.load_state_dict(
-        tm.state_dict(), spec, modules=pt.linen_names, template=template
-    )
+    v = pt.load_state_dict(tm.state_dict(), spec, modules=pt.linen_names, template=template)
     out = np.asarray(model.apply(v, xf)).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(out, _torch_out(tm, x), atol=ATOL, rtol=0)
     # torch's v is over (in, kh, kw); parametrax's over (kh, kw, in): a permutation, not a copy
     tv = tm.state_dict()["c1.parametrizations.weight.0._v"].numpy()
-    pv = np.asarray(
-        v["parametrization_state"]["parametrizations"]["c1"]["kernel"]["0"]["v"]
-    )
+    pv = np.asarray(v["parametrization_state"]["parametrizations"]["c1"]["kernel"]["0"]["v"])
     assert not np.allclose(tv, pv)
     np.testing.assert_allclose(np.sort(tv), np.sort(pv))
 
@@ -320,9 +305,7 @@ def test_legacy_weight_norm_keys(dim):
     v = pt.load_state_dict(sd, spec, modules={"": ""})
     x_np = np.random.default_rng(4).normal(size=(4, 5)).astype(np.float32)
     out = px.Parametrized(nn.Dense(3), spec).apply(v, jnp.asarray(x_np))
-    np.testing.assert_allclose(
-        np.asarray(out), _torch_out(ref, torch.from_numpy(x_np)), atol=ATOL
-    )
+    np.testing.assert_allclose(np.asarray(out), _torch_out(ref, torch.from_numpy(x_np)), atol=ATOL)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,9 +384,7 @@ def test_nnx_front():
     x_np = np.random.default_rng(6).normal(size=(3, 5)).astype(np.float32)
     _train(tm, torch.from_numpy(x_np), steps=2)
     fm = F(nnx.Rngs(0))
-    px.nnx.register_parametrization(
-        fm.fc1, "kernel", px.SpectralNorm(), key=jax.random.key(0)
-    )
+    px.nnx.register_parametrization(fm.fc1, "kernel", px.SpectralNorm(), key=jax.random.key(0))
     px.nnx.register_parametrization(fm.fc2, "kernel", px.WeightNorm())
     spec = {"fc1/kernel": px.SpectralNorm(), "fc2/kernel": px.WeightNorm()}
     v = pt.load_state_dict(tm.state_dict(), spec, modules={"fc1": "fc1", "fc2": "fc2"})
@@ -427,20 +408,14 @@ def _sn_dict():
 
 def test_unmapped_module_is_named():
     sd = {f"fc.{k}": v for k, v in _sn_dict().items()}
-    with pytest.raises(
-        pt.TorchLoadError, match=r"does not map the torch module\(s\) \['fc'\]"
-    ):
-        pt.load_state_dict(
-            sd, {"Dense_0/kernel": px.SpectralNorm()}, modules={"other": "x"}
-        )
+    with pytest.raises(pt.TorchLoadError, match=r"does not map the torch module\(s\) \['fc'\]"):
+        pt.load_state_dict(sd, {"Dense_0/kernel": px.SpectralNorm()}, modules={"other": "x"})
 
 
 def test_missing_buffer_is_named():
     sd = dict(_sn_dict())
     del sd["parametrizations.weight.0._v"]
-    with pytest.raises(
-        pt.TorchLoadError, match=r"`parametrizations\.weight\.0\._v` is missing"
-    ):
+    with pytest.raises(pt.TorchLoadError, match=r"`parametrizations\.weight\.0\._v` is missing"):
         pt.load_state_dict(sd, {"kernel": px.SpectralNorm()}, modules={"": ""})
 
 
@@ -461,16 +436,12 @@ def test_wrong_axis_is_explained():
     lin = tnn.Linear(5, 4)
     PZ.weight_norm(lin)
     with pytest.raises(pt.TorchLoadError, match=r"Use WeightNorm\(axis=1\)"):
-        pt.load_state_dict(
-            lin.state_dict(), {"kernel": px.WeightNorm(axis=0)}, modules={"": ""}
-        )
+        pt.load_state_dict(lin.state_dict(), {"kernel": px.WeightNorm(axis=0)}, modules={"": ""})
 
 
 def test_spec_and_state_dict_disagree():
     sd = _sn_dict()
-    with pytest.raises(
-        pt.TorchLoadError, match=r"spec key `bias2` matches no variable"
-    ):
+    with pytest.raises(pt.TorchLoadError, match=r"spec key `bias2` matches no variable"):
         pt.load_state_dict(
             sd, {"kernel": px.SpectralNorm(), "bias2": px.Positive()}, modules={"": ""}
         )
@@ -488,9 +459,7 @@ def test_template_mismatches():
     model = px.Parametrized(nn.Dense(4), spec)
     good = model.init(jax.random.key(0), jnp.ones((1, 5)))
     wrong = model.init(jax.random.key(0), jnp.ones((1, 6)))
-    with pytest.raises(
-        px.ShapeError, match=r"`parametrizations\.weight\.original` -> "
-    ):
+    with pytest.raises(px.ShapeError, match=r"`parametrizations\.weight\.original` -> "):
         pt.load_state_dict(sd, spec, modules={"": ""}, template=wrong)
     smaller = {k: v for k, v in sd.items() if k != "bias"}
     with pytest.raises(pt.TorchLoadError, match=r"(?s)does not provide.*params/bias"):
@@ -505,9 +474,7 @@ def test_bad_layout_and_unparseable_key():
         pt.load_state_dict(
             sd, {"kernel": px.SpectralNorm()}, modules={"": ""}, layouts={"": "dense"}
         )
-    nested = {
-        "parametrizations.weight.parametrizations.original.original": np.ones((2, 2))
-    }
+    nested = {"parametrizations.weight.parametrizations.original.original": np.ones((2, 2))}
     with pytest.raises(pt.TorchLoadError, match=r"nested parametrizations"):
         pt.load_state_dict(nested, {"kernel": px.Skew()}, modules={"": ""})
 
@@ -528,12 +495,7 @@ def test_module_never_imports_torch():
 
 
 def test_docs_migration_example_runs():
-    page = (
-        pathlib.Path(__file__).resolve().parent.parent
-        / "docs"
-        / "migration"
-        / "torch.md"
-    )
+    page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "migration" / "torch.md"
     text = page.read_text(encoding="utf-8")
     section = text[text.index("## Loading a torch checkpoint") :]
     blocks = re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)

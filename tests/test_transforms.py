@@ -160,7 +160,9 @@ def test_nn_scan_over_parametrized_layers_equals_a_loop():
 def test_nn_scan_with_broadcast_params_shares_one_layer():
     # variable_broadcast: one parametrized layer applied at every step (an RNN-style loop).
     steps = 4
-    stack = nn.scan(Block, variable_broadcast="params", split_rngs={"params": False}, length=steps)()
+    stack = nn.scan(
+        Block, variable_broadcast="params", split_rngs={"params": False}, length=steps
+    )()
     v = stack.init(KEY, X, None)
     (name,) = v["params"]
     layer_v = {"params": v["params"][name]}
@@ -180,7 +182,11 @@ def test_nn_vmap_equals_a_loop_and_keeps_state_per_member():
     )(N)
     xs = jax.random.normal(jax.random.key(2), (4, 3, N))
     v = jax.jit(vm.init)(KEY, xs)
-    assert v[px.linen.STATE_COLLECTION]["parametrizations"]["kernel"]["0"]["mask"].shape == (4, N, N)
+    assert v[px.linen.STATE_COLLECTION]["parametrizations"]["kernel"]["0"]["mask"].shape == (
+        4,
+        N,
+        N,
+    )
     out = jax.jit(vm.apply)(v, xs)
     apply = jax.jit(PrunedDense(N).apply)
     for i in range(4):
@@ -195,7 +201,9 @@ def _train_setup():
     opt = standard_promotion(optax.adam(0.05))
 
     def step(params, opt_state):
-        loss, g = jax.value_and_grad(lambda p: jnp.mean((layer.apply({"params": p}, X) - y) ** 2))(params)
+        loss, g = jax.value_and_grad(lambda p: jnp.mean((layer.apply({"params": p}, X) - y) ** 2))(
+            params
+        )
         updates, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 

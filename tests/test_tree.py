@@ -86,7 +86,9 @@ def test_chain_order_forward_in_list_order_inverse_in_reverse():
     spec = {"w": [AddOne(), Double()]}  # forward: 2 * (x + 1)
     raw, st = ptree.register(spec, {"w": x})
     np.testing.assert_allclose(raw["parametrizations"]["w"]["original"], x / 2 - 1)
-    np.testing.assert_allclose(ptree.constrain(spec, {"parametrizations": {"w": {"original": x}}})["w"], 8.0)
+    np.testing.assert_allclose(
+        ptree.constrain(spec, {"parametrizations": {"w": {"original": x}}})["w"], 8.0
+    )
 
 
 def test_multi_array_originals():
@@ -107,7 +109,10 @@ def test_multi_array_originals():
 def test_learnable_link_params_live_beside_original_and_train():
     spec = {"w": [px.skew, Learnable()]}
     raw, state = ptree.register(spec, {"w": px.skew(key_normal(0, (3, 3)))}, key=KEY)
-    assert jax.tree.map(jnp.shape, raw["parametrizations"]["w"]) == {"original": (3, 3), "1": {"s": ()}}
+    assert jax.tree.map(jnp.shape, raw["parametrizations"]["w"]) == {
+        "original": (3, 3),
+        "1": {"s": ()},
+    }
     target = 3.0 * px.skew(key_normal(0, (3, 3)))
     loss = lambda r: jnp.sum((ptree.constrain(spec, r, state)["w"] - target) ** 2)
     opt = standard_promotion(optax.adam(0.05))
@@ -171,7 +176,10 @@ def test_optax_training_keeps_constraint_every_step():
 
 # --- errors (each pinned) ----------------------------------------------------------------------
 def test_error_key_matches_nothing_lists_paths():
-    with pytest.raises(px.SpecError, match=r"spec key `Dense_9/kernel` matches no variable .*`Dense_0/bias`, `Dense_0/kernel`"):
+    with pytest.raises(
+        px.SpecError,
+        match=r"spec key `Dense_9/kernel` matches no variable .*`Dense_0/bias`, `Dense_0/kernel`",
+    ):
         ptree.register({"Dense_9/kernel": px.skew}, mlp_params())
 
 
@@ -181,22 +189,34 @@ def test_error_glob_matches_nothing():
 
 
 def test_error_key_names_subtree():
-    with pytest.raises(px.SpecError, match=r"spec key `Dense_0` names a subtree, not a variable; name a leaf such as `Dense_0/bias`"):
+    with pytest.raises(
+        px.SpecError,
+        match=r"spec key `Dense_0` names a subtree, not a variable; name a leaf such as `Dense_0/bias`",
+    ):
         ptree.register({"Dense_0": px.skew}, mlp_params())
 
 
 def test_error_two_keys_claim_same_leaf():
-    with pytest.raises(px.SpecError, match=r"spec keys `Dense_0/kernel` and `\*/kernel` both claim the variable `Dense_0/kernel`"):
+    with pytest.raises(
+        px.SpecError,
+        match=r"spec keys `Dense_0/kernel` and `\*/kernel` both claim the variable `Dense_0/kernel`",
+    ):
         ptree.register({"Dense_0/kernel": px.skew, "*/kernel": px.symmetric}, mlp_params())
 
 
 def test_error_non_array_leaf():
-    with pytest.raises(px.ParametrizationTypeError, match=r"parametrizing `w` with \[Skew\]: expected an array at `w`, got str"):
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"parametrizing `w` with \[Skew\]: expected an array at `w`, got str",
+    ):
         ptree.register({"w": px.skew}, {"w": "hello"})
 
 
 def test_error_non_callable_in_spec():
-    with pytest.raises(px.ParametrizationTypeError, match=r"spec key `w`: expected a Parametrization or a callable, got int 3"):
+    with pytest.raises(
+        px.ParametrizationTypeError,
+        match=r"spec key `w`: expected a Parametrization or a callable, got int 3",
+    ):
         ptree.register({"w": 3}, {"w": jnp.eye(2)})
 
 
@@ -213,7 +233,9 @@ def test_error_unhashable_config():
         def forward(self, x):
             return x
 
-    with pytest.raises(px.ParametrizationTypeError, match=r"`WithList` is not hashable .*frozen dataclasses"):
+    with pytest.raises(
+        px.ParametrizationTypeError, match=r"`WithList` is not hashable .*frozen dataclasses"
+    ):
         ptree.register({"w": WithList([1, 2])}, {"w": jnp.eye(2)})
 
 
@@ -226,7 +248,10 @@ def test_error_empty_chain_and_empty_spec():
 
 def test_error_shape_changing_forward_without_unsafe():
     flatten = lambda x: x.reshape(-1)
-    with pytest.raises(px.ShapeError, match=r"parametrizing `w` with \[test_error_shape_changing_forward_without_unsafe.<locals>.<lambda>\]: registering a parametrization may not change the shape or dtype .* shape \(2, 2\) and dtype float32, the parametrized value has shape \(4,\)"):
+    with pytest.raises(
+        px.ShapeError,
+        match=r"parametrizing `w` with \[test_error_shape_changing_forward_without_unsafe.<locals>.<lambda>\]: registering a parametrization may not change the shape or dtype .* shape \(2, 2\) and dtype float32, the parametrized value has shape \(4,\)",
+    ):
         ptree.register({"w": flatten}, {"w": jnp.eye(2)})
     raw, _ = ptree.register({"w": flatten}, {"w": jnp.eye(2)}, unsafe=True)
     assert ptree.constrain({"w": flatten}, raw)["w"].shape == (4,)
@@ -234,7 +259,10 @@ def test_error_shape_changing_forward_without_unsafe():
 
 def test_error_dtype_changing_forward_without_unsafe():
     to16 = lambda x: x.astype(jnp.bfloat16)
-    with pytest.raises(px.ShapeError, match=r"dtype float32, the parametrized value has shape \(2, 2\) and dtype bfloat16"):
+    with pytest.raises(
+        px.ShapeError,
+        match=r"dtype float32, the parametrized value has shape \(2, 2\) and dtype bfloat16",
+    ):
         ptree.register({"w": to16}, {"w": jnp.eye(2)})
 
 
@@ -247,7 +275,10 @@ def test_error_right_inverse_changes_dtype():
         def right_inverse(self, y):
             return y.astype(jnp.float16)
 
-    with pytest.raises(px.ShapeError, match="may not change the dtype: the initial value has dtype float32, right_inverse returned float16"):
+    with pytest.raises(
+        px.ShapeError,
+        match="may not change the dtype: the initial value has dtype float32, right_inverse returned float16",
+    ):
         ptree.register({"w": BadInv()}, {"w": jnp.eye(2)}, unsafe=True)
 
 
@@ -268,30 +299,43 @@ def test_error_right_inverse_returns_garbage():
         def right_inverse(self, y):
             return (y, None)
 
-    with pytest.raises(px.RightInverseError, match=r"`ReturnsNone`.right_inverse must return an array or a sequence of arrays \(list, tuple\); got NoneType"):
+    with pytest.raises(
+        px.RightInverseError,
+        match=r"`ReturnsNone`.right_inverse must return an array or a sequence of arrays \(list, tuple\); got NoneType",
+    ):
         ptree.register({"w": ReturnsNone()}, {"w": jnp.eye(2)})
     with pytest.raises(px.RightInverseError, match="element 1 of the sequence is a NoneType"):
         ptree.register({"w": ReturnsBadSeq()}, {"w": jnp.eye(2)})
 
 
 def test_error_only_first_link_may_return_several_arrays():
-    with pytest.raises(px.RightInverseError, match="only the first parametrization of a chain may return several"):
+    with pytest.raises(
+        px.RightInverseError, match="only the first parametrization of a chain may return several"
+    ):
         ptree.register({"w": [px.skew, RankOne()]}, {"w": jnp.eye(2)})
 
 
 def test_error_assign_without_right_inverse():
     spec = {"w": [px.skew, px.matrix_exp]}
     raw, st = ptree.register(spec, {"w": jnp.eye(3)})
-    with pytest.raises(px.RightInverseError, match=r"cannot assign through the chain \[Skew, MatrixExp\]: `MatrixExp` does not implement right_inverse"):
+    with pytest.raises(
+        px.RightInverseError,
+        match=r"cannot assign through the chain \[Skew, MatrixExp\]: `MatrixExp` does not implement right_inverse",
+    ):
         ptree.assign(spec, raw, st, {"w": jnp.eye(3)})
 
 
 def test_error_assign_wrong_shape_and_dtype():
     spec = {"w": px.skew}
     raw, st = ptree.register(spec, {"w": jnp.eye(3)})
-    with pytest.raises(px.ShapeError, match=r"the value assigned has shape \(4, 4\) and dtype float32; expected shape \(3, 3\) and dtype float32"):
+    with pytest.raises(
+        px.ShapeError,
+        match=r"the value assigned has shape \(4, 4\) and dtype float32; expected shape \(3, 3\) and dtype float32",
+    ):
         ptree.assign(spec, raw, st, {"w": jnp.eye(4)})
-    with pytest.raises(px.ShapeError, match=r"dtype int32; expected shape \(3, 3\) and dtype float32"):
+    with pytest.raises(
+        px.ShapeError, match=r"dtype int32; expected shape \(3, 3\) and dtype float32"
+    ):
         ptree.assign(spec, raw, st, {"w": jnp.eye(3, dtype=jnp.int32)})
 
 
@@ -308,16 +352,24 @@ def test_error_assign_nan():
 def test_error_assign_or_remove_unparametrized():
     spec = {"Dense_0/kernel": px.skew}
     raw, st = ptree.register(spec, mlp_params())
-    with pytest.raises(px.NotParametrizedError, match=r"cannot assign to `Dense_1/kernel`: it is not parametrized; the parametrized variables are `Dense_0/kernel`"):
+    with pytest.raises(
+        px.NotParametrizedError,
+        match=r"cannot assign to `Dense_1/kernel`: it is not parametrized; the parametrized variables are `Dense_0/kernel`",
+    ):
         ptree.assign(spec, raw, st, {"Dense_1/kernel": jnp.eye(3)})
-    with pytest.raises(px.NotParametrizedError, match=r"cannot remove the parametrization of `scale`"):
+    with pytest.raises(
+        px.NotParametrizedError, match=r"cannot remove the parametrization of `scale`"
+    ):
         ptree.remove_parametrizations(spec, raw, st, names="scale")
 
 
 def test_error_leave_parametrized_false_with_several_originals():
     z = jnp.outer(jnp.arange(3.0), jnp.ones(2))
     raw, st = ptree.register({"w": RankOne()}, {"w": z})
-    with pytest.raises(px.ParametrizationError, match=r"cannot leave unparametrized \(`leave_parametrized=False`\) a variable parametrized in terms of 2 arrays"):
+    with pytest.raises(
+        px.ParametrizationError,
+        match=r"cannot leave unparametrized \(`leave_parametrized=False`\) a variable parametrized in terms of 2 arrays",
+    ):
         ptree.remove_parametrizations({"w": RankOne()}, raw, st, leave_parametrized=False)
     tree, _ = ptree.remove_parametrizations({"w": RankOne()}, raw, st, leave_parametrized=True)
     np.testing.assert_allclose(tree["w"], z, atol=1e-5)
@@ -347,5 +399,7 @@ def test_error_messages_name_the_path_and_chain():
     with pytest.raises(px.ShapeError) as info:
         ptree.register({"scale": [px.skew, px.cayley]}, mlp_params())
     msg = str(info.value)
-    assert re.search(r"parametrizing `scale` with \[Skew, Cayley\]: `Cayley` acts on matrices", msg), msg
+    assert re.search(
+        r"parametrizing `scale` with \[Skew, Cayley\]: `Cayley` acts on matrices", msg
+    ), msg
     assert "got an array of shape () with 0 dimension(s)" in msg

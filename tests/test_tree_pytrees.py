@@ -32,8 +32,10 @@ class Pair(NamedTuple):
 
 
 def model():
-    return Pair(Layer(jnp.asarray(rand(0, (4, 4))), jnp.zeros(4)),
-                Layer(jnp.asarray(rand(1, (4, 4))), jnp.ones(4)))
+    return Pair(
+        Layer(jnp.asarray(rand(0, (4, 4))), jnp.zeros(4)),
+        Layer(jnp.asarray(rand(1, (4, 4))), jnp.ones(4)),
+    )
 
 
 def test_paths_are_key_paths_joined_by_slash():
@@ -121,7 +123,10 @@ def test_errors_on_pytrees():
         ptree.register({"first/w": px.skew}, raw)
     with pytest.raises(px.NotParametrizedError, match="not a raw tree made by `register`"):
         ptree.constrain({"first/w": px.skew}, model())
-    with pytest.raises(px.SpecError, match=r"names a subtree, not a variable; name a leaf such as `first/b`, `first/w`"):
+    with pytest.raises(
+        px.SpecError,
+        match=r"names a subtree, not a variable; name a leaf such as `first/b`, `first/w`",
+    ):
         ptree.register({"first": px.skew}, model())
     with pytest.raises(px.SpecError, match="have the same path `0/a/b`"):
         ptree.register({"**": px.skew}, [{"a/b": jnp.eye(2), "a": {"b": jnp.eye(2)}}])

@@ -169,8 +169,11 @@ class Parametrization(metaclass=_ParametrizationMeta):
         added = tuple(
             n for n in cls.__dict__ if n not in before and not n.startswith("__dataclass_")
         )
-        saved = {n: before[n] for n in annotations if n in before and cls.__dict__.get(n, _AUTO)
-                 is not before[n]}
+        saved = {
+            n: before[n]
+            for n in annotations
+            if n in before and cls.__dict__.get(n, _AUTO) is not before[n]
+        }
         type.__setattr__(cls, _AUTO, (added, saved))
 
     # --- the simple protocol -------------------------------------------------------------------
@@ -416,12 +419,9 @@ def chain_register(
         out, _ = _forward_ops(chain, originals, params, state, update_state=False)
         if not _is_array(out):
             raise ShapeError(
-                f"a parametrization must return an array; the chain returned "
-                f"{type(out).__name__}."
+                f"a parametrization must return an array; the chain returned {type(out).__name__}."
             )
-        if tuple(out.shape) != tuple(value.shape) or jnp.dtype(out.dtype) != jnp.dtype(
-            value.dtype
-        ):
+        if tuple(out.shape) != tuple(value.shape) or jnp.dtype(out.dtype) != jnp.dtype(value.dtype):
             raise ShapeError(
                 "registering a parametrization may not change the shape or dtype of the "
                 f"variable unless `unsafe=True`: the variable has {_spec_of(value)}, the "
@@ -858,8 +858,12 @@ def chain_append(
         link_params, link_state = _make_variables(link, keys[j], y)
         variables = {"params": link_params, "state": link_state}
         _finite.check_link(
-            chain, j, params=variables["params"], state=variables["state"],
-            producer="init_variables", offset=offset,
+            chain,
+            j,
+            params=variables["params"],
+            state=variables["state"],
+            producer="init_variables",
+            offset=offset,
         )
         params.append(variables["params"])
         state.append(variables["state"])
@@ -876,9 +880,7 @@ def chain_append(
         if not unsafe:
             _check_appended(link, y, x, "returned")
             if link.has_right_inverse:
-                z = _register_inverse(
-                    link, variables["params"], variables["state"], x, keys[n + j]
-                )
+                z = _register_inverse(link, variables["params"], variables["state"], x, keys[n + j])
                 z = None if z is _NO_INVERSE else z[0]
                 if z is not None:
                     (z,), _ = _as_raw_tuple(z, link, first=False)

@@ -133,6 +133,6 @@ def produced_error(chain: Sequence[Any], problems: list[str]) -> RightInverseErr
     return RightInverseError(
         f"the value is finite, but the chain {chain_str} turned it into non-finite values: "
         f"{'; '.join(problems)}. The chain cannot represent this value (e.g. Cayley cannot "
-        "represent an eigenvalue -1: use `Orthogonal(map=\"cayley\")`, which moves its base "
+        'represent an eigenvalue -1: use `Orthogonal(map="cayley")`, which moves its base '
         "point). Nothing was changed."
     )

@@ -98,7 +98,9 @@ class Parametrized(eqx.Module):
     spec: Spec = eqx.field(static=True)
     state_index: eqx.nn.StateIndex | None
 
-    def __init__(self, module: Any, spec: Any, *, key: jax.Array | None = None, unsafe: bool = False):
+    def __init__(
+        self, module: Any, spec: Any, *, key: jax.Array | None = None, unsafe: bool = False
+    ):
         if isinstance(module, Parametrized):
             raise ParametrizationTypeError(
                 "`module` is already a px.equinox.Parametrized; parametrize the wrapped module "
@@ -168,7 +170,11 @@ def constrain(model: Parametrized, state: Any = None) -> Any:
 
 
 def assign(
-    model: Parametrized, values: Mapping[str, Any], state: Any = None, *, key: jax.Array | None = None
+    model: Parametrized,
+    values: Mapping[str, Any],
+    state: Any = None,
+    *,
+    key: jax.Array | None = None,
 ):
     """Torch's ``m.weight = X``: returns the new model (and the new state, when stateful) whose
     constrained value at each path is ``forward(right_inverse(X))``."""

@@ -303,16 +303,19 @@ def project(spec: Any, *, key: Array | None = None):
                 "updated ones: call `tx.update(updates, state, params)` (with `optax.chain`, "
                 "pass `params` to the chain's update)."
             )
-        new = jax.tree.map(lambda p, u: jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
-                           params, updates)
+        new = jax.tree.map(
+            lambda p, u: jnp.asarray(p + u).astype(jnp.asarray(p).dtype), params, updates
+        )
         projected = project_params(spec, new, key=key)
         # A leaf the spec does not name comes back as the very object given (see
         # project_params): its update is passed through untouched, bit for bit.
         out = jax.tree.map(
             lambda u, p, n, q: u if q is n else (q - p).astype(jnp.asarray(u).dtype),
-            updates, params, new, projected,
+            updates,
+            params,
+            new,
+            projected,
         )
         return out, state
 
     return optax.GradientTransformation(init_fn, update_fn)
-

@@ -55,7 +55,9 @@ def orth_err(k):
 
 
 def assert_close(a, b, atol=TOL):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol), a, b)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol), a, b
+    )
 
 
 def data():
@@ -66,7 +68,9 @@ def data():
 
 def make_step(model, opt):
     def step(params, opt_state, x, y):
-        loss, g = jax.value_and_grad(lambda p: jnp.mean((model.apply({"params": p}, x) - y) ** 2))(params)
+        loss, g = jax.value_and_grad(lambda p: jnp.mean((model.apply({"params": p}, x) - y) ** 2))(
+            params
+        )
         updates, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -92,14 +96,23 @@ def test_this_process_runs_strict_like_the_main_suite():
 
 # --- annotations ---------------------------------------------------------------------------------
 def test_partition_specs_are_kept_on_originals_state_and_after_removal():
-    dense = nn.Dense(N, kernel_init=partitioned((None, "model")), bias_init=nn.with_partitioning(nn.initializers.zeros, ("model",)))
+    dense = nn.Dense(
+        N,
+        kernel_init=partitioned((None, "model")),
+        bias_init=nn.with_partitioning(nn.initializers.zeros, ("model",)),
+    )
     model = px.Parametrized(dense, {"kernel": [px.skew, px.cayley, px.RandomPruning(0.5)]})
     x = jnp.ones((2, N))
     v = model.init(KEY, x)
     want = {
-        "params": {"bias": P("model"), "parametrizations": {"kernel": {"original": P(None, "model")}}},
+        "params": {
+            "bias": P("model"),
+            "parametrizations": {"kernel": {"original": P(None, "model")}},
+        },
         # the pruning mask has the kernel's shape, so it is sharded like the kernel
-        px.linen.STATE_COLLECTION: {"parametrizations": {"kernel": {"2": {"mask": P(None, "model")}}}},
+        px.linen.STATE_COLLECTION: {
+            "parametrizations": {"kernel": {"2": {"mask": P(None, "model")}}}
+        },
     }
     assert nn.get_partition_spec(v) == want
     assert nn.get_partition_spec(jax.eval_shape(model.init, KEY, x)) == want
@@ -107,7 +120,9 @@ def test_partition_specs_are_kept_on_originals_state_and_after_removal():
     assert nn.get_partition_spec(mutated) == want
     assert nn.get_partition_spec(px.linen.assign(model, v, {"kernel": jnp.eye(N)})) == want
     _, plain = px.linen.remove_parametrizations(model, v)
-    assert nn.get_partition_spec(plain) == {"params": {"bias": P("model"), "kernel": P(None, "model")}}
+    assert nn.get_partition_spec(plain) == {
+        "params": {"bias": P("model"), "kernel": P(None, "model")}
+    }
     # the baked variables shard exactly like the plain module's own
     assert nn.get_partition_spec(plain) == nn.get_partition_spec(dense.init(KEY, x))
 
@@ -134,12 +149,18 @@ def test_explicit_mode_column_sharded_kernel_trains_like_one_device(chain):
     model = px.Parametrized(dense, {"kernel": chain})
     x, y = data()
     specs = nn.get_partition_spec(jax.eval_shape(model.init, KEY, x))
-    v = nn.unbox(jax.jit(model.init, out_shardings=jax.tree.map(lambda s: NamedSharding(mesh, s), specs))(KEY, x))
+    v = nn.unbox(
+        jax.jit(model.init, out_shardings=jax.tree.map(lambda s: NamedSharding(mesh, s), specs))(
+            KEY, x
+        )
+    )
     state = {k: a for k, a in v.items() if k != "params"}
     opt = standard_promotion(optax.adam(0.05))
 
     def step(p, o, x, y):
-        loss, g = jax.value_and_grad(lambda p: jnp.mean((model.apply({"params": p, **state}, x) - y) ** 2))(p)
+        loss, g = jax.value_and_grad(
+            lambda p: jnp.mean((model.apply({"params": p, **state}, x) - y) ** 2)
+        )(p)
         u, o = opt.update(g, o, p)
         return optax.apply_updates(p, u), o, loss
 

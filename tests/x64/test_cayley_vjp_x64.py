@@ -31,8 +31,15 @@ def test_runs_in_float64():
 @pytest.mark.parametrize("skew", [True, False], ids=["skew", "general"])
 @pytest.mark.parametrize("shape", [(4, 4), (2, 3, 3)], ids=str)
 def test_finite_differences_second_order(shape, skew):
-    check_grads(cayley_map, (_x(shape, skew),), order=2, modes=["fwd", "rev"], eps=FD_EPS,
-                atol=FD_TOL, rtol=FD_TOL)
+    check_grads(
+        cayley_map,
+        (_x(shape, skew),),
+        order=2,
+        modes=["fwd", "rev"],
+        eps=FD_EPS,
+        atol=FD_TOL,
+        rtol=FD_TOL,
+    )
 
 
 @pytest.mark.parametrize("skew", [True, False], ids=["skew", "general"])

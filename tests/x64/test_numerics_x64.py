@@ -63,7 +63,9 @@ def test_float64_cayley_round_trip():
 
 
 def test_float64_long_adam_run():
-    layer = px.Parametrized(nn.Dense(8, use_bias=False, param_dtype=jnp.float64), {"kernel": CHAINS["cayley"]})
+    layer = px.Parametrized(
+        nn.Dense(8, use_bias=False, param_dtype=jnp.float64), {"kernel": CHAINS["cayley"]}
+    )
     x = jax.random.normal(jax.random.key(1), (32, 8))
     target = x @ jax.random.normal(jax.random.key(2), (8, 8))
     params = layer.init(jax.random.key(0), x)["params"]

@@ -111,9 +111,7 @@ def test_orthogonal_forward_and_grad_f64(m, triv, dt):
 @pytest.mark.parametrize("p", [Orthogonal(), Orthogonal("householder", False)], ids=repr)
 def test_orthogonal_initialization_f64(p):
     w = rand(np.random.default_rng(1), (5, 3), np.float64)
-    mod = tpz.orthogonal(
-        Holder(w), orthogonal_map=p.map, use_trivialization=p.use_trivialization
-    )
+    mod = tpz.orthogonal(Holder(w), orthogonal_map=p.map, use_trivialization=p.use_trivialization)
     raw, state = ptree.register({"w": p}, {"w": w}, key=KEY, unsafe=True)
     close(ptree.constrain({"w": p}, raw, state)["w"], t_np(mod.weight))
     if not p.use_trivialization:

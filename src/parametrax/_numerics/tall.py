@@ -216,8 +216,9 @@ def apply_frame(frame: Array, z: Array) -> Array:
     g = _mm(mH(frame[..., k:, :]), z2)  # Y_2^H z_2
     tri = lax.linalg.triangular_solve
     g = tri(lu, g, left_side=True, lower=False, transpose_a=True, conjugate_a=True)  # U^{-H}
-    g = tri(lu, g, left_side=True, lower=True, transpose_a=True, conjugate_a=True,
-            unit_diagonal=True)  # V_1^{-H}: (Y_1 - Sigma)^{-H} = V_1^{-H} U^{-H}
+    g = tri(
+        lu, g, left_side=True, lower=True, transpose_a=True, conjugate_a=True, unit_diagonal=True
+    )  # V_1^{-H}: (Y_1 - Sigma)^{-H} = V_1^{-H} U^{-H}
     p = -sig[..., :, None] * g
     top = sig[..., :, None] * p
     return _mm(frame, z1 - p) + jnp.concatenate([top, z2], axis=-2)

@@ -138,7 +138,7 @@ def _fold(kernel: Array, input_shape: tuple[int, ...]) -> Array:
         pad = [(0, 0)] * kernel.ndim
         pad[ax] = (0, m * n - k)
         kernel = jnp.pad(kernel, pad)
-        shape = kernel.shape[:ax] + (m, n) + kernel.shape[ax + 1:]
+        shape = kernel.shape[:ax] + (m, n) + kernel.shape[ax + 1 :]
         kernel = kernel.reshape(shape).sum(axis=ax)
     return kernel
 
@@ -335,8 +335,10 @@ class ConvSpectralNorm(Parametrization):
         shape: Any = self.input_shape  # as given: validated below
         if isinstance(shape, list) or _is_int(shape):
             shape = tuple(shape) if isinstance(shape, list) else (int(shape),)
-        if not isinstance(shape, tuple) or not shape or not all(
-            _is_int(n) and n >= 1 for n in shape
+        if (
+            not isinstance(shape, tuple)
+            or not shape
+            or not all(_is_int(n) and n >= 1 for n in shape)
         ):
             raise ParametrizationTypeError(
                 f"`{owner}`: `input_shape` must be the spatial shape of the inputs, a non-empty "
@@ -384,7 +386,7 @@ class ConvSpectralNorm(Parametrization):
         ``A_K`` whose norm this parametrization divides by."""
         nd = self._spatial(kernel)
         batch = x.shape[: x.ndim - nd - 1]
-        x = x.reshape((-1,) + x.shape[x.ndim - nd - 1:])
+        x = x.reshape((-1,) + x.shape[x.ndim - nd - 1 :])
         strides = _per_axis(repr(self), "strides", self.strides, nd)
         dil = _per_axis(repr(self), "dilation", self.dilation, nd)
         pad: Any = self.padding  # made the form lax.conv_general_dilated takes below
@@ -561,4 +563,3 @@ def _refuse_zero(p: ConvSpectralNorm, value: Array) -> None:
             "unit operator norm). Register or assign a non-zero kernel (e.g. the layer's default "
             "initializer instead of `zeros`)."
         )
-

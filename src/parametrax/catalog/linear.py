@@ -16,9 +16,7 @@ __all__ = ["Symmetric", "Skew", "symmetric", "skew", "SQUARE_HINT"]
 Array = jax.Array
 
 #: Appended to the square-shape error of the square-only maps.
-SQUARE_HINT = (
-    " For a non-square kernel use `Orthogonal` (tall or wide) or reshape the variable."
-)
+SQUARE_HINT = " For a non-square kernel use `Orthogonal` (tall or wide) or reshape the variable."
 _SQUARE_HINT = SQUARE_HINT
 
 

@@ -564,8 +564,8 @@ class AlmostOrthogonal(_SVDFamily):
             )
         if init is not None or eps is not None or factorized:
             raise ParametrizationError(
-                f'`AlmostOrthogonal.sample`: `init`, `eps` and `factorized` apply to '
-                f'distribution=None; '
+                f"`AlmostOrthogonal.sample`: `init`, `eps` and `factorized` apply to "
+                f"distribution=None; "
                 f'distribution="{distribution}" samples an orthogonal matrix.'
             )
         from parametrax._numerics import torus

@@ -458,4 +458,3 @@ class WeightNorm(Parametrization):
             )
         scale = g / jnp.where(n > 0, n, jnp.ones_like(n))
         return v * scale.astype(v.dtype)
-

@@ -52,7 +52,6 @@ class Ordered(Parametrization):
         check_axis_field(self, allow_tuple=False)
         check_scalar_map("Ordered", "f", self.f, POSITIVE_MAPS)
 
-
     @property
     def has_right_inverse(self) -> bool:
         """False when ``f`` was given as a callable without its inverse."""

@@ -137,8 +137,9 @@ def _householder_product(x: Array) -> Array:
     ata = gram(a)  # one product in the reverse pass (a custom derivative), not two
     a1t = mT(a[..., :k, :])
     t_inv = a1t + jnp.triu(ata, 1) + 0.5 * (1 + ata) * jnp.eye(k, dtype=x.dtype)
-    y = lax.linalg.triangular_solve(t_inv, a1t + jnp.eye(k, dtype=x.dtype), left_side=True,
-                                    lower=False)  # T V_1^T, V_1^T = I + A_1^T
+    y = lax.linalg.triangular_solve(
+        t_inv, a1t + jnp.eye(k, dtype=x.dtype), left_side=True, lower=False
+    )  # T V_1^T, V_1^T = I + A_1^T
     return eye - jnp.matmul(a + eye, y, precision=_HIGHEST)
 
 
@@ -179,7 +180,10 @@ def _householder_reflectors(q: Array) -> Array:
         r = jnp.where(jnp.arange(k) >= j, upd, r)
         # column j of the result: R's entries above the diagonal, sign(R_jj) on it, v below
         # (+1 for a zero column, where torch stores sign(0) = 0 and loses the column).
-        newcol = jnp.where(rows < j, col, vtail) + (rows == j).astype(q.dtype) * sign_or_one(beta)[..., None]
+        newcol = (
+            jnp.where(rows < j, col, vtail)
+            + (rows == j).astype(q.dtype) * sign_or_one(beta)[..., None]
+        )
         out = lax.dynamic_update_index_in_dim(out, newcol[..., :, None], j, axis=-1)
         return r, out
 
@@ -261,7 +265,7 @@ def _refuse_eigenvalue_minus_one(p, value: Array, x: Array, norm: Array) -> Arra
         f"bound {cayley_raw_bound(value.dtype):.3g} (1/sqrt(eps)) where the map's gradient is "
         "below rounding. The Cayley map never reaches an eigenvalue -1: no orthogonal matrix "
         "with det -1 (half of what `nn.initializers.orthogonal()` draws), no rotation by pi, "
-        "not -I. Use `Orthogonal(map=\"cayley\")`, which reaches every orthogonal matrix "
+        'not -I. Use `Orthogonal(map="cayley")`, which reaches every orthogonal matrix '
         "through its base point, or assign a matrix without eigenvalue -1."
     )
 
@@ -618,6 +622,7 @@ class Orthogonal(Parametrization):
             )
         noise = jax.random.normal(key, q.shape[:-2] + (n, n - k), q.dtype)
         return qr_positive(jnp.concatenate([q, noise], axis=-1))
+
 
 cayley = Cayley()
 matrix_exp = MatrixExp()

@@ -63,7 +63,6 @@ class Positive(Parametrization):
     def __post_init__(self):
         check_scalar_map("Positive", "f", self.f, POSITIVE_MAPS)
 
-
     @property
     def has_right_inverse(self) -> bool:
         """False when ``f`` was given as a callable without its inverse."""

@@ -162,8 +162,11 @@ class ProductManifold(Parametrization):
     def _own(i: int, variables: Variables) -> Variables:
         prefix = f"part{i}_"
         return {
-            kind: {k[len(prefix):]: v for k, v in variables.get(kind, {}).items()
-                   if k.startswith(prefix)}
+            kind: {
+                k[len(prefix) :]: v
+                for k, v in variables.get(kind, {}).items()
+                if k.startswith(prefix)
+            }
             for kind in ("params", "state")
         }
 
@@ -199,8 +202,9 @@ class ProductManifold(Parametrization):
             if p is None:
                 outs.append(block)
                 continue
-            y, st = self._call(i, block, p.apply, self._own(i, variables), block,
-                               update_state=update_state)
+            y, st = self._call(
+                i, block, p.apply, self._own(i, variables), block, update_state=update_state
+            )
             if tuple(y.shape) != tuple(block.shape):
                 raise ShapeError(
                     f"{self._where(i, block)}: the part returned shape {tuple(y.shape)}; each "
@@ -223,15 +227,19 @@ class ProductManifold(Parametrization):
                 raws.append(block)
                 continue
             own = self._own(i, variables)
-            got = self._call(i, block, _core._register_inverse, p, own["params"], own["state"],
-                             block, keys[i])
+            got = self._call(
+                i, block, _core._register_inverse, p, own["params"], own["state"], block, keys[i]
+            )
             if got is _core._NO_INVERSE:  # no right inverse: the identity (as in a chain)
                 raws.append(block)
                 continue
             raw, st = got
             if not hasattr(raw, "shape") or tuple(raw.shape) != tuple(block.shape):
-                what = (f"{len(raw)} arrays" if isinstance(raw, (tuple, list))
-                        else f"shape {tuple(getattr(raw, 'shape', ()))}")
+                what = (
+                    f"{len(raw)} arrays"
+                    if isinstance(raw, (tuple, list))
+                    else f"shape {tuple(getattr(raw, 'shape', ()))}"
+                )
                 raise RightInverseError(
                     f"{self._where(i, block)}: its right inverse returned {what}; a part of a "
                     "`ProductManifold` must store one raw array of its block's shape (parts "
@@ -296,7 +304,7 @@ class ProductManifold(Parametrization):
         keys = jax.random.split(key, len(self.parts))
         outs = []
         for i, (p, s) in enumerate(zip(self.parts, self.sizes)):
-            block_shape = shape[:axis] + (s,) + shape[axis + 1:]
+            block_shape = shape[:axis] + (s,) + shape[axis + 1 :]
             if p is None:
                 outs.append(jax.random.normal(keys[i], block_shape, dtype))
             else:

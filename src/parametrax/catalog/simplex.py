@@ -63,7 +63,9 @@ class Simplex(Parametrization):
         """Membership: ``all(x > 0)`` (strict, exact) and every vector along ``axis`` sums to 1
         to ``atol`` (absolute, default ``default_atol(x.dtype)``)."""
         ax = real_axis(self, x)
-        return jnp.all(x > 0) & jnp.all(jnp.abs(jnp.sum(x, axis=ax) - 1) <= (default_atol(x.dtype) if atol is None else atol))
+        return jnp.all(x > 0) & jnp.all(
+            jnp.abs(jnp.sum(x, axis=ax) - 1) <= (default_atol(x.dtype) if atol is None else atol)
+        )
 
     def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
         """Uniform on the simplex (``Dirichlet(1, ..., 1)``, via normalised exponentials)."""

@@ -121,8 +121,9 @@ class _OrthogonalFamily(T.Trivialized):
         self._check(x)
         base = self._base(variables, x)
         # half dtypes: computed in float32 (base and raw widened), rounded once at the end
-        q = T.stiefel_point(widen(base), widen(self._tall(x)), self.triv,
-                            horizontal=self._horizontal).astype(x.dtype)
+        q = T.stiefel_point(
+            widen(base), widen(self._tall(x)), self.triv, horizontal=self._horizontal
+        ).astype(x.dtype)
         return (mT(q) if self._wide(x) else q), variables["state"]
 
     def forward(self, x: Array) -> Array:
@@ -178,8 +179,9 @@ class _OrthogonalFamily(T.Trivialized):
         unchanged (one Newton–Schulz step also removes rounding drift from the new base)."""
         self._check(x)
         base = self._base(variables, x)
-        new = T.moved_base(widen(base), widen(self._tall(x)), self.triv,
-                           horizontal=self._horizontal).astype(base.dtype)
+        new = T.moved_base(
+            widen(base), widen(self._tall(x)), self.triv, horizontal=self._horizontal
+        ).astype(base.dtype)
         return jnp.zeros_like(x), {**variables["state"], "base": new}
 
     # --- manifold utilities ---------------------------------------------------------------------
@@ -243,7 +245,6 @@ class Stiefel(_OrthogonalFamily):
     >>> bool(p.in_manifold(Q))
     True
     """
-
 
 
 class SO(_OrthogonalFamily):

@@ -73,7 +73,6 @@ class Cholesky(Parametrization):
     def __post_init__(self):
         check_scalar_map("Cholesky", "f", self.f, POSITIVE_MAPS)
 
-
     @property
     def has_right_inverse(self) -> bool:
         """False when ``f`` was given as a callable without its inverse."""
@@ -104,9 +103,9 @@ class Cholesky(Parametrization):
         """Membership: square, ``max |triu(x, 1)| <= atol`` (absolute, default
         ``default_atol(x.dtype)``) and ``diag(x) > 0`` (strict, exact)."""
         require_square(self, x, real=True)
-        return (max_abs(jnp.triu(x, 1)) <= (default_atol(x.dtype) if atol is None else atol)) & jnp.all(
-            jnp.diagonal(x, axis1=-2, axis2=-1) > 0
-        )
+        return (
+            max_abs(jnp.triu(x, 1)) <= (default_atol(x.dtype) if atol is None else atol)
+        ) & jnp.all(jnp.diagonal(x, axis1=-2, axis2=-1) > 0)
 
     def sample(self, key: Array, shape, dtype=jnp.float32) -> Array:
         """``forward`` of a standard normal matrix."""

@@ -175,9 +175,7 @@ class _Tensor:
         return self.originals[min(self.originals)].shape
 
 
-_PZ = re.compile(
-    r"^(?:(?P<mod>.*?)\.)??parametrizations\.(?P<name>[^.]+)\.(?P<rest>.+)$"
-)
+_PZ = re.compile(r"^(?:(?P<mod>.*?)\.)??parametrizations\.(?P<name>[^.]+)\.(?P<rest>.+)$")
 
 
 def _parse(sd: Mapping[str, np.ndarray]):
@@ -244,9 +242,7 @@ def _kind(module: str, layouts: Mapping[str, str], weight_ndim: int | None) -> s
         return kind
     if weight_ndim is None:
         return "plain"
-    return {1: "norm", 2: "linear"}.get(
-        weight_ndim, "conv" if 3 <= weight_ndim <= 5 else "plain"
-    )
+    return {1: "norm", 2: "linear"}.get(weight_ndim, "conv" if 3 <= weight_ndim <= 5 else "plain")
 
 
 def _perm(kind: str, name: str, ndim: int) -> tuple[int, ...]:
@@ -274,9 +270,7 @@ def _flax_name(kind: str, name: str) -> tuple[str, str]:
 
 def _check_kind(kind: str, t_shape: tuple, key: str) -> None:
     if kind == "linear" and len(t_shape) != 2:
-        raise TorchLoadError(
-            f"`{key}` has shape {t_shape}; layout 'linear' needs (out, in)."
-        )
+        raise TorchLoadError(f"`{key}` has shape {t_shape}; layout 'linear' needs (out, in).")
     if kind == "conv" and not 3 <= len(t_shape) <= 5:
         raise TorchLoadError(
             f"`{key}` has shape {t_shape}; layout 'conv' needs (out, in, *kernel_size)."
@@ -286,9 +280,7 @@ def _check_kind(kind: str, t_shape: tuple, key: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Translating one parametrized tensor
 # ------------------------------------------------------------------------------------------------
-def _link_vars(
-    t: _Tensor, i: int, link, template: dict, key_for: Callable[[str], str]
-) -> dict:
+def _link_vars(t: _Tensor, i: int, link, template: dict, key_for: Callable[[str], str]) -> dict:
     """Link ``i``'s torch buffers, in the structure of its ``init_variables`` template."""
     got = dict(t.links.get(i, {}))
     renames = next((r for c, r in _RENAMES.items() if isinstance(link, c)), {})
@@ -315,9 +307,7 @@ def _link_vars(
 
 def _norm_axis(axis: int, ndim: int, what: str) -> int:
     if not -ndim <= axis < ndim:
-        raise TorchLoadError(
-            f"{what}: axis {axis} is out of range for {ndim} dimensions."
-        )
+        raise TorchLoadError(f"{what}: axis {axis} is out of range for {ndim} dimensions.")
     return axis % ndim
 
 
@@ -329,19 +319,11 @@ def _weight_norm(link: WeightNorm, t: _Tensor, perm, flax_path: str):
         )
     g, v = t.originals["original0"], t.originals["original1"]
     v_f = v.transpose(perm)
-    g_f = (
-        g
-        if g.ndim == 0
-        else g.reshape(g.shape + (1,) * (v.ndim - g.ndim)).transpose(perm)
-    )
+    g_f = g if g.ndim == 0 else g.reshape(g.shape + (1,) * (v.ndim - g.ndim)).transpose(perm)
     want = tuple(link.right_inverse(jnp.asarray(v_f))[0].shape)
     if tuple(g_f.shape) != want:
         kept = [a for a in range(v_f.ndim) if g_f.ndim and g_f.shape[a] != 1]
-        hint = (
-            "axis=None"
-            if g.ndim == 0
-            else f"axis={tuple(kept) if len(kept) != 1 else kept[0]}"
-        )
+        hint = "axis=None" if g.ndim == 0 else f"axis={tuple(kept) if len(kept) != 1 else kept[0]}"
         raise TorchLoadError(
             f"`{flax_path}`: torch's g `{t.torch_key('original0')}` has shape {g.shape}, which "
             f"is {tuple(g_f.shape)} on the Flax array {tuple(v_f.shape)}; the spec's `{link!r}` "
@@ -363,13 +345,11 @@ def _spectral_norm(link: SpectralNorm, t: _Tensor, perm, flax_path: str):
             f"`{flax_path}`: `{link!r}` has several output axes; torch's spectral_norm has one "
             "`dim`, so it cannot be the source."
         )
-    a = _norm_axis(
-        link.axis[0] if isinstance(link.axis, tuple) else link.axis, k.ndim, flax_path
-    )
+    a = _norm_axis(link.axis[0] if isinstance(link.axis, tuple) else link.axis, k.ndim, flax_path)
     d = perm[a]  # the torch dim the spec's axis corresponds to
-    got = _link_vars(
-        t, 0, link, {"params": {}, "state": {"u": None, "v": None}}, t.torch_key
-    )["state"]
+    got = _link_vars(t, 0, link, {"params": {}, "state": {"u": None, "v": None}}, t.torch_key)[
+        "state"
+    ]
     others = [i for i in range(w.ndim) if i != d]
     rows, cols = w.shape[d], math.prod(w.shape[i] for i in others)
     if got["u"].shape != (rows,) or got["v"].shape != (cols,):
@@ -436,9 +416,7 @@ def _register_value(chain, value, key):
 def _elementwise(chain, t: _Tensor, perm, flax_path: str):
     shape = t.weight_shape()
     if set(t.originals) != {"original"}:
-        raise TorchLoadError(
-            f"`{flax_path}`: expected `{t.torch_key('original')}` only."
-        )
+        raise TorchLoadError(f"`{flax_path}`: expected `{t.torch_key('original')}` only.")
     params, lstate = [], []
     x = jnp.asarray(t.originals["original"])
     for i, link in enumerate(chain):
@@ -586,9 +564,7 @@ def load_state_dict(
                 f"level). Mapped: {sorted(modules)}. Torch modules in the state_dict: {seen}."
             )
         if not isinstance(out, str):
-            raise TorchLoadError(
-                f"`modules` mapped {mod!r} to {out!r}; expected a path string."
-            )
+            raise TorchLoadError(f"`modules` mapped {mod!r} to {out!r}; expected a path string.")
         return out.strip("/")
 
     def join(*parts: str) -> str:
@@ -638,13 +614,10 @@ def load_state_dict(
         col, fname = _flax_name(kind, name)
         if col != _PARAMS:
             raise TorchLoadError(
-                f"`{t.keys[0]}`: parametrized buffers of kind {kind!r} are not "
-                "translated."
+                f"`{t.keys[0]}`: parametrized buffers of kind {kind!r} are not translated."
             )
         flax_paths[join(flax_module(mod), fname)] = t
-    plain_param_paths = [
-        p[len(_PARAMS) + 1 :] for p in origin if p.startswith(_PARAMS + "/")
-    ]
+    plain_param_paths = [p[len(_PARAMS) + 1 :] for p in origin if p.startswith(_PARAMS + "/")]
     try:
         resolved = spec.resolve(list(flax_paths) + plain_param_paths, what="state_dict")
     except SpecError as e:

@@ -49,7 +49,10 @@ def rebox_raw(raw: dict, boxed_tree: Mapping) -> dict:
 
 def rebox_plain(v: Any, old: Any) -> Any:
     if isinstance(v, Mapping):
-        return {k: rebox_plain(x, old.get(k) if isinstance(old, Mapping) else None) for k, x in v.items()}
+        return {
+            k: rebox_plain(x, old.get(k) if isinstance(old, Mapping) else None)
+            for k, x in v.items()
+        }
     return _rebox_like(v, old)
 
 

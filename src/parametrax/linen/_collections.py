@@ -68,10 +68,10 @@ def state_merge(state_tree: dict, col: str, sub: Mapping) -> None:
         state_tree[col] = dict(sub)
 
 
-
-
 @contextlib.contextmanager
-def explained(cls: type[_ParametrizedMixin], what: str, variables: Mapping):  # what: already formatted
+def explained(
+    cls: type[_ParametrizedMixin], what: str, variables: Mapping
+):  # what: already formatted
     """Re-raises errors about the variables handed to a parametrized module with the module's
     name and, when the cause is a missing collection or foreign variables, what to pass instead."""
     by_col = by_collection(cls._px_spec)
@@ -106,9 +106,9 @@ def explained(cls: type[_ParametrizedMixin], what: str, variables: Mapping):  # 
             hint = (
                 f" {given}: pass every collection `init` returned; the link state ({where}) "
                 f"lives in `{STATE_COLLECTION}`: `model.apply(variables, x)` to use it, "
-                f"`model.apply(variables, x, mutable=[\"{STATE_COLLECTION}\"])` to also advance "
-                f"it (training); holding params apart, pass `{{\"params\": params, "
-                f"\"{STATE_COLLECTION}\": variables[\"{STATE_COLLECTION}\"]}}`."
+                f'`model.apply(variables, x, mutable=["{STATE_COLLECTION}"])` to also advance '
+                f'it (training); holding params apart, pass `{{"params": params, '
+                f'"{STATE_COLLECTION}": variables["{STATE_COLLECTION}"]}}`.'
             )
         raise type(e)(f"{what}: {e}{hint}") from e.__cause__
 
@@ -170,7 +170,10 @@ def constrain_collections(
             continue
         if col in by_col:
             value, st = _tree.forward(
-                by_col[col], tree, state_slice(state_tree, col), update_state=update_state,
+                by_col[col],
+                tree,
+                state_slice(state_tree, col),
+                update_state=update_state,
                 group=group,
             )
             out[col] = value

@@ -148,9 +148,7 @@ def remove_parametrizations(
         chosen = []
         for name in [names] if isinstance(names, str) else list(names):
             hits = [
-                k
-                for k in exact
-                if k == name or _paths.glob_match(name.split("/"), k.split("/"))
+                k for k in exact if k == name or _paths.glob_match(name.split("/"), k.split("/"))
             ]
             if not hits:
                 raise NotParametrizedError(
@@ -162,9 +160,7 @@ def remove_parametrizations(
     new = dict(variables)
     state_tree = dict(plain.get(STATE_COLLECTION, {}))
     for col in sorted(by_col):
-        col_names = [
-            split_key(k)[1] for k in chosen if split_key(k)[0] == col
-        ]
+        col_names = [split_key(k)[1] for k in chosen if split_key(k)[0] == col]
         if not col_names:
             continue
         with explained(cls, what, variables):
@@ -216,4 +212,3 @@ def type_before_parametrizations(model: Any) -> type:
     if inspect.isclass(cls) and issubclass(cls, _ParametrizedMixin):
         return cls._px_base
     return cls
-

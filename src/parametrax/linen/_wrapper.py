@@ -36,9 +36,7 @@ from parametrax.tree import paths as _paths
 
 
 def _base_fields(cls: type) -> list[str]:
-    return [
-        f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")
-    ]
+    return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")]
 
 
 def _unbind(value: Any) -> Any:
@@ -166,7 +164,9 @@ class _ParametrizedMixin(_MixinBase):
                 self.put_variable(STATE_COLLECTION, k, rebox_plain(v, old))
         return out
 
-    def _px_warn_if_frozen(self, cls: type[_ParametrizedMixin], method: str, stored: Mapping) -> None:
+    def _px_warn_if_frozen(
+        self, cls: type[_ParametrizedMixin], method: str, stored: Mapping
+    ) -> None:
         """Warns when params are differentiated and a link would advance its state, but
         ``parametrization_state`` is immutable: a train step ported with
         ``mutable=["batch_stats"]`` would silently freeze a spectral norm's power iteration."""
@@ -189,7 +189,7 @@ class _ParametrizedMixin(_MixinBase):
                     f"`{STATE_COLLECTION}` is not mutable, so the link state "
                     f"{', '.join(f'`{p}`' for p in moved[:4])}{' ...' if len(moved) > 4 else ''} "
                     "stays frozen at its stored value (no power iteration). In a train step "
-                    f"pass `mutable=[..., \"{STATE_COLLECTION}\"]` and keep the state it "
+                    f'pass `mutable=[..., "{STATE_COLLECTION}"]` and keep the state it '
                     "returns; to freeze it on purpose, filter "
                     "`parametrax.linen.FrozenStateWarning`."
                 ),
@@ -246,9 +246,9 @@ class _ParametrizedMixin(_MixinBase):
                 "immutable here: a lifted transform around it (`nn.RNN`, `nn.scan`, "
                 f"`nn.vmap`, ...) does not carry `{STATE_COLLECTION}`. Either parametrize the "
                 "whole transformed module, which also evaluates the chain once per apply "
-                "instead of once per step: `Parametrized(nn.RNN(cell), {\"cell/<path>\": ...})`; "
+                'instead of once per step: `Parametrized(nn.RNN(cell), {"cell/<path>": ...})`; '
                 "or let the transform carry the collection: `nn.RNN(cell, variable_broadcast="
-                f"[\"params\", \"{STATE_COLLECTION}\"])` (for `nn.scan`, add it to "
+                f'["params", "{STATE_COLLECTION}"])` (for `nn.scan`, add it to '
                 "`variable_broadcast`)."
             )
         # Nothing is stored until every collection registered without error.
@@ -277,15 +277,15 @@ class _ParametrizedMixin(_MixinBase):
                     self.put_variable(col, k, v)
                 continue
             if col in by_col:
-                parametrized = set(
-                    _tree.parametrized_paths(by_col[col], unbox(stored[col]))
-                )
+                parametrized = set(_tree.parametrized_paths(by_col[col], unbox(stored[col])))
                 flat = _paths.flatten(tree)
                 given_flat = _paths.flatten(given.get(col, {}))
                 # Only values the base module actually wrote (a new object, not the array it
                 # was handed) go back through right_inverse; apply(..., mutable=True) must not
                 # re-assign every parametrized variable.
-                changed = [p for p in parametrized if p in flat and flat[p] is not given_flat.get(p)]
+                changed = [
+                    p for p in parametrized if p in flat and flat[p] is not given_flat.get(p)
+                ]
                 # The base module wrote to a parametrized variable (e.g. a running average that
                 # is parametrized): store it through the right_inverse chain, like torch's setter.
                 raw = unbox(stored[col])
@@ -317,7 +317,7 @@ class _ParametrizedMixin(_MixinBase):
                 f"{', '.join(f'`{p}`' for p in moved)}, whose right inverse moves link state "
                 f"(kept in `{STATE_COLLECTION}`), but `{STATE_COLLECTION}` is not mutable here, "
                 "so the write would be lost. Pass "
-                f"`mutable=[..., \"{STATE_COLLECTION}\"]` and keep the state it returns."
+                f'`mutable=[..., "{STATE_COLLECTION}"]` and keep the state it returns.'
             )
         return state_tree
 
@@ -364,9 +364,7 @@ def _register_layers(
     value becomes ``p_new(current)`` (torch's ``register_parametrization`` on a parametrized
     tensor, spec §2.A). On a variable no earlier spec names, a later spec registers as usual.
     """
-    raw, state = _tree.register(
-        layers[0], tree, key=key, unsafe=unsafe, update_state=update_state
-    )
+    raw, state = _tree.register(layers[0], tree, key=key, unsafe=unsafe, update_state=update_state)
     merged = layers[0]
     for k, spec in enumerate(layers[1:], start=1):
         sub = jax.random.fold_in(key, k) if key is not None else None

@@ -75,5 +75,3 @@ def assign(module: nnx.Module, name: str, value: Any, *, key: Array | None = Non
         )
     _assign(module, name, value, key=key)
     return module
-
-

@@ -75,5 +75,3 @@ def _parametrized_class(base: type, names: frozenset) -> type:
         )
         _CLASSES[key] = cls
         return cls
-
-

@@ -38,7 +38,9 @@ def current_trace() -> Any:
 
 # jax 0.10 moved the hook from ``jax.core`` (where flax 0.12.1-0.12.x with jax 0.8-0.9 find it)
 # to ``jax.extend.core``; take whichever this jax has.
-_get_opaque_trace_state = getattr(jax.extend.core, "get_opaque_trace_state", None) or jax.core.get_opaque_trace_state
+_get_opaque_trace_state = (
+    getattr(jax.extend.core, "get_opaque_trace_state", None) or jax.core.get_opaque_trace_state
+)
 
 
 def module_is_mutable_here(module: Any) -> bool:

@@ -131,4 +131,3 @@ def cached():
         _CACHE.depth -= 1
         if _CACHE.depth == 0:
             _CACHE.entries.clear()
-

@@ -141,8 +141,7 @@ def _register_first(module, name, chain, *, unsafe, key, what, mode) -> None:
     value = var.get_value()
     if not _core._is_array(value):
         raise ParametrizationTypeError(
-            f"{what}: the {type(var).__name__} holds a {type(value).__name__}; expected an "
-            "array."
+            f"{what}: the {type(var).__name__} holds a {type(value).__name__}; expected an array."
         )
     existing = attrs.get(PARAMETRIZATIONS)
     if existing is not None and not isinstance(existing, ParametrizationDict):

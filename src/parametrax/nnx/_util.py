@@ -94,5 +94,3 @@ def _missing_key_error(what: str, chain) -> ParametrizationError:
         f"{what}: {owners} owns variables (init_variables) and needs random numbers to make "
         "them; pass `rngs=nnx.Rngs(...)` or `key=jax.random.key(...)`."
     )
-
-

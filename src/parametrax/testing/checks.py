@@ -141,7 +141,9 @@ def check_round_trip(s: Subject) -> None:
 def check_jit(s: Subject) -> None:
     """`jit == eager`: jitted forward equals eager forward; `trace once`: a ``jax.jit`` with the
     parametrization as a static argument traces once for ``p`` and for an equal copy."""
-    s.close("jit == eager", s.get("apply")["y"], s.eager(), "jit(forward)(raw) against forward(raw)")
+    s.close(
+        "jit == eager", s.get("apply")["y"], s.eager(), "jit(forward)(raw) against forward(raw)"
+    )
     names = next((n for n, _ in s._cache), ("apply",))
     before = s.traces.count(names)
     s.compute(names, p=twin(s.p))
@@ -200,7 +202,9 @@ def check_gradients(s: Subject) -> None:
         grad = s.get("grad", at)
         for i in s.inexact:
             if not np.all(np.isfinite(np.asarray(grad[i]))):
-                s.fail("finite gradients", f"the gradient at {where} (raw array {i}) is not finite.")
+                s.fail(
+                    "finite gradients", f"the gradient at {where} (raw array {i}) is not finite."
+                )
 
 
 def check_update_base(s: Subject) -> None:
@@ -236,12 +240,20 @@ def check_vmap(s: Subject) -> None:
             )
     loop = s.get("vmap_loop")
     if loop is not None:
-        s.tree_close("vmap == loop", loop["vmap"], loop["loop"],
-                     "vmap(apply / apply_inverse) against a loop, variables shared")
+        s.tree_close(
+            "vmap == loop",
+            loop["vmap"],
+            loop["loop"],
+            "vmap(apply / apply_inverse) against a loop, variables shared",
+        )
     res = s.get("broadcast")
     if res is not None:
-        s.close("vmap == broadcasting", res["broadcast"], res["vmap"],
-                "forward(stacked raw) against vmap(forward)")
+        s.close(
+            "vmap == broadcasting",
+            res["broadcast"],
+            res["vmap"],
+            "forward(stacked raw) against vmap(forward)",
+        )
         if s.has_inverse:
             s.tree_close(
                 "vmap == broadcasting",

@@ -146,8 +146,9 @@ def forward_group(
     chain = members[0][0]
     count = len(members)
     try:
-        parts = [(dict(o), [dict(p) for p in ps], [dict(s) for s in st])
-                 for _, o, ps, st in members]
+        parts = [
+            (dict(o), [dict(p) for p in ps], [dict(s) for s in st]) for _, o, ps, st in members
+        ]
         originals, params, state = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
         value, new_state = _core.chain_forward(
             chain, originals, params, state, update_state=update_state

@@ -128,8 +128,7 @@ def _context(path: str, chain: tuple) -> str:
 def _check_leaf(path: str, leaf: Any, chain: tuple) -> jax.Array:
     if not (isinstance(leaf, jax.Array) or hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
         raise ParametrizationTypeError(
-            f"{_context(path, chain)}: expected an array at `{path}`, got "
-            f"{type(leaf).__name__}."
+            f"{_context(path, chain)}: expected an array at `{path}`, got {type(leaf).__name__}."
         )
     return leaf
 
@@ -196,8 +195,10 @@ def _drop_state(state: dict, path: str) -> None:
         return
     segs = path.split("/")
     try:
-        parent = get_path(state[PARAMETRIZATIONS], "/".join(segs[:-1])) if len(segs) > 1 else (
-            state[PARAMETRIZATIONS]
+        parent = (
+            get_path(state[PARAMETRIZATIONS], "/".join(segs[:-1]))
+            if len(segs) > 1
+            else (state[PARAMETRIZATIONS])
         )
     except KeyError:
         return
@@ -253,8 +254,10 @@ class _RawTree:
             out = to_dict(self.raw)
             for path in values:
                 segs = path.split("/")
-                parent = get_path(out[PARAMETRIZATIONS], "/".join(segs[:-1])) if len(segs) > 1 else (
-                    out[PARAMETRIZATIONS]
+                parent = (
+                    get_path(out[PARAMETRIZATIONS], "/".join(segs[:-1]))
+                    if len(segs) > 1
+                    else (out[PARAMETRIZATIONS])
                 )
                 del parent[segs[-1]]
             out = prune(out)
@@ -407,8 +410,9 @@ def forward(
     return view.with_values(values), new_state
 
 
-def _forward_one(path: str, chain: tuple, originals: dict, params: list, lstate: list, *,
-                 update_state: bool) -> tuple[Any, list[dict]]:
+def _forward_one(
+    path: str, chain: tuple, originals: dict, params: list, lstate: list, *, update_state: bool
+) -> tuple[Any, list[dict]]:
     """One variable's chain, errors naming the variable."""
     try:
         return _core.chain_forward(chain, originals, params, lstate, update_state=update_state)
@@ -560,8 +564,11 @@ def remove_parametrizations(
             found = _finite.nonfinite(values[path])
             if found is not None:
                 slot, chain = slots[path]
-                bad_raw = [k for k, v in jax.tree_util.tree_leaves_with_path(dict(slot))
-                           if _finite.nonfinite(v) is not None]
+                bad_raw = [
+                    k
+                    for k, v in jax.tree_util.tree_leaves_with_path(dict(slot))
+                    if _finite.nonfinite(v) is not None
+                ]
                 why = (
                     "its raw values are already non-finite (an optimizer step diverged?)"
                     if bad_raw
