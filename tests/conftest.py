@@ -21,6 +21,7 @@ too (they live below it), so they share its configuration:
 import os
 
 import jax
+import pytest
 
 # An explicit JAX_NUMPY_DTYPE_PROMOTION (e.g. "standard", to compare) is left as set.
 if "JAX_NUMPY_DTYPE_PROMOTION" not in os.environ:
@@ -31,3 +32,14 @@ if os.environ.get("JAX_ENABLE_X64", "").lower() not in ("1", "true"):
     collect_ignore_glob.append("x64/*")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     collect_ignore_glob.append("multidevice/*")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches_per_module():
+    """Drops JAX's compiled executables after each test module. The suite compiles thousands of
+    programs in one process; with all of them kept, XLA's CPU compiler crashed late in the run
+    (a segfault inside backend_compile_and_load, twice, never reproducible in isolation)."""
+    yield
+    import jax
+
+    jax.clear_caches()

@@ -56,7 +56,7 @@ def test_stateful_parts_keep_their_state_under_distinct_keys():
     raw, state = ptree.register({"w": p}, {"w": value}, key=KEY)
     st = state["parametrizations"]["w"]["0"]
     assert set(st) == {"part0_base", "part1_base", "part2_mask"}
-    assert st["part0_base"].shape == st["part1_base"].shape == (5, 5)
+    assert st["part0_base"].shape == st["part1_base"].shape == (5, 2)  # n x k frames (issue 12)
     assert not np.allclose(st["part0_base"], st["part1_base"])
     y = np.asarray(ptree.constrain({"w": p}, raw, state)["w"])
     assert orth_err(y[:, :2]) < 1e-5 and orth_err(y[:, 2:4]) < 1e-5
