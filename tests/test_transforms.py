@@ -42,7 +42,7 @@ def test_jit_init_and_apply_equal_eager(ortho):
     layer, v = ortho
     close(jax.jit(layer.init)(KEY, X), v)
     close(jax.jit(layer.apply)(v, X), layer.apply(v, X))
-    close(jax.jit(px.constrained, static_argnums=0)(layer, v), px.linen.constrain(layer, v))
+    close(jax.jit(px.linen.constrain, static_argnums=0)(layer, v), px.linen.constrain(layer, v))
 
 
 # --- jax.grad, jvp: against finite differences ---------------------------------------------------
