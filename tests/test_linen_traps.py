@@ -106,6 +106,54 @@ def test_grad_with_state_that_never_moves_does_not_warn():
         jax.grad(_loss(model, v, False))(v["params"])
 
 
+_EXPLICIT = hasattr(jax, "set_mesh") and hasattr(jax.sharding, "reshard")
+
+
+def _explicit_column_sharded(chain):
+    """A Dense whose kernel (and so a kernel-shaped link state) is column-sharded on a one-device
+    mesh in JAX's explicit mode: the chain gathers its inputs before the maps."""
+    mesh = jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Explicit,))
+    init = nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))
+    model = Parametrized(nn.Dense(3, kernel_init=init), {"kernel": chain})
+    specs = nn.get_partition_spec(jax.eval_shape(model.init, KEY, jnp.ones((2, 3))))
+    shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
+    v = nn.unbox(jax.jit(model.init, out_shardings=shardings)(KEY, jnp.ones((2, 3))))
+    return mesh, model, v
+
+
+@pytest.mark.skipif(not _EXPLICIT, reason="JAX without explicit sharding")
+def test_explicitly_sharded_state_the_chain_hands_back_is_not_reported_as_advanced():
+    # The chain gathers the sharded mask; handing it back unchanged is no advance (eagerly and
+    # traced), and a mutable apply stores the very mask given, sharding kept.
+    mesh, model, v = _explicit_column_sharded([px.skew, px.RandomPruning(0.5)])
+    mask = v["parametrization_state"]["parametrizations"]["kernel"]["1"]["mask"]
+    assert jax.typeof(mask).sharding.spec == jax.sharding.PartitionSpec(None, "model")
+    with jax.set_mesh(mesh), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.grad(_loss(model, v, False))(v["params"])
+        jax.jit(jax.grad(_loss(model, v, False)))(v["params"])
+        _, new = model.apply(v, jnp.ones((2, 3)), mutable=["parametrization_state"])
+        _, new_jit = jax.jit(
+            lambda v: model.apply(v, jnp.ones((2, 3)), mutable=["parametrization_state"])
+        )(v)
+    for state in (new, new_jit):
+        kept = state["parametrization_state"]["parametrizations"]["kernel"]["1"]["mask"]
+        assert jax.typeof(kept).sharding.spec == jax.typeof(mask).sharding.spec
+        np.testing.assert_array_equal(kept, mask)
+    assert new["parametrization_state"]["parametrizations"]["kernel"]["1"]["mask"] is mask
+
+
+@pytest.mark.skipif(not _EXPLICIT, reason="JAX without explicit sharding")
+def test_explicitly_sharded_state_that_advances_still_warns():
+    mesh, model, v = _explicit_column_sharded([px.SpectralNorm(), px.RandomPruning(0.5)])
+    with jax.set_mesh(mesh):
+        for grad in (jax.grad, lambda f: jax.jit(jax.grad(f))):
+            with pytest.warns(px.linen.FrozenStateWarning) as record:
+                grad(_loss(model, v, False))(v["params"])
+            (message,) = {str(w.message) for w in record}
+            assert "`parametrizations/kernel/0/u`" in message and "mask" not in message
+
+
 # --- a stateful parametrized cell inside nn.RNN ---------------------------------------------------
 def _rnn(**rnn_kwargs):
     cell = Parametrized(nn.SimpleCell, {"h/kernel": px.SpectralNorm()})

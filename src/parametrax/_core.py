@@ -676,13 +676,17 @@ def _forward_ops(
     link variables are gathered before the chain and the value is resharded like the first raw
     array after it: matrix maps mix rows and columns (``A - Aᵀ``, a solve, ``expm``), which
     explicitly sharded types refuse. Under the default (auto) mode XLA chooses the collectives.
+    A link state handed back as given is the caller's own array, not its gathered copy (callers
+    compare state by identity: the linen front to see whether it advanced).
     """
     if "original" in originals:
         args: tuple = (originals["original"],)
     else:
         args = tuple(originals[f"original{i}"] for i in range(len(originals)))
     out_sharding = _explicit_sharding(args[0]) if args else None
+    given = None
     if any(_explicit_sharding(a) is not None for a in jax.tree.leaves((args, params, state))):
+        given = list(state)
         args, params, state = jax.tree.map(_gather, (args, list(params), list(state)))
     new_state = []
     x: Any = None
@@ -693,6 +697,9 @@ def _forward_ops(
                 x, st = link.apply(variables, *args, update_state=update_state)
             else:
                 x, st = link.apply(variables, x, update_state=update_state)
+        if given is not None:
+            kept = {k for k, v in st.items() if k in state[i] and v is state[i][k]}
+            st = {k: given[i][k] if k in kept else v for k, v in st.items()}
         new_state.append(dict(st))
     if out_sharding is not None and _is_array(x) and tuple(x.shape) == tuple(args[0].shape):
         x = jax.sharding.reshard(x, out_sharding)

@@ -128,13 +128,6 @@ def test_partition_specs_are_kept_on_originals_state_and_after_removal():
 
 
 # --- model parallel (Auto axes) and shard_map: examples/sharding.py asserts both ------------------
-# Known false positive: under explicit sharding the chain gathers its inputs, so a link state the
-# chain hands back unchanged is a new array, and linen's identity check reads it as "advanced"
-# (FrozenStateWarning on RandomPruning's constant mask). To fix in linen/_collections.
-_FALSE_FROZEN = pytest.mark.filterwarnings("ignore::parametrax.linen.FrozenStateWarning")
-
-
-@_FALSE_FROZEN
 def test_sharding_example_model_parallel_and_shard_map():
     """The README's example: Megatron-sharded parametrized kernels trained under jit on a (2, 4)
     mesh follow the single-device trajectory; a shard_map data-parallel step equals the
@@ -150,7 +143,6 @@ def test_sharding_example_model_parallel_and_shard_map():
     [[px.skew, px.matrix_exp], [px.symmetric], [px.skew, px.cayley, px.RandomPruning(0.3)]],
     ids=["matrix_exp", "symmetric", "cayley+pruning"],
 )
-@_FALSE_FROZEN
 def test_explicit_mode_column_sharded_kernel_trains_like_one_device(chain):
     # A - Aᵀ, a solve or expm of an explicitly column-sharded matrix is a sharding type error
     # unless the chain gathers it first (parametrax does, then reshards the value like the raw).
