@@ -174,6 +174,11 @@ def test_explicit_mode_column_sharded_kernel_trains_like_one_device(chain):
             p, o, loss = jstep(p, o, jax.device_put(x, batch), jax.device_put(y, batch))
         raw = p["parametrizations"]["kernel"]["original"]
         assert jax.typeof(raw).sharding.spec == P(None, "model")
+        # a state the chain hands back unchanged (the pruning mask) is stored as given: sharded
+        _, new = model.apply({"params": p, **state}, x, mutable=[px.linen.STATE_COLLECTION])
+        state_specs = {k: s for k, s in specs.items() if k != "params"}
+        assert jax.tree.map(lambda a: jax.typeof(a).sharding.spec, new) == state_specs
+        assert jax.tree.all(jax.tree.map(lambda a, b: a is b, new, state))
 
     single = jax.tree.map(lambda a: jax.device_put(np.asarray(a), jax.devices()[0]), v)
     state = {k: a for k, a in single.items() if k != "params"}

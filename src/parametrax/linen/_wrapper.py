@@ -169,7 +169,13 @@ class _ParametrizedMixin(_MixinBase):
     ) -> None:
         """Warns when params are differentiated and a link would advance its state, but
         ``parametrization_state`` is immutable: a train step ported with
-        ``mutable=["batch_stats"]`` would silently freeze a spectral norm's power iteration."""
+        ``mutable=["batch_stats"]`` would silently freeze a spectral norm's power iteration.
+
+        A link state counts as advanced when the chain hands back another array than the one it
+        was given: ``chain_forward`` returns a state a link did not move as the very array given
+        (compiled, grouped, or gathered under explicit sharding), so identity is the link's own
+        word, sound eagerly and on tracers; values are never compared (no device sync, nothing
+        to compare under jit). A link returning an equal copy is therefore reported."""
         plain = unbox(stored)
         if not any(
             _compat.is_differentiated(x)
