@@ -20,7 +20,13 @@ too (they live below it), so they share its configuration:
 
 import os
 
-import jax
+# JAX's CPU LU and triangular solves run through scipy's OpenBLAS, whose default threads fight
+# XLA's (and the other pytest-xdist worker's) for the cores: LU-based maps ran 2-300x slower on
+# shared CPUs (benchmarks/blas_threads.py). scipy is not loaded yet here, and xdist workers
+# inherit this environment. An explicit setting is left as set.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
 import pytest
 
 # An explicit JAX_NUMPY_DTYPE_PROMOTION (e.g. "standard", to compare) is left as set.
