@@ -15,6 +15,7 @@ from flax import nnx
 
 from parametrax._core import Parametrization, describe
 from parametrax._errors import ParametrizationError
+from parametrax.nnx import _compat
 from parametrax.nnx._memo import _evaluate
 
 Array = jax.Array
@@ -37,6 +38,10 @@ class ParametrizationLink(nnx.Module):
     ``nnx.Param`` attribute and each state entry a :class:`ParametrizationState` attribute, named
     as ``init_variables`` named them (torch: ``parametrizations.weight.0.<name>``).
     """
+
+    # NNX's graph traversal, per call of nnx.jit / split / merge: see _compat.lean_flatten.
+    _graph_node_flatten = _compat.lean_flatten
+    _graph_node_init = _compat.lean_init
 
     def __init__(self, parametrization: Parametrization, params: dict, state: dict):
         for kind, entries in (("params", params), ("state", state)):
@@ -91,6 +96,10 @@ class ParametrizationList(nnx.Module):
     Calling it (``plist()``) evaluates the chain, like torch's ``ParametrizationList.forward``.
     """
 
+    # NNX's graph traversal, per call of nnx.jit / split / merge: see _compat.lean_flatten.
+    _graph_node_flatten = _compat.lean_flatten
+    _graph_node_init = _compat.lean_init
+
     def __init__(
         self,
         originals: dict[str, nnx.Variable],
@@ -143,6 +152,10 @@ class ParametrizationList(nnx.Module):
 class ParametrizationDict(nnx.Module):
     """``module.parametrizations``: one :class:`ParametrizationList` attribute per parametrized
     name. ``name in d``, ``d[name]``, ``list(d)`` and ``len(d)`` work as on a dict."""
+
+    # NNX's graph traversal, per call of nnx.jit / split / merge: see _compat.lean_flatten.
+    _graph_node_flatten = _compat.lean_flatten
+    _graph_node_init = _compat.lean_init
 
     def _px_names(self) -> list[str]:
         return sorted(k for k, v in vars(self).items() if isinstance(v, ParametrizationList))
