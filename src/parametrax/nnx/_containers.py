@@ -42,6 +42,7 @@ class ParametrizationLink(nnx.Module):
     # NNX's graph traversal, per call of nnx.jit / split / merge: see _compat.lean_flatten.
     _graph_node_flatten = _compat.lean_flatten
     _graph_node_init = _compat.lean_init
+    _graph_node_clear = _compat.lean_clear
 
     def __init__(self, parametrization: Parametrization, params: dict, state: dict):
         for kind, entries in (("params", params), ("state", state)):
@@ -84,6 +85,9 @@ class ParametrizationLink(nnx.Module):
         return {"params": self.params, "state": self.state}
 
 
+_compat.ELIDABLE.add(ParametrizationLink)  # a link owning no variables is not a graph node
+
+
 class ParametrizationList(nnx.Module):
     """The chain of one parametrized variable: torch's ``ParametrizationList``.
 
@@ -99,6 +103,7 @@ class ParametrizationList(nnx.Module):
     # NNX's graph traversal, per call of nnx.jit / split / merge: see _compat.lean_flatten.
     _graph_node_flatten = _compat.lean_flatten
     _graph_node_init = _compat.lean_init
+    _graph_node_clear = _compat.lean_clear
 
     def __init__(
         self,
@@ -156,6 +161,7 @@ class ParametrizationDict(nnx.Module):
     # NNX's graph traversal, per call of nnx.jit / split / merge: see _compat.lean_flatten.
     _graph_node_flatten = _compat.lean_flatten
     _graph_node_init = _compat.lean_init
+    _graph_node_clear = _compat.lean_clear
 
     def _px_names(self) -> list[str]:
         return sorted(k for k, v in vars(self).items() if isinstance(v, ParametrizationList))
