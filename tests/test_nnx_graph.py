@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 import parametrax as px
 from parametrax import nnx as pnnx
-from parametrax.nnx import ParametrizationLink, ParametrizationList
+from parametrax.nnx import ParametrizationLink, ParametrizationList, _compat
 
 from _helpers import Counter, Double, Scale
 
@@ -52,6 +53,9 @@ def test_state_paths_are_unchanged():
     ]
 
 
+@pytest.mark.skipif(
+    not _compat.LEAN_GRAPH, reason="this flax lacks the graph internals of the lean protocol"
+)
 def test_graph_has_no_node_for_links_without_variables_nor_container_state():
     plain = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
     layer = _wn_linear()

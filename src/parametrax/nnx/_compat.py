@@ -14,9 +14,19 @@ import jax.core
 import jax.extend
 import jax.extend.core
 from flax import nnx
-from flax.nnx import graphlib as _graphlib
-from flax.nnx import pytreelib as _pytreelib
-from flax.typing import HashableMapping as _HashableMapping
+
+try:  # the lean graph-node protocol below needs flax's newer (0.12.x) graph internals
+    from flax.nnx import graphlib as _graphlib
+    from flax.nnx import pytreelib as _pytreelib
+    from flax.typing import HashableMapping as _HashableMapping
+
+    _graphlib.DataElem, _graphlib.StaticElem  # noqa: B018 - the attributes it uses
+    _pytreelib.PytreeState(False, False)._initializing  # noqa: B018
+    LEAN_GRAPH = all(
+        hasattr(nnx.Module, a) for a in ("_pytree__is_pytree", "_pytree__has_int_keys")
+    ) and hasattr(_HashableMapping({}), "_mapping")
+except (ImportError, AttributeError, TypeError):  # e.g. flax 0.12.1: NNX's own protocol is used
+    LEAN_GRAPH = False
 
 
 def pytree_flag(cls: type[nnx.Pytree]) -> bool:
@@ -95,7 +105,9 @@ def set_class(module: Any, cls: type) -> None:
 # ``(initializing, is_setup)`` and makes a fresh ``PytreeState`` (stamped with the current trace) on
 # unflatten; ``lean_init`` does the same from the bundle. Written against flax 0.12.x
 # (``Pytree._graph_node_flatten`` / ``_graph_node_init``, ``graphlib.DataElem`` / ``StaticElem``,
-# ``pytreelib.PytreeState``, ``flax.typing.HashableMapping``).
+# ``pytreelib.PytreeState``, ``flax.typing.HashableMapping``); ``LEAN_GRAPH`` is False where they are
+# missing (flax 0.12.1 has ``flax.nnx.graph`` and no ``DataElem``), and the containers then keep
+# NNX's own protocol: same behaviour, the old cost.
 _STATE = "_pytree__state"
 _NODES = "_pytree__nodes"
 STATIC_KEY = "_px_static"

@@ -39,10 +39,10 @@ class ParametrizationLink(nnx.Module):
     as ``init_variables`` named them (torch: ``parametrizations.weight.0.<name>``).
     """
 
-    # NNX's graph traversal, per call of nnx.jit / split / merge: see _compat.lean_flatten.
-    _graph_node_flatten = _compat.lean_flatten
-    _graph_node_init = _compat.lean_init
-    _graph_node_clear = _compat.lean_clear
+    if _compat.LEAN_GRAPH:  # NNX's graph traversal, per nnx.jit call: see _compat.lean_flatten
+        _graph_node_flatten = _compat.lean_flatten
+        _graph_node_init = _compat.lean_init
+        _graph_node_clear = _compat.lean_clear
 
     def __init__(self, parametrization: Parametrization, params: dict, state: dict):
         for kind, entries in (("params", params), ("state", state)):
@@ -100,10 +100,10 @@ class ParametrizationList(nnx.Module):
     Calling it (``plist()``) evaluates the chain, like torch's ``ParametrizationList.forward``.
     """
 
-    # NNX's graph traversal, per call of nnx.jit / split / merge: see _compat.lean_flatten.
-    _graph_node_flatten = _compat.lean_flatten
-    _graph_node_init = _compat.lean_init
-    _graph_node_clear = _compat.lean_clear
+    if _compat.LEAN_GRAPH:  # NNX's graph traversal, per nnx.jit call: see _compat.lean_flatten
+        _graph_node_flatten = _compat.lean_flatten
+        _graph_node_init = _compat.lean_init
+        _graph_node_clear = _compat.lean_clear
 
     def __init__(
         self,
@@ -158,10 +158,10 @@ class ParametrizationDict(nnx.Module):
     """``module.parametrizations``: one :class:`ParametrizationList` attribute per parametrized
     name. ``name in d``, ``d[name]``, ``list(d)`` and ``len(d)`` work as on a dict."""
 
-    # NNX's graph traversal, per call of nnx.jit / split / merge: see _compat.lean_flatten.
-    _graph_node_flatten = _compat.lean_flatten
-    _graph_node_init = _compat.lean_init
-    _graph_node_clear = _compat.lean_clear
+    if _compat.LEAN_GRAPH:  # NNX's graph traversal, per nnx.jit call: see _compat.lean_flatten
+        _graph_node_flatten = _compat.lean_flatten
+        _graph_node_init = _compat.lean_init
+        _graph_node_clear = _compat.lean_clear
 
     def _px_names(self) -> list[str]:
         return sorted(k for k, v in vars(self).items() if isinstance(v, ParametrizationList))
