@@ -15,6 +15,19 @@ import jax.extend
 import jax.extend.core
 from flax import nnx
 
+try:  # the lean graph-node protocol below needs flax's newer (0.12.x) graph internals
+    from flax.nnx import graphlib as _graphlib
+    from flax.nnx import pytreelib as _pytreelib
+    from flax.typing import HashableMapping as _HashableMapping
+
+    _graphlib.DataElem, _graphlib.StaticElem  # noqa: B018 - the attributes it uses
+    _pytreelib.PytreeState(False, False)._initializing  # noqa: B018
+    LEAN_GRAPH = all(
+        hasattr(nnx.Module, a) for a in ("_pytree__is_pytree", "_pytree__has_int_keys")
+    ) and hasattr(_HashableMapping({}), "_mapping")
+except (ImportError, AttributeError, TypeError):  # e.g. flax 0.12.1: NNX's own protocol is used
+    LEAN_GRAPH = False
+
 
 def pytree_flag(cls: type[nnx.Pytree]) -> bool:
     """The ``pytree=`` class keyword ``cls`` was created with (``Module._pytree__is_pytree``).
@@ -73,3 +86,218 @@ def set_class(module: Any, cls: type) -> None:
     ``object.__setattr__``. Not private API, but it bypasses NNX on purpose: any flax version.
     """
     object.__setattr__(module, "__class__", cls)
+
+
+# ------------------------------------------------------------------------------------------------
+# A lean graph-node protocol for the parametrization containers (the per-step cost of nnx.jit)
+# ------------------------------------------------------------------------------------------------
+# ``nnx.jit`` (and ``nnx.split`` / ``nnx.merge``, ``nnx.grad``, ...) walks the whole module graph in
+# Python on every call: ``Pytree._graph_node_flatten`` gives each attribute, and for every
+# ``nnx.Module`` this includes ``_pytree__state`` (a pytree node of its own: one more NodeDef to
+# build, hash, compare and unflatten) and ``_pytree__nodes`` (a ``HashableMapping`` whose hash
+# sorts its items with a Python key function, every call), then one ``Static`` per static field.
+# A parametrized variable adds three such modules (dict, list, link), so this was most of the
+# 160-210 us per layer. ``lean_flatten`` / ``lean_init`` replace the two hooks for those classes:
+# the data attributes (Variables, links) are given to NNX exactly as before (same keys, same
+# ``DataElem`` wrapping, so ``nnx.state`` paths and the Variables' treatment do not change), and
+# everything else goes into ONE static element whose hash is one tuple hash.
+# ``_pytree__state`` is not a node any more: flax's own pytree flattening of it keeps only
+# ``(initializing, is_setup)`` and makes a fresh ``PytreeState`` (stamped with the current trace) on
+# unflatten; ``lean_init`` does the same from the bundle. Written against flax 0.12.x
+# (``Pytree._graph_node_flatten`` / ``_graph_node_init``, ``graphlib.DataElem`` / ``StaticElem``,
+# ``pytreelib.PytreeState``, ``flax.typing.HashableMapping``); ``LEAN_GRAPH`` is False where they are
+# missing (flax 0.12.1 has ``flax.nnx.graph`` and no ``DataElem``), and the containers then keep
+# NNX's own protocol: same behaviour, the old cost.
+_STATE = "_pytree__state"
+_NODES = "_pytree__nodes"
+STATIC_KEY = "_px_static"
+
+
+class StaticAttributes:
+    """The static attributes of one container, as one hashable graph attribute.
+
+    ``items`` is a tuple of ``(name, value)``; ``_pytree__state`` is carried as its
+    ``(initializing, is_setup)`` flags and ``_pytree__nodes`` as its items. Not a pytree, so
+    ``nnx.iter_graph`` / ``nnx.recursive_map`` see it as one opaque static value.
+    """
+
+    __slots__ = ("items", "_hash")
+
+    def __init__(self, items: tuple):
+        self.items = items
+        self._hash: int | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            type(other) is StaticAttributes and self.items == other.items  # type: ignore[attr-defined]
+        )
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if h is None:
+            h = self._hash = hash(self.items)
+        return h
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.items if k not in (_STATE, _NODES))
+        return f"StaticAttributes({shown})"
+
+    def __reduce__(self):
+        return StaticAttributes, (self.items,)
+
+
+# Container types whose instances without data (no Variables, no sub-nodes: a link of a
+# parametrization that owns no variables) are carried as a static value of their parent instead of
+# as a graph node of their own; see ``ElidedNode``. Filled by ``_containers``.
+ELIDABLE: set[type] = set()
+
+
+class ElidedNode:
+    """A data-free container (an ``ELIDABLE`` instance) carried as one static value.
+
+    Such a node holds nothing NNX would pass to a transformation, so a graph node for it only
+    costs time (one NodeDef to flatten, hash, compare and unflatten per call). Its parent gives it
+    as ``(key, ElidedNode(type, static items))`` in its own static bundle; :func:`lean_init` puts
+    back the very same object when the parent is refilled in place (``nnx.jit`` writing results
+    back into the caller's module) and builds an equal one otherwise (``nnx.merge``, inside a
+    trace). It is not listed by ``nnx.iter_graph`` / ``nnx.iter_modules`` (it has nothing to
+    visit); ``vars(parent)`` still holds it.
+    """
+
+    __slots__ = ("type", "items", "_hash")
+
+    def __init__(self, type_: type, items: tuple):
+        self.type = type_
+        self.items = items
+        self._hash: int | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            type(other) is ElidedNode
+            and self.type is other.type  # type: ignore[attr-defined]
+            and self.items == other.items  # type: ignore[attr-defined]
+        )
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if h is None:
+            h = self._hash = hash((self.type, self.items))
+        return h
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.items if k not in (_STATE, _NODES))
+        return f"{self.type.__name__}({shown})"
+
+    def __reduce__(self):
+        return ElidedNode, (self.type, self.items)
+
+    def matches(self, obj: Any) -> bool:
+        """Whether ``obj`` can stand for this node (same type, equal static values)."""
+        if type(obj) is not self.type:
+            return False
+        d = vars(obj)
+        if len(d) != len(self.items):
+            return False
+        for k, v in self.items:
+            if k == _STATE or k == _NODES:
+                continue
+            w = d.get(k, _MISSING)
+            # equal, not only identical: a cached trace hands back the static values of the
+            # model it was traced with (as for NNX's own static fields)
+            if w is not v and not (type(w) is type(v) and w == v):
+                return False
+        return True
+
+    def build(self) -> Any:
+        obj = object.__new__(self.type)
+        lean_init(obj, ((STATIC_KEY, StaticAttributes(self.items)),))
+        return obj
+
+
+_MISSING = object()
+
+
+def _split(node: Any, cls: type) -> tuple[list, list]:
+    """``node``'s attributes as NNX would give them: (data children, static items)."""
+    d = vars(node)
+    flags = _plain(d.get(_NODES, cls._pytree__nodes))
+    data_elem = _graphlib.DataElem
+    children = []
+    static = []
+    for k, v in d.items():
+        if k == _STATE:
+            static.append((k, (v._initializing, v._is_setup)))
+        elif k == _NODES:
+            static.append((k, tuple(_plain(v).items())))
+        elif flags.get(k, False):
+            vcls = type(v)
+            if vcls in ELIDABLE and vcls._pytree__is_pytree and not vcls._pytree__has_int_keys:
+                sub_children, sub_static = _split(v, vcls)
+                if not sub_children:
+                    sub_static.sort()
+                    static.append((k, ElidedNode(vcls, tuple(sub_static))))
+                    continue
+            children.append((k, data_elem(v)))
+        else:
+            static.append((k, v))
+    return children, static
+
+
+def _plain(mapping: Any) -> Any:
+    """The dict inside a ``flax.typing.HashableMapping`` (its ``_mapping``): ``Mapping.get`` and
+    ``items`` on the wrapper run Python-level ABC methods per key, which this path calls per
+    attribute per step."""
+    return mapping._mapping if type(mapping) is _HashableMapping else mapping
+
+
+def lean_flatten(node: Any) -> tuple[list, type]:
+    """``_graph_node_flatten`` for the containers: data attributes as NNX gives them, sorted by
+    key (data-free ``ELIDABLE`` children excepted, see :class:`ElidedNode`), then every other
+    attribute in one :class:`StaticAttributes` under ``STATIC_KEY``."""
+    cls = type(node)
+    if not cls._pytree__is_pytree or cls._pytree__has_int_keys:
+        return nnx.Module._graph_node_flatten(node)  # the layouts this fast path does not cover
+    children, static = _split(node, cls)
+    # (keys are unique strings, so sorting the (key, value) pairs never compares values)
+    children.sort()
+    static.sort()
+    children.append((STATIC_KEY, _graphlib.StaticElem(StaticAttributes(tuple(static)))))
+    return children, cls
+
+
+def lean_clear(node: Any) -> None:
+    """``_graph_node_clear``: empties ``node`` but keeps its elidable children for
+    :func:`lean_init` to reuse (so ``layer.parametrizations.w[0]`` stays the same object across
+    ``nnx.jit`` calls)."""
+    d = vars(node)
+    kept = {k: v for k, v in d.items() if type(v) in ELIDABLE}
+    d.clear()
+    d.update(kept)
+
+
+def lean_init(node: Any, attributes: Any) -> None:
+    """``_graph_node_init`` matching :func:`lean_flatten` (and plain NNX attribute lists)."""
+    setattr_ = object.__setattr__
+    d = vars(node)
+    kept = set(d) if d else None  # elidable children lean_clear left for reuse
+    for name, value in attributes:
+        if name == STATIC_KEY and type(value) is StaticAttributes:
+            for k, v in value.items:
+                if k == _STATE:
+                    v = _pytreelib.PytreeState(*v)
+                elif k == _NODES:
+                    v = _HashableMapping(dict(v), copy=False)
+                elif type(v) is ElidedNode:
+                    old = d.get(k)
+                    v = old if old is not None and v.matches(old) else v.build()
+                    if kept:
+                        kept.discard(k)
+                setattr_(node, k, v)
+        else:
+            name = name if isinstance(name, str) else str(name)
+            setattr_(node, name, value)
+            if kept:
+                kept.discard(name)
+    if kept:
+        for k in kept:
+            del d[k]

@@ -15,6 +15,7 @@ from flax import nnx
 
 from parametrax._core import Parametrization, describe
 from parametrax._errors import ParametrizationError
+from parametrax.nnx import _compat
 from parametrax.nnx._memo import _evaluate
 
 Array = jax.Array
@@ -37,6 +38,11 @@ class ParametrizationLink(nnx.Module):
     ``nnx.Param`` attribute and each state entry a :class:`ParametrizationState` attribute, named
     as ``init_variables`` named them (torch: ``parametrizations.weight.0.<name>``).
     """
+
+    if _compat.LEAN_GRAPH:  # NNX's graph traversal, per nnx.jit call: see _compat.lean_flatten
+        _graph_node_flatten = _compat.lean_flatten
+        _graph_node_init = _compat.lean_init
+        _graph_node_clear = _compat.lean_clear
 
     def __init__(self, parametrization: Parametrization, params: dict, state: dict):
         for kind, entries in (("params", params), ("state", state)):
@@ -79,6 +85,9 @@ class ParametrizationLink(nnx.Module):
         return {"params": self.params, "state": self.state}
 
 
+_compat.ELIDABLE.add(ParametrizationLink)  # a link owning no variables is not a graph node
+
+
 class ParametrizationList(nnx.Module):
     """The chain of one parametrized variable: torch's ``ParametrizationList``.
 
@@ -90,6 +99,11 @@ class ParametrizationList(nnx.Module):
     flag, see the module docstring).
     Calling it (``plist()``) evaluates the chain, like torch's ``ParametrizationList.forward``.
     """
+
+    if _compat.LEAN_GRAPH:  # NNX's graph traversal, per nnx.jit call: see _compat.lean_flatten
+        _graph_node_flatten = _compat.lean_flatten
+        _graph_node_init = _compat.lean_init
+        _graph_node_clear = _compat.lean_clear
 
     def __init__(
         self,
@@ -143,6 +157,11 @@ class ParametrizationList(nnx.Module):
 class ParametrizationDict(nnx.Module):
     """``module.parametrizations``: one :class:`ParametrizationList` attribute per parametrized
     name. ``name in d``, ``d[name]``, ``list(d)`` and ``len(d)`` work as on a dict."""
+
+    if _compat.LEAN_GRAPH:  # NNX's graph traversal, per nnx.jit call: see _compat.lean_flatten
+        _graph_node_flatten = _compat.lean_flatten
+        _graph_node_init = _compat.lean_init
+        _graph_node_clear = _compat.lean_clear
 
     def _px_names(self) -> list[str]:
         return sorted(k for k, v in vars(self).items() if isinstance(v, ParametrizationList))
