@@ -146,7 +146,52 @@ def test_tall_watcher_reports_a_blown_bound():
             "bounds": {"register_s": 60, "cell_s": 60, "mem_gb": 1e-3},
         }
     )
-    rows = [r for r in md.splitlines() if r.startswith("| 24 |")]
+    rows = {r.split(" | ")[2]: r for r in md.splitlines() if r.startswith("| 24 |")}
     assert len(rows) == 3  # every cell has its row, blown or not
-    assert "**exceeds bound** (memory" in rows[0] and "**failed** (exit 1: boom)" in rows[1]
-    assert "| 2.00 |" in rows[2] and "1.0e-07" in rows[2]
+    assert "**exceeds bound** (memory" in rows["Orthogonal()"]
+    assert "**failed** (exit 1: boom)" in rows["LowRank(16)"]
+    assert "| 2.00 |" in rows["Stiefel()"] and "1.0e-07" in rows["Stiefel()"]
+    # a cell not run (the budget), or not run because a smaller shape exceeded its bound, keeps
+    # its row and says why
+    md = tall.markdown(
+        {
+            "machine": {
+                "cpu": "cpu",
+                "cores": 2,
+                "python": "3",
+                "openblas_threads": "1",
+                "date": "today",
+            },
+            "quick": False,
+            "config": TINY,
+            "total_s": 1.0,
+            "cells": [
+                {"method": "Stiefel()", "n": 48, "k": 16, "not_run": "budget spent"},
+                {
+                    "method": "Orthogonal()",
+                    "n": 48,
+                    "k": 16,
+                    "exceeded": "cell > 1 s",
+                    "inferred_from": [24, 16],
+                },
+            ],
+            "bounds": {"register_s": 60, "cell_s": 1, "mem_gb": 1},
+        }
+    )
+    rows = {r.split(" | ")[2]: r for r in md.splitlines() if r.startswith("| 48 |")}
+    assert "**not run** (budget spent)" in rows["Stiefel()"]
+    assert "exceeded cell > 1 s at 24 × 16" in rows["Orthogonal()"]
+
+
+def test_tall_plan_and_inferred_bounds():
+    """The full grid runs the priority cells first, smaller shapes before larger; a shape no
+    smaller in n and k than one that exceeded a bound is known to exceed it."""
+    tall = _tall()
+    order = tall.plan([(1000, 16), (100000, 64), (30000, 50)], list(tall.METHODS))
+    first = [c for c in order if c[0] in tall.PRIORITY_METHODS or (c[1], c[2]) in tall.TARGETS]
+    assert order[: len(first)] == first and len(order) == 3 * len(tall.METHODS)
+    assert [(n, k) for _, n, k in first] == sorted((n, k) for _, n, k in first)
+    blown = [{"method": "Stiefel()", "n": 1000, "k": 16, "exceeded": "cell > 1 s"}]
+    assert tall.dominated_by(blown, "Stiefel()", 30000, 50) is blown[0]
+    assert tall.dominated_by(blown, "Stiefel()", 30000, 8) is None  # smaller k: unknown
+    assert tall.dominated_by(blown, "Orthogonal()", 30000, 50) is None  # another method
