@@ -97,6 +97,46 @@ class HalfInverse(Identity):
         return y.astype(jnp.float16)
 
 
+@dataclasses.dataclass(frozen=True)
+class ReturnsNone(px.Parametrization):
+    """A forward that returns no array."""
+
+    def forward(self, x):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class DictInverse(Identity):
+    """A right_inverse returning a dict."""
+
+    def right_inverse(self, y):
+        return {"a": y}
+
+
+@dataclasses.dataclass(frozen=True)
+class EmptyInverse(Identity):
+    """A right_inverse returning an empty tuple."""
+
+    def right_inverse(self, y):
+        return ()
+
+
+@dataclasses.dataclass  # not frozen: unhashable, would re-trace or fail under jit
+class Mutable(px.Parametrization):
+    scale: float = 2.0
+
+    def forward(self, x):
+        return self.scale * x
+
+
+@dataclasses.dataclass(frozen=True)
+class WithArray(px.Parametrization):
+    weights: object = None
+
+    def forward(self, x):
+        return x
+
+
 def _tree_setup(chain, value=None):
     spec = {"w": chain}
     raw, state = ptree.register(
@@ -105,61 +145,141 @@ def _tree_setup(chain, value=None):
     return spec, raw, state
 
 
-# --- spec and paths ------------------------------------------------------------------------------
-def test_linen_typo_in_nested_path_lists_every_variable():
-    with pytest.raises(
-        px.SpecError,
-        match=r"`ParametrizedMLP`: spec key `Dense_0/kernal` matches no variable of the tree; the "
-        r"variables are: `Dense_0/bias`, `Dense_0/kernel`, `Dense_1/bias`, `Dense_1/kernel`",
-    ):
-        Parametrized(MLP(), {"Dense_0/kernal": skew}).init(KEY, X4)
-
-
-def test_linen_two_keys_claim_one_kernel():
-    with pytest.raises(
-        px.SpecError,
-        match=r"`ParametrizedMLP`: spec keys `\*/kernel` and `Dense_1/kernel` both claim the "
-        r"variable `Dense_1/kernel`; give each variable one chain",
-    ):
-        Parametrized(MLP(), {"*/kernel": skew, "Dense_1/kernel": px.symmetric}).init(KEY, X4)
-
-
-def test_linen_key_names_a_submodule():
-    with pytest.raises(
-        px.SpecError,
-        match=r"spec key `Dense_1` names a subtree, not a variable; name a leaf such as "
-        r"`Dense_1/bias`, `Dense_1/kernel` \(or use a glob like `Dense_1/\*`\)",
-    ):
-        Parametrized(MLP(), {"Dense_1": skew}).init(KEY, X4)
-
-
-def test_spec_key_not_a_string():
-    with pytest.raises(
-        px.ParametrizationTypeError,
-        match=r"spec keys must be non-empty path strings like 'kernel' or '\*/kernel'; got 0",
-    ):
-        Parametrized(nn.Dense, {0: skew})
-
-
-def test_spec_key_empty_collection_prefix():
-    with pytest.raises(
-        px.SpecError,
-        match=r"spec key `:kernel`: expected `<path>` \(in params\) or `<collection>:<path>`",
-    ):
-        Parametrized(nn.Dense(3), {":kernel": skew}).init(KEY, X3)
-
-
-def test_tree_constrain_with_a_spec_missing_a_parametrized_variable():
-    spec = {"*/kernel": skew}
-    raw, state = ptree.register(spec, {"a": {"kernel": jnp.eye(2)}, "b": {"kernel": jnp.eye(2)}})
-    with (
-        unchanged(raw, state),
-        pytest.raises(
-            px.SpecError,
-            match=r"the raw tree holds parametrized variables no spec key names: `b/kernel`",
+# --- constructing and initialising a Parametrized module -------------------------------------------
+@pytest.mark.parametrize(
+    "make,error,match",
+    [
+        (
+            lambda: Parametrized(nn.Dense, {0: skew}),
+            px.ParametrizationTypeError,
+            r"spec keys must be non-empty path strings like 'kernel' or '\*/kernel'; got 0",
         ),
+        (
+            lambda: Parametrized(nn.Dense(3), {"kernel": nn.Dense}),
+            px.ParametrizationTypeError,
+            r"spec key `kernel`: got the class `Dense` where a parametrization was expected \(a "
+            r"Parametrization instance such as `Skew\(\)`, or a function of arrays\)",
+        ),
+        (
+            lambda: Parametrized(nn.Dense, {"kernel": skew}, unsafe="yes"),
+            px.ParametrizationTypeError,
+            r"`unsafe` must be a bool; got 'yes'",
+        ),
+        (
+            lambda: px.linen.is_parametrized(Parametrized(nn.Dense(3), {"kernel": skew}), 3),
+            px.ParametrizationTypeError,
+            r"is_parametrized: `name` must be a variable path string like 'kernel'; got int 3",
+        ),
+    ],
+    ids=[
+        "spec-key-not-a-string",
+        "module-class-as-parametrization",
+        "unsafe-not-bool",
+        "is-parametrized-name-not-a-string",
+    ],
+)
+def test_bad_construction(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    "base,spec,x,error,match",
+    [
+        (
+            MLP(),
+            {"Dense_0/kernal": skew},
+            X4,
+            px.SpecError,
+            r"`ParametrizedMLP`: spec key `Dense_0/kernal` matches no variable of the tree; the "
+            r"variables are: `Dense_0/bias`, `Dense_0/kernel`, `Dense_1/bias`, `Dense_1/kernel`",
+        ),
+        (
+            MLP(),
+            {"*/kernel": skew, "Dense_1/kernel": px.symmetric},
+            X4,
+            px.SpecError,
+            r"`ParametrizedMLP`: spec keys `\*/kernel` and `Dense_1/kernel` both claim the "
+            r"variable `Dense_1/kernel`; give each variable one chain",
+        ),
+        (
+            MLP(),
+            {"Dense_1": skew},
+            X4,
+            px.SpecError,
+            r"spec key `Dense_1` names a subtree, not a variable; name a leaf such as "
+            r"`Dense_1/bias`, `Dense_1/kernel` \(or use a glob like `Dense_1/\*`\)",
+        ),
+        (
+            nn.Dense(3),
+            {":kernel": skew},
+            X3,
+            px.SpecError,
+            r"spec key `:kernel`: expected `<path>` \(in params\) or `<collection>:<path>`",
+        ),
+        (
+            nn.Dense(3),
+            {"bias": px.symmetric},
+            X3,
+            px.ShapeError,
+            r"`ParametrizedDense`: parametrizing `bias` with \[Symmetric\]: `Symmetric` acts on "
+            r"matrices \(the last two axes, leading axes are batch axes\); got an array of shape "
+            r"\(3,\) with 1 dimension",
+        ),
+        (
+            nn.Embed(3, 3, param_dtype=jnp.int32, embedding_init=nn.initializers.zeros),
+            {"embedding": skew},
+            jnp.array([0]),
+            px.ShapeError,
+            r"`ParametrizedEmbed`: parametrizing `embedding` with \[Skew\]: `Skew` needs a "
+            r"floating-point or complex array; got dtype int32 \(shape \(3, 3\)\)",
+        ),
+        (
+            nn.Dense(3),
+            {"kernel": ReturnsNone()},
+            X3,
+            px.ShapeError,
+            r"parametrizing `kernel` with \[ReturnsNone\]: a parametrization must return an "
+            r"array; the chain returned NoneType",
+        ),
+        (
+            nn.Dense(3),
+            {"kernel": DictInverse()},
+            X3,
+            px.RightInverseError,
+            r"parametrizing `kernel` with \[DictInverse\]: `DictInverse`.right_inverse must return "
+            r"an array or a sequence of arrays \(list, tuple\); got dict",
+        ),
+    ],
+    ids=[
+        "typo-in-nested-path-lists-every-variable",
+        "two-keys-claim-one-kernel",
+        "key-names-a-submodule",
+        "empty-collection-prefix",
+        "matrix-map-on-a-bias-vector",
+        "integer-embedding-through-a-matrix-map",
+        "forward-returns-a-non-array",
+        "right-inverse-returns-a-dict",
+    ],
+)
+def test_bad_linen_init(base, spec, x, error, match):
+    with pytest.raises(error, match=match):
+        Parametrized(base, spec).init(KEY, x)
+
+
+@pytest.mark.parametrize(
+    "chain,first",
+    [([skew], "Skew"), ([px.symmetric, px.matrix_exp], "Symmetric")],
+    ids=["skew", "sym-expm"],
+)
+def test_square_map_on_a_wide_kernel(chain, first):
+    names = ", ".join(type(p).__name__ for p in chain)
+    with pytest.raises(
+        px.ShapeError,
+        match=rf"parametrizing `kernel` with \[{names}\]: `{first}` acts on square matrices \(the "
+        r"last two axes\); got shape \(3, 5\), whose last two axes are 3x5",
     ):
-        ptree.constrain({"a/kernel": skew}, raw, state)
+        Parametrized(nn.Dense(5), {"kernel": chain}).init(KEY, X3)
 
 
 # --- what a spec maps to -------------------------------------------------------------------------
@@ -178,31 +298,6 @@ def test_non_parametrization_in_a_chain(bad, got):
         match=rf"spec key `kernel`: expected a Parametrization or a callable, got {got}",
     ):
         Parametrized(nn.Dense, {"kernel": [skew, bad] if bad is None else bad})
-
-
-def test_a_flax_module_class_is_not_a_parametrization():
-    with pytest.raises(
-        px.ParametrizationTypeError,
-        match=r"spec key `kernel`: got the class `Dense` where a parametrization was expected \(a "
-        r"Parametrization instance such as `Skew\(\)`, or a function of arrays\)",
-    ):
-        Parametrized(nn.Dense(3), {"kernel": nn.Dense})
-
-
-def test_mutable_dataclass_config_is_refused():
-    @dataclasses.dataclass  # not frozen: unhashable, would re-trace or fail under jit
-    class Mutable(px.Parametrization):
-        scale: float = 2.0
-
-        def forward(self, x):
-            return self.scale * x
-
-    with pytest.raises(
-        px.ParametrizationTypeError,
-        match=r"spec key `w`: `Mutable` is not hashable \(unhashable type: 'Mutable'\); "
-        r"parametrizations must be frozen dataclasses",
-    ):
-        ptree.register({"w": Mutable()}, {"w": jnp.eye(2)})
 
 
 def test_undecorated_subclass_is_a_frozen_dataclass_and_traces_once():
@@ -229,235 +324,146 @@ def test_undecorated_subclass_is_a_frozen_dataclass_and_traces_once():
     assert len(traces) == 2  # a different configuration is a different trace
 
 
-def test_array_valued_config_is_refused():
-    @dataclasses.dataclass(frozen=True)
-    class WithArray(px.Parametrization):
-        weights: object = None
-
-        def forward(self, x):
-            return x
-
-    with pytest.raises(
-        px.ParametrizationTypeError,
-        match=r"`WithArray` is not hashable \(unhashable type: 'numpy.ndarray'\); .*no arrays",
-    ):
-        ptree.register({"w": WithArray(np.ones(3))}, {"w": jnp.eye(2)})
-
-
-def test_unsafe_must_be_a_bool():
-    with pytest.raises(px.ParametrizationTypeError, match=r"`unsafe` must be a bool; got 'yes'"):
-        Parametrized(nn.Dense, {"kernel": skew}, unsafe="yes")
-
-
-def test_is_parametrized_name_must_be_a_string():
-    with pytest.raises(
-        px.ParametrizationTypeError,
-        match=r"is_parametrized: `name` must be a variable path string like 'kernel'; got int 3",
-    ):
-        px.linen.is_parametrized(Parametrized(nn.Dense(3), {"kernel": skew}), 3)
-
-
-# --- leaves: kind, rank, shape, dtype ------------------------------------------------------------
-@pytest.mark.parametrize("leaf,kind", [(1.0, "float"), (None, "NoneType")], ids=["float", "None"])
-def test_non_array_leaf(leaf, kind):
-    params = {"w": leaf, "b": jnp.ones(2)}
-    with (
-        unchanged(params),
-        pytest.raises(
-            px.ParametrizationTypeError,
-            match=rf"parametrizing `w` with \[Skew, Cayley\]: expected an array at `w`, got {kind}",
-        ),
-    ):
-        ptree.register({"w": [skew, cayley]}, params)
-
-
-def test_tree_that_is_not_a_mapping_is_addressed_by_key_paths():
-    # Any pytree is accepted (issue 13); a key that is not one of its key paths lists them.
-    with pytest.raises(
-        px.SpecError, match=r"spec key `w` matches no variable of the tree; the variables are: `0`"
-    ):
-        ptree.register({"w": skew}, [jnp.eye(2)])
-
-
-def test_matrix_map_on_a_bias_vector():
-    with pytest.raises(
-        px.ShapeError,
-        match=r"`ParametrizedDense`: parametrizing `bias` with \[Symmetric\]: `Symmetric` acts on "
-        r"matrices \(the last two axes, leading axes are batch axes\); got an array of shape "
-        r"\(3,\) with 1 dimension",
-    ):
-        Parametrized(nn.Dense(3), {"bias": px.symmetric}).init(KEY, X3)
-
-
+# --- registering on a tree: configs, leaves (kind, rank, shape, dtype), right inverses ------------
 @pytest.mark.parametrize(
-    "chain,first",
-    [([skew], "Skew"), ([px.symmetric, px.matrix_exp], "Symmetric")],
-    ids=["skew", "sym-expm"],
-)
-def test_square_map_on_a_wide_kernel(chain, first):
-    names = ", ".join(type(p).__name__ for p in chain)
-    with pytest.raises(
-        px.ShapeError,
-        match=rf"parametrizing `kernel` with \[{names}\]: `{first}` acts on square matrices \(the "
-        r"last two axes\); got shape \(3, 5\), whose last two axes are 3x5",
-    ):
-        Parametrized(nn.Dense(5), {"kernel": chain}).init(KEY, X3)
-
-
-def test_integer_embedding_through_a_matrix_map():
-    emb = nn.Embed(3, 3, param_dtype=jnp.int32, embedding_init=nn.initializers.zeros)
-    with pytest.raises(
-        px.ShapeError,
-        match=r"`ParametrizedEmbed`: parametrizing `embedding` with \[Skew\]: `Skew` needs a "
-        r"floating-point or complex array; got dtype int32 \(shape \(3, 3\)\)",
-    ):
-        Parametrized(emb, {"embedding": skew}).init(KEY, jnp.array([0]))
-
-
-def test_integer_leaf_through_pruning():
-    params = {"w": jnp.ones((3, 3), jnp.int32)}
-    with (
-        unchanged(params),
-        pytest.raises(
+    "spec,params,key,error,match",
+    [
+        (
+            {"w": Mutable()},
+            {"w": jnp.eye(2)},
+            None,
+            px.ParametrizationTypeError,
+            r"spec key `w`: `Mutable` is not hashable \(unhashable type: 'Mutable'\); "
+            r"parametrizations must be frozen dataclasses",
+        ),
+        (
+            {"w": WithArray(np.ones(3))},
+            {"w": jnp.eye(2)},
+            None,
+            px.ParametrizationTypeError,
+            r"`WithArray` is not hashable \(unhashable type: 'numpy.ndarray'\); .*no arrays",
+        ),
+        (
+            {"w": [skew, cayley]},
+            {"w": 1.0, "b": jnp.ones(2)},
+            None,
+            px.ParametrizationTypeError,
+            r"parametrizing `w` with \[Skew, Cayley\]: expected an array at `w`, got float",
+        ),
+        (
+            {"w": [skew, cayley]},
+            {"w": None, "b": jnp.ones(2)},
+            None,
+            px.ParametrizationTypeError,
+            r"parametrizing `w` with \[Skew, Cayley\]: expected an array at `w`, got NoneType",
+        ),
+        (
+            # Any pytree is accepted (issue 13); a key that is not one of its key paths lists them.
+            {"w": skew},
+            [jnp.eye(2)],
+            None,
+            px.SpecError,
+            r"spec key `w` matches no variable of the tree; the variables are: `0`",
+        ),
+        (
+            {"w": px.RandomPruning(0.5)},
+            {"w": jnp.ones((3, 3), jnp.int32)},
+            KEY,
             px.ShapeError,
-            match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` needs a floating-point or "
+            r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` needs a floating-point or "
             r"complex array; got dtype int32",
         ),
-    ):
-        ptree.register({"w": px.RandomPruning(0.5)}, params, key=KEY)
-
-
-def test_integer_leaf_through_a_float_function_changes_dtype():
-    with pytest.raises(
-        px.ShapeError,
-        match=r"parametrizing `w` with \[tanh\]: registering a parametrization may not change the "
-        r"shape or dtype of the variable unless `unsafe=True`: the variable has shape \(3, 3\) and "
-        r"dtype int32, the parametrized value has shape \(3, 3\) and dtype float32",
-    ):
-        ptree.register({"w": jnp.tanh}, {"w": jnp.ones((3, 3), jnp.int32)})
-
-
-def test_forward_returning_a_non_array():
-    @dataclasses.dataclass(frozen=True)
-    class ReturnsNone(px.Parametrization):
-        def forward(self, x):
-            return None
-
-    with pytest.raises(
-        px.ShapeError,
-        match=r"parametrizing `kernel` with \[ReturnsNone\]: a parametrization must return an "
-        r"array; the chain returned NoneType",
-    ):
-        Parametrized(nn.Dense(3), {"kernel": ReturnsNone()}).init(KEY, X3)
-
-
-def test_stateful_link_without_a_key():
-    params = {"w": jnp.eye(3)}
-    with (
-        unchanged(params),
-        pytest.raises(
+        (
+            {"w": jnp.tanh},
+            {"w": jnp.ones((3, 3), jnp.int32)},
+            None,
+            px.ShapeError,
+            r"parametrizing `w` with \[tanh\]: registering a parametrization may not change the "
+            r"shape or dtype of the variable unless `unsafe=True`: the variable has shape \(3, 3\) "
+            r"and dtype int32, the parametrized value has shape \(3, 3\) and dtype float32",
+        ),
+        (
+            {"w": px.RandomPruning(0.5)},
+            {"w": jnp.eye(3)},
+            None,
             px.ParametrizationError,
-            match=r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` owns variables and needs "
+            r"parametrizing `w` with \[RandomPruning\]: `RandomPruning` owns variables and needs "
             r"a PRNG key to initialise them; pass `key=`",
         ),
-    ):
-        ptree.register({"w": px.RandomPruning(0.5)}, params)
+        (
+            {"w": EmptyInverse()},
+            {"w": jnp.eye(3)},
+            None,
+            px.RightInverseError,
+            r"parametrizing `w` with \[EmptyInverse\]: `EmptyInverse`.right_inverse returned an "
+            r"empty tuple; expected an array or a non-empty sequence of arrays",
+        ),
+    ],
+    ids=[
+        "mutable-dataclass-config",
+        "array-valued-config",
+        "float-leaf",
+        "None-leaf",
+        "tree-that-is-not-a-mapping",
+        "integer-leaf-through-pruning",
+        "integer-leaf-through-a-float-function-changes-dtype",
+        "stateful-link-without-a-key",
+        "right-inverse-returns-an-empty-tuple",
+    ],
+)
+def test_bad_tree_register(spec, params, key, error, match):
+    with unchanged(params), pytest.raises(error, match=match):
+        ptree.register(spec, params, key=key)
 
 
-# --- right_inverse returning the wrong thing -----------------------------------------------------
-def test_right_inverse_returns_a_dict_at_registration():
-    @dataclasses.dataclass(frozen=True)
-    class DictInverse(Identity):
-        def right_inverse(self, y):
-            return {"a": y}
-
-    with pytest.raises(
-        px.RightInverseError,
-        match=r"parametrizing `kernel` with \[DictInverse\]: `DictInverse`.right_inverse must return "
-        r"an array or a sequence of arrays \(list, tuple\); got dict",
-    ):
-        Parametrized(nn.Dense(3), {"kernel": DictInverse()}).init(KEY, X3)
-
-
-def test_right_inverse_returns_an_empty_tuple():
-    @dataclasses.dataclass(frozen=True)
-    class EmptyInverse(Identity):
-        def right_inverse(self, y):
-            return ()
-
-    with pytest.raises(
-        px.RightInverseError,
-        match=r"parametrizing `w` with \[EmptyInverse\]: `EmptyInverse`.right_inverse returned an "
-        r"empty tuple; expected an array or a non-empty sequence of arrays",
-    ):
-        ptree.register({"w": EmptyInverse()}, {"w": jnp.eye(3)})
-
-
-def test_assign_right_inverse_returns_too_many_arrays():
-    raw, state = ptree.register({"w": Halves()}, {"w": jnp.eye(3)})
+def test_tree_constrain_with_a_spec_missing_a_parametrized_variable():
+    spec = {"*/kernel": skew}
+    raw, state = ptree.register(spec, {"a": {"kernel": jnp.eye(2)}, "b": {"kernel": jnp.eye(2)}})
     with (
         unchanged(raw, state),
         pytest.raises(
-            px.RightInverseError,
-            match=r"parametrizing `w` with \[Thirds\]: right_inverse returned 3 array\(s\) \(original0, "
+            px.SpecError,
+            match=r"the raw tree holds parametrized variables no spec key names: `b/kernel`",
+        ),
+    ):
+        ptree.constrain({"a/kernel": skew}, raw, state)
+
+
+# --- right_inverse returning the wrong thing at assignment -----------------------------------------
+@pytest.mark.parametrize(
+    "registered,assigned,match",
+    [
+        (
+            Halves(),
+            Thirds(),
+            r"parametrizing `w` with \[Thirds\]: right_inverse returned 3 array\(s\) \(original0, "
             r"original1, original2\) but the variable stores 2 \(original0, original1\)",
         ),
-    ):
-        ptree.assign({"w": Thirds()}, raw, state, {"w": jnp.eye(3)})
-
-
-def test_assign_right_inverse_returns_one_array_for_two_originals():
-    raw, state = ptree.register({"w": Halves()}, {"w": jnp.eye(3)})
-    with (
-        unchanged(raw, state),
-        pytest.raises(
-            px.RightInverseError,
-            match=r"parametrizing `w` with \[OneOfTwo\]: right_inverse returned 1 array\(s\) "
+        (
+            Halves(),
+            OneOfTwo(),
+            r"parametrizing `w` with \[OneOfTwo\]: right_inverse returned 1 array\(s\) "
             r"\(original\) but the variable stores 2",
         ),
-    ):
-        ptree.assign({"w": OneOfTwo()}, raw, state, {"w": jnp.eye(3)})
-
-
-def test_assign_right_inverse_returns_the_wrong_shape():
-    spec, raw, state = _tree_setup(Identity())
-    with (
-        unchanged(raw, state),
-        pytest.raises(
-            px.RightInverseError,
-            match=r"parametrizing `w` with \[RowsInverse\]: right_inverse returned shape \(2, 3\) and "
+        (
+            Identity(),
+            RowsInverse(),
+            r"parametrizing `w` with \[RowsInverse\]: right_inverse returned shape \(2, 3\) and "
             r"dtype float32 for `original`, which has shape \(3, 3\) and dtype float32",
         ),
-    ):
-        ptree.assign({"w": RowsInverse()}, raw, state, {"w": jnp.eye(3)})
-
-
-def test_assign_right_inverse_changes_the_dtype():
-    spec, raw, state = _tree_setup(Identity())
-    with (
-        unchanged(raw, state),
-        pytest.raises(
-            px.RightInverseError,
-            match=r"parametrizing `w` with \[HalfInverse\]: right_inverse returned shape \(3, 3\) and "
+        (
+            Identity(),
+            HalfInverse(),
+            r"parametrizing `w` with \[HalfInverse\]: right_inverse returned shape \(3, 3\) and "
             r"dtype float16 for `original`, which has shape \(3, 3\) and dtype float32",
         ),
-    ):
-        ptree.assign({"w": HalfInverse()}, raw, state, {"w": jnp.eye(3)})
-
-
-def test_assign_through_a_plain_function_has_no_right_inverse():
-    layer = Parametrized(nn.Dense(3), {"kernel": [skew, jnp.tanh]})
-    v = layer.init(KEY, X3)
-    with (
-        unchanged(v),
-        pytest.raises(
-            px.RightInverseError,
-            match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, tanh\]: cannot "
-            r"assign through the chain \[Skew, tanh\]: function `tanh` does not implement "
-            r"right_inverse",
-        ),
-    ):
-        px.linen.assign(layer, v, {"kernel": jnp.eye(3)})
+    ],
+    ids=["too-many-arrays", "one-array-for-two-originals", "wrong-shape", "changes-the-dtype"],
+)
+def test_assign_right_inverse_returns_the_wrong_thing(registered, assigned, match):
+    spec, raw, state = _tree_setup(registered)
+    with unchanged(raw, state), pytest.raises(px.RightInverseError, match=match):
+        ptree.assign({"w": assigned}, raw, state, {"w": jnp.eye(3)})
 
 
 def test_user_error_inside_right_inverse_keeps_its_type_and_gains_the_path():
@@ -475,19 +481,80 @@ def test_user_error_inside_right_inverse_keeps_its_type_and_gains_the_path():
 
 
 # --- assignment ----------------------------------------------------------------------------------
-def test_assign_a_vector_to_a_matrix():
-    layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
-    v = layer.init(KEY, X3)
-    with (
-        unchanged(v),
-        pytest.raises(
+_DENSE_ORTHO = (nn.Dense(3), {"kernel": [skew, cayley]}, X3)
+_MLP_SKEW = (MLP(), {"*/kernel": skew}, X4)
+
+
+@pytest.mark.parametrize(
+    "layer,values,error,match",
+    [
+        (
+            _DENSE_ORTHO,
+            {"kernel": jnp.ones(3)},
             px.ShapeError,
-            match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
+            r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
             r"value assigned has shape \(3,\) and dtype float32; expected shape \(3, 3\) and dtype "
             r"float32 \(those of the current value\)",
         ),
-    ):
-        px.linen.assign(layer, v, {"kernel": jnp.ones(3)})
+        (
+            _MLP_SKEW,
+            {"Dense_0/kernel": jnp.eye(4, dtype=jnp.complex64)},
+            px.ShapeError,
+            r"parametrizing `Dense_0/kernel` with \[Skew\]: the value assigned has shape \(4, 4\) "
+            r"and dtype complex64; expected shape \(4, 4\) and dtype float32",
+        ),
+        (
+            _MLP_SKEW,
+            {"*/kernel": jnp.zeros((4, 4))},
+            px.SpecError,
+            r"assign to `ParametrizedMLP`: assign takes exact variable paths, not globs or "
+            r"non-strings; got '\*/kernel'",
+        ),
+        (
+            (nn.Dense(3), {"kernel": skew}, X3),
+            {"batch_stats:mean": jnp.ones(3)},
+            px.NotParametrizedError,
+            r"assign: `batch_stats:mean` is not parametrized in `ParametrizedDense` \(spec keys: "
+            r"`kernel`\)",
+        ),
+        (
+            _DENSE_ORTHO,
+            {"kernel": jnp.eye(3).at[0, 1].set(jnp.inf)},
+            px.ParametrizationError,
+            r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
+            r"value assigned contains 1 Inf among 9 entries; refusing to store it",
+        ),
+        (
+            (nn.Dense(3), {"kernel": [skew, jnp.tanh]}, X3),
+            {"kernel": jnp.eye(3)},
+            px.RightInverseError,
+            r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, tanh\]: cannot "
+            r"assign through the chain \[Skew, tanh\]: function `tanh` does not implement "
+            r"right_inverse",
+        ),
+        (
+            _MLP_SKEW,
+            {"Dense_0/kernel": px.skew(jnp.ones((4, 4))), "Dense_1/kernel": jnp.eye(3)},
+            px.ShapeError,
+            r"parametrizing `Dense_1/kernel`",  # one bad value among several changes nothing
+        ),
+    ],
+    ids=[
+        "vector-to-a-matrix",
+        "complex-to-a-real-variable",
+        "glob-key",
+        "collection-the-spec-does-not-name",
+        "inf",
+        "through-a-plain-function",
+        "several-values-one-bad",
+    ],
+)
+def test_bad_linen_assign(layer, values, error, match):
+    base, spec, x = layer
+    layer = Parametrized(base, spec)
+    v = layer.init(KEY, x)
+    with unchanged(v), pytest.raises(error, match=match):
+        px.linen.assign(layer, v, values)
 
 
 @pytest.mark.parametrize("bad,kind", [([[1.0]], "list"), (None, "NoneType")], ids=["list", "None"])
@@ -503,169 +570,117 @@ def test_assign_a_non_array(bad, kind):
         ptree.assign(spec, raw, state, {"w": bad})
 
 
-def test_assign_complex_to_a_real_variable():
-    layer = Parametrized(MLP(), {"*/kernel": skew})
-    v = layer.init(KEY, X4)
-    with (
-        unchanged(v),
-        pytest.raises(
-            px.ShapeError,
-            match=r"parametrizing `Dense_0/kernel` with \[Skew\]: the value assigned has shape \(4, 4\) "
-            r"and dtype complex64; expected shape \(4, 4\) and dtype float32",
-        ),
-    ):
-        px.linen.assign(layer, v, {"Dense_0/kernel": jnp.eye(4, dtype=jnp.complex64)})
+# --- removal and the variables handed to apply ---------------------------------------------------
+def _init_x3(layer):
+    """The variables ``layer.init`` makes for inputs like ``X3``."""
+    return layer.init(KEY, X3)
 
 
-def test_assign_with_a_glob_key():
-    layer = Parametrized(MLP(), {"*/kernel": skew})
-    v = layer.init(KEY, X4)
-    with (
-        unchanged(v),
-        pytest.raises(
-            px.SpecError,
-            match=r"assign to `ParametrizedMLP`: assign takes exact variable paths, not globs or "
-            r"non-strings; got '\*/kernel'",
-        ),
-    ):
-        px.linen.assign(layer, v, {"*/kernel": jnp.zeros((4, 4))})
+def _init_x4(layer):
+    """The variables ``layer.init`` makes for inputs like ``X4``."""
+    return layer.init(KEY, X4)
 
 
-def test_assign_to_a_collection_the_spec_does_not_name():
-    layer = Parametrized(nn.Dense(3), {"kernel": skew})
-    v = layer.init(KEY, X3)
-    with (
-        unchanged(v),
-        pytest.raises(
+def _plain_dense(layer):
+    """A plain ``Dense``'s variables (no `parametrizations` entry)."""
+    del layer
+    return nn.Dense(3).init(KEY, X3)
+
+
+@pytest.mark.parametrize(
+    "layer,variables,args,kwargs,error,match",
+    [
+        (
+            Parametrized(MLP(), {"*/kernel": skew}),
+            _init_x4,
+            ("*/bias",),
+            {},
             px.NotParametrizedError,
-            match=r"assign: `batch_stats:mean` is not parametrized in `ParametrizedDense` \(spec keys: "
-            r"`kernel`\)",
-        ),
-    ):
-        px.linen.assign(layer, v, {"batch_stats:mean": jnp.ones(3)})
-
-
-def test_assign_inf_through_linen():
-    layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
-    v = layer.init(KEY, X3)
-    with (
-        unchanged(v),
-        pytest.raises(
-            px.ParametrizationError,
-            match=r"assign to `ParametrizedDense`: parametrizing `kernel` with \[Skew, Cayley\]: the "
-            r"value assigned contains 1 Inf among 9 entries; refusing to store it",
-        ),
-    ):
-        px.linen.assign(layer, v, {"kernel": jnp.eye(3).at[0, 1].set(jnp.inf)})
-
-
-def test_assign_several_values_one_bad_changes_nothing():
-    layer = Parametrized(MLP(), {"*/kernel": skew})
-    v = layer.init(KEY, X4)
-    good = px.skew(jnp.ones((4, 4)))
-    with unchanged(v), pytest.raises(px.ShapeError, match=r"parametrizing `Dense_1/kernel`"):
-        px.linen.assign(layer, v, {"Dense_0/kernel": good, "Dense_1/kernel": jnp.eye(3)})
-
-
-# --- removal -------------------------------------------------------------------------------------
-def test_remove_glob_matching_nothing():
-    layer = Parametrized(MLP(), {"*/kernel": skew})
-    v = layer.init(KEY, X4)
-    with (
-        unchanged(v),
-        pytest.raises(
-            px.NotParametrizedError,
-            match=r"remove_parametrizations: `\*/bias` is not parametrized in `ParametrizedMLP`; the "
+            r"remove_parametrizations: `\*/bias` is not parametrized in `ParametrizedMLP`; the "
             r"parametrized variables are `Dense_0/kernel`, `Dense_1/kernel`",
         ),
-    ):
-        px.linen.remove_parametrizations(layer, v, "*/bias")
-
-
-def test_remove_all_with_leave_parametrized_false_and_one_multi_array_chain_removes_nothing():
-    layer = Parametrized(MLP(), {"Dense_0/kernel": skew, "Dense_1/kernel": RankOne()})
-    v = layer.init(KEY, X4)
-    with (
-        unchanged(v),
-        pytest.raises(
+        (
+            Parametrized(MLP(), {"Dense_0/kernel": skew, "Dense_1/kernel": RankOne()}),
+            _init_x4,
+            (),
+            {"leave_parametrized": False},
             px.ParametrizationError,
-            match=r"remove_parametrizations from `ParametrizedMLP`: parametrizing `Dense_1/kernel` with "
+            r"remove_parametrizations from `ParametrizedMLP`: parametrizing `Dense_1/kernel` with "
             r"\[RankOne\]: cannot leave unparametrized \(`leave_parametrized=False`\) a variable "
             r"parametrized in terms of 2 arrays \(original0..original1\)",
         ),
-    ):
-        px.linen.remove_parametrizations(layer, v, leave_parametrized=False)
-
-
-def test_remove_from_plain_variables():
-    layer = Parametrized(nn.Dense(3), {"kernel": skew})
-    plain = nn.Dense(3).init(KEY, X3)
-    with (
-        unchanged(plain),
-        pytest.raises(
+        (
+            Parametrized(nn.Dense(3), {"kernel": skew}),
+            _plain_dense,
+            (),
+            {},
             px.NotParametrizedError,
-            match=r"remove_parametrizations from `ParametrizedDense`: the tree has no "
+            r"remove_parametrizations from `ParametrizedDense`: the tree has no "
             r"`parametrizations` entry.*\(top-level keys: `bias`, `kernel`\). These are not the "
             r"variables of a `ParametrizedDense` \(a plain `Dense`'s",
         ),
-    ):
-        px.linen.remove_parametrizations(layer, plain)
+    ],
+    ids=[
+        "glob-matching-nothing",
+        "leave-parametrized-false-with-a-multi-array-chain",
+        "from-plain-variables",
+    ],
+)
+def test_bad_remove(layer, variables, args, kwargs, error, match):
+    v = variables(layer)
+    with unchanged(v), pytest.raises(error, match=match):
+        px.linen.remove_parametrizations(layer, v, *args, **kwargs)
 
 
-# --- variables handed to apply -------------------------------------------------------------------
-def test_apply_with_plain_module_variables():
-    layer = Parametrized(nn.Dense(3), {"kernel": [skew, cayley]})
-    plain = nn.Dense(3).init(KEY, X3)
-    with (
-        unchanged(plain),
-        pytest.raises(
+@pytest.mark.parametrize(
+    "layer,variables,x,error,match",
+    [
+        (
+            Parametrized(nn.Dense(3), {"kernel": [skew, cayley]}),
+            _plain_dense,
+            X3,
             px.NotParametrizedError,
-            match=r"`ParametrizedDense.__call__`: the tree has no `parametrizations` entry.*top-level "
+            r"`ParametrizedDense.__call__`: the tree has no `parametrizations` entry.*top-level "
             r"keys: `bias`, `kernel`.*pass the variables `ParametrizedDense.init` returned",
         ),
-    ):
-        layer.apply(plain, X3)
-
-
-def test_apply_with_another_models_variables():
-    other = Parametrized(MLP(), {"*/kernel": skew})
-    v = other.init(KEY, X4)
-    with (
-        unchanged(v),
-        pytest.raises(
+        (
+            Parametrized(nn.Dense(4), {"kernel": skew}),
+            lambda layer: _init_x4(Parametrized(MLP(), {"*/kernel": skew})),
+            X4,
             px.SpecError,
-            match=r"`ParametrizedDense.__call__`: spec key `kernel` matches no variable of the raw "
+            r"`ParametrizedDense.__call__`: spec key `kernel` matches no variable of the raw "
             r"tree's parametrizations; the variables are: `Dense_0/kernel`, `Dense_1/kernel`",
         ),
-    ):
-        Parametrized(nn.Dense(4), {"kernel": skew}).apply(v, X4)
-
-
-def test_apply_without_the_state_collection():
-    layer = Parametrized(nn.Dense(3), {"kernel": px.RandomPruning(0.5)})
-    v = layer.init(KEY, X3)
-    params_only = {"params": v["params"]}
-    with (
-        unchanged(params_only),
-        pytest.raises(
+        (
+            Parametrized(nn.Dense(3), {"kernel": px.RandomPruning(0.5)}),
+            lambda layer: {"params": _init_x3(layer)["params"]},
+            X3,
             px.ParametrizationError,
-            match=r"`ParametrizedDense.__call__`: parametrizing `kernel` with \[RandomPruning\]: "
-            r"`RandomPruning` \(link 0 of the chain\) reads its variable 'mask', which it was not given: "
-            r"it received params \[\] and state \[\].*no `parametrization_state` collection: pass every "
-            r"collection `init` returned",
+            r"`ParametrizedDense.__call__`: parametrizing `kernel` with \[RandomPruning\]: "
+            r"`RandomPruning` \(link 0 of the chain\) reads its variable 'mask', which it was not "
+            r"given: it received params \[\] and state \[\].*no `parametrization_state` "
+            r"collection: pass every collection `init` returned",
         ),
-    ):
-        layer.apply(params_only, X3)
-
-
-def test_apply_without_params():
-    layer = Parametrized(nn.Dense(3), {"kernel": skew})
-    with pytest.raises(
-        px.NotParametrizedError,
-        match=r"`ParametrizedDense.__call__`: the variables have no `params` collection; got the "
-        r"collections \['batch_stats'\]",
-    ):
-        layer.apply({"batch_stats": {}}, X3)
+        (
+            Parametrized(nn.Dense(3), {"kernel": skew}),
+            lambda layer: {"batch_stats": {}},
+            X3,
+            px.NotParametrizedError,
+            r"`ParametrizedDense.__call__`: the variables have no `params` collection; got the "
+            r"collections \['batch_stats'\]",
+        ),
+    ],
+    ids=[
+        "plain-module-variables",
+        "another-models-variables",
+        "without-the-state-collection",
+        "without-params",
+    ],
+)
+def test_bad_apply(layer, variables, x, error, match):
+    v = variables(layer)
+    with unchanged(v), pytest.raises(error, match=match):
+        layer.apply(v, x)
 
 
 def test_constrained_and_assign_without_the_state_collection():

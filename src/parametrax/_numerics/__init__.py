@@ -7,7 +7,9 @@ never from another catalog module):
 * :mod:`~parametrax._numerics.linalg`: the one matrix exponential :func:`expm`, the one Cayley
   map :func:`cayley_map` (custom derivative; :func:`cayley_half` is it at ``A/2``), polar and QR
   projections, Newton–Schulz, safe norms;
-* :mod:`~parametrax._numerics.sampling`: Haar and torus sampling;
+* :mod:`~parametrax._numerics.power`: power iteration for an operator given with its adjoint;
+* :mod:`~parametrax._numerics.sampling`: Haar and torus sampling, the checked draw from a
+  user's initializer;
 * :mod:`~parametrax._numerics.scalar`: scalar maps (softplus and its stable inverse, ...) named
   from one closed table.
 """
@@ -50,7 +52,8 @@ from parametrax._numerics.linalg import (
     solve,
     special_polar,
 )
-from parametrax._numerics.sampling import haar, haar_special, torus
+from parametrax._numerics.power import normalize, power_iteration
+from parametrax._numerics.sampling import draw_init, haar, haar_special, torus
 from parametrax._numerics.scalar import (
     POSITIVE_MAPS,
     SCALAR_MAPS,

@@ -1,18 +1,21 @@
-"""Random points of the orthogonal group and of Stiefel manifolds: Haar and torus sampling."""
+"""Random points of the orthogonal group and of Stiefel manifolds: Haar and torus sampling; and
+the one checked call of a user's initializer that the ``sample`` methods draw from."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from parametrax._errors import ParametrizationError
 from parametrax._numerics.checks import wide_dtype
 from parametrax._numerics.linalg import sign_or_one
 
 Array = jax.Array
 
-__all__ = ["haar", "haar_special", "torus"]
+__all__ = ["haar", "haar_special", "torus", "draw_init"]
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
@@ -68,3 +71,21 @@ def torus(key: Array, batch: tuple, n: int, dtype, k: int | None = None) -> Arra
         cols = jnp.arange(up)
         q = q.at[..., cols, cols + 1].set(-sub[..., :up])
     return q
+
+
+def draw_init(p, init: Callable, key: Array, shape: tuple, dtype) -> Array:
+    """``init(key, shape, dtype)`` for ``p.sample(key, shape, dtype, init=...)``, checked: a
+    callable (a JAX initializer) returning an array of ``shape``; otherwise a
+    :class:`~parametrax.ParametrizationError` naming ``p``'s class."""
+    if not callable(init):
+        raise ParametrizationError(
+            f"`{type(p).__name__}.sample`: `init` must be a JAX initializer "
+            f"`init(key, shape, dtype)` (e.g. jax.nn.initializers.glorot_normal()); got {init!r}."
+        )
+    x = jnp.asarray(init(key, shape, dtype))
+    if tuple(x.shape) != tuple(shape):
+        raise ParametrizationError(
+            f"`{type(p).__name__}.sample`: `init(key, {shape}, dtype)` returned an array of shape "
+            f"{tuple(x.shape)}; expected {shape}."
+        )
+    return x

@@ -46,7 +46,7 @@ from parametrax._errors import (
     ParametrizationTypeError,
     ShapeError,
 )
-from parametrax._numerics import require_inexact, safe_norm, wide_dtype
+from parametrax._numerics import normalize, power_iteration, require_inexact, wide_dtype
 
 __all__ = ["ConvSpectralNorm", "conv_singular_values"]
 
@@ -57,11 +57,6 @@ _PADDINGS = ("SAME", "SAME_LOWER", "VALID", "CIRCULAR", "REFLECT", "CAUSAL")
 
 def _is_int(a) -> bool:
     return isinstance(a, (int, np.integer)) and not isinstance(a, bool)
-
-
-def _normalize(x: Array, eps: float) -> Array:
-    """``x / max(||x||, eps)`` with a finite gradient at 0."""
-    return x / jnp.maximum(safe_norm(x), eps).astype(x.dtype)
 
 
 def _per_axis(owner: str, name: str, value, nd: int) -> tuple[int, ...]:
@@ -243,14 +238,7 @@ def _power_iteration(p: ConvSpectralNorm, kernel: Array, u: Array, v: Array, *, 
         return p.conv(x, kernel)
 
     op_t = jax.linear_transpose(op, v)
-
-    def body(_, uv):
-        u, v = uv
-        u = _normalize(op(v), p.eps)
-        (v,) = op_t(u)
-        return u, _normalize(v, p.eps)
-
-    return lax.fori_loop(0, n, body, (u, v))
+    return power_iteration(op, lambda x: op_t(x)[0], u, v, n=n, eps=p.eps)
 
 
 class ConvSpectralNorm(Parametrization):
@@ -489,8 +477,8 @@ class ConvSpectralNorm(Parametrization):
             return {"params": {}, "state": {}}
         u_shape, v_shape = self._shapes(kernel)
         ku, kv = jax.random.split(key)
-        u = _normalize(jax.random.normal(ku, u_shape, kernel.dtype), self.eps)
-        v = _normalize(jax.random.normal(kv, v_shape, kernel.dtype), self.eps)
+        u = normalize(jax.random.normal(ku, u_shape, kernel.dtype), self.eps)
+        v = normalize(jax.random.normal(kv, v_shape, kernel.dtype), self.eps)
         u, v = self._power(lax.stop_gradient(kernel), u, v, self.n_warmup_iterations)
         return {"params": {}, "state": {"u": u, "v": v}}
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from parametrax._core import Parametrization
 from parametrax._errors import ParametrizationTypeError
 from parametrax._numerics import default_atol, mT, require_square, widen
+from parametrax.catalog._broadcasts import ExactClassBroadcasts
 
 __all__ = ["Symmetric", "Skew", "symmetric", "skew", "SQUARE_HINT"]
 
@@ -18,20 +19,6 @@ Array = jax.Array
 #: Appended to the square-shape error of the square-only maps.
 SQUARE_HINT = " For a non-square kernel use `Orthogonal` (tall or wide) or reshape the variable."
 _SQUARE_HINT = SQUARE_HINT
-
-
-def _check_lower(p) -> None:
-    if not isinstance(p.lower, bool):
-        raise ParametrizationTypeError(
-            f"`{type(p).__name__}`: `lower` (which triangle holds the raw values: True the lower, "
-            f"False the upper) must be a bool; got {type(p.lower).__name__} {p.lower!r}."
-        )
-
-
-def _repr(p) -> str:
-    """``Skew()`` / ``Skew(lower=True)``: the default triangle is not spelled out (the repr of
-    today's default entries is unchanged)."""
-    return f"{type(p).__name__}(lower=True)" if p.lower else f"{type(p).__name__}()"
 
 
 def _tri(x: Array, lower: bool, k: int = 0) -> Array:
@@ -47,7 +34,29 @@ def _scaled_gap(x: Array, y: Array, atol: float | None) -> Array:
     return jnp.max(jnp.abs(x - y), initial=0.0) <= atol * scale
 
 
-class Symmetric(Parametrization):
+class _Triangle(Parametrization):
+    """What ``Symmetric`` and ``Skew`` share: the ``lower`` field (which triangle of the raw
+    array holds the values), its check, and the repr. The automatic dataclass step writes a
+    field-by-field ``__repr__`` on every class whose own body sets none, so each member names
+    this one (a user subclass keeps the dataclass repr, as before)."""
+
+    lower: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.lower, bool):
+            raise ParametrizationTypeError(
+                f"`{type(self).__name__}`: `lower` (which triangle holds the raw values: True the "
+                f"lower, False the upper) must be a bool; got {type(self.lower).__name__} "
+                f"{self.lower!r}."
+            )
+
+    def __repr__(self) -> str:
+        """``Skew()`` / ``Skew(lower=True)``: the default triangle is not spelled out (the repr
+        of today's default entries is unchanged)."""
+        return f"{type(self).__name__}(lower=True)" if self.lower else f"{type(self).__name__}()"
+
+
+class Symmetric(_Triangle):
     r"""Symmetric matrices ``A = Aᵀ`` from one triangle of the raw ``X`` (diagonal included).
 
     ``lower=False`` (the default, the PyTorch tutorial's ``Symmetric``):
@@ -78,19 +87,8 @@ class Symmetric(Parametrization):
     3.0
     """
 
-    lower: bool = False
-
-    def __post_init__(self):
-        _check_lower(self)
-
-    __repr__ = _repr
-
-    @property
-    def broadcasts(self) -> bool:
-        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
-        may stack equal chains. Exactly this class: a subclass may change the maths and
-        declares for itself."""
-        return type(self) is Symmetric
+    broadcasts = ExactClassBroadcasts()
+    __repr__ = _Triangle.__repr__
 
     def forward(self, x: Array) -> Array:
         require_square(self, x, _SQUARE_HINT)
@@ -112,7 +110,7 @@ class Symmetric(Parametrization):
         return ((widen(g) + mT(widen(g))) / jnp.sqrt(2.0)).astype(dtype)
 
 
-class Skew(Parametrization):
+class Skew(_Triangle):
     r"""Skew-symmetric matrices ``A = -Aᵀ`` from one strict triangle of the raw ``X``.
 
     ``lower=False`` (the default, the PyTorch tutorial's ``Skew``): ``X -> U - Uᵀ`` with
@@ -141,19 +139,8 @@ class Skew(Parametrization):
     3.0
     """
 
-    lower: bool = False
-
-    def __post_init__(self):
-        _check_lower(self)
-
-    __repr__ = _repr
-
-    @property
-    def broadcasts(self) -> bool:
-        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
-        may stack equal chains. Exactly this class: a subclass may change the maths and
-        declares for itself."""
-        return type(self) is Skew
+    broadcasts = ExactClassBroadcasts()
+    __repr__ = _Triangle.__repr__
 
     def forward(self, x: Array) -> Array:
         require_square(self, x, _SQUARE_HINT)

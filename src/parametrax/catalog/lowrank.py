@@ -51,6 +51,7 @@ from parametrax._numerics import (
     check_positive_int,
     complete,
     default_atol,
+    draw_init,
     eye_frame,
     flip_last_col,
     haar,
@@ -287,7 +288,7 @@ class _SVDFamily(T.Trivialized):
             v = v * jnp.where(sigma < 0, -1.0, 1.0).astype(wide)[..., None, :]  # S >= 0
             sigma = jnp.abs(sigma)
         else:
-            x = widen(_draw(self, init, key, shape, dtype))
+            x = widen(draw_init(self, init, key, shape, dtype))
             x = mT(x) if shape[-2] < shape[-1] else x
             u, sigma, vh = jnp.linalg.svd(x, full_matrices=False)
             if self._fix_det():  # square: u, vh are n x n
@@ -318,22 +319,6 @@ class _SVDFamily(T.Trivialized):
         if isinstance(self, AlmostOrthogonal):
             return jnp.clip(sigma, 1.0 - self.lam, 1.0 + self.lam)
         return sigma
-
-
-def _draw(p, init: Callable, key: Array, shape: tuple, dtype) -> Array:
-    """``init(key, shape, dtype)``, checked: a callable returning an array of ``shape``."""
-    if not callable(init):
-        raise ParametrizationError(
-            f"`{type(p).__name__}.sample`: `init` must be a JAX initializer "
-            f"`init(key, shape, dtype)` (e.g. jax.nn.initializers.glorot_normal()); got {init!r}."
-        )
-    x = jnp.asarray(init(key, shape, dtype))
-    if tuple(x.shape) != tuple(shape):
-        raise ParametrizationError(
-            f"`{type(p).__name__}.sample`: `init(key, {shape}, dtype)` returned an array of shape "
-            f"{tuple(x.shape)}; expected {shape}."
-        )
-    return x
 
 
 class LowRank(_SVDFamily):

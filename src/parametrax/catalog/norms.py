@@ -69,7 +69,9 @@ from parametrax._core import Parametrization, Variables
 from parametrax._errors import ParametrizationError, ParametrizationTypeError, ShapeError
 from parametrax._numerics import (
     check_axis_field,
+    normalize,
     normalize_axes,
+    power_iteration,
     require_inexact,
     safe_norm,
     wide_dtype,
@@ -81,27 +83,22 @@ Array = jax.Array
 _HIGHEST = lax.Precision.HIGHEST
 
 
-def _normalize(x: Array, eps: float) -> Array:
-    """``x / max(||x||, eps)`` (torch's ``F.normalize``), with a finite gradient at 0."""
-    return x / jnp.maximum(safe_norm(x), eps).astype(x.dtype)
-
-
 # ------------------------------------------------------------------------------------------------
 # Spectral norm
 # ------------------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("n", "eps"))
 def _power_iteration(mat: Array, u: Array, v: Array, *, n: int, eps: float):
-    """``n`` iterations of ``u <- normalize(W v)``, ``v <- normalize(W^H u)`` (no gradient is
-    meant to flow: callers pass ``stop_gradient(W)``). Jitted so eager calls compile once."""
+    """The matrix case of :func:`parametrax._numerics.power_iteration`: ``A = W``,
+    ``A^H = W^H`` (callers pass ``stop_gradient(W)``). Jitted so eager calls compile once."""
     mat_h = jnp.conj(mat).T
-
-    def body(_, uv):
-        u, v = uv
-        u = _normalize(jnp.matmul(mat, v, precision=_HIGHEST), eps)
-        v = _normalize(jnp.matmul(mat_h, u, precision=_HIGHEST), eps)
-        return u, v
-
-    return lax.fori_loop(0, n, body, (u, v))
+    return power_iteration(
+        lambda x: jnp.matmul(mat, x, precision=_HIGHEST),
+        lambda x: jnp.matmul(mat_h, x, precision=_HIGHEST),
+        u,
+        v,
+        n=n,
+        eps=eps,
+    )
 
 
 class SpectralNorm(Parametrization):
@@ -256,8 +253,8 @@ class SpectralNorm(Parametrization):
             return {"params": {}, "state": {}}
         mat = lax.stop_gradient(self.matrix_view(value))
         ku, kv = jax.random.split(key)
-        u = _normalize(jax.random.normal(ku, (mat.shape[0],), mat.dtype), self.eps)
-        v = _normalize(jax.random.normal(kv, (mat.shape[1],), mat.dtype), self.eps)
+        u = normalize(jax.random.normal(ku, (mat.shape[0],), mat.dtype), self.eps)
+        v = normalize(jax.random.normal(kv, (mat.shape[1],), mat.dtype), self.eps)
         u, v = self._power(mat, u, v, 15)
         return {"params": {}, "state": {"u": u, "v": v}}
 
@@ -286,7 +283,7 @@ class SpectralNorm(Parametrization):
         gamma, w = self._raws(raw)
         state = variables["state"]
         if w.ndim == 1:
-            out = _normalize(w, self.eps)
+            out = normalize(w, self.eps)
             return (out if gamma is None else gamma.astype(w.dtype) * out), state
         mat = self.matrix_view(w)
         u, v = self._stored(state, mat)

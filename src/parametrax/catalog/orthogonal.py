@@ -79,6 +79,7 @@ from parametrax._numerics import (
     widen,
     widened,
 )
+from parametrax.catalog._broadcasts import ExactClassBroadcasts
 from parametrax.catalog.linear import SQUARE_HINT
 
 __all__ = ["Cayley", "MatrixExp", "Orthogonal", "ORTHOGONAL_MAPS", "cayley", "matrix_exp"]
@@ -307,12 +308,7 @@ class Cayley(Parametrization):
     True
     """
 
-    @property
-    def broadcasts(self) -> bool:
-        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
-        may stack equal chains. Exactly this class: a subclass may change the maths and
-        declares for itself."""
-        return type(self) is Cayley
+    broadcasts = ExactClassBroadcasts()
 
     def forward(self, x: Array) -> Array:
         require_square(self, x, SQUARE_HINT)
@@ -345,12 +341,7 @@ class MatrixExp(Parametrization):
     True
     """
 
-    @property
-    def broadcasts(self) -> bool:
-        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
-        may stack equal chains. Exactly this class: a subclass may change the maths and
-        declares for itself."""
-        return type(self) is MatrixExp
+    broadcasts = ExactClassBroadcasts()
 
     def batching_pays(self, shape: tuple) -> bool:
         """A batched matrix exponential was measured faster than a loop (``tree._grouping``)."""
@@ -477,12 +468,7 @@ class Orthogonal(Parametrization):
     def __repr__(self) -> str:
         return f"Orthogonal(map={self.map!r}, use_trivialization={self.use_trivialization})"
 
-    @property
-    def broadcasts(self) -> bool:
-        """Acts on the last two axes and broadcasts over leading ones, so grouped evaluation
-        may stack equal chains. Exactly this class: a subclass may change the maths and
-        declares for itself."""
-        return type(self) is Orthogonal
+    broadcasts = ExactClassBroadcasts()
 
     def batching_pays(self, shape: tuple) -> bool:
         """With the matrix exponential (``map="matrix_exp"``, or ``None`` on a square shape):

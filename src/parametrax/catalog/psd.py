@@ -48,6 +48,7 @@ from parametrax._numerics import (
     check_positive_int,
     complete,
     default_atol,
+    draw_init,
     eye_frame,
     haar,
     mT,
@@ -252,7 +253,7 @@ class _SymEigen(T.Trivialized):
             q = haar(kq, shape[:-2], shape[-1], r, wide)
             w = self._sample_eigs(kw, shape[:-2] + (r,), dtype).astype(wide)
         else:
-            x = widen(_draw(self, init, key, shape, dtype))
+            x = widen(draw_init(self, init, key, shape, dtype))
             w, q = jnp.linalg.eigh(x @ mT(x))
             n = shape[-1]
             w, q = w[..., n - r :], q[..., :, n - r :]
@@ -266,24 +267,6 @@ class _SymEigen(T.Trivialized):
         if factorized:
             return w.astype(dtype), q.astype(dtype)
         return _sym((q * w[..., None, :]) @ mT(q)).astype(dtype)
-
-
-def _draw(p, init: Callable, key: Array, shape: tuple, dtype) -> Array:
-    """``init(key, shape, dtype)``, checked: a callable returning an array of ``shape``."""
-    from parametrax._errors import ParametrizationError
-
-    if not callable(init):
-        raise ParametrizationError(
-            f"`{type(p).__name__}.sample`: `init` must be a JAX initializer "
-            f"`init(key, shape, dtype)` (e.g. jax.nn.initializers.glorot_normal()); got {init!r}."
-        )
-    x = jnp.asarray(init(key, shape, dtype))
-    if tuple(x.shape) != tuple(shape):
-        raise ParametrizationError(
-            f"`{type(p).__name__}.sample`: `init(key, {shape}, dtype)` returned an array of shape "
-            f"{tuple(x.shape)}; expected {shape}."
-        )
-    return x
 
 
 class PositiveDefinite(_SymEigen):

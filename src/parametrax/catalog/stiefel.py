@@ -58,10 +58,17 @@ from parametrax._numerics import (
     widen,
 )
 from parametrax.catalog import _trivialization as T
+from parametrax.catalog._broadcasts import ExactClassBroadcasts
 
 __all__ = ["Stiefel", "SO", "Grassmannian"]
 
 Array = jax.Array
+
+
+def _named_triv(p: _OrthogonalFamily) -> bool:
+    """Grouped evaluation (:mod:`parametrax.tree`) stacks an entry with a named ``triv``; what a
+    user callable does on a batch is unknown."""
+    return isinstance(p.triv, str)
 
 
 class _OrthogonalFamily(T.Trivialized):
@@ -71,15 +78,7 @@ class _OrthogonalFamily(T.Trivialized):
     _special = False  # det +1 (SO)
     _horizontal = False  # Grassmannian: no rotation within the subspace
 
-    # --- grouped evaluation (parametrax.tree) ---------------------------------------------------
-    @property
-    def broadcasts(self) -> bool:
-        """Acts on the last two axes and broadcasts over leading ones (grouped evaluation may
-        stack equal chains) with a named ``triv``; a user callable is unknown. Exactly
-        :class:`Stiefel`, :class:`SO` and :class:`Grassmannian`: a subclass declares for
-        itself."""
-        return type(self) in (Stiefel, SO, Grassmannian) and isinstance(self.triv, str)
-
+    # --- grouped evaluation (parametrax.tree); each member declares `broadcasts` itself -------
     def batching_pays(self, shape: tuple) -> bool:
         """With ``triv="expm"``: a batched matrix exponential was measured faster than a loop."""
         del shape
@@ -246,6 +245,8 @@ class Stiefel(_OrthogonalFamily):
     True
     """
 
+    broadcasts = ExactClassBroadcasts(when=_named_triv)
+
 
 class SO(_OrthogonalFamily):
     r"""The special orthogonal group ``SO(n)``: square orthogonal matrices with ``det = +1``.
@@ -267,6 +268,7 @@ class SO(_OrthogonalFamily):
 
     _square_only = True
     _special = True
+    broadcasts = ExactClassBroadcasts(when=_named_triv)
 
 
 class Grassmannian(_OrthogonalFamily):
@@ -283,3 +285,4 @@ class Grassmannian(_OrthogonalFamily):
     """
 
     _horizontal = True
+    broadcasts = ExactClassBroadcasts(when=_named_triv)
