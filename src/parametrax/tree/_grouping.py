@@ -4,9 +4,10 @@ A stack of ``L`` same-shaped layers, each constrained by the same chain (``Ortho
 every ``Dense(64)`` kernel), costs ``L`` separate maps when each variable is evaluated alone:
 ``L`` LU factorizations, ``L`` scaling-and-squaring loops compiled one after another. Matrix
 maps act on the last two axes and broadcast over leading ones, so the ``L`` raw values can be
-stacked, the chain evaluated once on the stack, and the result unstacked (``jnp.unstack``;
-indexing ``K[i]`` instead was measured 1.36x slower). Measured in ``benchmarks/grouped.py``
-(figures in ``benchmarks/results.md``).
+stacked, the chain evaluated once on the stack, and the result unstacked (through identical
+dynamic slices, not ``jnp.unstack``'s constant-offset ones, which XLA compiled as L distinct
+kernels: see "Stacking and unstacking" below). Measured in ``benchmarks/grouped.py`` (figures
+in ``benchmarks/results.md``).
 
 The result is the per-variable result: the same maths on the same numbers (see
 ``tests/test_grouping.py``, which checks values and gradients of both paths). What may be
