@@ -17,7 +17,9 @@ evaluates each kernel alone (what parametrax did before grouping).
   ``grouped / ungrouped`` (each round's mean step time), with the median step times.
 * **compile**: trace + lower + compile of the step, a fresh ``jax.jit`` each time, the two
   variants alternated (the first sample of each is the compile the step timing uses); the
-  median over repeats of each, and their ratio.
+  median over repeats of each, and their ratio; in wall-clock seconds and in CPU seconds of
+  the process (``time.process_time``: steadier on a shared machine, where wall-clock
+  compile times stretch with the load).
 
 ``OPENBLAS_NUM_THREADS=1`` is set before JAX is imported (LU-based maps with OpenBLAS's
 default threads are 2-8x slower on a shared CPU). ``group=True`` groups only where
@@ -78,11 +80,13 @@ def make_step(layers: int, n: int, map_: str, group: bool, batch: int = 32):
     return jax.jit(step), (params, opt.init(params), rest, x, y)
 
 
-def compile_seconds(layers: int, n: int, map_: str, group: bool) -> float:
+def compile_seconds(layers: int, n: int, map_: str, group: bool) -> tuple[float, float]:
+    """(wall, CPU) seconds of trace + lower + compile. CPU time (``time.process_time``, all
+    threads) is the steadier figure on a shared machine: it does not count waiting for a core."""
     fn, args = make_step(layers, n, map_, group)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn.lower(*args).compile()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def timed_steps(compiled, args, steps: int) -> float:
@@ -95,12 +99,13 @@ def timed_steps(compiled, args, steps: int) -> float:
 
 
 def measure(layers: int, n: int, map_: str, rounds: int, steps: int, compiles: int) -> dict:
-    variants, comp = {}, {True: [], False: []}
+    variants, comp, ccpu = {}, {True: [], False: []}, {True: [], False: []}
     for group in (True, False):  # the first compile of each variant is a compile sample too
         fn, args = make_step(layers, n, map_, group)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         compiled = fn.lower(*args).compile()
         comp[group].append(time.perf_counter() - t0)
+        ccpu[group].append(time.process_time() - c0)
         timed_steps(compiled, args, 2)  # warm-up
         variants[group] = (compiled, args)
     a, b = variants[True][0](*variants[True][1]), variants[False][0](*variants[False][1])
@@ -114,8 +119,11 @@ def measure(layers: int, n: int, map_: str, rounds: int, steps: int, compiles: i
         ratios.append(got[True] / got[False])
     for r in range(1, compiles):
         for g in (False, True) if r % 2 == 1 else (True, False):
-            comp[g].append(compile_seconds(layers, n, map_, g))
+            wall, cpu = compile_seconds(layers, n, map_, g)
+            comp[g].append(wall)
+            ccpu[g].append(cpu)
     cg, cu = statistics.median(comp[True]), statistics.median(comp[False])
+    pg, pu = statistics.median(ccpu[True]), statistics.median(ccpu[False])
     return {
         "grouped_ms": 1e3 * statistics.median(times[True]),
         "ungrouped_ms": 1e3 * statistics.median(times[False]),
@@ -124,6 +132,9 @@ def measure(layers: int, n: int, map_: str, rounds: int, steps: int, compiles: i
         "compile_grouped_s": cg,
         "compile_ungrouped_s": cu,
         "compile_ratio": cg / cu,
+        "compile_cpu_grouped_s": pg,
+        "compile_cpu_ungrouped_s": pu,
+        "compile_cpu_ratio": pg / pu,
         "loss_diff": loss_diff,
     }
 
@@ -154,9 +165,10 @@ def main() -> None:
     )
     print(
         "| map | n | L | grouped ms | ungrouped ms | step ratio (range) | compile grouped s "
-        "| compile ungrouped s | compile ratio | loss diff |"
+        "| compile ungrouped s | compile ratio | compile CPU s grouped / ungrouped (ratio) "
+        "| loss diff |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for map_ in args.maps:
         for n in widths:
             for L in layers:
@@ -166,6 +178,8 @@ def main() -> None:
                     f"| {map_} | {n} | {L} | {m['grouped_ms']:.2f} | {m['ungrouped_ms']:.2f} | "
                     f"{m['step_ratio']:.2f} ({lo:.2f}-{hi:.2f}) | {m['compile_grouped_s']:.2f} | "
                     f"{m['compile_ungrouped_s']:.2f} | {m['compile_ratio']:.2f} | "
+                    f"{m['compile_cpu_grouped_s']:.2f} / {m['compile_cpu_ungrouped_s']:.2f} "
+                    f"({m['compile_cpu_ratio']:.2f}) | "
                     f"{m['loss_diff']:.1e} |",
                     flush=True,
                 )

@@ -258,6 +258,78 @@ def test_jit_and_vmap(spy):
     assert spy and set(spy) == {4}
 
 
+def test_forward_mode_and_second_order_identical_when_grouped(spy):
+    """jvp, jacfwd and a Hessian-vector product through a grouped chain, compiled: the stack
+    and unstack carry their own derivative rules (``_grouping._stack`` / ``_unstack``), so the
+    oracle is the same derivative of the per-variable evaluation."""
+    spec = {"*": EXPM}
+    raw, state = pt.register(spec, _params(3, (4, 4)), key=jax.random.key(0))
+    raw = _perturb(raw)
+    tangent = _perturb(jax.tree.map(jnp.zeros_like, raw), seed=11)
+    on, off = _loss(spec, state, True), _loss(spec, state, False)
+    for f, g in (
+        (lambda r: jax.jvp(on, (r,), (tangent,)), lambda r: jax.jvp(off, (r,), (tangent,))),
+        (jax.jacfwd(on), jax.jacfwd(off)),
+        (
+            lambda r: jax.jvp(jax.grad(on), (r,), (tangent,))[1],
+            lambda r: jax.jvp(jax.grad(off), (r,), (tangent,))[1],
+        ),
+    ):
+        spy.clear()
+        a = jax.jit(f)(raw)
+        assert spy == [3]
+        b = jax.jit(g)(raw)
+        # forward mode may contract in another order than reverse mode: a few ulps
+        _assert_identical(a, b, ulps=8)
+    # and the tangent of the values themselves, leaf by leaf, exactly
+    vals = lambda grp: lambda r: pt.constrain(spec, r, state, group=grp)  # noqa: E731
+    _assert_identical(
+        jax.jvp(vals(True), (raw,), (tangent,)), jax.jvp(vals(False), (raw,), (tangent,))
+    )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64, jnp.int32])
+def test_stack_and_unstack_helpers_match_jnp(dtype):
+    """The grouping's stack / unstack: exact copies, with jnp.stack / jnp.unstack's
+    derivatives (linear maps: their jvp is themselves, their vjp the other one)."""
+    xs = tuple((10 * jax.random.normal(jax.random.key(i), (3, 2))).astype(dtype) for i in range(4))
+    stacked = _grouping._stack(*xs)
+    _assert_identical(stacked, jnp.stack(xs))
+    _assert_identical(_grouping._unstack(stacked), tuple(jnp.unstack(jnp.stack(xs))))
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        return
+    ts = tuple(jnp.full((3, 2), i + 1, dtype) for i in range(4))
+    _assert_identical(jax.jvp(lambda *a: _grouping._stack(*a), xs, ts)[1], jnp.stack(ts))
+    _assert_identical(jax.jvp(_grouping._unstack, (stacked,), (jnp.stack(ts),))[1], ts)
+    _, pull = jax.vjp(lambda *a: _grouping._stack(*a), *xs)
+    _assert_identical(pull(jnp.stack(ts)), ts)
+    _, pull = jax.vjp(_grouping._unstack, stacked)
+    _assert_identical(pull(ts)[0], jnp.stack(ts))
+    # under vmap (an ensemble of stacks) too
+    batch = jnp.stack([stacked, 2 * stacked])
+    _assert_identical(jax.vmap(_grouping._unstack)(batch), tuple(jnp.unstack(batch, axis=1)))
+
+
+def test_grouped_step_has_no_per_member_constant_slices():
+    """The cause of the slow grouped compile (docs/benchmarks.md): an ``unstack`` (or a
+    transposed ``stack``) lowers to one slice per member at a constant offset, and XLA compiles
+    each fused slice as a separate kernel. The grouped gradient must read members through
+    dynamic slices only (identical kernels): no ``unstack`` / ``slice`` of the stack remains."""
+    count = 6
+    spec = {"*": EXPM}
+    raw, state = pt.register(spec, _params(count, (5, 5)), key=jax.random.key(0))
+    hlo = jax.jit(jax.value_and_grad(_loss(spec, state, True))).lower(raw).as_text()
+    per_member = [
+        line
+        for line in hlo.splitlines()
+        if "stablehlo.slice" in line
+        and f"tensor<{count}x5x5x" in line.split("->")[0]
+        and "tensor<1x5x5x" in line.split("->")[-1]  # one member cut out of the stack
+    ]
+    assert per_member == [], per_member[:3]
+    assert "stablehlo.dynamic_slice" in hlo  # the members are read this way instead
+
+
 def test_pytree_layout_is_grouped_too(spy):
     spec = {"*": EXPM}
     tree = list(_params(3, (4, 4)).values())  # a list: the RawLeaf layout

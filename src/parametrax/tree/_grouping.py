@@ -4,9 +4,10 @@ A stack of ``L`` same-shaped layers, each constrained by the same chain (``Ortho
 every ``Dense(64)`` kernel), costs ``L`` separate maps when each variable is evaluated alone:
 ``L`` LU factorizations, ``L`` scaling-and-squaring loops compiled one after another. Matrix
 maps act on the last two axes and broadcast over leading ones, so the ``L`` raw values can be
-stacked, the chain evaluated once on the stack, and the result unstacked (``jnp.unstack``;
-indexing ``K[i]`` instead was measured 1.36x slower). Measured in ``benchmarks/grouped.py``
-(figures in ``benchmarks/results.md``).
+stacked, the chain evaluated once on the stack, and the result unstacked (through identical
+dynamic slices, not ``jnp.unstack``'s constant-offset ones, which XLA compiled as L distinct
+kernels: see "Stacking and unstacking" below). Measured in ``benchmarks/grouped.py`` (figures
+in ``benchmarks/results.md``).
 
 The result is the per-variable result: the same maths on the same numbers (see
 ``tests/test_grouping.py``, which checks values and gradients of both paths). What may be
@@ -41,6 +42,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from parametrax import _core
 
@@ -77,6 +79,77 @@ def worth_grouping(chain: tuple, count: int, shape: tuple) -> bool:
         and _matrix_side(shape) <= MAX_GROUP_N
         and any(_pays(link, shape) for link in chain)
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Stacking and unstacking with one compiled kernel per role, not one per member
+# ------------------------------------------------------------------------------------------------
+# ``jnp.unstack(v)`` lowers to L slices with constant offsets, and the transpose of ``jnp.stack``
+# (in every backward pass) to L more. XLA fuses each slice with its producer or consumer, and a
+# constant offset makes each of those L fusions a different kernel, compiled on its own (XLA's
+# CPU backend compiles one kernel per distinct fusion and reuses identical ones): measured, an
+# L = 64 stack of Orthogonal(map="matrix_exp") kernels spent most of its compile time on them
+# (``docs/benchmarks.md``, grouped section). Reading member ``i`` with a dynamic slice at an
+# index XLA cannot constant-fold (an ``optimization_barrier`` over the indices) gives L identical
+# kernels, compiled once. The derivatives are written so that no slice with a constant offset
+# (and no sum of L zero-padded arrays) appears in either mode: the tangent of a stack is a chain
+# of in-place dynamic updates (its transpose: dynamic slices), the tangent of an unstack is
+# ``jnp.unstack`` (its transpose: one concatenate). Values are exact copies either way.
+
+
+def _indices(count: int) -> jax.Array:
+    return lax.optimization_barrier(jnp.arange(count, dtype=jnp.int32))
+
+
+def _dynamic_unstack(x: jax.Array) -> tuple:
+    idx = _indices(x.shape[0])
+    return tuple(lax.dynamic_index_in_dim(x, idx[i], keepdims=False) for i in range(x.shape[0]))
+
+
+def _dynamic_stack(xs: tuple) -> jax.Array:
+    idx = _indices(len(xs))
+    out = jnp.zeros((len(xs), *jnp.shape(xs[0])), jnp.result_type(xs[0]))
+    for i, x in enumerate(xs):
+        out = lax.dynamic_update_index_in_dim(out, x, idx[i], axis=0)
+    return out
+
+
+@jax.custom_jvp
+def _stack_inexact(xs: tuple) -> jax.Array:
+    return jnp.stack(xs)
+
+
+@_stack_inexact.defjvp
+def _stack_inexact_jvp(primals, tangents):
+    (xs,), (ts,) = primals, tangents
+    return _stack_inexact(xs), _dynamic_stack(ts)
+
+
+@jax.custom_jvp
+def _unstack_inexact(x: jax.Array) -> tuple:
+    return _dynamic_unstack(x)
+
+
+@_unstack_inexact.defjvp
+def _unstack_inexact_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _unstack_inexact(x), tuple(jnp.unstack(t))
+
+
+@jax.jit
+def _stack(*xs: jax.Array) -> jax.Array:
+    """``jnp.stack(xs)``, differentiated without constant-offset slices (see above)."""
+    if not jnp.issubdtype(jnp.result_type(xs[0]), jnp.inexact):
+        return jnp.stack(xs)  # integer / boolean leaves carry no derivative
+    return _stack_inexact(tuple(xs))
+
+
+@jax.jit
+def _unstack(x: jax.Array) -> tuple:
+    """``tuple(jnp.unstack(x))`` as L identical dynamic slices (see above)."""
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return tuple(jnp.unstack(x))
+    return _unstack_inexact(x)
 
 
 def _aval(x: Any) -> tuple:
@@ -149,14 +222,14 @@ def forward_group(
         parts = [
             (dict(o), [dict(p) for p in ps], [dict(s) for s in st]) for _, o, ps, st in members
         ]
-        originals, params, state = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
+        originals, params, state = jax.tree.map(_stack, *parts)
         value, new_state = _core.chain_forward(
             chain, originals, params, state, update_state=update_state
         )
         one = jnp.shape(next(iter(parts[0][0].values())))
         if not _core._is_array(value) or tuple(value.shape) != (count, *one):
             return None
-        values = jnp.unstack(value)
+        values = _unstack(value)
         states: list[list[dict]] = [[{} for _ in chain] for _ in range(count)]
         for j, link_state in enumerate(new_state):
             for name, leaf in link_state.items():
@@ -167,7 +240,7 @@ def forward_group(
                     continue
                 if not _core._is_array(leaf) or jnp.shape(leaf)[:1] != (count,):
                     return None
-                for i, x in enumerate(jnp.unstack(leaf)):
+                for i, x in enumerate(_unstack(leaf)):
                     states[i][j][name] = x
     except Exception:  # evaluated alone instead, which names the variable in any error
         return None
