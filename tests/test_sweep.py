@@ -501,7 +501,16 @@ def _fast_cases():
     return out
 
 
-FAST_CASES = _fast_cases()
+# issue 14's entries in the fast subset: one case each, chosen for the root causes the sweep found
+# (tests/test_hurwitz.py and the KNOWN_FAILURES note below): Hurwitz with SGD in bfloat16 (the
+# huge init went non-finite after one step; bfloat16 rounding took values off the set) and
+# CorrelationCholesky with Adafactor in bfloat16 (optax's own float32/bfloat16 mix under strict
+# promotion). The cheapest Hurwitz case: every Hurwitz case compiles the scaling-and-squaring expm.
+FAST_OVERRIDES = {
+    "Hurwitz": ("Hurwitz", "sgd", "square", "bf16"),
+    "CorrelationCholesky": ("CorrelationCholesky", "adafactor", "square", "bf16"),
+}
+FAST_CASES = [FAST_OVERRIDES.get(c[0], c) for c in _fast_cases()]
 
 
 # ------------------------------------------------------------------------------------------------
