@@ -28,7 +28,7 @@ from parametrax._core import Parametrization
 from parametrax._errors import ParametrizationError, ParametrizationTypeError
 from parametrax._numerics import expm, eye_like, mT, require_square, wide_dtype, widen, widened
 
-__all__ = ["Hurwitz", "lyapunov", "lyapunov_schur", "lyapunov_kron"]
+__all__ = ["Hurwitz", "lyapunov", "lyapunov_schur", "lyapunov_kron", "sym_radius", "skew_radius"]
 
 Array = jax.Array
 _HIGHEST = lax.Precision.HIGHEST
