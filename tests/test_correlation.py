@@ -185,3 +185,29 @@ def test_linen_and_nnx():
     losses = [float(step(lin, optimizer)) for _ in range(STEPS)]
     assert_correlation_cholesky(lin.kernel)
     assert losses[-1] < 0.1 * losses[0]
+
+
+def test_bfloat16_adafactor_under_strict_promotion():
+    # issue 16's sweep: Adafactor in bfloat16 raised a strict-promotion TypePromotionError. The
+    # mix is optax's own (factorized.py: a float32 decay rate times the bfloat16 second moment),
+    # not the map's: forward and its gradient stay bfloat16 under strict promotion (the tests'
+    # setting, tests/conftest.py), and optax's step runs under standard promotion as for Adam.
+    assert jax.config.jax_numpy_dtype_promotion == "strict"
+    x = normal(30, (4, 4)).astype(jnp.bfloat16)
+    assert CC(x).dtype == jnp.bfloat16
+    target = jnp.full((4, 4), 3.0, jnp.float32)
+
+    def loss(r):
+        return jnp.sum((CC(r).astype(jnp.float32) - target) ** 2)
+
+    assert jax.grad(loss)(x).dtype == jnp.bfloat16
+    tx = standard_promotion(optax.adafactor(1e-2))
+    opt = tx.init(x)
+    for _ in range(5):
+        u, opt = tx.update(jax.grad(loss)(x), opt, x)
+        x = optax.apply_updates(x, u)
+        assert x.dtype == jnp.bfloat16
+        y = np.asarray(CC(x).astype(jnp.float32), np.float64)
+        assert np.all(np.triu(y, 1) == 0) and np.all(np.diag(y) > 0)
+        # bfloat16 rounding of each entry (eps 2^-7): a unit row is within a few eps of 1
+        assert np.max(np.abs(np.linalg.norm(y, axis=-1) - 1)) < 3 * 2.0**-7

@@ -14,6 +14,7 @@ from jax.test_util import check_grads
 import parametrax as px
 from parametrax import nnx as pnnx
 from parametrax import tree as ptree
+from parametrax.catalog import hurwitz as hurwitz_module
 from parametrax.catalog.hurwitz import lyapunov, lyapunov_kron, lyapunov_schur
 
 from _helpers import normal, standard_promotion
@@ -35,16 +36,29 @@ def rel_err(a, b):
 # ------------------------------------------------------------------------------------------------
 # forward: closed form and membership
 # ------------------------------------------------------------------------------------------------
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def rounding_margin(b, eps=EPS32):
+    """The documented rounding margin of forward, ``δ = 2 eps ||B||_F`` (numpy)."""
+    return 2 * eps * np.linalg.norm(np.asarray(b, np.float64), axis=(-2, -1))
+
+
 def test_forward_closed_form_zero_lower_triangle():
-    # Nothing on or below the diagonal: S = 0, Q = I, so A = J - I/2 - alpha I; a skew J has
-    # purely imaginary eigenvalues, so every Re λ is -1/2 - alpha.
+    # Nothing on or below the diagonal: S = 0, Q = I, so A = J - I/2 - (alpha + δ) I; a skew J
+    # has purely imaginary eigenvalues, so every Re λ is -1/2 - alpha - δ.
     x = np.zeros((3, 3), np.float32)
     x[0, 1], x[0, 2], x[1, 2] = 2.0, -1.0, 0.5
     a = np.asarray(px.Hurwitz(alpha=0.25)(jnp.asarray(x)))
     j = np.triu(x, 1) - np.triu(x, 1).T
-    np.testing.assert_allclose(a, j - 0.75 * np.eye(3), atol=1e-6)
+    delta = rounding_margin(j - 0.5 * np.eye(3))
+    assert 1e-7 < delta < 1e-6
+    np.testing.assert_allclose(a, j - (0.75 + delta) * np.eye(3), atol=1e-6)
     np.testing.assert_allclose(np.linalg.eigvals(a).real, -0.75, atol=1e-5)
-    np.testing.assert_allclose(px.Hurwitz()(jnp.zeros((2, 2))), -0.5 * np.eye(2), atol=1e-7)
+    delta = rounding_margin(-0.5 * np.eye(2))  # sqrt(2) eps
+    np.testing.assert_allclose(
+        px.Hurwitz()(jnp.zeros((2, 2))), -(0.5 + delta) * np.eye(2), rtol=0, atol=6e-8
+    )  # one float32 ulp at 0.5
 
 
 def test_forward_closed_form_diagonal():
@@ -349,3 +363,142 @@ def test_lyapunov_singular_equation_is_not_in_the_set():
     assert not np.all(np.isfinite(np.asarray(lyapunov_schur(b))))
     assert not bool(px.Hurwitz().in_manifold(b))
     assert not bool(px.Hurwitz(alpha=1.0).in_manifold(b - jnp.eye(2)))
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 16 (the optimizer-and-init sweep): every finite raw maps onto the set, as stored
+# ------------------------------------------------------------------------------------------------
+# The sweep found (tests/test_sweep.py, Hurwitz): a huge initial value went non-finite after one
+# SGD step (the raw reached 1e6, expm clamped Q to max/2 and (J - I/2) Q overflowed); Adam with a
+# huge learning rate left the set (the margin exp(λ_min(S))/2 and alpha fell below the rounding of
+# A); bfloat16 momentum drifted off the set by ~1e-3 (the float32 A, pressed against the edge by
+# the fit, lost its margin when rounded to bfloat16). The map now scales J and S back into balls
+# and subtracts the rounding margin δ = 2 eps ||B||_F (see Hurwitz).
+def stress_raws(n, norm, seed):
+    """Raws of Frobenius norm ``norm`` in four kinds of direction: generic, S only, J only (a
+    tiny diagonal), diagonal S with J (the mixes that lost membership without the margin)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((200, n, n))
+    x[50:100] *= np.tril(np.ones((n, n)))
+    x[100:150] *= np.triu(np.ones((n, n)), 1) + 0.01 * np.eye(n)
+    x[150:] *= np.eye(n) + np.triu(np.ones((n, n)), 1)
+    return x / np.linalg.norm(x, axis=(-2, -1), keepdims=True) * norm
+
+
+NORMS = {jnp.float32: (1.0, 6.0, 20.0, 1e4, 1e30), jnp.bfloat16: (1.0, 6.0, 20.0, 1e4, 1e30)}
+NORMS[jnp.float16] = (1.0, 6.0, 20.0, 1e4)
+
+
+def count_off_the_set(dtype, alpha, ns=(2, 4, 6)):
+    """(raws tried, raws whose value, as stored in ``dtype``, is not finite or has an eigenvalue
+    with real part >= -alpha by numpy's float64 eigenvalues)."""
+    f = jax.jit(px.Hurwitz(alpha=alpha).forward)
+    tried = off = 0
+    for n in ns:
+        for k, norm in enumerate(NORMS[dtype]):
+            x = jnp.asarray(stress_raws(n, norm, seed=10 * n + k), dtype)
+            a = np.asarray(f(x).astype(jnp.float32), np.float64)
+            finite = np.all(np.isfinite(a), axis=(-2, -1))
+            top = np.where(finite, max_real(np.where(finite[:, None, None], a, 0.0)), np.inf)
+            tried += len(a)
+            off += int(np.sum(top >= -alpha))
+    return tried, off
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_every_raw_scale_gives_a_finite_value_in_the_set(dtype, alpha):
+    tried, off = count_off_the_set(dtype, alpha)
+    assert tried == 3 * len(NORMS[dtype]) * 200
+    assert off == 0, f"{off} of {tried} {jnp.dtype(dtype).name} values off the set"
+
+
+def test_the_rounding_margin_is_what_keeps_float32(monkeypatch):
+    # Without δ (ROUNDING_ULPS = 0) some float32 raws lose membership (23 of 3000 when written):
+    # the margin is load-bearing.
+    monkeypatch.setattr(hurwitz_module, "ROUNDING_ULPS", 0.0)
+    tried, off = count_off_the_set(jnp.float32, 0.0)
+    assert off > 0, (off, tried)
+
+
+def test_the_bfloat16_balls_are_what_keep_bfloat16(monkeypatch):
+    # bfloat16 with float32's balls (R_J = 5.2e5 instead of 8): the rotation part's rounding
+    # outgrows δ and values leave the set; the dtype's own balls keep every one (test above).
+    monkeypatch.setattr(hurwitz_module, "sym_radius", lambda d: 0.5 * np.log(2.0**23))
+    monkeypatch.setattr(hurwitz_module, "skew_radius", lambda d: 2.0**23 / 16)
+    tried, off = count_off_the_set(jnp.bfloat16, 0.0)
+    assert off > 0, (off, tried)
+
+
+def test_forward_scales_j_and_s_back_into_the_documented_balls():
+    from parametrax.catalog.hurwitz import skew_radius, sym_radius
+
+    assert sym_radius(jnp.float32) == pytest.approx(0.5 * np.log(2.0**23))  # 7.97
+    assert skew_radius(jnp.float32) == pytest.approx(2.0**23 / 16)
+    assert sym_radius(jnp.bfloat16) == pytest.approx(0.5 * np.log(2.0**7))  # 2.43
+    assert skew_radius(jnp.bfloat16) == 8.0
+    # S = diag(20, 0, -3): ||S||_inf = 20 -> S scaled by R_S / 20; J = 0: a diagonal closed form
+    d = np.array([20.0, 0.0, -3.0])
+    s_ = d * sym_radius(jnp.float32) / 20.0
+    b = np.diag(-np.exp(s_) / 2)
+    a = px.Hurwitz(alpha=0.1)(jnp.diag(jnp.asarray(d, jnp.float32)))
+    np.testing.assert_allclose(a, b - (0.1 + rounding_margin(b)) * np.eye(3), rtol=1e-5)
+    # S = 0, J with ||J||_inf = 2e7: A = J R_J / 2e7 - (1/2 + δ) I
+    x = np.zeros((3, 3), np.float32)
+    x[0, 1], x[1, 2] = 1e7, -1e7
+    j = np.triu(x, 1) - np.triu(x, 1).T
+    jc = j * skew_radius(jnp.float32) / 2e7
+    b = jc - 0.5 * np.eye(3)
+    a = px.Hurwitz()(jnp.asarray(x))
+    np.testing.assert_allclose(a, b - rounding_margin(b) * np.eye(3), rtol=1e-6, atol=1e-6)
+    # Inside the balls nothing is scaled: the closed form of test_forward_closed_form_general.
+
+
+def test_right_inverse_of_huge_values_stays_in_the_balls_and_the_set():
+    from parametrax.catalog.hurwitz import sym_radius
+
+    h = px.Hurwitz(alpha=0.1)
+    big = normal(21, (2, 4, 4), scale=1e4)  # off the set: projected, then inverted
+    stable = -1e6 * jnp.eye(4) + normal(22, (4, 4))  # in the set, S = log(2e6) I beyond R_S
+    for value in (big, stable):
+        raw = np.asarray(h.right_inverse(value), np.float64)
+        assert np.all(np.isfinite(raw))
+        s_ = np.tril(raw) + np.swapaxes(np.tril(raw, -1), -1, -2)
+        assert np.abs(s_).sum(-1).max() <= sym_radius(jnp.float32) * (1 + 1e-5)
+        a = h(jnp.asarray(raw, jnp.float32))
+        assert np.all(np.isfinite(a)) and np.all(max_real(a) < -0.1)
+
+
+def test_bfloat16_momentum_toward_an_unreachable_target_stays_in_the_set():
+    # The sweep's case Hurwitz|momentum|square|bf16|default: flax's default kernel init, SGD with
+    # momentum 0.9 toward a large, unstable target; every step's value (bfloat16) in the set.
+    h = px.Hurwitz(alpha=0.1)
+    spec = {"w": h}
+    init = jax.nn.initializers.lecun_normal()(jax.random.key(0), (4, 4), jnp.float32)
+    raw, state = ptree.register(spec, {"w": init.astype(jnp.bfloat16)})
+    target = jnp.asarray(3.0 + np.arange(16).reshape(4, 4) / 16 + 5 * np.eye(4), jnp.float32)
+    tx = optax.sgd(1e-2, momentum=0.9)
+
+    @jax.jit
+    def run(raw):
+        def body(carry, _):
+            raw, opt = carry
+            g = jax.grad(
+                lambda r: jnp.sum(
+                    (ptree.constrain(spec, r, state)["w"].astype(jnp.float32) - target) ** 2
+                )
+            )(raw)
+            u, opt = tx.update(g, opt, raw)
+            raw = optax.apply_updates(raw, u)
+            return (raw, opt), ptree.constrain(spec, raw, state)["w"]
+
+        return jax.lax.scan(body, (raw, tx.init(raw)), None, length=30)[1]
+
+    values = np.asarray(run(raw).astype(jnp.float32), np.float64)
+    assert values.dtype == np.float64 and np.all(np.isfinite(values))
+    assert np.all(max_real(values) < -0.1), max_real(values).max()
+
+
+def test_bfloat16_too_large_for_the_rounding_margin_raises():
+    with pytest.raises(px.ParametrizationError, match="use float32"):
+        px.Hurwitz()(jnp.zeros((1024, 1024), jnp.bfloat16))

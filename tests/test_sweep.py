@@ -308,13 +308,35 @@ ENTRIES["ConvSpectralNorm-exact"] = (
 )
 STATEFUL |= {"ConvSpectralNorm"}
 
+
+# issue 14: Hurwitz (stable matrices, eigenvalues' real parts < -alpha) and CorrelationCholesky
+# (the LKJ support). Membership from numpy: float64 eigenvalues of the returned value, strict
+# (an open set; the map keeps a documented rounding margin, so no tolerance is given); unit rows
+# within TOL, an exactly zero upper triangle and a positive diagonal.
+HURWITZ_ALPHA = 0.1
+
+
+def m_hurwitz(y, tol, alpha=HURWITZ_ALPHA):
+    top = float(np.max(np.linalg.eigvals(y).real))
+    return top < -alpha, top + alpha
+
+
+def m_correlation_cholesky(y, tol):
+    upper = float(np.max(np.abs(np.triu(y, 1))))
+    e = float(np.max(np.abs(np.linalg.norm(y, axis=-1) - 1)))
+    return upper == 0.0 and bool(np.all(np.diag(y) > 0)) and e <= tol, max(e, upper)
+
+
+ENTRIES["Hurwitz"] = (px.Hurwitz(alpha=HURWITZ_ALPHA), SQUARE, m_hurwitz)
+ENTRIES["CorrelationCholesky"] = (px.CorrelationCholesky(), SQUARE, m_correlation_cholesky)
+
 OPTIMIZERS = {
     "sgd": lambda: optax.sgd(1e-2),
     "momentum": lambda: optax.sgd(1e-2, momentum=0.9),
     "adam": lambda: standard_promotion(optax.adam(1e-2)),
     "adamw": lambda: standard_promotion(optax.adamw(1e-2, weight_decay=1e-2)),
     "lion": lambda: optax.lion(1e-3, weight_decay=1e-2),
-    "adafactor": lambda: optax.adafactor(1e-2),
+    "adafactor": lambda: standard_promotion(optax.adafactor(1e-2)),
     "clip": lambda: optax.chain(
         optax.clip_by_global_norm(1.0), standard_promotion(optax.adam(1e-2))
     ),
@@ -479,7 +501,16 @@ def _fast_cases():
     return out
 
 
-FAST_CASES = _fast_cases()
+# issue 14's entries in the fast subset: one case each, chosen for the root causes the sweep found
+# (tests/test_hurwitz.py and the KNOWN_FAILURES note below): Hurwitz with SGD in bfloat16 (the
+# huge init went non-finite after one step; bfloat16 rounding took values off the set) and
+# CorrelationCholesky with Adafactor in bfloat16 (optax's own float32/bfloat16 mix under strict
+# promotion). The cheapest Hurwitz case: every Hurwitz case compiles the scaling-and-squaring expm.
+FAST_OVERRIDES = {
+    "Hurwitz": ("Hurwitz", "sgd", "square", "bf16"),
+    "CorrelationCholesky": ("CorrelationCholesky", "adafactor", "square", "bf16"),
+}
+FAST_CASES = [FAST_OVERRIDES.get(c[0], c) for c in _fast_cases()]
 
 
 # ------------------------------------------------------------------------------------------------

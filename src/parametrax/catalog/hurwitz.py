@@ -18,6 +18,7 @@ writes the same set as ``P^{-1}(S - Q/2) - alpha I`` with a second PSD factor, w
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +28,43 @@ from parametrax._core import Parametrization
 from parametrax._errors import ParametrizationError, ParametrizationTypeError
 from parametrax._numerics import expm, eye_like, mT, require_square, wide_dtype, widen, widened
 
-__all__ = ["Hurwitz", "lyapunov", "lyapunov_schur", "lyapunov_kron"]
+__all__ = ["Hurwitz", "lyapunov", "lyapunov_schur", "lyapunov_kron", "sym_radius", "skew_radius"]
 
 Array = jax.Array
 _HIGHEST = lax.Precision.HIGHEST
 # Margin of the projection of a value that is not Hurwitz (see Hurwitz.right_inverse).
 _SHIFT_MARGIN = 1e-2
+# The rounding margin of forward: every eigenvalue is moved left by ROUNDING_ULPS * eps(dtype) *
+# ||B||_F (see Hurwitz), so that the value rounded to its dtype is still in the set.
+ROUNDING_ULPS = 2.0  # measured: 1 and 2 keep every stress raw of tests/test_hurwitz.py inside
+
+
+def sym_radius(dtype) -> float:
+    r"""``R_S = log(1/eps) / 2`` of ``dtype``: :class:`Hurwitz` scales ``S`` back to
+    ``||S||_∞ <= R_S`` (the largest absolute row sum, which bounds every eigenvalue), so that
+    ``cond(Q) = cond(expm(S)) <= exp(2 R_S) = 1/eps``: ``λ_min(Q)`` stays above the rounding of
+    ``Q``. float32: 7.97; bfloat16: 2.43; float16: 3.47; float64: 18.0."""
+    return 0.5 * math.log(1.0 / float(jnp.finfo(dtype).eps))
+
+
+def skew_radius(dtype) -> float:
+    r"""``R_J = 1 / (16 eps)`` of ``dtype``: :class:`Hurwitz` scales ``J`` back to
+    ``||J||_∞ <= R_J``, so that the rounding of the rotation part ``J Q`` stays below a sixteenth
+    of ``||Q||``. float32: 5.2e5; bfloat16: 8; float16: 64; float64: 2.8e14. With ``R_S`` it keeps
+    every entry of ``A`` below ``(R_J + 1/2) exp(R_S) + alpha`` (float32: 1.5e9; float16: 2.1e3),
+    finite with its square."""
+    return 1.0 / (16.0 * float(jnp.finfo(dtype).eps))
+
+
+def _frobenius(x: Array) -> Array:
+    return jnp.sqrt(jnp.sum(x * x, axis=(-2, -1)))
+
+
+def _clip_inf(x: Array, radius: float) -> Array:
+    """``x * min(1, radius / ||x||_∞)`` per matrix (``||x||_∞``: the largest absolute row sum)."""
+    norm = jnp.max(jnp.sum(jnp.abs(x), axis=-1), axis=-1)[..., None, None]
+    r = jnp.asarray(radius, x.dtype)
+    return x * (r / jnp.maximum(norm, r))
 
 
 def _mm(a: Array, b: Array) -> Array:
@@ -163,11 +195,43 @@ def _is_pd(p: Array) -> Array:
     return jnp.all(jnp.isfinite(jnp.linalg.cholesky(p)), axis=(-2, -1))
 
 
+def _rounding_margin(dtype) -> float:
+    """``c = ROUNDING_ULPS * eps`` of the value's dtype (the dtype it is rounded to)."""
+    return ROUNDING_ULPS * float(jnp.finfo(dtype).eps)
+
+
+def _check_margin(p, x: Array) -> float:
+    """The rounding margin of ``x``'s dtype; raises where ``n`` is so large that ``δ`` would be
+    most of ``||B||`` (``4 eps sqrt(n) >= 1``: bfloat16 with ``n >= 1024``)."""
+    margin = _rounding_margin(x.dtype)
+    n = x.shape[-1]
+    if 2 * margin * math.sqrt(n) >= 1:
+        raise ParametrizationError(
+            f"`{type(p).__name__}`: {n} x {n} matrices in {jnp.dtype(x.dtype).name} are too large "
+            f"for the rounding margin (2 eps ||B||_F must stay below ||B||_F / (2 sqrt(n))); "
+            f"expected n < {int(1 / (4 * margin**2))}: use float32."
+        )
+    return margin
+
+
 @widened
-def _forward(x: Array, alpha: float) -> Array:
+def _forward(x: Array, alpha: float, r_s: float, r_j: float, margin: float) -> Array:
     u = jnp.triu(x, 1)
     eye = eye_like(x)
-    return _mm(u - mT(u) - 0.5 * eye, expm(_symmetric_of(x))) - alpha * eye
+    j = _clip_inf(u - mT(u), r_j)
+    b = _mm(j - 0.5 * eye, expm(_clip_inf(_symmetric_of(x), r_s)))
+    delta = margin * _frobenius(b)[..., None, None]
+    return b - (alpha + delta) * eye
+
+
+def _solve_delta(b: Array, margin: float) -> Array:
+    """``d >= 0`` with ``d = margin ||B + d I||_F`` (per matrix): the positive root of
+    ``(1/margin² - n) d² - 2 tr(B) d - ||B||_F² = 0``, written without squaring ``||B||``."""
+    n = b.shape[-1]
+    k = 1.0 / margin**2 - n
+    norm = _frobenius(b)
+    t = jnp.trace(b, axis1=-2, axis2=-1) / jnp.maximum(norm, jnp.finfo(b.dtype).tiny)
+    return norm * (t + jnp.sqrt(t * t + k)) / k
 
 
 class Hurwitz(Parametrization):
@@ -175,34 +239,52 @@ class Hurwitz(Parametrization):
 
     The map (one raw array ``X`` of the value's shape ``(..., n, n)``, every entry used)::
 
-        J = triu(X, 1) - triu(X, 1)ᵀ             skew (the strict upper triangle)
-        S = tril(X) + tril(X, -1)ᵀ               symmetric (the lower triangle and diagonal)
+        J = clip(triu(X, 1) - triu(X, 1)ᵀ, R_J)  skew (the strict upper triangle)
+        S = clip(tril(X) + tril(X, -1)ᵀ, R_S)    symmetric (the lower triangle and diagonal)
         Q = expm(S)                              positive definite
-        A = (J - I/2) Q - alpha I
+        B = (J - I/2) Q                          Hurwitz (see the module docstring)
+        A = B - (alpha + δ) I,   δ = 2 eps ||B||_F
 
-    A bijection from ``R^{n x n}`` onto the set (see the module docstring; ``expm`` is a
-    bijection from the symmetric onto the positive-definite matrices), so an optimizer stepping
-    on ``X`` never leaves it. ``X = 0`` gives ``A = -(1/2 + alpha) I``. ``forward`` costs one
-    :func:`parametrax._numerics.expm` and one product, no solve and no eigenvalue. Every
-    eigenvalue has real part ``<= -alpha - λ_min(Q)/2 = -alpha - exp(λ_min(S))/2`` (from
-    ``BᵀQ + QB = -Q²``). The exponential (rather than a Cholesky factor, whose condition number
-    grows exponentially with ``n`` for random raws) keeps that margin well above the rounding
-    of the computed ``A`` (about ``eps ||J - I/2|| ||Q||``) for raws of moderate size; raws so
-    large that ``exp(λ_min(S))`` falls to that rounding can lose membership to it, so take
-    ``alpha > 0`` for a margin that survives any rounding.
+    ``clip(M, R) = M min(1, R / ||M||_∞)`` (``||M||_∞``: the largest absolute row sum) scales
+    a matrix back into a ball: ``R_S = log(1/eps)/2`` (:func:`sym_radius`) bounds every
+    eigenvalue of ``S`` by ``R_S``, so ``cond(Q) <= 1/eps``, and ``R_J = 1/(16 eps)``
+    (:func:`skew_radius`) bounds the rotation part; ``eps`` is that of the value's dtype
+    (float32: ``R_S = 7.97``, ``R_J = 5.2e5``; bfloat16: ``2.43``, ``8``). Inside the balls
+    (every raw of moderate size: ``X = 0``, a standard normal ``4 x 4`` raw) the map is the
+    bijection ``(J, S) -> (J - I/2) expm(S)`` of the module docstring, shifted by ``δ``;
+    outside, the raw is read as its scaled-back version. The balls and ``δ`` are what make the
+    promise hold after rounding: ``B``'s eigenvalues have real part
+    ``<= -λ_min(Q)/2 = -exp(λ_min(S))/2``, a margin that rounding (about
+    ``eps ||B||``, more where ``B`` is far from normal) can erase once ``Q`` is badly
+    conditioned or ``J`` large; the **rounding margin** ``δ`` moves every eigenvalue left by
+    ``2 eps ||B||_F`` (``eps`` of the value's dtype: bfloat16 values are computed in float32 and
+    rounded to bfloat16 with their margin), and the balls keep the sensitivity of the
+    eigenvalues to that rounding below it. So every finite raw, however large (an optimizer
+    step of any size), gives a finite ``A`` (entries below ``(R_J + 1/2) exp(R_S) + alpha +
+    δ``: float32 1.5e9, float16 2.1e3) that is in the set *as stored in its dtype* (checked
+    with numpy's eigenvalues in tests/test_hurwitz.py over raws of norm up to 1e8; without
+    ``δ`` about a third of such raws lose membership). ``X = 0`` gives
+    ``A = -(1/2 + alpha + δ) I`` with ``δ = sqrt(n) eps`` (float32, ``n = 4``: ``2.4e-7``).
+    ``forward`` costs one :func:`parametrax._numerics.expm` and one product, no solve and no
+    eigenvalue.
 
-    ``right_inverse(A)``: with ``B = A + alpha I``, solves ``BW + WBᵀ = -I`` (:func:`lyapunov`
-    of ``Bᵀ``), and reads ``X`` off ``J = skew(BW)`` and ``S = log(Q) = -log(W)`` (by ``eigh``
-    of ``W``): exact up to rounding (about ``eps cond(W) ||B||``) for every ``A`` in the
-    set. A value that is not in the set (``W`` not positive definite) is **projected** by a
-    shift to the left, ``A - (λ_max(sym(B)) + δ) I`` with ``sym(B) = (B + Bᵀ)/2`` and
-    ``δ = 10⁻² max(1, |λ(sym(B))|_max)`` (then ``sym`` of the shifted ``B`` is negative
-    definite, so it is Hurwitz), and that is inverted. The shift keeps the eigenvectors and
-    moves every eigenvalue by one real amount; it is not the nearest matrix of the set (that
-    problem is non-convex, with no closed form). The Lyapunov solves (:func:`lyapunov`) cost
-    ``O(n³)`` on CPU (Bartels–Stewart) and ``O(n⁶)`` on backends without a Schur factorisation
-    (GPU, TPU: the Kronecker system, fine up to ``n`` of a few dozen); they run at registration,
-    assignment and ``in_manifold`` only.
+    ``right_inverse(A)``: with ``B = A + alpha I``, finds ``δ`` with ``δ = 2 eps ||B + δI||_F``
+    (a quadratic), solves ``B₀W + WB₀ᵀ = -I`` for ``B₀ = B + δ I`` (:func:`lyapunov` of
+    ``B₀ᵀ``), and reads ``X`` off ``J = skew(B₀W)`` and ``S = log(Q) = -log(W)`` (by ``eigh``
+    of ``W``): exact up to rounding (about ``eps cond(W) ||B||``) for every ``A`` of the set
+    whose ``J``, ``S`` lie in the balls and whose ``B₀`` is Hurwitz (``A`` is not within ``δ``
+    of the edge); ``J`` and ``S`` outside the balls are scaled back as ``forward`` would. A value
+    that is not in the set, or within ``δ`` of its edge (``W`` not positive definite), is
+    **projected** by a shift to the left, ``A - (λ_max(sym(B)) + m) I`` with
+    ``sym(B) = (B + Bᵀ)/2``, ``m = 10⁻² max(1, |λ(sym(B))|_max) + m_δ`` and
+    ``m_δ = 4 eps (||B||_F + sqrt(n) |λ_max(sym(B))|) / (1 - 4 eps sqrt(n))`` (at least twice
+    the ``δ`` of the shifted value, so ``sym(B₀)`` is negative definite and ``B₀`` Hurwitz;
+    float32: ``m_δ`` is about ``5e-7 ||B||_F``), and that is inverted. The shift keeps the
+    eigenvectors and moves every eigenvalue by one real amount; it is not the nearest matrix
+    of the set (that problem is non-convex, with no closed form). The Lyapunov solves
+    (:func:`lyapunov`) cost ``O(n³)`` on CPU (Bartels–Stewart) and ``O(n⁶)`` on backends
+    without a Schur factorisation (GPU, TPU: the Kronecker system, fine up to ``n`` of a few
+    dozen); they run at registration, assignment and ``in_manifold`` only.
 
     ``in_manifold(x)``: square, real, and ``P`` from ``(x + alpha I)ᵀP + P(x + alpha I) = -I`` is
     finite and positive definite (its Cholesky factorisation succeeds), which by Lyapunov's
@@ -250,29 +332,48 @@ class Hurwitz(Parametrization):
 
     def forward(self, x: Array) -> Array:
         require_square(self, x, real=True)
-        return _forward(x, alpha=self.alpha)
+        d = x.dtype
+        return _forward(
+            x,
+            alpha=self.alpha,
+            r_s=sym_radius(d),
+            r_j=skew_radius(d),
+            margin=_check_margin(self, x),
+        )
 
     def right_inverse(self, value: Array) -> Array:
         require_square(self, value, real=True)
         dtype = value.dtype
+        margin = _check_margin(self, value)
+        n = value.shape[-1]
         b = widen(value)
         eye = eye_like(b)
         b = b + self.alpha * eye
-        # Off the set (W not positive definite): shift left until sym(B) < 0 (see docstring).
-        ok = _is_pd(lyapunov(mT(b)))
+        # forward subtracts delta = margin ||B0||_F: B0 = B + delta I must be Hurwitz.
+        ok = _is_pd(lyapunov(mT(b + _solve_delta(b, margin)[..., None, None] * eye)))
+        # Off the set (or within the rounding margin of its edge): shift left until
+        # sym(B) < -m with m > the delta of the shifted B (see the docstring), so that
+        # sym(B0) < 0 and B0 is Hurwitz.
         sym = (b + mT(b)) / 2
         lam = jnp.linalg.eigvalsh(sym)
-        margin = _SHIFT_MARGIN * jnp.maximum(1.0, jnp.max(jnp.abs(lam), axis=-1))
-        shift = jnp.where(ok, 0.0, jnp.maximum(lam[..., -1] + margin, 0.0))
+        top = lam[..., -1]
+        m = _SHIFT_MARGIN * jnp.maximum(1.0, jnp.max(jnp.abs(lam), axis=-1))
+        m = m + 2 * margin * (_frobenius(b) + math.sqrt(n) * jnp.abs(top)) / (
+            1 - 2 * margin * math.sqrt(n)
+        )
+        shift = jnp.where(ok, 0.0, jnp.maximum(top + m, 0.0))
         b = b - shift[..., None, None] * eye
-        # W from B W + W Bᵀ = -I, Q = W^{-1}, J = skew(B W).
+        b = b + _solve_delta(b, margin)[..., None, None] * eye
+        # W from B0 W + W B0ᵀ = -I, Q = W^{-1}, J = skew(B0 W).
         w = lyapunov(mT(b))
         c = _mm(b, w)
         lam_w, v = jnp.linalg.eigh(w)
         lam_w = jnp.maximum(lam_w, jnp.finfo(lam_w.dtype).tiny)
         s = -_mm(v * jnp.log(lam_w)[..., None, :], mT(v))  # log(W^{-1})
-        raw = jnp.triu(c - mT(c), 1) / 2 + jnp.tril(s)
-        return raw.astype(dtype)
+        # The raw forward reads (J and S scaled back into their balls, as forward does).
+        j = _clip_inf((c - mT(c)) / 2, skew_radius(dtype))
+        s = _clip_inf((s + mT(s)) / 2, sym_radius(dtype))
+        return (jnp.triu(j, 1) + jnp.tril(s)).astype(dtype)
 
     def in_manifold(self, x: Array, atol: float | None = None) -> Array:
         """``max Re λ(x) < -alpha``, tested by Lyapunov's theorem (see the class docstring;
