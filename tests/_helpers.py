@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -180,3 +181,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         return nn.Dense(4)(nn.relu(nn.Dense(4)(x)))
+
+
+def stable_id(value) -> str:
+    """``repr(value)`` without memory addresses (``<function exp at 0x7f...>`` -> ``<function
+    exp>``): a test id must be the same in every process, or pytest-xdist's workers disagree on
+    what they collected."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))

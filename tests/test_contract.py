@@ -18,6 +18,8 @@ import pytest
 import parametrax as px
 from parametrax.testing import check_parametrization
 
+from _helpers import stable_id
+
 KEY = jax.random.key(0)
 
 
@@ -109,7 +111,7 @@ def cayley_full(a):
 
 
 def row(p, shape, marks=(), **opts):
-    ident = f"{p!r}-{'x'.join(map(str, shape))}"
+    ident = f"{stable_id(p)}-{'x'.join(map(str, shape))}"
     return pytest.param(p, shape, opts, id=ident, marks=marks)
 
 
