@@ -199,11 +199,11 @@ def test_one_trace_per_chain_and_shape():
 def test_catalog_reads_never_retrace():
     layer = nnx_layer(px.SpectralNorm())  # train mode: every read updates u, v
     _ = layer.kernel  # the read itself is under test
-    before = _core._compiled_chain._cache_size()
+    before = _core._compiled_cache_size()
     with evaluations() as seen:
         for _ in range(4):
             _ = layer.kernel  # the read itself is under test
-    assert seen == [] and _core._compiled_chain._cache_size() == before
+    assert seen == [] and _core._compiled_cache_size() == before
 
 
 # ------------------------------------------------------------------------------------------------
