@@ -686,8 +686,9 @@ def _forward_compiled(chain, update_state, compiled, originals, params, state):
     each read). Stored values are never checked on the hot path (:mod:`parametrax._finite`), so
     nothing concrete is lost by compiling.
 
-    State identity: a state array the chain hands back unchanged is the very input array, and
-    the state dicts keep the input's key order (new keys after), as op by op.
+    State identity: a state array the chain hands back unchanged is the very input array, as op
+    by op. The state dicts keep the input's key order (jit hands dicts back with sorted keys),
+    which is op by op's order when a link keeps its keys; a key a link adds comes after.
     """
     try:
         value, out_state = compiled(originals, params, state)
