@@ -471,3 +471,23 @@ def test_compiled_reads_keep_no_model_alive():
     del layer, model
     gc.collect()
     assert ref() is None and ref_eqx() is None
+
+
+def test_explicitly_sharded_inputs_are_evaluated_op_by_op():
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("x",), axis_types=(AxisType.Explicit,))
+    chain = (CompiledTwoStates(),)
+    x, z, a = kernel(n=4), jnp.zeros(2), jnp.ones(2)
+    sx = jax.device_put(x, NamedSharding(mesh, P("x")))
+    sa = jax.device_put(a, NamedSharding(mesh, P("x")))
+    for originals, state in (
+        ({"original": sx}, {"z": z, "a": a}),
+        ({"original": x}, {"z": z, "a": sa}),
+    ):
+        with evaluations() as seen:
+            value, (st,) = _core.chain_forward(chain, originals, [{}], [state])
+        assert seen == [True]  # the op-by-op path, which gathers explicitly sharded arrays
+        np.testing.assert_array_equal(value, 2.0 * x)
+        assert st["z"] is z and st["a"] is state["a"]

@@ -582,7 +582,8 @@ def compiles_eagerly(link: Parametrization) -> bool:
     one, parametrax's own parametrizations do and user code does not: a user's ``forward`` may
     read concrete values (``float(x)``, NumPy), or have Python side effects that a compiled call
     would run once per compilation instead of once per read (torch's tutorial counts its
-    evaluations that way). A plain function used as a parametrization never does.
+    evaluations that way). A plain function used as a parametrization never does. Read once per
+    chain, at its first eager read (:func:`_compiled_for`).
     """
     declared = getattr(type(link), "compile_eagerly", None)
     if isinstance(declared, bool):
@@ -604,8 +605,8 @@ def _compiled_for(chain: tuple, update_state: bool) -> Callable | None:
     compiled = None
     if key not in _OPS_ONLY and all(compiles_eagerly(link) for link in chain):
         compiled = jax.jit(functools.partial(_traced_chain, chain, update_state))
-    while len(_COMPILED) >= _COMPILED_MAX:
-        del _COMPILED[next(iter(_COMPILED))]
+    while len(_COMPILED) >= _COMPILED_MAX:  # drop the oldest
+        _COMPILED.pop(next(iter(_COMPILED)), None)
     _COMPILED[key] = compiled
     return compiled
 
