@@ -23,7 +23,9 @@ alternating between rounds; the figure is the median over rounds of each round's
 
 Printed: the median times (µs) and the ratios ``ops / eager`` (the speed-up) and
 ``eager / jit`` (how far an eager read is from the jitted map). ``OPENBLAS_NUM_THREADS=1`` is set
-before JAX is imported.
+before JAX is imported. ``--clock cpu`` times the process's CPU time (``time.process_time``: every
+thread of this process, XLA's included, and none of the other processes sharing the machine)
+instead of wall-clock time: steadier on a loaded machine.
 """
 
 from __future__ import annotations
@@ -76,14 +78,17 @@ def _variants(front: str, p, n: int):
     return {"ops": ops, "eager": read, "jit": lambda: jitted(raw, state)["w"]}
 
 
-def _time(fn, reads: int) -> float:
-    start = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _time(fn, reads: int, clock=time.perf_counter) -> float:
+    start = clock()
     for _ in range(reads):
         jax.block_until_ready(fn())
-    return (time.perf_counter() - start) / reads
+    return (clock() - start) / reads
 
 
-def measure(front: str, name: str, n: int, rounds: int, reads: int) -> dict:
+def measure(front: str, name: str, n: int, rounds: int, reads: int, clock: str = "wall") -> dict:
     fns = _variants(front, MAPS[name](), n)
     for fn in fns.values():  # compile and warm every variant first
         jax.block_until_ready(fn())
@@ -92,7 +97,7 @@ def measure(front: str, name: str, n: int, rounds: int, reads: int) -> dict:
     order = list(fns)
     for r in range(rounds):
         for k in order if r % 2 == 0 else order[::-1]:
-            samples[k].append(_time(fns[k], reads))
+            samples[k].append(_time(fns[k], reads, CLOCKS[clock]))
     med = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
     ratio_ops = statistics.median(o / e for o, e in zip(samples["ops"], samples["eager"]))
     ratio_jit = statistics.median(e / j for e, j in zip(samples["eager"], samples["jit"]))
@@ -104,16 +109,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--reads", type=int, default=20)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    ap.add_argument("--fronts", default="nnx,tree")
+    ap.add_argument("--maps", default=",".join(MAPS))
     args = ap.parse_args()
     print(
         f"jax {jax.__version__}, {jax.devices()[0].platform}, n = {args.n}, "
-        f"{args.rounds} rounds x {args.reads} reads"
+        f"{args.rounds} rounds x {args.reads} reads, {args.clock} clock"
     )
     print("| front | map | ops µs | eager µs | jit µs | ops / eager | eager / jit |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for front in ("nnx", "tree"):
-        for name in MAPS:
-            m = measure(front, name, args.n, args.rounds, args.reads)
+    for front in args.fronts.split(","):
+        for name in args.maps.split(","):
+            m = measure(front, name, args.n, args.rounds, args.reads, args.clock)
             print(
                 f"| {front} | {name} | {m['ops']:.0f} | {m['eager']:.0f} | {m['jit']:.0f} "
                 f"| {m['ops/eager']:.2f} | {m['eager/jit']:.2f} |",

@@ -199,11 +199,11 @@ def test_one_trace_per_chain_and_shape():
 def test_catalog_reads_never_retrace():
     layer = nnx_layer(px.SpectralNorm())  # train mode: every read updates u, v
     _ = layer.kernel  # the read itself is under test
-    before = _core._compiled_chain._cache_size()
+    before = _core._compiled_cache_size()
     with evaluations() as seen:
         for _ in range(4):
             _ = layer.kernel  # the read itself is under test
-    assert seen == [] and _core._compiled_chain._cache_size() == before
+    assert seen == [] and _core._compiled_cache_size() == before
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,6 +268,91 @@ class CompiledCounter(px.Parametrization):
 
     def apply_inverse(self, variables, value, *, key=None):
         return value, variables["state"]
+
+
+class CompiledTwoStates(px.Parametrization):
+    """Identity; state ``z`` (never moved) and ``a`` (moved by updating reads), declared out of
+    sorted order; with ``grow`` an updating read also adds a state entry ``b``. Compiled."""
+
+    compile_eagerly = True
+    grow: bool = False
+
+    def apply(self, variables, x, *, update_state=False):
+        st = variables["state"]
+        if not update_state:
+            return x * 2.0, st
+        out = {"z": st["z"], "a": st["a"] + 1.0}
+        if self.grow:
+            out = {"b": x.sum(), **out}
+        return x * 2.0, out
+
+
+@pytest.mark.parametrize("grow", [False, True])
+@pytest.mark.parametrize("update", [False, True])
+def test_state_rebuild_keeps_key_order_and_identity_as_op_by_op(update, grow):
+    chain = (CompiledTwoStates(grow=grow),)
+    x = kernel(n=3)
+    z, a = jnp.zeros(2), jnp.ones(2)
+
+    def read():
+        # a fresh state dict each time, in the link's (unsorted) order; jit sorts dict keys
+        return _core.chain_forward(
+            chain, {"original": x}, [{}], [{"z": z, "a": a}], update_state=update
+        )
+
+    with _core._op_by_op(), evaluations() as seen_ops:
+        want_value, (want,) = read()
+    with evaluations() as seen:
+        read()  # traced here
+        value, (got,) = read()
+    assert seen_ops == [True] and seen == [False]  # op by op, then one trace and compiled calls
+    np.testing.assert_array_equal(value, want_value)
+    # the input's key order, new keys after (jit hands dicts back with sorted keys): as op by op
+    # when the link keeps the keys; a new key (grow) comes after, where op by op keeps the
+    # link's own order
+    assert list(got) == (["z", "a", "b"] if grow and update else list(want))
+    assert sorted(got) == sorted(want)
+    assert got["z"] is z  # an unchanged state is the very input array
+    assert (got["a"] is a) == (not update) == (want["a"] is a)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_mapping_inputs_compile_as_plain_dicts():
+    from flax.core import FrozenDict
+
+    chain = (CompiledTwoStates(),)
+    x, z, a = kernel(n=3), jnp.zeros(2), jnp.ones(2)
+    with evaluations() as seen:
+        for _ in range(2):
+            value, (st,) = _core.chain_forward(
+                chain, FrozenDict(original=x), (FrozenDict(),), (FrozenDict(z=z, a=a),)
+            )
+    assert True not in seen  # compiled (traced at most once), never op by op
+    assert _core._COMPILED[(chain, False)] is not None
+    np.testing.assert_array_equal(value, 2.0 * x)
+    assert type(st) is dict and st["z"] is z and st["a"] is a
+
+
+class CompiledScale(px.Parametrization):
+    compile_eagerly = True
+    k: float = 1.0
+
+    def forward(self, x):
+        return x * self.k
+
+
+def test_compiled_chains_are_bounded_and_evicted_chains_still_read(monkeypatch):
+    monkeypatch.setattr(_core, "_COMPILED_MAX", 2)
+    monkeypatch.setattr(_core, "_COMPILED", {})
+    chains = [(CompiledScale(k),) for k in (2.0, 3.0, 4.0)]
+    x = kernel(n=3)
+    for chain in chains + chains[:1]:  # the first is evicted by the third, then read again
+        value, _ = _core.chain_forward(chain, {"original": x}, [{}], [{}])
+        np.testing.assert_array_equal(value, chain[0].k * x)
+        assert len(_core._COMPILED) <= 2
+    assert list(_core._COMPILED) == [(chains[2], False), (chains[0], False)]
+    assert all(f is not None for f in _core._COMPILED.values())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,3 +471,23 @@ def test_compiled_reads_keep_no_model_alive():
     del layer, model
     gc.collect()
     assert ref() is None and ref_eqx() is None
+
+
+def test_explicitly_sharded_inputs_are_evaluated_op_by_op():
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("x",), axis_types=(AxisType.Explicit,))
+    chain = (CompiledTwoStates(),)
+    x, z, a = kernel(n=4), jnp.zeros(2), jnp.ones(2)
+    sx = jax.device_put(x, NamedSharding(mesh, P("x")))
+    sa = jax.device_put(a, NamedSharding(mesh, P("x")))
+    for originals, state in (
+        ({"original": sx}, {"z": z, "a": a}),
+        ({"original": x}, {"z": z, "a": sa}),
+    ):
+        with evaluations() as seen:
+            value, (st,) = _core.chain_forward(chain, originals, [{}], [state])
+        assert seen == [True]  # the op-by-op path, which gathers explicitly sharded arrays
+        np.testing.assert_array_equal(value, 2.0 * x)
+        assert st["z"] is z and st["a"] is state["a"]

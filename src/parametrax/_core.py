@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -527,24 +528,39 @@ def chain_forward(
 
     Every front reads values through here. An eager read (no input is a tracer) of a chain that
     compiles eagerly (:func:`compiles_eagerly`) runs as one compiled call of the chain, cached on
-    the chain and ``update_state`` (static) and the inputs' shapes and dtypes, instead of op by
-    op: about as fast as the jitted map, with the same values. Traced inputs (inside ``jax.jit``,
+    the chain and ``update_state`` and the inputs' shapes and dtypes, instead of op by op: about
+    as fast as the jitted map, with the same values. Traced inputs (inside ``jax.jit``,
     ``jax.grad``, ``nnx.jit``, ...) are evaluated op by op into the enclosing trace, as before.
     See :func:`_forward_compiled` for what is kept identical (errors, state identity).
     """
-    if _eager_compile_applies(chain, originals, params, state, update_state):
-        return _forward_compiled(chain, originals, params, state, update_state)
+    if _EAGER_COMPILE[0] and type(update_state) is bool:
+        compiled = _compiled_for(chain, update_state)
+        if compiled is not None:
+            inputs = _eager_inputs(originals, params, state)
+            if inputs is not None:
+                return _forward_compiled(chain, update_state, compiled, *inputs)
     return _forward_ops(chain, originals, params, state, update_state=update_state)
 
 
 # ------------------------------------------------------------------------------------------------
 # Eager reads: one compiled call of the chain
 # ------------------------------------------------------------------------------------------------
+# An eager read costs what the jitted map costs (one C++ jit dispatch) plus the Python here, so
+# the per-read Python is kept to: one dict lookup on (chain, update_state) giving a jitted
+# callable built for that chain (no static arguments for jit to hash), one pass over the input
+# dicts checking each array's type and sharding, and rebuilding the state dicts.
+#
 # Chains (with their update_state flag) whose compiled evaluation failed but whose op-by-op one
 # succeeded (a link reading concrete values, say): evaluated op by op from then on. Chains are
 # frozen dataclasses of hyperparameters, so this holds no model alive.
 _OPS_ONLY: set = set()
 _EAGER_COMPILE = [True]  # the switch `_op_by_op()` turns off (benchmarks, tests)
+# (chain, update_state) -> the chain's jitted evaluation, or None when it is evaluated op by op
+# (a link that does not compile eagerly, or one in `_OPS_ONLY`). Bounded: past `_COMPILED_MAX`
+# chains the oldest entry is dropped (with its compiled executables), as jax.jit's own cache of
+# static arguments is bounded.
+_COMPILED: dict = {}
+_COMPILED_MAX = 512
 
 
 @contextlib.contextmanager
@@ -566,7 +582,8 @@ def compiles_eagerly(link: Parametrization) -> bool:
     one, parametrax's own parametrizations do and user code does not: a user's ``forward`` may
     read concrete values (``float(x)``, NumPy), or have Python side effects that a compiled call
     would run once per compilation instead of once per read (torch's tutorial counts its
-    evaluations that way). A plain function used as a parametrization never does.
+    evaluations that way). A plain function used as a parametrization never does. Read once per
+    chain, at its first eager read (:func:`_compiled_for`).
     """
     declared = getattr(type(link), "compile_eagerly", None)
     if isinstance(declared, bool):
@@ -576,7 +593,31 @@ def compiles_eagerly(link: Parametrization) -> bool:
     return type(link).__module__.startswith("parametrax.")
 
 
+def _compiled_for(chain: tuple, update_state: bool) -> Callable | None:
+    """The jitted evaluation of ``chain`` (built on first use), or None: op by op."""
+    key = (chain, update_state)
+    try:
+        return _COMPILED[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable chain cannot be cached: op by op
+        return None
+    compiled = None
+    if key not in _OPS_ONLY and all(compiles_eagerly(link) for link in chain):
+        compiled = jax.jit(functools.partial(_traced_chain, chain, update_state))
+    while len(_COMPILED) >= _COMPILED_MAX:  # drop the oldest
+        _COMPILED.pop(next(iter(_COMPILED)), None)
+    _COMPILED[key] = compiled
+    return compiled
+
+
+def _compiled_cache_size() -> int:
+    """How many executables the compiled eager reads hold (tests: no retrace per read)."""
+    return sum(f._cache_size() for f in _COMPILED.values() if f is not None)
+
+
 _SINGLE_DEVICE = jax.sharding.SingleDeviceSharding
+_ARRAY_IMPL = type(jnp.zeros(()))  # JAX's concrete array class
 
 
 def _eager_leaf(x: Any) -> bool:
@@ -591,20 +632,31 @@ def _eager_leaf(x: Any) -> bool:
     return isinstance(x, jax.Array) and _explicit_sharding(x) is None
 
 
-def _eager_compile_applies(chain, originals, params, state, update_state) -> bool:
-    if not _EAGER_COMPILE[0] or type(update_state) is not bool:
-        return False
-    try:
-        if (chain, update_state) in _OPS_ONLY:
-            return False
-    except TypeError:  # an unhashable chain cannot be a static argument: op by op
-        return False
-    if not all(compiles_eagerly(link) for link in chain):
-        return False
-    leaves = jax.tree.leaves((originals, list(params), list(state)))
-    # a tracer (a traced read), a non-array leaf (jit would turn it into an array) or an
-    # explicitly sharded array: op by op
-    return bool(leaves) and all(_eager_leaf(x) for x in leaves)
+def _eager_dict(d: Mapping) -> dict | None:
+    """``d`` as a plain dict when every leaf in it is an :func:`_eager_leaf`, else None."""
+    if type(d) is not dict:
+        d = dict(d)
+    for x in d.values():
+        # the common case (a concrete single-device JAX array), checked without a tree walk
+        if type(x) is _ARRAY_IMPL and type(x.sharding) is _SINGLE_DEVICE:
+            continue
+        # a tracer (a traced read), a non-array leaf (jit would turn it into an array) or an
+        # explicitly sharded array: op by op
+        if not all(_eager_leaf(leaf) for leaf in jax.tree.leaves(x)):
+            return None
+    return d
+
+
+def _eager_inputs(originals, params, state) -> tuple[dict, list, list] | None:
+    """The inputs of a compiled read (plain dicts and lists), or None: evaluate op by op."""
+    if not originals:
+        return None
+    o = _eager_dict(originals)
+    ps = [_eager_dict(p) for p in params]
+    ss = [_eager_dict(s) for s in state]
+    if o is None or None in ps or None in ss:
+        return None
+    return o, ps, ss
 
 
 def _traced_chain(chain, update_state, originals, params, state):
@@ -624,12 +676,9 @@ def _traced_chain(chain, update_state, originals, params, state):
     return value, new_state
 
 
-_compiled_chain = jax.jit(_traced_chain, static_argnums=(0, 1))
-
-
-def _forward_compiled(chain, originals, params, state, update_state):
-    """:func:`chain_forward` as one compiled call; falls back to op-by-op evaluation when the
-    compiled call fails.
+def _forward_compiled(chain, update_state, compiled, originals, params, state):
+    """:func:`chain_forward` as one compiled call (``compiled``, from :func:`_compiled_for`);
+    falls back to op-by-op evaluation when the compiled call fails.
 
     Errors: a compiled call that raises (a link's check on shapes or on the variables it was
     given, raised while tracing, or a link that needs concrete values) is evaluated again op by
@@ -637,20 +686,28 @@ def _forward_compiled(chain, originals, params, state, update_state):
     evaluation succeeds instead, the chain is evaluated op by op from then on (it is not retried
     each read). Stored values are never checked on the hot path (:mod:`parametrax._finite`), so
     nothing concrete is lost by compiling.
+
+    State identity: a state array the chain hands back unchanged is the very input array, as op
+    by op. The state dicts keep the input's key order (jit hands dicts back with sorted keys),
+    which is op by op's order when a link keeps its keys; a key a link adds comes after.
     """
-    originals = dict(originals)
-    params = [dict(p) for p in params]
-    state = [dict(s) for s in state]
     try:
-        value, out_state = _compiled_chain(chain, update_state, originals, params, state)
+        value, out_state = compiled(originals, params, state)
     except Exception:
         result = _forward_ops(chain, originals, params, state, update_state=update_state)
         _OPS_ONLY.add((chain, update_state))
+        _COMPILED[(chain, update_state)] = None
         return result
     if value is None:
-        value = originals.get(_first_name(originals))
+        value = originals[_first_name(originals)]
     new_state = []
     for s_in, s_out in zip(state, out_state):
+        if not s_out:
+            new_state.append({})
+            continue
+        if s_out.keys() == s_in.keys():  # the common case: the same keys, in the input's order
+            new_state.append({k: (s_in[k] if s_out[k] is None else s_out[k]) for k in s_in})
+            continue
         order = [k for k in s_in if k in s_out] + [k for k in s_out if k not in s_in]
         new_state.append(
             {k: (s_in[k] if s_out[k] is None and k in s_in else s_out[k]) for k in order}
