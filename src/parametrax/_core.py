@@ -700,7 +700,7 @@ def _forward_compiled(chain, update_state, compiled, originals, params, state):
         return result
     if value is None:
         value = originals[_first_name(originals)]
-    new_state = []
+    new_state: list[dict] = []
     for s_in, s_out in zip(state, out_state):
         if not s_out:
             new_state.append({})

@@ -128,9 +128,7 @@ class StaticAttributes:
         self._hash: int | None = None
 
     def __eq__(self, other: object) -> bool:
-        return self is other or (
-            type(other) is StaticAttributes and self.items == other.items  # type: ignore[attr-defined]
-        )
+        return self is other or (type(other) is StaticAttributes and self.items == other.items)
 
     def __hash__(self) -> int:
         h = self._hash
@@ -173,9 +171,7 @@ class ElidedNode:
 
     def __eq__(self, other: object) -> bool:
         return self is other or (
-            type(other) is ElidedNode
-            and self.type is other.type  # type: ignore[attr-defined]
-            and self.items == other.items  # type: ignore[attr-defined]
+            type(other) is ElidedNode and self.type is other.type and self.items == other.items
         )
 
     def __hash__(self) -> int:
@@ -209,7 +205,7 @@ class ElidedNode:
         return True
 
     def build(self) -> Any:
-        obj = object.__new__(self.type)
+        obj: Any = object.__new__(self.type)
         lean_init(obj, ((STATIC_KEY, StaticAttributes(self.items)),))
         return obj
 
@@ -217,13 +213,13 @@ class ElidedNode:
 _MISSING = object()
 
 
-def _split(node: Any, cls: type) -> tuple[list, list]:
+def _split(node: Any, cls: Any) -> tuple[list, list]:
     """``node``'s attributes as NNX would give them: (data children, static items)."""
     d = vars(node)
     flags = _plain(d.get(_NODES, cls._pytree__nodes))
     data_elem = _graphlib.DataElem
-    children = []
-    static = []
+    children: list = []
+    static: list = []
     for k, v in d.items():
         if k == _STATE:
             static.append((k, (v._initializing, v._is_setup)))
