@@ -7,6 +7,7 @@ one of these, this module is the only file to touch.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import jax
@@ -54,6 +55,69 @@ def current_trace() -> Any:
 _get_opaque_trace_state = (
     getattr(jax.extend.core, "get_opaque_trace_state", None) or jax.core.get_opaque_trace_state
 )
+
+
+# The eager (top-level) trace's token: an NNX read there with concrete inputs computes a concrete
+# value, which the per-trace memo never stores, so such a read skips the memo (see
+# ``_memo._evaluate``). Taken at import (almost always at top level: if this module is first
+# imported inside a trace, the token is that trace's and no later trace equals it, so reads merely
+# take the general path).
+TOP_LEVEL_TRACE = current_trace()
+
+
+# ------------------------------------------------------------------------------------------------
+# Variable values without ``Variable.get_value`` / ``set_value``'s generic path (eager reads)
+# ------------------------------------------------------------------------------------------------
+# flax 0.12's ``get_value`` copies the value with ``jax.tree.map``, asks ``is_array_ref`` (a
+# ``jax.typeof`` and isinstance checks) and looks for ``on_get_value`` hooks; ``set_value`` does the
+# same for ``on_set_value``. For the common value (a concrete JAX array, no hooks: the copy of a
+# leaf is the leaf itself, an ``ArrayImpl`` is never an array ref) both reduce to reading or
+# setting the private slot ``Variable._raw_value`` (after NNX's own trace check,
+# ``Variable._check_can_update``, which ``set_value`` runs too).
+# Everything else (tracers, refs, hijax variables, hooks) goes through the public methods.
+# Written against flax 0.12.x (``Variable.__slots__`` holds ``_raw_value`` and ``_var_metadata``);
+# ``FAST_VALUES`` is False where they are missing, and the public methods are always used.
+_ARRAY_IMPL = type(jax.numpy.zeros(()))
+FAST_VALUES = all(
+    isinstance(getattr(nnx.Variable, a, None), types.MemberDescriptorType)
+    for a in ("_raw_value", "_var_metadata")
+) and callable(getattr(nnx.Variable, "_check_can_update", None))
+_VARIABLE_TYPES: set[type] = set()  # the nnx.Variable subclasses seen (an exact-type check)
+
+
+def is_variable(x: Any) -> bool:
+    """``isinstance(x, nnx.Variable)`` without NNX's Python ``__instancecheck__`` per call."""
+    t = type(x)
+    if t in _VARIABLE_TYPES:
+        return True
+    if isinstance(x, nnx.Variable):
+        _VARIABLE_TYPES.add(t)
+        return True
+    return False
+
+
+def get_value(var: nnx.Variable) -> Any:
+    """``var.get_value()``, read straight from the slot for a concrete array without hooks."""
+    if FAST_VALUES:
+        raw = var._raw_value
+        if type(raw) is _ARRAY_IMPL and "on_get_value" not in var._var_metadata:
+            return raw
+    return var.get_value()
+
+
+def set_value(var: nnx.Variable, value: Any) -> None:
+    """``var.set_value(value)``, set straight into the slot (after NNX's trace check) for a
+    concrete array replacing one, without hooks."""
+    if (
+        FAST_VALUES
+        and type(value) is _ARRAY_IMPL
+        and type(var._raw_value) is _ARRAY_IMPL
+        and "on_set_value" not in var._var_metadata
+    ):
+        var._check_can_update()  # what set_raw_value and Variable.__setattr__ both check
+        object.__setattr__(var, "_raw_value", value)
+    else:
+        var.set_value(value)
 
 
 def module_is_mutable_here(module: Any) -> bool:
