@@ -167,3 +167,14 @@ def test_a_state_of_the_wrong_shape_is_still_refused():
     pnnx.register_parametrization(layer, "kernel", Grow(), rngs=nnx.Rngs(1))
     with pytest.raises(px.ParametrizationError, match=r"returned state `c` of shape \(3,\)"):
         layer.kernel  # noqa: B018
+
+
+def test_parametrization_dict_lookup_names_only_parametrized_variables():
+    layer = wn_layer()
+    d = layer.parametrizations
+    assert "kernel" in d and d["kernel"] is vars(d)["kernel"]
+    for absent in ("bias", "_pytree__state", 0, ("kernel",), ["kernel"]):
+        assert absent not in d
+        with pytest.raises(KeyError):
+            d[absent]
+    assert list(d) == ["kernel"] and len(d) == 1

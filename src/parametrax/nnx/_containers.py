@@ -167,12 +167,14 @@ class ParametrizationDict(nnx.Module):
         return sorted(k for k, v in vars(self).items() if isinstance(v, ParametrizationList))
 
     def __getitem__(self, name: str) -> ParametrizationList:
-        if name not in self._px_names():
+        # (every read of a parametrized attribute comes here: one dict lookup, no sorted listing)
+        entry = vars(self).get(name) if isinstance(name, str) else None
+        if not isinstance(entry, ParametrizationList):
             raise KeyError(name)
-        return vars(self)[name]
+        return entry
 
     def __contains__(self, name: object) -> bool:
-        return name in self._px_names()
+        return isinstance(name, str) and isinstance(vars(self).get(name), ParametrizationList)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._px_names())
