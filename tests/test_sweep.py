@@ -614,9 +614,11 @@ CAUSES: dict[str, str] = {
     "but the map is unbounded: SGD / momentum toward the unreachable target push the eigenvalues "
     "past log(max) = 88, and the huge init (raw 1e4 N) starts there. At a clamped value "
     "(entries ~1.7e38) the map's own derivative is of the value's size: the gradient of "
-    "sum(c * expm(A)) is ~2.5e38 c (forward and reverse mode agree where finite), so any loss "
-    "whose cotangent is >= ~1 (the sweep's Huber loss gives up to 2e6) has a gradient beyond "
-    "float32's range, and the raw value becomes NaN. Not the loss (Huber removed the loss's own "
+    "sum(c * expm(A)) is ~2.5e38 c (forward mode), so any loss whose cotangent is >= ~1 (the "
+    "sweep's Huber loss gives up to 2e6) has a gradient beyond float32's range, and the raw "
+    "value becomes NaN. (Reverse mode is worse: at eigenvalues ~2e4 it returns NaN where the "
+    "gradient, 2.5e35 for c = 1e-3, is finite: an intermediate overflow in the transposed "
+    "squarings; fixing it would not save these runs.) Not the loss (Huber removed the loss's own "
     "overflow and changed no outcome) and not membership: an exponential map trained in float32 "
     "by gradients that reach its clamp",
 }
