@@ -151,6 +151,8 @@ TABLE = [
     row(px.SpectralNorm(), (4, 3), broadcasts=False),
     row(px.SpectralNorm(axis=(0, 2), n_power_iterations=3), (2, 3, 2), broadcasts=False),
     row(px.SpectralNorm(), (5,), broadcasts=False),  # 1-D: plain normalisation, no state
+    row(px.SpectralNorm(exact=True), (4, 3), broadcasts=False),  # the SVD's sigma, no state
+    row(px.SpectralNorm(axis=(0, 2), exact=True), (2, 3, 2), broadcasts=False),
     row(px.WeightNorm(), (4, 3), broadcasts=False, value=gaussian((4, 3))),
     row(px.WeightNorm(axis=None), (3, 4), broadcasts=False, value=gaussian((3, 4))),
     row(px.WeightNorm(axis=(0, 2)), (2, 3, 2), broadcasts=False, value=gaussian((2, 3, 2))),
@@ -200,6 +202,12 @@ TABLE = [
     # --- issue 14: sigmaReparam (SpectralNorm with a learnable scale) ---------------------------
     row(px.SpectralNorm(learnable_scale=True), (4, 3), broadcasts=False, value=gaussian((4, 3))),
     row(px.SpectralNorm(learnable_scale=True), (5,), broadcasts=False, value=gaussian((5,))),
+    row(
+        px.SpectralNorm(learnable_scale=True, exact=True),
+        (4, 3),
+        broadcasts=False,
+        value=gaussian((4, 3)),
+    ),
     # --- issue 14: the convolution's operator norm (kernels: a map of the whole tensor) --------
     row(px.ConvSpectralNorm((5,)), (3, 2, 3), broadcasts=False),
     row(

@@ -722,6 +722,7 @@ EVERY_ENTRY = [
     px.Orthogonal("cayley", use_trivialization=False),
     px.Orthogonal("householder", use_trivialization=False),
     px.SpectralNorm(),
+    px.SpectralNorm(exact=True),
     px.WeightNorm(),
     px.RandomPruning(),
     Stiefel(),

@@ -512,3 +512,144 @@ def test_learnable_scale_errors():
     assert SpectralNorm(learnable_scale=True) == SpectralNorm(learnable_scale=True)
     assert hash(SpectralNorm(learnable_scale=True)) == hash(SpectralNorm(learnable_scale=True))
     assert SpectralNorm(learnable_scale=True) != SpectralNorm()
+
+
+# ================================================================================================
+# SpectralNorm(exact=True): the true largest singular value (an SVD under stop_gradient), no state
+# ================================================================================================
+def _np_matrix(w, axis):
+    """The matrix view, in numpy: output axes to the front (rows), the rest flattened (C order)."""
+    w = np.asarray(w, np.float64)
+    axes = tuple(a % w.ndim for a in ((axis,) if isinstance(axis, int) else axis))
+    moved = np.moveaxis(w, axes, tuple(range(len(axes))))
+    return moved.reshape(int(np.prod([w.shape[a] for a in axes])), -1)
+
+
+@pytest.mark.parametrize(
+    "shape,axis",
+    [
+        ((6, 3), -1),  # Dense kernel: matrix (3, 6), wide
+        ((3, 6), -1),  # matrix (6, 3), tall
+        ((4, 4), 0),  # square, torch's dim=0
+        ((2, 2, 3, 5), -1),  # a Conv kernel: matrix (5, 12)
+        ((2, 3, 4), (0, 2)),  # several output axes: matrix (8, 3)
+    ],
+    ids=str,
+)
+def test_exact_value_is_w_over_largest_singular_value(shape, axis):
+    w = rand(40, shape)
+    p = SpectralNorm(axis=axis, exact=True)
+    vs = p.init_variables(KEY, w)
+    assert vs == {"params": {}, "state": {}}  # no power-iteration state
+    sigma = np.linalg.svd(_np_matrix(w, axis), compute_uv=False)[0]  # numpy float64 oracle
+    for update in (True, False):  # train and evaluation: the same value, nothing to update
+        out, st = p.apply(vs, w, update_state=update)
+        assert st == {}
+        close(out, np.asarray(w, np.float64) / sigma)
+
+
+def test_exact_registration_and_batched_tree():
+    w = rand(41, (2, 2, 3, 4))
+    spec = {"kernel": SpectralNorm(exact=True)}
+    raw, st = ptree.register(spec, {"kernel": w}, key=KEY, update_state=True)
+    assert jax.tree.leaves(st) == []  # no state anywhere
+    out = ptree.constrain(spec, raw, st)["kernel"]
+    close(out, np.asarray(w, np.float64) / np.linalg.norm(_np_matrix(w, -1), 2))
+    # vmap over a batch of weights: each divided by its own sigma
+    ws = jnp.stack([w, 3 * w[::-1]])
+    p = SpectralNorm(exact=True)
+    outs = jax.vmap(lambda x: p.apply(variables({}), x)[0])(ws)
+    for o, x in zip(np.asarray(outs), np.asarray(ws)):
+        close(o, x / np.linalg.norm(_np_matrix(x, -1), 2))
+
+
+def _np_loss(w, r):
+    """numpy float64: sum(r * W / sigma_max(W)), W a Flax kernel (the matrix is W^T)."""
+    return float(np.sum(r * w / np.linalg.norm(w.T, 2)))
+
+
+def test_exact_gradient_matches_finite_differences():
+    # a clear spectral gap (3, 1, 0.5): sigma_max is simple and differentiable
+    u_, _, vh = np.linalg.svd(rand(42, (4, 4)))
+    w = (u_[:, :3] @ np.diag([3.0, 1.0, 0.5]) @ vh[:3, :3]).astype(np.float32)  # (4, 3)
+    r = rand(43, (4, 3)).astype(np.float64)
+    p = SpectralNorm(exact=True)
+    g = jax.grad(lambda x: jnp.sum(p.apply(variables({}), x)[0] * r))(jnp.asarray(w))
+    w64, h = w.astype(np.float64), 1e-6
+    fd = np.zeros_like(w64)
+    for i in np.ndindex(w64.shape):  # central differences on the numpy float64 oracle
+        e = np.zeros_like(w64)
+        e[i] = h
+        fd[i] = (_np_loss(w64 + e, r) - _np_loss(w64 - e, r)) / (2 * h)
+    close(g, fd, rtol=1e-3, atol=1e-4)
+    # and forward mode agrees (every catalog entry supports jacfwd)
+    jf = jax.jacfwd(lambda x: jnp.sum(p.apply(variables({}), x)[0] * r))(jnp.asarray(w))
+    close(jf, fd, rtol=1e-3, atol=1e-4)
+
+
+def test_exact_gradient_finite_where_sigma_is_repeated():
+    # an orthogonal W: every singular value is 1, the SVD's derivative is 0/0 there
+    q, _ = np.linalg.qr(rand(44, (4, 4)))
+    q = q.astype(np.float32)
+    r = rand(45, (4, 4))
+    p = SpectralNorm(exact=True)
+
+    def loss(x):
+        return jnp.sum(p.apply(variables({}), x)[0] * r)
+
+    g = np.asarray(jax.grad(loss)(jnp.asarray(q)), np.float64)
+    assert np.all(np.isfinite(g))
+    # sigma = 1, so the gradient of sum(r * W / sigma) is r - sum(r * Q) * d sigma, with
+    # d sigma = u1 v1^T for whichever top pair (u1, v1) the SVD picked (a subgradient: the pair
+    # is not unique). Every choice gives a rank-1 difference of Frobenius norm |sum(r * Q)|.
+    diff = r - g
+    s_diff = np.linalg.svd(diff, compute_uv=False)
+    close(s_diff[0], abs(np.sum(r * q)), rtol=1e-4, atol=1e-5)
+    assert np.all(s_diff[1:] <= 1e-5), s_diff
+    jf = np.asarray(jax.jacfwd(loss)(jnp.asarray(q)))
+    assert np.all(np.isfinite(jf))
+
+
+def test_exact_bfloat16_widens_the_svd():
+    w = rand(46, (5, 3))
+    wb = jnp.asarray(w, jnp.bfloat16)
+    out, _ = SpectralNorm(exact=True).apply(variables({}), wb)
+    assert out.dtype == jnp.bfloat16
+    s = np.linalg.norm(np.asarray(out, np.float64).T, 2)
+    assert abs(s - 1) <= 2e-2, s  # a few bfloat16 ulps (eps 2^-8)
+    g = jax.grad(lambda x: jnp.sum(SpectralNorm(exact=True).apply(variables({}), x)[0]))(wb)
+    assert g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32)))
+
+
+def test_exact_zero_and_learnable_scale():
+    p = SpectralNorm(exact=True)
+    z = jnp.zeros((3, 4))
+    out, _ = p.apply(variables({}), z)  # sigma = 0: returned unchanged, finite gradients
+    assert np.all(np.asarray(out) == 0)
+    g = jax.grad(lambda x: jnp.sum(p.apply(variables({}), x)[0]))(z)
+    assert np.all(np.isfinite(np.asarray(g)))
+    with pytest.raises(px.ParametrizationError, match="the value is all zero"):
+        p.apply_inverse(variables({}), z)
+    # sigmaReparam with the exact sigma: gamma = sigma(W), forward(right_inverse(W)) == W
+    w = rand(47, (4, 3))
+    sr = SpectralNorm(learnable_scale=True, exact=True)
+    vs = sr.init_variables(KEY, w)
+    (gamma, raw_w), st = sr.apply_inverse(vs, w)
+    assert st == {}
+    close(gamma, np.linalg.norm(np.asarray(w, np.float64).T, 2))
+    out, _ = sr.apply(variables(st), 2 * gamma, raw_w, update_state=True)
+    close(out, 2 * np.asarray(w))
+    close(np.linalg.norm(np.asarray(out, np.float64).T, 2), 2 * float(gamma))
+
+
+def test_exact_errors_and_config():
+    with pytest.raises(px.ParametrizationTypeError, match="`exact` must be a bool; got 1"):
+        SpectralNorm(exact=1)
+    with pytest.raises(px.ParametrizationTypeError, match="`exact` must be a bool; got 'yes'"):
+        SpectralNorm(exact="yes")
+    assert SpectralNorm(exact=True) != SpectralNorm()
+    assert hash(SpectralNorm(exact=True)) == hash(SpectralNorm(exact=True))
+    with pytest.raises(px.ShapeError, match="at least 1 dimension"):
+        SpectralNorm(exact=True).apply(variables({}), jnp.float32(1.0))
+    with pytest.raises(px.ParametrizationTypeError, match="takes 1 raw array, W; got 2"):
+        SpectralNorm(exact=True).apply(variables({}), jnp.float32(1.0), jnp.ones((2, 2)))

@@ -7,8 +7,25 @@ on the set at registration and after EVERY step, or the registration must raise 
 error (``px.ParametrizationError``) -- an entry may refuse e.g. a zero vector.
 
 Membership is computed here, in numpy (float64, on the values the library returned), by the
-functions of ``MEMBERSHIP``; the library's ``in_manifold`` is never called. Tolerances are per
-dtype (``TOL``) and documented where they are used.
+``m_*`` functions named in ``ENTRIES``; the library's ``in_manifold`` is never called.
+Tolerances are per dtype (``TOL``) and documented where they are used.
+
+Power-iteration estimators (the default ``SpectralNorm`` and ``ConvSpectralNorm``; decision of
+issue 16): the default is torch's estimator, one iteration per training step from the stored
+``u``, ``v``, kept for torch parity. It does not promise ``||value||_2 = 1`` at every step (it
+lags a fast-moving weight), so the sweep checks what it does promise, independently (numpy):
+(a) after every step ``sigma_max(value) >= 1 - TOL``: ``sigma = u^H W v`` with unit ``u``, ``v``
+never exceeds ``sigma_max(W)`` (a Rayleigh quotient), so the value's norm is never below 1 and a
+smaller one is a real defect; (b) the estimate converges from the state the run leaves: with the
+final raw value held fixed, ``SETTLE_ITERATIONS`` (100) more training applies give
+``sigma_max(value)`` within ``SPECTRAL_TOL`` of 1 (``SETTLED``; done inside the same jitted run).
+The exact variants (``SpectralNorm(exact=True)``: an SVD per step; ``ConvSpectralNorm(...,
+exact=True)``: the FFT) are checked for ``|sigma_max(value) - 1| <= TOL`` at every step.
+
+The loss is a Huber loss toward the target (quadratic within ``HUBER_DELTA = 1e6``, linear
+beyond; see ``_runner``): the squared error's value and gradient wherever the residual is below
+``DELTA`` (every bounded entry, always), and a finite gradient where a map's value is ~1e38,
+where a squared error overflows in any library.
 
 Cost: one jitted function per (entry, optimizer, shape, dtype) runs all initial values at once
 (``vmap`` over the inits, ``lax.scan`` over the steps). The default run takes ``FAST_CASES``, a
@@ -49,10 +66,17 @@ ONE_SHAPE = ("square",)  # elementwise entries: the shape does not matter
 # bfloat16: eps is 2^-8 = 3.9e-3 and the library computes in bf16 where it can; an n x n
 # product of rounded entries is off by ~n * eps, so 6e-2 (about 16 ulps, n <= 6).
 TOL = {"f32": 1e-4, "bf16": 6e-2}
-# SpectralNorm's sigma is a power-iteration estimate (one iteration per step, state carried):
-# |sigma_max(W / sigma) - 1| is the estimate's error, not rounding. 5e-2 allows 15 warm-up
-# iterations on a matrix with a modest spectral gap.
+# The power-iteration estimators (SpectralNorm, ConvSpectralNorm; one iteration per training
+# step, u, v carried as state) are checked against their documented promise, not against exact
+# membership at every step (see the module docstring): after every step sigma_max(value) >= 1 -
+# TOL (the Rayleigh quotient u^H W v of unit vectors never exceeds sigma_max), and after the run,
+# with the raw value held fixed, SETTLE_ITERATIONS more training applies bring sigma_max(value)
+# within SPECTRAL_TOL of 1 (the estimate's convergence error, not rounding: 5e-2 allows slow
+# convergence on a small spectral gap).
 SPECTRAL_TOL = 5e-2
+SETTLE_ITERATIONS = 100
+# The sweep's loss: Huber, quadratic for |y - target| <= HUBER_DELTA, linear beyond (see _runner).
+HUBER_DELTA = 1e6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,8 +193,26 @@ def m_cholesky(y, tol):
     return e == 0.0 and bool(np.all(np.diag(y) > 0)), e
 
 
-def m_spectral(y, tol):
-    e = abs(float(np.linalg.svd(y, compute_uv=False)[0]) - 1)
+def _sigma_max(y):
+    return float(np.linalg.svd(y, compute_uv=False)[0])
+
+
+def m_spectral_exact(y, tol):
+    """SpectralNorm(exact=True): the value's spectral norm is 1 (to rounding) at every step."""
+    e = abs(_sigma_max(y) - 1)
+    return e <= tol, e
+
+
+def m_spectral_estimate(y, tol):
+    """The power iteration's per-step promise: sigma = u^H W v <= sigma_max(W) for unit u, v, so
+    ||W / sigma||_2 >= 1 (to rounding). A smaller norm would be a real defect."""
+    e = max(0.0, 1 - _sigma_max(y))
+    return e <= tol, e
+
+
+def m_spectral_settled(y, tol):
+    """The power iteration's convergence: after SETTLE_ITERATIONS applies on a fixed weight."""
+    e = abs(_sigma_max(y) - 1)
     return e <= SPECTRAL_TOL, e
 
 
@@ -222,7 +264,7 @@ def _entries():
     e["Ordered"] = (px.Ordered(), ONE_SHAPE, m_ordered)
     e["LowerTriangular"] = (px.LowerTriangular(), ALL_SHAPES, m_lower_triangular)
     e["Cholesky"] = (px.Cholesky(), SQUARE, m_cholesky)
-    e["SpectralNorm"] = (px.SpectralNorm(), ALL_SHAPES, m_spectral)
+    e["SpectralNorm"] = (px.SpectralNorm(), ALL_SHAPES, m_spectral_estimate)
     e["WeightNorm"] = (px.WeightNorm(), ALL_SHAPES, m_any)
     e["skew-cayley"] = ([px.skew, px.cayley], SQUARE, m_special_orthogonal)
     e["skew-matrix_exp"] = ([px.skew, px.matrix_exp], SQUARE, m_special_orthogonal)
@@ -239,6 +281,9 @@ def _entries():
 
 ENTRIES = _entries()
 STATEFUL = {"SpectralNorm"}  # forward advances state (power iteration) in training
+# Stateful entries whose estimate must converge once the raw value stops moving: the membership
+# of the value after SETTLE_ITERATIONS more training applies from the run's final raw and state.
+SETTLED = {"SpectralNorm": m_spectral_settled}
 # issue 14: sigmaReparam reaches every matrix (|gamma| is its spectral norm): finiteness only
 ENTRIES["SpectralNorm-learnable"] = (px.SpectralNorm(learnable_scale=True), ALL_SHAPES, m_any)
 STATEFUL |= {"SpectralNorm-learnable"}
@@ -289,24 +334,45 @@ def _conv1d_dense(k, n, circular):
     return m.reshape(n * cout, n * cin)
 
 
-def m_conv_spectral(y, tol, circular=False):
+def _conv_sigma_max(y, circular):
     r, c = y.shape
     k = y.reshape(_taps(r), r // _taps(r), c)
-    e = abs(float(np.linalg.svd(_conv1d_dense(k, CONV_LEN, circular), compute_uv=False)[0]) - 1)
+    return _sigma_max(_conv1d_dense(k, CONV_LEN, circular))
+
+
+def m_conv_exact(y, tol):
+    """ConvSpectralNorm(exact=True) (circular): operator norm 1 (to rounding) at every step."""
+    e = abs(_conv_sigma_max(y, True) - 1)
+    return e <= tol, e
+
+
+def m_conv_estimate(y, tol):
+    """The power iteration's per-step promise, as m_spectral_estimate: <u, A v> <= ||A||."""
+    e = max(0.0, 1 - _conv_sigma_max(y, False))
+    return e <= tol, e
+
+
+def m_conv_settled(y, tol):
+    e = abs(_conv_sigma_max(y, False) - 1)
     return e <= SPECTRAL_TOL, e
 
 
 ENTRIES["ConvSpectralNorm"] = (
     [_ToKernel(), px.ConvSpectralNorm((CONV_LEN,)), _ToMatrix()],
     ALL_SHAPES,
-    m_conv_spectral,
+    m_conv_estimate,
 )
 ENTRIES["ConvSpectralNorm-exact"] = (
     [_ToKernel(), px.ConvSpectralNorm((CONV_LEN,), padding="CIRCULAR", exact=True), _ToMatrix()],
     ALL_SHAPES,
-    functools.partial(m_conv_spectral, circular=True),
+    m_conv_exact,
 )
+# SpectralNorm(exact=True) (the SVD's sigma, no state): on the set at every step, to rounding.
+# Added after every older entry but Hurwitz and CorrelationCholesky (whose fast cases are fixed
+# in FAST_OVERRIDES), so that adding it moves no other entry's fast case.
+ENTRIES["SpectralNorm-exact"] = (px.SpectralNorm(exact=True), ALL_SHAPES, m_spectral_exact)
 STATEFUL |= {"ConvSpectralNorm"}
+SETTLED["ConvSpectralNorm"] = m_conv_settled
 
 
 # issue 14: Hurwitz (stable matrices, eigenvalues' real parts < -alpha) and CorrelationCholesky
@@ -393,7 +459,9 @@ def _target(shape):
 def _runner(entry: str, opt: str):
     """One jitted function per (entry, optimizer); jax.jit adds one compilation per (shape,
     dtype, number of inits). Returns the constrained values at registration and after each
-    step, ``(n_inits, STEPS + 1, *shape)``."""
+    step, then (last) the value after SETTLE_ITERATIONS more training applies with the final raw
+    value held fixed (stateful entries; the final value again for the others):
+    ``(n_inits, STEPS + 2, *shape)``."""
     chain = ENTRIES[entry][0]
     spec = {"w": chain}
     stateful = entry in STATEFUL
@@ -402,7 +470,16 @@ def _runner(entry: str, opt: str):
     def loss(raw, state, target):
         out, new_state = ptree.forward(spec, raw, state, update_state=stateful)
         y = out["w"]
-        return jnp.sum((y.astype(jnp.float32) - target) ** 2), (y, new_state)
+        # Huber: the squared error for |r| <= HUBER_DELTA (the same value and, op for op, the same
+        # gradient 2 r), linear beyond (gradient 2 DELTA sign(r)). A squared error of values
+        # ~1e38 (an unbounded map such as [symmetric, matrix_exp], clamped to the dtype's range)
+        # overflows in any library, its gradient is inf and the raw value becomes NaN: that is
+        # the loss failing, not the map. The sweep tests the map; DELTA is far above every
+        # bounded entry's residual, so their trajectories are those of the squared error.
+        r = y.astype(jnp.float32) - target
+        a = jnp.abs(r)
+        huber = jnp.where(a <= HUBER_DELTA, r * r, HUBER_DELTA * (2 * a - HUBER_DELTA))
+        return jnp.sum(huber), (y, new_state)
 
     def run(raw, state, target):
         def body(carry, _):
@@ -414,7 +491,15 @@ def _runner(entry: str, opt: str):
 
         (raw, state, _), ys = jax.lax.scan(body, (raw, state, tx.init(raw)), None, length=STEPS)
         last = ptree.forward(spec, raw, state, update_state=False)[0]["w"]
-        return jnp.concatenate([ys, last[None]], axis=0)
+        if stateful:  # the estimate's convergence from the state the run leaves, raw fixed
+            state = jax.lax.fori_loop(
+                0,
+                SETTLE_ITERATIONS,
+                lambda _, st: ptree.forward(spec, raw, st, update_state=True)[1],
+                state,
+            )
+        settled = ptree.forward(spec, raw, state, update_state=False)[0]["w"]
+        return jnp.concatenate([ys, last[None], settled[None]], axis=0)
 
     jitted = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
 
@@ -462,9 +547,10 @@ def run_case(entry: str, opt: str, shape_name: str, dtype_name: str) -> dict[str
         for name, _, _ in registered:
             out[name] = f"steps raised {_short(e)}"
         return out
+    settle = SETTLED.get(entry)
     for (name, _, _), traj in zip(registered, ys):
         out[name] = "ok"
-        for step, y in enumerate(traj):
+        for step, y in enumerate(traj[:-1]):
             if not np.all(np.isfinite(y)):
                 out[name] = f"non-finite at step {step}"
                 break
@@ -472,6 +558,12 @@ def run_case(entry: str, opt: str, shape_name: str, dtype_name: str) -> dict[str
             if not ok:
                 out[name] = f"off the set at step {step} (off by {err:.3g})"
                 break
+        if out[name] == "ok" and settle is not None:
+            ok, err = settle(traj[-1], tol)
+            if not (ok and np.all(np.isfinite(traj[-1]))):
+                out[name] = (
+                    f"not settled after {SETTLE_ITERATIONS} more iterations (off by {err:.3g})"
+                )
     return out
 
 
@@ -519,21 +611,21 @@ FAST_CASES = [FAST_OVERRIDES.get(c[0], c) for c in _fast_cases()]
 CAUSES: dict[str, str] = {
     "expm-overflow": "[symmetric, matrix_exp]: expm clamps exp of a symmetric matrix to the "
     "dtype's range (finite and positive definite for every finite raw value, _numerics.expm), "
-    "but momentum toward the unreachable target pushes the eigenvalues past log(max) = 88: the "
-    "squared-error loss of entries ~1e38 overflows, its gradient is inf and the raw value "
-    "becomes NaN (a diverging run, not the map). The same with plain SGD and Adam, and with "
-    "the huge init (raw 1e4 N: exp of its eigenvalues is clamped to the dtype's max) under every "
-    "optimizer at step 1",
-    "sn-lag": "norms.py:SpectralNorm: one power iteration per step lags behind a weight that "
-    "changes by much relative to its own norm (tiny init, or SGD / momentum / Adam steps toward "
-    "the sweep's unreachable target), sigma is underestimated (torch's spectral_norm, one "
-    "iteration per step by default, lags the same way; raise n_power_iterations)",
+    "but the map is unbounded: SGD / momentum toward the unreachable target push the eigenvalues "
+    "past log(max) = 88, and the huge init (raw 1e4 N) starts there. At a clamped value "
+    "(entries ~1.7e38) the map's own derivative is of the value's size: the gradient of "
+    "sum(c * expm(A)) is ~2.5e38 c (forward mode), so any loss whose cotangent is >= ~1 (the "
+    "sweep's Huber loss gives up to 2e6) has a gradient beyond float32's range, and the raw "
+    "value becomes NaN. (Reverse mode is worse: at eigenvalues ~2e4 it returns NaN where the "
+    "gradient, 2.5e35 for c = 1e-3, is finite: an intermediate overflow in the transposed "
+    "squarings; fixing it would not save these runs.) Not the loss (Huber removed the loss's own "
+    "overflow and changed no outcome) and not membership: an exponential map trained in float32 "
+    "by gradients that reach its clamp",
 }
 
 # Generated by `python tests/test_sweep.py fast` and classified by hand-written rules; the
 # comment is the outcome observed on the day it was written.
 KNOWN_FAILURES: dict[str, str] = {
-    "SpectralNorm|adafactor|wide|f32|tiny": "sn-lag",  # off the set at step 1 (off by 0.176)
     "symmetric-matrix_exp|momentum|square|f32|default": "expm-overflow",  # non-finite at step 4
     "symmetric-matrix_exp|momentum|square|f32|zeros": "expm-overflow",  # non-finite at step 5
     "symmetric-matrix_exp|momentum|square|f32|orth_det_minus_one": "expm-overflow",  # non-finite a
@@ -544,208 +636,12 @@ KNOWN_FAILURES: dict[str, str] = {
 assert set(KNOWN_FAILURES.values()) <= set(CAUSES), set(KNOWN_FAILURES.values()) - set(CAUSES)
 
 
-# issue 14: ConvSpectralNorm's power iteration (one iteration per step) lags like SpectralNorm's,
-# by more: a conv operator has close top singular values (one per nearby frequency), so a step
-# that moves the kernel leaves u, v far from converged (checked: the same raw values with 100
-# more iterations are on the set to 1e-5). The exact (FFT) variant has no failure.
-CAUSES["conv-lag"] = (
-    "conv_norm.py:ConvSpectralNorm: one power iteration per step tracks the operator norm slowly "
-    "(a spectral gap of ~1% between the top singular values of a conv operator); sigma is "
-    "underestimated until u, v catch up (raise n_power_iterations, or exact=True)"
-)
-KNOWN_FAILURES.update(
-    {
-        "ConvSpectralNorm|adafactor|square|bf16|default": "conv-lag",  # off the set at step 21 (off by
-        "ConvSpectralNorm|adafactor|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.8
-        "ConvSpectralNorm|adafactor|square|f32|default": "conv-lag",  # off the set at step 21 (off by
-        "ConvSpectralNorm|adafactor|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.80
-        "ConvSpectralNorm|adafactor|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
-        "ConvSpectralNorm|adafactor|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 24 (o
-        "ConvSpectralNorm|adafactor|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.5)
-        "ConvSpectralNorm|adafactor|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 15
-        "ConvSpectralNorm|adafactor|tall|f32|rank_deficient": "conv-lag",  # off the set at step 19 (of
-        "ConvSpectralNorm|adafactor|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.478)
-        "ConvSpectralNorm|adafactor|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.365
-        "ConvSpectralNorm|adafactor|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.363)
-        "ConvSpectralNorm|adamw|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.0
-        "ConvSpectralNorm|adamw|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
-        "ConvSpectralNorm|adamw|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.06
-        "ConvSpectralNorm|adamw|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-        "ConvSpectralNorm|adamw|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 19 (off b
-        "ConvSpectralNorm|adamw|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-        "ConvSpectralNorm|adamw|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
-        "ConvSpectralNorm|adamw|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-        "ConvSpectralNorm|adamw|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 6 (of
-        "ConvSpectralNorm|adamw|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-        "ConvSpectralNorm|adamw|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
-        "ConvSpectralNorm|adamw|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-        "ConvSpectralNorm|adam|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.06
-        "ConvSpectralNorm|adam|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
-        "ConvSpectralNorm|adam|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.064
-        "ConvSpectralNorm|adam|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-        "ConvSpectralNorm|adam|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 7 (off
-        "ConvSpectralNorm|adam|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 17 (off by
-        "ConvSpectralNorm|adam|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-        "ConvSpectralNorm|adam|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
-        "ConvSpectralNorm|adam|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-        "ConvSpectralNorm|adam|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 5 (off
-        "ConvSpectralNorm|adam|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-        "ConvSpectralNorm|adam|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
-        "ConvSpectralNorm|adam|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-        "ConvSpectralNorm|clip|square|bf16|default": "conv-lag",  # off the set at step 14 (off by 0.06
-        "ConvSpectralNorm|clip|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
-        "ConvSpectralNorm|clip|square|f32|default": "conv-lag",  # off the set at step 14 (off by 0.062
-        "ConvSpectralNorm|clip|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-        "ConvSpectralNorm|clip|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 17 (off by
-        "ConvSpectralNorm|clip|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.383)
-        "ConvSpectralNorm|clip|tall|f32|rank_deficient": "conv-lag",  # off the set at step 18 (off by
-        "ConvSpectralNorm|clip|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-        "ConvSpectralNorm|clip|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 5 (off
-        "ConvSpectralNorm|clip|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
-        "ConvSpectralNorm|clip|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 6 (off
-        "ConvSpectralNorm|clip|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-        "ConvSpectralNorm|huge_lr|square|bf16|default": "conv-lag",  # off the set at step 1 (off by 1.
-        "ConvSpectralNorm|huge_lr|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
-        "ConvSpectralNorm|huge_lr|square|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (of
-        "ConvSpectralNorm|huge_lr|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.01)
-        "ConvSpectralNorm|huge_lr|square|f32|default": "conv-lag",  # off the set at step 1 (off by 1.1
-        "ConvSpectralNorm|huge_lr|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1
-        "ConvSpectralNorm|huge_lr|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-        "ConvSpectralNorm|huge_lr|tall|bf16|default": "conv-lag",  # off the set at step 1 (off by 0.22
-        "ConvSpectralNorm|huge_lr|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (off
-        "ConvSpectralNorm|huge_lr|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.373)
-        "ConvSpectralNorm|huge_lr|tall|f32|default": "conv-lag",  # off the set at step 1 (off by 0.233
-        "ConvSpectralNorm|huge_lr|tall|f32|rank_deficient": "conv-lag",  # off the set at step 1 (off b
-        "ConvSpectralNorm|huge_lr|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-        "ConvSpectralNorm|huge_lr|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (
-        "ConvSpectralNorm|huge_lr|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 1 (off
-        "ConvSpectralNorm|huge_lr|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-        "ConvSpectralNorm|huge_lr|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (o
-        "ConvSpectralNorm|huge_lr|wide|f32|rank_deficient": "conv-lag",  # off the set at step 1 (off b
-        "ConvSpectralNorm|huge_lr|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-        "ConvSpectralNorm|lion|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.02)
-        "ConvSpectralNorm|lion|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1)
-        "ConvSpectralNorm|lion|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-        "ConvSpectralNorm|lion|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.36)
-        "ConvSpectralNorm|lion|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.359)
-        "ConvSpectralNorm|lion|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.366)
-        "ConvSpectralNorm|momentum|square|bf16|default": "conv-lag",  # off the set at step 2 (off by 0
-        "ConvSpectralNorm|momentum|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step
-        "ConvSpectralNorm|momentum|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.06
-        "ConvSpectralNorm|momentum|square|f32|default": "conv-lag",  # off the set at step 2 (off by 0.
-        "ConvSpectralNorm|momentum|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1
-        "ConvSpectralNorm|momentum|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.05)
-        "ConvSpectralNorm|momentum|tall|bf16|default": "conv-lag",  # off the set at step 17 (off by 0.
-        "ConvSpectralNorm|momentum|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1
-        "ConvSpectralNorm|momentum|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 4 (off
-        "ConvSpectralNorm|momentum|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.96)
-        "ConvSpectralNorm|momentum|tall|f32|default": "conv-lag",  # off the set at step 17 (off by 0.0
-        "ConvSpectralNorm|momentum|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (
-        "ConvSpectralNorm|momentum|tall|f32|rank_deficient": "conv-lag",  # off the set at step 4 (off
-        "ConvSpectralNorm|momentum|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.87)
-        "ConvSpectralNorm|momentum|wide|bf16|default": "conv-lag",  # off the set at step 16 (off by 0.
-        "ConvSpectralNorm|momentum|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 2
-        "ConvSpectralNorm|momentum|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 10 (of
-        "ConvSpectralNorm|momentum|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
-        "ConvSpectralNorm|momentum|wide|f32|default": "conv-lag",  # off the set at step 16 (off by 0.0
-        "ConvSpectralNorm|momentum|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 2 (
-        "ConvSpectralNorm|momentum|wide|f32|rank_deficient": "conv-lag",  # off the set at step 10 (off
-        "ConvSpectralNorm|momentum|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-        "ConvSpectralNorm|sgd|square|bf16|default": "conv-lag",  # off the set at step 3 (off by 0.163)
-        "ConvSpectralNorm|sgd|square|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (of
-        "ConvSpectralNorm|sgd|square|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.06)
-        "ConvSpectralNorm|sgd|square|f32|default": "conv-lag",  # off the set at step 3 (off by 0.161)
-        "ConvSpectralNorm|sgd|square|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off
-        "ConvSpectralNorm|sgd|square|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.05)
-        "ConvSpectralNorm|sgd|tall|bf16|default": "conv-lag",  # off the set at step 12 (off by 0.089)
-        "ConvSpectralNorm|sgd|tall|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off
-        "ConvSpectralNorm|sgd|tall|bf16|rank_deficient": "conv-lag",  # off the set at step 8 (off by 0
-        "ConvSpectralNorm|sgd|tall|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 1.96)
-        "ConvSpectralNorm|sgd|tall|f32|default": "conv-lag",  # off the set at step 12 (off by 0.0832)
-        "ConvSpectralNorm|sgd|tall|f32|orth_det_minus_one": "conv-lag",  # off the set at step 1 (off b
-        "ConvSpectralNorm|sgd|tall|f32|rank_deficient": "conv-lag",  # off the set at step 7 (off by 0.
-        "ConvSpectralNorm|sgd|tall|f32|tiny": "conv-lag",  # off the set at step 1 (off by 1.87)
-        "ConvSpectralNorm|sgd|wide|bf16|orth_det_minus_one": "conv-lag",  # off the set at step 2 (off
-        "ConvSpectralNorm|sgd|wide|bf16|rank_deficient": "conv-lag",  # off the set at step 28 (off by
-        "ConvSpectralNorm|sgd|wide|bf16|tiny": "conv-lag",  # off the set at step 1 (off by 0.368)
-        "ConvSpectralNorm|sgd|wide|f32|orth_det_minus_one": "conv-lag",  # off the set at step 2 (off b
-        "ConvSpectralNorm|sgd|wide|f32|rank_deficient": "conv-lag",  # off the set at step 28 (off by 0
-        "ConvSpectralNorm|sgd|wide|f32|tiny": "conv-lag",  # off the set at step 1 (off by 0.367)
-    }
-)
 # The first full run of every case (2026-12-06, commit d663417, 12 processes of ~111 cases):
-# SpectralNorm lags and the symmetric-exponential loss overflows beyond the fast subset too.
+# the symmetric exponential's gradient overflows beyond the fast subset too. (Its SpectralNorm
+# and ConvSpectralNorm "lag" failures are gone: the sweep now checks the estimators' documented
+# promise, see the module docstring.)
 KNOWN_FAILURES.update(
     {
-        "SpectralNorm|adafactor|square|bf16|default": "sn-lag",  # off the set at step 21 (off by 0.0659)
-        "SpectralNorm|adafactor|square|bf16|tiny": "sn-lag",  # off the set at step 8 (off by 2.18)
-        "SpectralNorm|adafactor|square|f32|default": "sn-lag",  # off the set at step 22 (off by 0.0599)
-        "SpectralNorm|adafactor|square|f32|tiny": "sn-lag",  # off the set at step 8 (off by 2.18)
-        "SpectralNorm|adafactor|tall|bf16|tiny": "sn-lag",  # off the set at step 1 (off by 0.0645)
-        "SpectralNorm|adafactor|tall|f32|tiny": "sn-lag",  # off the set at step 1 (off by 0.0608)
-        "SpectralNorm|adafactor|wide|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 5 (off by 0.0517)
-        "SpectralNorm|adafactor|wide|bf16|tiny": "sn-lag",  # off the set at step 1 (off by 0.172)
-        "SpectralNorm|adamw|square|bf16|default": "sn-lag",  # off the set at step 14 (off by 0.0534)
-        "SpectralNorm|adamw|square|f32|default": "sn-lag",  # off the set at step 15 (off by 0.0729)
-        "SpectralNorm|adamw|tall|f32|orth_det_minus_one": "sn-lag",  # off the set at step 3 (off by 0.0557)
-        "SpectralNorm|adamw|wide|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 2 (off by 0.0568)
-        "SpectralNorm|adam|square|bf16|default": "sn-lag",  # off the set at step 14 (off by 0.0579)
-        "SpectralNorm|adam|square|f32|default": "sn-lag",  # off the set at step 15 (off by 0.0725)
-        "SpectralNorm|adam|tall|f32|orth_det_minus_one": "sn-lag",  # off the set at step 3 (off by 0.0557)
-        "SpectralNorm|adam|wide|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 2 (off by 0.0568)
-        "SpectralNorm|clip|square|bf16|default": "sn-lag",  # off the set at step 14 (off by 0.0526)
-        "SpectralNorm|clip|square|bf16|tiny": "sn-lag",  # off the set at step 4 (off by 0.197)
-        "SpectralNorm|clip|square|f32|default": "sn-lag",  # off the set at step 15 (off by 0.0687)
-        "SpectralNorm|clip|square|f32|tiny": "sn-lag",  # off the set at step 4 (off by 0.209)
-        "SpectralNorm|clip|tall|bf16|tiny": "sn-lag",  # off the set at step 5 (off by 0.681)
-        "SpectralNorm|clip|tall|f32|orth_det_minus_one": "sn-lag",  # off the set at step 3 (off by 0.0557)
-        "SpectralNorm|clip|tall|f32|tiny": "sn-lag",  # off the set at step 5 (off by 0.732)
-        "SpectralNorm|clip|wide|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 2 (off by 0.0569)
-        "SpectralNorm|clip|wide|bf16|tiny": "sn-lag",  # off the set at step 5 (off by 0.571)
-        "SpectralNorm|clip|wide|f32|tiny": "sn-lag",  # off the set at step 5 (off by 0.534)
-        "SpectralNorm|huge_lr|square|bf16|rank_deficient": "sn-lag",  # off the set at step 1 (off by 0.075)
-        "SpectralNorm|huge_lr|square|f32|rank_deficient": "sn-lag",  # off the set at step 1 (off by 0.0695)
-        "SpectralNorm|huge_lr|tall|bf16|default": "sn-lag",  # off the set at step 1 (off by 0.259)
-        "SpectralNorm|huge_lr|tall|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.16)
-        "SpectralNorm|huge_lr|tall|f32|default": "sn-lag",  # off the set at step 1 (off by 0.264)
-        "SpectralNorm|huge_lr|wide|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.181)
-        "SpectralNorm|huge_lr|wide|bf16|rank_deficient": "sn-lag",  # off the set at step 1 (off by 0.226)
-        "SpectralNorm|huge_lr|wide|f32|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.0673)
-        "SpectralNorm|huge_lr|wide|f32|rank_deficient": "sn-lag",  # off the set at step 1 (off by 0.207)
-        "SpectralNorm|momentum|square|bf16|default": "sn-lag",  # off the set at step 2 (off by 0.388)
-        "SpectralNorm|momentum|square|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 24 (off by 0.122)
-        "SpectralNorm|momentum|square|bf16|tiny": "sn-lag",  # off the set at step 1 (off by 0.0511)
-        "SpectralNorm|momentum|square|f32|default": "sn-lag",  # off the set at step 2 (off by 0.391)
-        "SpectralNorm|momentum|square|f32|orth_det_minus_one": "sn-lag",  # off the set at step 22 (off by 0.0539)
-        "SpectralNorm|momentum|tall|bf16|default": "sn-lag",  # off the set at step 2 (off by 0.184)
-        "SpectralNorm|momentum|tall|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.057)
-        "SpectralNorm|momentum|tall|bf16|tiny": "sn-lag",  # off the set at step 1 (off by 0.683)
-        "SpectralNorm|momentum|tall|f32|default": "sn-lag",  # off the set at step 2 (off by 0.189)
-        "SpectralNorm|momentum|tall|f32|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.156)
-        "SpectralNorm|momentum|tall|f32|tiny": "sn-lag",  # off the set at step 1 (off by 0.668)
-        "SpectralNorm|momentum|wide|bf16|default": "sn-lag",  # off the set at step 2 (off by 0.0668)
-        "SpectralNorm|momentum|wide|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.226)
-        "SpectralNorm|momentum|wide|bf16|tiny": "sn-lag",  # off the set at step 1 (off by 1.43)
-        "SpectralNorm|momentum|wide|f32|default": "sn-lag",  # off the set at step 2 (off by 0.0632)
-        "SpectralNorm|momentum|wide|f32|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.0927)
-        "SpectralNorm|momentum|wide|f32|tiny": "sn-lag",  # off the set at step 1 (off by 1.47)
-        "SpectralNorm|sgd|square|bf16|default": "sn-lag",  # off the set at step 2 (off by 0.175)
-        "SpectralNorm|sgd|square|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 4 (off by 0.0842)
-        "SpectralNorm|sgd|square|bf16|tiny": "sn-lag",  # off the set at step 1 (off by 0.0511)
-        "SpectralNorm|sgd|square|f32|default": "sn-lag",  # off the set at step 2 (off by 0.175)
-        "SpectralNorm|sgd|square|f32|orth_det_minus_one": "sn-lag",  # off the set at step 4 (off by 0.103)
-        "SpectralNorm|sgd|tall|bf16|default": "sn-lag",  # off the set at step 2 (off by 0.154)
-        "SpectralNorm|sgd|tall|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.057)
-        "SpectralNorm|sgd|tall|bf16|tiny": "sn-lag",  # off the set at step 1 (off by 0.683)
-        "SpectralNorm|sgd|tall|f32|default": "sn-lag",  # off the set at step 2 (off by 0.155)
-        "SpectralNorm|sgd|tall|f32|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.156)
-        "SpectralNorm|sgd|tall|f32|tiny": "sn-lag",  # off the set at step 1 (off by 0.668)
-        "SpectralNorm|sgd|wide|bf16|default": "sn-lag",  # off the set at step 3 (off by 0.0589)
-        "SpectralNorm|sgd|wide|bf16|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.226)
-        "SpectralNorm|sgd|wide|bf16|tiny": "sn-lag",  # off the set at step 1 (off by 1.43)
-        "SpectralNorm|sgd|wide|f32|default": "sn-lag",  # off the set at step 3 (off by 0.0558)
-        "SpectralNorm|sgd|wide|f32|orth_det_minus_one": "sn-lag",  # off the set at step 1 (off by 0.0927)
-        "SpectralNorm|sgd|wide|f32|tiny": "sn-lag",  # off the set at step 1 (off by 1.47)
         "symmetric-matrix_exp|adafactor|square|bf16|huge": "expm-overflow",  # non-finite at step 1
         "symmetric-matrix_exp|adafactor|square|f32|huge": "expm-overflow",  # non-finite at step 1
         "symmetric-matrix_exp|adamw|square|bf16|huge": "expm-overflow",  # non-finite at step 1

@@ -272,8 +272,16 @@ class ConvSpectralNorm(Parametrization):
     * The right inverse (registration, assignment) is the identity on ``K`` and runs
       ``n_warmup_iterations`` iterations from the stored ``u``, ``v``, unless they already read
       ``K`` back as itself (``<u, A_K v> = 1`` to rounding: re-assigning the value read back is
-      a no-op). The estimate approaches ``sigma`` from below; see ``SpectralNorm`` for the lag
-      between assignments.
+      a no-op).
+
+    **The lag.** The default is torch's estimator, as ``SpectralNorm``'s: ``<u, A_K v>`` with
+    unit ``u``, ``v`` never exceeds ``||A_K||_2``, so ``||A_{value}||_2 >= 1`` always (to
+    rounding), and ``= 1`` once the kernel settles (with the kernel held fixed the training
+    applies converge ``u``, ``v``). While the kernel moves fast the gain exceeds 1 by the
+    estimate's error, more than for a dense matrix: a conv operator has close top singular
+    values (one per nearby frequency), so the power iteration converges slowly. Raise
+    ``n_power_iterations``, or use ``exact=True`` (circular padding, stride 1) for a bound that
+    holds at every step, at the cost of an FFT and per-frequency SVDs per step.
 
     **Exact** (``exact=True``: ``padding="CIRCULAR"``, stride 1 only). ``sigma`` is the largest
     of :func:`conv_singular_values` (the FFT of the kernel on the input grid; Sedghi et al.

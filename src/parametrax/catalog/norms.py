@@ -1,7 +1,8 @@
 r"""Spectral and weight normalisation: PyTorch's ``spectral_norm`` and ``weight_norm``.
 
 * :class:`SpectralNorm`: ``W -> W / sigma(W)``, ``sigma`` estimated by power iteration with
-  ``u``, ``v`` kept as non-trainable state (Miyato et al. 2018); with ``learnable_scale=True``
+  ``u``, ``v`` kept as non-trainable state (Miyato et al. 2018), or with ``exact=True`` the
+  true largest singular value (an SVD per apply, no state); with ``learnable_scale=True``
   ``(gamma, W) -> gamma W / sigma(W)``, a learnable scalar ``gamma`` (sigmaReparam, Zhai et al.
   2023).
 * :class:`WeightNorm`: ``(g, v) -> g * v / ||v||``, two raw arrays (``original0 = g``,
@@ -103,7 +104,7 @@ def _power_iteration(mat: Array, u: Array, v: Array, *, n: int, eps: float):
 
 class SpectralNorm(Parametrization):
     r"""``W -> W / sigma``, ``sigma = u^H W_mat v`` from power iteration (torch's
-    ``spectral_norm``).
+    ``spectral_norm``), or with ``exact=True`` the largest singular value of ``W_mat``.
 
     ``W_mat`` is the matrix view of ``W``: the output ``axis`` (or axes) moved to the front and
     flattened into the rows, every other axis flattened (C order) into the columns; shape
@@ -141,14 +142,34 @@ class SpectralNorm(Parametrization):
     forward (a raw value trained to zero) the value is returned unchanged, with finite
     gradients, instead of torch's NaN.
 
-    **The lag.** Between assignments only ``n_power_iterations`` iterations run per training
-    apply, from the previous ``u``, ``v``. ``sigma`` is therefore the estimate for a recent
-    weight, not the current one: it is exact while the weight moves slowly relative to its own
-    norm and its spectral gap, and underestimates ``sigma`` (the output's spectral norm exceeds
-    1) when a step changes the weight by much relative to its norm, e.g. the first steps from a
-    tiny initial weight, or with a small gap between its top singular values. Raise
-    ``n_power_iterations`` (each iteration is two matrix-vector products) where that matters,
-    or re-assign the weight (``assign``) to re-converge ``u``, ``v`` exactly.
+    **The lag.** The default is torch's estimator. Between assignments only
+    ``n_power_iterations`` iterations run per training apply, from the previous ``u``, ``v``,
+    so ``sigma`` is the estimate for a recent weight, not the current one. Its promise:
+
+    * ``||value||_2 >= 1`` always (to rounding): ``sigma = u^H W_mat v`` with unit ``u``, ``v``
+      never exceeds the largest singular value (a Rayleigh quotient), so the estimate can only
+      underestimate it;
+    * ``||value||_2 = 1`` once the weight settles: with the weight held fixed, the training
+      applies converge ``u``, ``v`` to its top singular pair (at the rate of its spectral gap).
+
+    While the weight moves fast relative to its own norm and its spectral gap (the first steps
+    from a tiny initial weight, large learning rates, close top singular values) the output's
+    spectral norm exceeds 1 by the estimate's error. Raise ``n_power_iterations`` (each
+    iteration is two matrix-vector products), re-assign the weight (``assign``) to re-converge
+    ``u``, ``v`` exactly, or use ``exact=True`` for a bound that holds at every step, at the
+    cost of an SVD per step.
+
+    **Exact** (``exact=True``). ``sigma`` is the true largest singular value of ``W_mat``: the
+    top singular pair ``(u1, v1)`` of an SVD of ``W_mat`` (in at least float32; bfloat16 and
+    float16 are widened), taken under ``stop_gradient``, and ``sigma = Re(u1^H W_mat v1)``. The
+    gradient is therefore ``d sigma / d W_mat = Re(u1 v1^H)``: the exact derivative where the
+    largest singular value is simple, and a valid subgradient where it is repeated (e.g. an
+    orthogonal ``W``), where differentiating through the SVD would give NaN. There is **no
+    state**: no ``u``, ``v``, nothing to update, train and evaluation give the same value, and
+    ``n_power_iterations`` is unused. The output's spectral norm is 1 at every step (to
+    rounding); the cost is an SVD of ``W_mat`` per apply (``min(h, w)^2 max(h, w)`` flops
+    against the power iteration's ``4 h w``). With ``learnable_scale=True`` the right inverse
+    stores ``gamma = sigma(W)`` exactly as the forward computes it.
 
     Layouts: the default ``axis=-1`` is the output axis of Flax ``Dense``/``Conv``/
     ``ConvTranspose`` kernels, so ``Parametrized(nn.Conv, {"kernel": SpectralNorm()})`` is
@@ -180,6 +201,8 @@ class SpectralNorm(Parametrization):
       eps: the floor of the norms in ``normalize``.
       axis: the output axis, or a tuple of output axes (rows of ``W_mat``, in that order).
       learnable_scale: take a learnable scalar ``gamma`` as a first raw array (sigmaReparam).
+      exact: divide by the true largest singular value (an SVD per apply, no state) instead of
+        the power-iteration estimate.
 
     >>> import jax, jax.numpy as jnp
     >>> from parametrax.catalog.norms import SpectralNorm
@@ -206,6 +229,7 @@ class SpectralNorm(Parametrization):
     eps: float = 1e-12
     axis: int | tuple[int, ...] = -1
     learnable_scale: bool = False
+    exact: bool = False
 
     def __post_init__(self):
         n = self.n_power_iterations
@@ -226,6 +250,10 @@ class SpectralNorm(Parametrization):
         if not isinstance(self.learnable_scale, bool):
             raise ParametrizationTypeError(
                 f"`SpectralNorm`: `learnable_scale` must be a bool; got {self.learnable_scale!r}."
+            )
+        if not isinstance(self.exact, bool):
+            raise ParametrizationTypeError(
+                f"`SpectralNorm`: `exact` must be a bool; got {self.exact!r}."
             )
 
     # --- the matrix view ---------------------------------------------------------------------
@@ -249,7 +277,7 @@ class SpectralNorm(Parametrization):
     def init_variables(self, key: Array, value: Array) -> Variables:
         value = jnp.asarray(value)
         self._check(value)
-        if value.ndim == 1:
+        if value.ndim == 1 or self.exact:
             return {"params": {}, "state": {}}
         mat = lax.stop_gradient(self.matrix_view(value))
         ku, kv = jax.random.split(key)
@@ -286,12 +314,16 @@ class SpectralNorm(Parametrization):
             out = normalize(w, self.eps)
             return (out if gamma is None else gamma.astype(w.dtype) * out), state
         mat = self.matrix_view(w)
-        u, v = self._stored(state, mat)
-        if update_state:
-            u, v = self._power(lax.stop_gradient(mat), u, v, self.n_power_iterations)
-        u, v = lax.stop_gradient(u), lax.stop_gradient(v)
-        sigma = self._sigma(mat, u, v)
-        new_state = {**state, "u": u, "v": v} if update_state else state
+        if self.exact:
+            sigma = _exact_sigma(mat)
+            new_state = state
+        else:
+            u, v = self._stored(state, mat)
+            if update_state:
+                u, v = self._power(lax.stop_gradient(mat), u, v, self.n_power_iterations)
+            u, v = lax.stop_gradient(u), lax.stop_gradient(v)
+            sigma = self._sigma(mat, u, v)
+            new_state = {**state, "u": u, "v": v} if update_state else state
         # sigma is exactly 0 only when W_mat v = 0 (an all-zero W, or u, v orthogonal to its
         # range). torch returns 0/0 = NaN there; we return W unchanged (zeros for a zero W)
         # with finite gradients, so a zero-initialised layer cannot poison a run.
@@ -342,6 +374,10 @@ class SpectralNorm(Parametrization):
                 return (gamma, value), variables["state"]
             return value, variables["state"]
         mat = lax.stop_gradient(self.matrix_view(value))
+        if self.exact:  # no state: gamma is sigma as the forward computes it
+            if self.learnable_scale:
+                return (_exact_sigma(mat), value), variables["state"]
+            return value, variables["state"]
         u0, v0 = self._stored(variables["state"], mat)
         u, v = _top_singular_pair(mat)
         if self.learnable_scale:
@@ -383,6 +419,19 @@ def _top_singular_pair(mat: Array) -> tuple[Array, Array]:
     wide = wide_dtype(mat.dtype)
     u, _, vh = jnp.linalg.svd(mat.astype(wide), full_matrices=False)
     return u[:, 0].astype(mat.dtype), jnp.conj(vh[0]).astype(mat.dtype)
+
+
+def _exact_sigma(mat: Array) -> Array:
+    """``Re(u1^H mat v1)`` with ``(u1, v1)`` the top singular pair of ``stop_gradient(mat)``
+    (an SVD in at least float32), in ``mat``'s real dtype: the largest singular value, whose
+    gradient is ``Re(u1 v1^H)`` (no derivative through the SVD, which is NaN where the largest
+    singular value is repeated)."""
+    wide = wide_dtype(mat.dtype)
+    m = mat.astype(wide)
+    u, _, vh = jnp.linalg.svd(lax.stop_gradient(m), full_matrices=False)
+    u1, v1 = u[:, 0], jnp.conj(vh[0])
+    sigma = jnp.real(jnp.vdot(u1, jnp.matmul(m, v1, precision=_HIGHEST), precision=_HIGHEST))
+    return sigma.astype(jnp.finfo(mat.dtype).dtype)
 
 
 # ------------------------------------------------------------------------------------------------
