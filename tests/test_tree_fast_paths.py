@@ -62,6 +62,10 @@ def planned(monkeypatch):
     monkeypatch.setattr(_ops, "_forward_resolved", general)
 
 
+def n_plans():
+    return sum(isinstance(p, _ops._Plan) for p in _ops._PLANS.values())
+
+
 def error_of(fn, *args, **kwargs):
     with pytest.raises(Exception) as info:
         fn(*args, **kwargs)
@@ -166,6 +170,7 @@ def test_structure_changes_of_the_raw_tree():
     fewer = {"parametrizations": raw["parametrizations"]}  # a key removed
     for _ in range(2):
         assert list(px.tree.constrain(spec, fewer, state)) == ["w"]
+    assert n_plans() == 3  # each structure read by its own plan
     # a list layout growing
     spec_l = {"0": px.skew}
     raw_l, st = px.tree.register(spec_l, [rnd(3), jnp.ones(2)])
@@ -176,6 +181,7 @@ def test_structure_changes_of_the_raw_tree():
         out = px.tree.constrain(spec_l, longer, st)
         assert type(out) is list and len(out) == 3 and out[2] is longer[2]
         close(out[0], skew_np(raw_l[0].entries["original"]))
+    assert n_plans() == 5
 
 
 @pytest.mark.parametrize("update", [False, True])
@@ -197,6 +203,7 @@ def test_state_is_read_and_advanced_like_the_link_itself(update):
             assert (got[k] is ls[k]) == (not update)  # unchanged state: the very input array
         assert new is not s and new["parametrizations"] is not s["parametrizations"]
         s = new
+    assert n_plans() == 1
     # new state values of the same structure are read, not the cached ones
     u = jnp.ones_like(s["parametrizations"]["w"]["0"]["u"])
     s2 = {"parametrizations": {"w": {"0": {**s["parametrizations"]["w"]["0"], "u": u}}}}
