@@ -45,6 +45,8 @@ from parametrax.tree.paths import (
     get_path,
     glob_match,
     is_glob,
+    key_entry_str,
+    key_path_str,
     leaves_with_paths,
     listing,
     prune,
@@ -383,7 +385,37 @@ def forward(
     (a stack of same-shaped orthogonal layers) as one batched map where that was measured to
     pay; the values and gradients are those of evaluating each variable alone (see
     :mod:`parametrax.tree._grouping`). ``group=False`` evaluates each variable alone.
+
+    A repeat eager read of the same structure reuses the resolution of its first read (a
+    :class:`_Plan`); see "Repeat eager reads" below.
     """
+    return _forward(spec, raw, state, update_state, group, True)  # type: ignore[return-value]
+
+
+def _forward(
+    spec: Any, raw: Any, state: Any, update_state: Any, group: Any, want_state: bool
+) -> tuple[Any, dict | None]:
+    """:func:`forward`; ``want_state=False`` (:func:`constrain`) may skip building the new state
+    (a repeat read returns ``None`` for it)."""
+    found = None
+    if type(update_state) is bool and type(group) is bool:
+        found = _plan_lookup(spec, raw, state, update_state, group)
+        if found is not None and found[0] is not None:
+            plan, leaves = found[0], found[1]
+            return plan.run(leaves, raw, state, update_state, group, want_state)
+    out, new_state, spec_n, view, items, results = _forward_resolved(
+        spec, raw, state, update_state=update_state, group=group
+    )
+    if found is not None:  # a concrete read whose structure has no plan yet: make one
+        _, leaves, sleaves, key = found
+        _plan_store(key, spec_n, view, raw, leaves, state, sleaves, items, results, out, new_state)
+    return out, new_state
+
+
+def _forward_resolved(
+    spec: Any, raw: Any, state: Mapping | None, *, update_state: bool, group: bool
+) -> tuple[Any, dict, Spec, _RawTree, dict, dict]:
+    """:func:`forward`'s general path: the outputs, and what a :class:`_Plan` is made from."""
     if not isinstance(group, bool):
         raise ParametrizationTypeError(f"`group` must be a bool; got {group!r}.")
     spec = Spec.of(spec)
@@ -394,6 +426,17 @@ def forward(
     for path, (slot, chain) in slots.items():
         originals, params = _slot_parts(slot, len(chain))
         items[path] = (chain, originals, params, _state_parts(state, path, len(chain)))
+    results = _evaluate(items, update_state=update_state, group=group)
+    values = {}
+    for path in slots:
+        values[path], lstate = results[path]
+        _put_state(new_state, path, lstate)
+    return view.with_values(values), new_state, spec, view, items, results
+
+
+def _evaluate(items: dict, *, update_state: bool, group: bool) -> dict[str, tuple]:
+    """Each variable's ``(value, link_state)``: ``items`` maps its path to ``(chain, originals,
+    params, state)``; groups of equal chains as one batched map where that pays."""
     results: dict[str, tuple] = {}
     for paths in _grouping.group_paths(items, group=group):
         if len(paths) > 1:
@@ -403,11 +446,7 @@ def forward(
                 continue
         for path in paths:
             results[path] = _forward_one(path, *items[path], update_state=update_state)
-    values = {}
-    for path in slots:
-        values[path], lstate = results[path]
-        _put_state(new_state, path, lstate)
-    return view.with_values(values), new_state
+    return results
 
 
 def _forward_one(
@@ -426,7 +465,7 @@ def _forward_one(
 def constrain(spec: Any, raw: Any, state: Mapping | None = None, *, group: bool = True) -> Any:
     """``forward`` without state updates: the constrained tree only (``group``: see
     :func:`forward`)."""
-    return forward(spec, raw, state, update_state=False, group=group)[0]
+    return _forward(spec, raw, state, False, group, False)[0]
 
 
 def parametrized_paths(spec: Any, raw: Any) -> list[str]:
@@ -587,3 +626,288 @@ def remove_parametrizations(
     for path in paths:
         _drop_state(new_state, path)
     return view.with_values(values), prune(new_state)
+
+
+# ------------------------------------------------------------------------------------------------
+# Repeat eager reads: a plan per structure
+# ------------------------------------------------------------------------------------------------
+# An eager `forward` / `constrain` spends most of its Python on bookkeeping that depends only on
+# the structure of its inputs: resolving the spec's keys and globs against the raw tree's paths,
+# finding each variable's raw arrays and state, the grouping analysis, rebuilding the outputs.
+# A read whose inputs are concrete records that work in a `_Plan`, cached on
+#
+#     (the spec: a `Spec`, or a snapshot of the spec dict's items (a chain written as a list
+#      taken as the tuple it stands for); the raw tree's treedef; the state's treedef;
+#      update_state; group),
+#
+# and a later read with the same key is: two flattens (C++), one dict lookup, the chains (each
+# through `_core.chain_forward`, as before: one compiled call of the chain for an eager read),
+# and the outputs rebuilt the way the general path builds them (the same dicts with the same key
+# order, the same pytree types, the pass-through leaves the very same objects). A plan is made
+# from a general read that succeeded, and kept only when its inputs for that read are that read's
+# (the same arrays) and its rebuild of that read's outputs is identical to them; a structure
+# refused once (a mapping that is not a plain dict inside the raw tree or the state, say) is
+# remembered as such and read by the general path. Keys and plans hold no arrays (treedefs,
+# chains, indices); the cache is bounded like `_core._COMPILED`.
+#
+# Everything else takes the general path, so its errors and messages are today's: a tracer
+# anywhere in the inputs (under `jax.jit`, `jax.grad`, `jax.eval_shape` the tree API traces as
+# before), a mapping where an array was, a spec that is neither a dict nor a `Spec`, an
+# unhashable spec or treedef, a non-bool `update_state` or `group`. Errors raised by a chain are
+# raised by `_forward_one` on both paths.
+_PLANS: dict = {}
+_PLANS_MAX = 512
+_NO_PLAN = object()  # a key whose structure the general path always reads
+_PLAIN_TYPES: set[type] = set()  # leaf types a plan may take: seen, and not tracers or mappings
+
+
+def _plain_leaves(leaves: list) -> bool:
+    """Whether no leaf is a tracer or a mapping (one set of types, checked against those seen)."""
+    types = set(map(type, leaves))
+    if types <= _PLAIN_TYPES:
+        return True
+    for t in types - _PLAIN_TYPES:
+        if issubclass(t, (jax.core.Tracer, Mapping, RawLeaf)):
+            return False
+        _PLAIN_TYPES.add(t)
+    return True
+
+
+def _plan_lookup(spec: Any, raw: Any, state: Any, update_state: bool, group: bool):
+    """``(plan or None, raw leaves, state leaves, key)`` for a concrete read, or ``None``: the
+    general path, no plan made."""
+    t = type(spec)
+    if t is dict:
+        s: Any = tuple(spec.items())
+    elif t is Spec:
+        s = spec
+    else:
+        return None
+    try:
+        leaves, tdef = jax.tree_util.tree_flatten(raw)
+        sleaves, sdef = jax.tree_util.tree_flatten(state)
+    except Exception:
+        return None
+    if not _plain_leaves(leaves + sleaves):
+        return None
+    key = (s, tdef, sdef, update_state, group)
+    try:
+        plan = _PLANS.get(key)
+    except TypeError:  # an unhashable spec value: a chain written as a list, or worse
+        if t is not dict:
+            return None
+        s = tuple((k, tuple(v) if type(v) is list else v) for k, v in s)
+        key = (s, tdef, sdef, update_state, group)
+        try:
+            plan = _PLANS.get(key)
+        except Exception:
+            return None
+    except Exception:  # a treedef whose node data cannot be compared
+        return None
+    if plan is _NO_PLAN:
+        return None
+    return plan, leaves, sleaves, key
+
+
+def _plan_store(key, spec, view, raw, leaves, state, sleaves, items, results, out, new_state):
+    try:
+        plan = _Plan.make(spec, view, raw, leaves, state, items, results, out, new_state)
+    except Exception:  # never fail a read that has its value: read by the general path
+        plan = None
+    try:
+        while len(_PLANS) >= _PLANS_MAX:  # drop the oldest
+            _PLANS.pop(next(iter(_PLANS)), None)
+        _PLANS[key] = _NO_PLAN if plan is None else plan
+    except Exception:
+        pass
+
+
+def _dict_only(x: Any) -> bool:
+    """Whether every mapping reachable from ``x`` through mappings is a plain ``dict`` (so that
+    :func:`to_dict` of it is :func:`_copy_dicts`, and its structure is its treedef's)."""
+    if type(x) is dict:
+        return all(_dict_only(v) for v in x.values())
+    return not isinstance(x, Mapping)
+
+
+def _copy_dicts(d: dict) -> dict:
+    """:func:`to_dict` of a tree whose mappings are plain dicts."""
+    return {k: (_copy_dicts(v) if type(v) is dict else v) for k, v in d.items()}
+
+
+def _copy_pruned(d: dict, skip: Any = None) -> dict:
+    """``prune(to_dict(d))`` without the top-level entry ``skip``, for plain dicts."""
+    out = {}
+    for k, v in d.items():
+        if k == skip:
+            continue
+        if type(v) is dict:
+            v = _copy_pruned(v)
+            if not v:
+                continue
+        out[k] = v
+    return out
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """The same leaves (``is``) in dicts with the same keys in the same order."""
+    if a is b:
+        return True
+    if type(a) is dict:
+        return type(b) is dict and list(a) == list(b) and all(_identical(a[k], b[k]) for k in a)
+    return False
+
+
+def _key_strs(kp: Any) -> tuple:
+    return tuple(key_entry_str(e) for e in kp)
+
+
+class _Plan:
+    """What a read of one structure resolved: each variable's chain, where its raw arrays (leaf
+    indices of the flattened raw tree) and state (keys) are, and how to rebuild the outputs."""
+
+    __slots__ = ("mapping", "variables", "outputs", "groupable", "stop_def", "stop_index")
+    mapping: bool
+    variables: tuple
+    outputs: tuple
+    groupable: bool
+    stop_def: Any
+    stop_index: tuple
+
+    def run(
+        self, leaves: list, raw: Any, state: Any, update_state: bool, group: bool, want_state: bool
+    ) -> tuple[Any, dict | None]:
+        get = leaves.__getitem__
+        items = {}
+        for path, chain, onames, oidx, pspec, ssegs, skeys in self.variables:
+            originals = dict(zip(onames, map(get, oidx)))
+            params = [dict(zip(names, map(get, idx))) for names, idx in pspec]
+            if skeys is None:
+                lstate: list = [{} for _ in chain]
+            else:
+                node = state
+                for seg in ssegs:
+                    node = node[seg]
+                lstate = [{} if k is None else dict(node[k]) for k in skeys]
+            items[path] = (chain, originals, params, lstate)
+        if self.groupable:
+            results = _evaluate(items, update_state=update_state, group=group)
+        else:
+            results = {
+                p: _forward_one(p, *item, update_state=update_state) for p, item in items.items()
+            }
+        return self.rebuild(leaves, raw, state, results, want_state)
+
+    def rebuild(
+        self, leaves: list, raw: Any, state: Any, results: dict, want_state: bool = True
+    ) -> tuple[Any, dict | None]:
+        new_state = None
+        if want_state:
+            new_state = _copy_dicts(state) if state else {}
+            for path, names in self.outputs:
+                entry = {k: dict(s) for k, s in zip(names, results[path][1]) if s}  # _put_state
+                if entry:
+                    set_path(new_state.setdefault(PARAMETRIZATIONS, {}), path, entry)
+        values = [results[path][0] for path, _ in self.outputs]
+        if self.mapping:
+            out = _copy_pruned(raw, PARAMETRIZATIONS)
+            for (path, _), value in zip(self.outputs, values):
+                set_path(out, path, value)
+        else:
+            pool = leaves + values
+            pool.append(None)
+            out = self.stop_def.unflatten(list(map(pool.__getitem__, self.stop_index)))
+        return out, new_state
+
+    @classmethod
+    def make(cls, spec, view, raw, leaves, state, items, results, out, new_state):
+        """The plan of this read, or None when the structure is one the general path reads."""
+        if state and not _dict_only(state):
+            return None
+        if view.mapping and not _dict_only(raw):
+            return None
+        flat, _ = jax.tree_util.tree_flatten_with_path(raw)
+        if len(flat) != len(leaves):
+            return None
+        index = {_key_strs(kp): i for i, (kp, _) in enumerate(flat)}
+        if len(index) != len(flat):  # two leaves whose key paths read alike
+            return None
+        self = cls()
+        self.mapping = view.mapping
+        prefixes: dict[str, tuple] = {}
+        stop_flat: list
+        stop_flat, self.stop_def = jax.tree_util.tree_flatten_with_path(raw, is_leaf=_stop)
+        if self.mapping:
+            prefixes = {p: (PARAMETRIZATIONS, *p.split("/")) for p in items}
+        else:
+            prefixes = {
+                key_path_str(kp): _key_strs(kp) for kp, leaf in stop_flat if _is_raw_leaf(leaf)
+            }
+        variables = []
+        for path, (chain, originals, params, lstate) in items.items():
+            pre = prefixes[path]
+            onames = tuple(originals)
+            oidx = tuple(index[pre + (n,)] for n in onames)
+            pspec = tuple(
+                (tuple(p), tuple(index[pre + (str(i), n)] for n in p)) for i, p in enumerate(params)
+            )
+            node: Any = None
+            if state:
+                try:
+                    node = get_path(state[PARAMETRIZATIONS], path)
+                except (KeyError, TypeError):
+                    node = None
+            if node is None:
+                ssegs, skeys = (), None
+            else:
+                ssegs = (PARAMETRIZATIONS, *path.split("/"))
+                skeys = tuple(str(i) if str(i) in node else None for i in range(len(chain)))
+            variables.append((path, chain, onames, oidx, pspec, ssegs, skeys))
+            # the plan's inputs for this read are this read's
+            if any(leaves[i] is not originals[n] for n, i in zip(onames, oidx)):
+                return None
+            for p, (names, idx) in zip(params, pspec):
+                if any(leaves[i] is not p[n] for n, i in zip(names, idx)):
+                    return None
+            if skeys is not None:
+                got = [{} if k is None else dict(node[k]) for k in skeys]
+                if not all(_identical(a, b) for a, b in zip(got, lstate)):
+                    return None
+            elif any(lstate):
+                return None
+        self.variables = tuple(variables)
+        self.outputs = tuple((p, tuple(str(i) for i in range(len(items[p][0])))) for p in items)
+        self.groupable = _group_candidates(items) >= 2
+        stop_index = []
+        if not self.mapping:
+            order = {p: k for k, p in enumerate(items)}
+            for kp, leaf in stop_flat:
+                if _is_raw_leaf(leaf):
+                    stop_index.append(len(leaves) + order[key_path_str(kp)])
+                elif leaf is None:
+                    stop_index.append(-1)
+                else:
+                    i = index[_key_strs(kp)]
+                    if leaves[i] is not leaf:
+                        return None
+                    stop_index.append(i)
+        self.stop_index = tuple(stop_index)
+        # its rebuild of this read's outputs is this read's outputs
+        out2, state2 = self.rebuild(leaves, raw, state, results)
+        if not _identical(state2, new_state):
+            return None
+        if self.mapping:
+            if not _identical(out2, out):
+                return None
+        else:
+            a, ta = jax.tree_util.tree_flatten(out2, is_leaf=_stop)
+            b, tb = jax.tree_util.tree_flatten(out, is_leaf=_stop)
+            if (ta, len(a)) != (tb, len(b)) or any(x is not y for x, y in zip(a, b)):
+                return None
+        return self
+
+
+def _group_candidates(items: Mapping) -> int:
+    """How many variables have chains whose every link broadcasts (as :func:`group_paths`
+    counts them: fewer than two and nothing is grouped)."""
+    return sum(all(_grouping.broadcasts(link) for link in entry[0]) for entry in items.values())
