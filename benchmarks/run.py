@@ -14,11 +14,9 @@ to ``--out``). Full run: under 10 minutes on 2 CPU cores; ``--quick``: under a m
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import resource
 import statistics
 import sys
@@ -27,6 +25,7 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import _blas  # noqa: E402
 from _blas import pin_blas_threads  # noqa: E402
 
 # One OpenBLAS thread unless PARAMETRAX_BENCH_BLAS_THREADS says otherwise (_blas.py): set
@@ -86,34 +85,15 @@ QUICK = {  # a smoke run of every part: tiny sizes, one configuration per worklo
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gb": round(mem_gb, 1) if mem_gb else None,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "openblas_threads": BLAS_THREADS,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    """``_blas.machine()`` (CPU, cores, memory, load, OS, Python, OpenBLAS threads, date) with
+    the versions of everything measured."""
     import flax
     import optax
 
-    info["flax"] = flax.__version__
+    info = _blas.machine(
+        jax=jax.__version__, jax_backend=jax.default_backend(), flax=flax.__version__
+    )
+
     try:
         import equinox
 
