@@ -391,7 +391,19 @@ def test_the_one_expm_matches_float64_scipy(kind, dt, tol):
     got = np.asarray(expm(jnp.asarray(a)), np.float64)
     for ai, gi in zip(a, got):
         ref = scipy.linalg.expm(ai.astype(np.float64))
+        if kind == "symmetric":  # norm 50 > 38.1: clamped (see _clamp_factor)
+            ref = ref * _clamp_factor(ref)
         assert np.linalg.norm(gi - ref) <= tol * np.linalg.norm(ref)
+
+
+# The symmetric clamp of float32 / bfloat16 expm: the largest entry is at most 2^55.
+CLAMP = 2.0**55
+
+
+def _clamp_factor(ref):
+    """The documented clamp applied to a float64 oracle ``exp(A)`` of a symmetric ``A``: the
+    positive factor that brings its largest entry down to ``2^55`` (1 when it is below)."""
+    return min(1.0, CLAMP / np.max(np.abs(ref)))
 
 
 # --- the one expm (issue 15.3 / 16): accuracy per matrix, derivatives, huge norms ---------------
@@ -425,6 +437,8 @@ def test_expm_mixed_norm_batch_matches_float64_scipy_per_matrix(kind):
             ref = scipy.linalg.expm(ai.astype(np.float64))
         if not np.all(np.isfinite(ref)) or np.max(np.abs(ref)) > 1e38:
             continue
+        if kind == "symmetric":
+            ref = ref * _clamp_factor(ref)
         err = np.linalg.norm(gi - ref) / np.linalg.norm(ref)
         assert err <= 20 * u * (1 + np.abs(ai).sum(0).max()), (kind, np.abs(ai).sum(0).max(), err)
 
@@ -444,6 +458,10 @@ def test_expm_jvp_and_grad_match_finite_differences(kind):
         w = rng.standard_normal((4, 4))
         h = 1e-6 * max(1.0, norm)
         fd = (scipy.linalg.expm(a + h * e) - scipy.linalg.expm(a - h * e)) / (2 * h)
+        if kind == "symmetric":  # the clamp's factor is a constant to derivatives
+            e = (e + e.T) / 2  # a symmetric direction: A + hE stays exactly symmetric
+            fd = (scipy.linalg.expm(a + h * e) - scipy.linalg.expm(a - h * e)) / (2 * h)
+            fd = fd * _clamp_factor(scipy.linalg.expm(a))
         scale = np.linalg.norm(fd) + 1e-30
         aj, ej, wj = (jnp.asarray(x, jnp.float32) for x in (a, e, w))
         _, tangent = jax.jvp(expm, (aj,), (ej,))
@@ -486,31 +504,102 @@ def test_expm_of_skew_stays_orthogonal_at_any_finite_norm(norm):
     assert bool(jnp.all(jnp.isfinite(g)))
 
 
+# The clamp's bound on the largest entry per dtype (see _numerics.expm): sqrt(max) / 2^8 where
+# the result is computed in a dtype of its range, max / 2 for float16 (computed in float32).
+CLAMP_OF = {jnp.float32: 2.0**55, jnp.bfloat16: 2.0**55, jnp.float16: 32752.0}
+
+
 @pytest.mark.parametrize(
     "dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=lambda d: jnp.dtype(d).name
 )
-def test_expm_of_symmetric_is_finite_positive_definite_where_exp_overflows(dtype):
-    """exp of a symmetric matrix whose largest eigenvalue exceeds log(max) of the dtype (88.7
-    float32 / bfloat16, 11.1 float16) is clamped: scaled so its largest entry is at most max/2,
-    still symmetric positive definite, never inf. Below that it is exp(A)."""
+def test_expm_of_symmetric_is_clamped_where_its_largest_entry_would_exceed_the_bound(dtype):
+    """exp of a symmetric matrix whose largest entry would exceed ``CLAMP_OF`` (float32 /
+    bfloat16: 2^55, from largest eigenvalue 38.1; float16: max/2, from 10.4) is scaled by a
+    positive factor down to that bound: symmetric positive definite, finite, and equal to the
+    float64 oracle scaled the same way. Below it is exp(A)."""
     import scipy.linalg
 
     from parametrax._numerics import expm
 
+    bound = CLAMP_OF[dtype]
     rng = np.random.default_rng(8)
     g = rng.standard_normal((4, 4))
     s = (g + g.T) / np.linalg.norm(g + g.T, 2)
-    big = float(np.log(float(jnp.finfo(dtype).max)))
+    big = float(np.log(bound))  # 38.1 / 10.4
     for lam in (0.5 * big, 2 * big, 1e3 * big):
         a = jnp.asarray(s * lam + 0.1 * np.eye(4) * lam, dtype)
         y = f64(expm(a))
-        assert np.all(np.isfinite(y)) and np.max(np.abs(y)) <= float(jnp.finfo(dtype).max)
+        assert np.all(np.isfinite(y)) and np.max(np.abs(y)) <= bound * (1 + 16 * EPS[dtype])
         assert np.max(np.abs(y - y.T)) == 0
         w = np.linalg.eigvalsh(y)
         assert w[-1] > 0 and w[0] >= -ORTH_TOL[dtype] * w[-1]
-        if lam < big:
+        with np.errstate(over="ignore", invalid="ignore"):
             ref = scipy.linalg.expm(f64(a))
-            assert np.linalg.norm(y - ref) <= 10 * EPS[dtype] * lam * np.linalg.norm(ref)
+        if not np.all(np.isfinite(ref)):  # exp overflows float64: only the bound
+            assert np.max(np.abs(y)) >= bound * (1 - 16 * EPS[dtype])
+            continue
+        ref = ref * min(1.0, bound / np.max(np.abs(ref)))
+        assert np.linalg.norm(y - ref) <= 10 * EPS[dtype] * lam * np.linalg.norm(ref), lam
+
+
+@pytest.mark.parametrize(
+    "dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=lambda d: jnp.dtype(d).name
+)
+def test_expm_clamp_threshold_on_a_diagonal_matrix(dtype):
+    """The measured threshold: diag(l, 0, -1) gives exp(l) up to l = log(bound) and the bound
+    beyond (closed form; l = 38.12 float32 / bfloat16, 10.40 float16)."""
+    from parametrax._numerics import expm
+
+    bound = CLAMP_OF[dtype]
+    big = float(np.log(bound))
+    for lam, want in ((big - 0.3, np.exp(big - 0.3)), (big + 0.3, bound), (3 * big, bound)):
+        a = jnp.asarray(np.diag([lam, 0.0, -1.0]), dtype)
+        lam_rounded = float(f64(a)[0, 0])
+        if want != bound:
+            want = np.exp(lam_rounded)
+        y = f64(expm(a))
+        np.testing.assert_allclose(y[0, 0], want, rtol=32 * EPS[dtype])
+        if lam < 2 * big:  # the clamp scales every entry alike (at 3 * big: below tiny)
+            factor = y[0, 0] / np.exp(lam_rounded)
+            np.testing.assert_allclose(y[1, 1], factor, rtol=32 * EPS[dtype])
+
+
+@pytest.mark.parametrize("top", [100.0, 1e3, 2e4, 1e5])
+def test_expm_grad_is_finite_and_matches_forward_mode_at_huge_eigenvalues(top):
+    """Reverse mode at eigenvalues far past the clamp (it returned NaN at 2e4 where forward
+    mode was finite: the cotangents of the squarings were 2^s ~ |A| / theta times the
+    gradient). grad of sum(c * expm(S)): finite; <grad, E> equals jax.jvp's directional
+    derivative (forward mode); for a diagonal S the closed form d/dS_ii = c exp(S_ii) f (and
+    divided differences off the diagonal) with f the clamp's factor (a constant to
+    derivatives: f = 2^55 / exp(max S_ii) once clamped)."""
+    from parametrax._numerics import expm
+
+    rng = np.random.default_rng(11)
+    q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    eig = np.array([top, top / 2, 1.0, -3.0])
+    # 2e6: the sweep's Huber loss's largest cotangent; 1e18: c |exp(S)| (~4e34) is finite but
+    # 2^s times it (s = 7..17 squarings) is not, the intermediate overflow this test guards.
+    for c in (1e-3, 1.0, 2e6, 1e18):
+        f = lambda x, c=c: jnp.sum(c * expm(x))  # noqa: E731
+        sym = (q * eig) @ q.T
+        sym = jnp.asarray((sym + sym.T) / 2, jnp.float32)
+        grad = f64(jax.grad(f)(sym))
+        assert np.all(np.isfinite(grad)), (top, c)
+        for seed in range(3):
+            e = np.random.default_rng(seed).standard_normal((4, 4))
+            e = jnp.asarray(e + e.T, jnp.float32)
+            _, jv = jax.jvp(f, (sym,), (e,))
+            assert np.isfinite(float(jv))
+            np.testing.assert_allclose(np.sum(grad * f64(e)), float(jv), rtol=1e-4)
+        d = jnp.asarray(np.diag(eig), jnp.float32)
+        grad_d = f64(jax.grad(f)(d))
+        # Daleckii-Krein: d/dS_ij = c f (exp(S_ii) - exp(S_jj)) / (S_ii - S_jj), c f exp(S_ii)
+        # on the diagonal; f exp(x) = 2^55 exp(x - top) (top > log(2^55) = 38.1: clamped).
+        fe = CLAMP * np.exp(eig - top)
+        diff = eig[:, None] - eig[None, :]
+        off = (fe[:, None] - fe[None, :]) / np.where(diff == 0, 1.0, diff)
+        want = c * np.where(np.eye(4) > 0, np.diag(fe), off)
+        np.testing.assert_allclose(grad_d, want, rtol=1e-5, atol=1e-6 * np.max(want))
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=lambda d: jnp.dtype(d).name)

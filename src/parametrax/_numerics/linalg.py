@@ -160,24 +160,84 @@ def _square_loop(r: Array, k: Array, s: Array, skew: Array, herm: Array):
     return lax.while_loop(lambda c: c[0] < s_max, body, (jnp.int32(0), r, k))[1:]
 
 
+@jax.custom_jvp
+def _halve_tangent(y: Array) -> Array:
+    """``y``, with its tangent halved (exactly: a power of two). See :func:`_scale_down`."""
+    return y
+
+
+@_halve_tangent.defjvp
+def _halve_tangent_jvp(primals, tangents):
+    return primals[0], 0.5 * tangents[0]
+
+
+@jax.custom_jvp
+def _scale_down(a: Array, e_value: Array, e_tangent: Array) -> Array:
+    """``a 2^-e_value`` per matrix (two factors, never one subnormal power of two) whose
+    tangent is scaled by ``2^-e_tangent`` only.
+
+    The differentiable path (:func:`_square_tree`) scales ``A`` by ``2^-s`` with ``s`` fewer
+    powers of two on the tangent (``e_tangent = e_value - s``) and halves the tangent at each of
+    the ``s`` squarings instead (:func:`_halve_tangent`): the same derivative to the bit (every
+    factor is a power of two), but the tangent of every intermediate ``R`` stays of the size of
+    the input's tangent, and in reverse mode (the transpose) the cotangent of every intermediate
+    stays of the size of the output's cotangent times ``exp(A)``. Scaling by ``2^-s`` up front
+    made the cotangents of the squarings ``2^s`` times larger (``|A| / theta`` times), so a
+    gradient of size ``c |exp(A)|`` overflowed in the middle (``grad`` of ``sum(1e-3 expm(S))``
+    was NaN at eigenvalues ~2e4, where the forward mode was finite)."""
+    return _pow2_scale(a, e_value)
+
+
+@_scale_down.defjvp
+def _scale_down_jvp(primals, tangents):
+    a, e_value, e_tangent = primals
+    return _scale_down(a, e_value, e_tangent), _pow2_scale(tangents[0], e_tangent)
+
+
+def _pow2_scale(x: Array, e: Array) -> Array:
+    """``x 2^-e`` per matrix, in two factors."""
+    e1 = e // 2
+    for f in (e1, e - e1):
+        x = x * jnp.exp2(-f.astype(jnp.finfo(x.dtype).dtype)).astype(x.dtype)[..., None, None]
+    return x
+
+
 def _square_tree(r: Array, k: Array, s: Array, skew: Array, herm: Array):
     """The same squarings (and Newton–Schulz steps and renormalisations, at the same counts)
     as :func:`_square_loop`, differentiable: one ``lax.cond`` per bit of ``s``, highest first,
     each running ``2^b`` unrolled squarings. Every bit's block starts at a multiple of 8
-    squarings, so the Newton–Schulz positions inside a block are static."""
+    squarings, so the Newton–Schulz positions inside a block are static. Each squaring halves
+    the tangent (see :func:`_scale_down`)."""
     for b in range(_SQUARING_BITS - 1, -1, -1):
         bit = ((s >> b) & 1) > 0
 
         def chunk(rk, n_sq=2**b, bit=bit):
             y, ky = rk
             for j in range(1, n_sq + 1):
-                y, ky = _renormalise(_mm(y, y), 2 * ky, herm)
+                y, ky = _renormalise(_halve_tangent(_mm(y, y)), 2 * ky, herm)
                 if j % _NS_EVERY == 0:
                     y = _ns_where(y, skew)
             return jnp.where(bit[..., None, None], y, rk[0]), jnp.where(bit, ky, rk[1])
 
         r, k = lax.cond(jnp.any(bit), chunk, lambda rk: rk, (r, k))
     return r, k
+
+
+def _clamp_log2(out, computed) -> float:
+    """``h``: the symmetric clamp puts the largest entry of ``exp(A)`` at ``2^h`` at most.
+
+    Computed in a dtype of the output's range (float32, float64; bfloat16 computed in float32):
+    ``h = floor(log2(max)) // 2 - 8`` (2^55 = 3.6e16 float32 / bfloat16, 2^503 float64), i.e.
+    ``sqrt(max) / 2^8``: a positive definite ``Y`` has ``||Y||_F <= trace(Y) <= n 2^h``, so the
+    sum of squares of an ``n x n`` value (a squared error, a Gram matrix) and its gradient
+    (``<= 2 n^2 2^{2h}``) stay finite up to ``n = 256``, and the gradient of ``sum(C * Y)``
+    (``<= n 2^h ||C||_F``: the derivative of exp of a symmetric matrix is at most its norm)
+    stays finite for any cotangent up to ``||C||_F ~ 2^72 / n``. float16 is computed in float32
+    and keeps ``max / 2`` (32752): its derivative is computed in float32 and cannot overflow
+    there, and ``sqrt(max) / 2^8`` would clamp ``exp`` from eigenvalue 0 on."""
+    if math.floor(math.log2(float(out.max))) < math.floor(math.log2(float(computed.max))):
+        return math.log2(float(out.max)) - 1.0
+    return float(math.floor(math.log2(float(out.max))) // 2 - 8)
 
 
 def _expm_impl(a: Array, out_dtype: str, differentiable: bool) -> Array:
@@ -196,21 +256,19 @@ def _expm_impl(a: Array, out_dtype: str, differentiable: bool) -> Array:
     s = jnp.minimum(s_all, _MAX_SQUARINGS)
     # Skew input beyond the squaring cap keeps its full scaling (exp of a skew matrix of norm
     # theta * 2^31, still unitary); any other is NaN there (as jax.scipy.linalg.expm).
-    e1 = s_all // 2
-    x = a  # two factors, never one subnormal 2^-s
-    for e in (e1, s_all - e1):
-        x = x * jnp.exp2(-e.astype(norm.dtype)).astype(a.dtype)[..., None, None]
+    # The differentiable path moves the tangent's 2^-s into its squarings (see _scale_down).
+    x = _scale_down(a, s_all, s_all - s) if differentiable else _pow2_scale(a, s_all)
     r = _taylor(x, m, p)
     k = jnp.zeros(s.shape, jnp.int32)
     r, k = (_square_tree if differentiable else _square_loop)(r, k, s, skew, herm)
     fix = skew & (s >= _NS_FROM)
     r = lax.cond(jnp.any(fix), lambda r: _ns_where(r, fix), lambda r: r, r)
     # Hermitian: exp(A) = R 2^k with R's largest entry (on its diagonal: R is positive
-    # definite) in [1/2, 1). Clamp k so that the largest entry lies in [tiny / eps, max / 2].
+    # definite) in [1/2, 1). Clamp k so that the largest entry lies in [tiny / eps, 2^h].
     info = jnp.finfo(out_dtype)  # the range of the dtype the result is cast to
     top = lax.stop_gradient(jnp.max(jnp.real(jnp.diagonal(r, axis1=-2, axis2=-1)), axis=-1))
     top = jnp.log2(jnp.maximum(top, jnp.finfo(top.dtype).tiny))
-    hi = math.log2(float(info.max)) - 1.0 - top
+    hi = _clamp_log2(info, jnp.finfo(a.dtype)) - top
     lo = math.log2(float(info.tiny)) - math.log2(float(info.eps)) - top
     # The factor is a constant to derivatives (it is 2^integer unless clamped).
     k = lax.stop_gradient(jnp.where(herm, jnp.clip(k.astype(top.dtype), lo, hi), 0.0))
@@ -259,11 +317,21 @@ def expm(a: Array) -> Array:
     off by more than ``2 pi`` anyway. Other input beyond the cap gives NaN.
 
     **Hermitian (symmetric) input** (exactly ``A == A^H``, as ``Symmetric`` builds it): the
-    result is ``exp(A)`` whenever its entries are representable in the input's dtype; when
-    ``exp`` of the largest eigenvalue would overflow (about 88.7 in float32 / bfloat16, 11.1
-    in float16) the result is clamped instead: ``exp(A)`` scaled by a positive factor so that
-    its largest entry is ``max / 2`` (still symmetric positive definite and finite, with a
-    derivative). Other input that overflows gives ``inf``.
+    result is ``exp(A)`` while its largest entry is at most ``2^h``; beyond, it is clamped:
+    ``exp(A)`` scaled by a positive factor so that its largest entry is ``2^h`` (symmetric
+    positive definite and finite for every finite ``A``; the factor is a constant to
+    derivatives). ``2^h`` is ``2^55 = 3.6e16`` in float32 / bfloat16 (the clamp starts at
+    largest eigenvalue 38.1 for a diagonal ``A``, at most ``38.1 + log(n)`` for any ``n x n``),
+    ``2^503`` in float64 (eigenvalue 348.7) and ``max / 2 = 32752`` in float16 (eigenvalue
+    10.4). Below ``sqrt(max)``, because the derivative of the clamped value is as large as the
+    value: squared errors, Gram matrices and gradients of the clamped value stay finite (the
+    reasons and bounds: :func:`_clamp_log2`; float16's derivative is computed in float32).
+    Other input that overflows gives ``inf``.
+
+    **Derivatives at large norms.** The differentiable path scales the tangent of ``A`` by
+    ``2^-s`` one squaring at a time instead of up front (:func:`_scale_down`), so neither
+    tangents nor (in reverse mode) cotangents of the intermediate squares exceed the size of
+    the result's derivative: ``grad`` is finite wherever the gradient is.
 
     bfloat16 / float16 are computed in float32 and cast back. Accuracy and speed against
     float64 ``scipy.linalg.expm`` and ``jax.scipy.linalg.expm``: ``tests/test_numerics.py``,

@@ -328,9 +328,9 @@ class MatrixExp(Parametrization):
     rounding at any finite norm (Newton–Schulz steps after the squarings of a skew input; beyond
     a 1-norm of ``3.1e9`` in float32 the squarings are capped and the result is ``exp(2^{31-s}
     X)``, still orthogonal but not ``exp(X)``); after :class:`Symmetric`, symmetric
-    positive-definite ones (where ``exp`` of the largest eigenvalue would overflow the dtype,
-    about 88.7 in float32, the result is clamped: ``exp(X)`` scaled down so that its largest
-    entry is half the dtype's maximum). See :func:`parametrax._numerics.expm`. Like the tutorial's
+    positive-definite ones (where the largest entry of ``exp(X)`` would exceed ``2^55``
+    in float32, from largest eigenvalue 38.1, the result is clamped: ``exp(X)`` scaled down so
+    that its largest entry is ``2^55``, so that gradients of the value stay finite). See :func:`parametrax._numerics.expm`. Like the tutorial's
     ``MatrixExponential`` it has no right inverse, so assigning through a chain that contains
     it is an error (use ``Orthogonal(map="matrix_exp")``, whose trivialization can be assigned).
 
