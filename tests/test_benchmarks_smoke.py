@@ -10,12 +10,14 @@ import importlib.util
 import json
 
 import jax
+import pytest
 
 from _helpers import run_script
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
+@pytest.mark.slow  # about a minute of compilation on 2 cores: `python -m pytest -m slow`
 def test_benchmark_suite_quick(tmp_path):
     run_script("benchmarks/run.py", "--quick", "--out", str(tmp_path), timeout=600)
     results = json.loads((tmp_path / "results.json").read_text())

@@ -16,7 +16,19 @@ def _run(folder: str, extra_env: dict) -> None:
         pytest.skip(f"no tests in tests/{folder}")
     env = dict(os.environ, **extra_env)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, files)],
+        # one process (-n 0): the outer run's workers already use every core, and each extra
+        # worker would import jax, flax and torch again
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "0",
+            "-p",
+            "no:cacheprovider",
+            *map(str, files),
+        ],
         env=env,
         capture_output=True,
         text=True,
