@@ -5,7 +5,11 @@ in a subprocess by ``tests/test_subprocess_suites.py``:
 
 * ``tests/x64/``: float64 tests, run with ``JAX_ENABLE_X64=1``;
 * ``tests/multidevice/``: sharding tests, run with
-  ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=8``;
+* ``tests/default_xla/``: tests whose claim depends on XLA's default code generation (grouped
+  evaluation is a bit-for-bit copy of evaluating each variable alone, as users compile it),
+  run with ``PARAMETRAX_TEST_XLA_OPT=default`` (the main run compiles at optimisation level 0,
+  see below, where a batched and an unbatched kernel may round one ulp apart).
 
 They are skipped from the main collection unless their environment is set. Both load this file
 too (they live below it), so they share its configuration:
@@ -26,6 +30,21 @@ import os
 # inherit this environment. An explicit setting is left as set.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# XLA's CPU backend at optimisation level 0 (LLVM without its optimisation pipeline): the suite
+# is compile-bound (about a second of XLA compilation per test, for programs that then run for
+# microseconds), and level 0 takes about a quarter less CPU over the whole run (the contract
+# table: 173 s against 235 s). The HLO passes (fusion, layout, algebraic simplification) are
+# unchanged, so the arithmetic tested is the same; the machine code is slower. Benchmarks and
+# users compile at the default level. An XLA_FLAGS that sets the level itself is left as set;
+# PARAMETRAX_TEST_XLA_OPT=default keeps XLA's default level.
+if os.environ.get("PARAMETRAX_TEST_XLA_OPT", "0") != "default" and (
+    "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
+):
+    level = os.environ.get("PARAMETRAX_TEST_XLA_OPT", "0")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_backend_optimization_level={level}"
+    ).strip()
+
 import jax  # noqa: E402
 import pytest
 
@@ -38,6 +57,8 @@ if os.environ.get("JAX_ENABLE_X64", "").lower() not in ("1", "true"):
     collect_ignore_glob.append("x64/*")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     collect_ignore_glob.append("multidevice/*")
+if os.environ.get("PARAMETRAX_TEST_XLA_OPT") != "default":
+    collect_ignore_glob.append("default_xla/*")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,3 +70,13 @@ def _fresh_jax_caches_per_module():
     import jax
 
     jax.clear_caches()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first (the two subprocess suites: about a minute and a half each, in one
+    process): pytest-xdist hands tests out from the front, so they start at once on different
+    workers instead of running alone at the end of the run."""
+    first = [it for it in items if it.nodeid.startswith("tests/test_subprocess_suites.py")]
+    if first:
+        rest = [it for it in items if not it.nodeid.startswith("tests/test_subprocess_suites.py")]
+        items[:] = first + rest

@@ -1,7 +1,9 @@
-"""Runs the suites that need their own JAX process (float64, 8 host devices)."""
+"""Runs the suites that need their own JAX process (float64, 8 host devices, XLA's default
+optimisation level)."""
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -41,6 +43,12 @@ def _run(folder: str, extra_env: dict) -> None:
 
 def test_float64_suite():
     _run("x64", {"JAX_ENABLE_X64": "1"})
+
+
+def test_default_xla_suite():
+    # XLA's default optimisation level, as users compile: this run's level-0 flag is dropped
+    flags = re.sub(r"--xla_backend_optimization_level=\S+", "", os.environ.get("XLA_FLAGS", ""))
+    _run("default_xla", {"PARAMETRAX_TEST_XLA_OPT": "default", "XLA_FLAGS": flags.strip()})
 
 
 def test_multidevice_suite():

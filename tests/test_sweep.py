@@ -642,6 +642,15 @@ def _check(entry, opt, shape, dtype):
     )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_jax_caches_per_case():
+    """Each case compiles its own programs, never reused by a later case: they are dropped
+    after it (a process compiling hundreds of sweep cases crashed inside XLA's CPU compiler)."""
+    yield
+    jax.clear_caches()
+    _runner.cache_clear()
+
+
 def _params(cases, marks=()):
     return [pytest.param(*c, id=case_id(*c), marks=list(marks)) for c in cases]
 
