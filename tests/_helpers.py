@@ -6,6 +6,7 @@ import pathlib
 import re
 import subprocess
 import sys
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -188,3 +189,19 @@ def stable_id(value) -> str:
     exp>``): a test id must be the same in every process, or pytest-xdist's workers disagree on
     what they collected."""
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
+# ------------------------------------------------------------------------------------------------
+# A small pytree model of a registered dataclass inside a NamedTuple (the tree API's tests of
+# arbitrary pytrees: tests/test_tree_pytrees.py, tests/test_tree_fast_paths.py)
+# ------------------------------------------------------------------------------------------------
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Layer:
+    w: jax.Array
+    b: jax.Array
+
+
+class Pair(NamedTuple):
+    first: Layer
+    second: Layer | None

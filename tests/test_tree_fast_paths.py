@@ -11,11 +11,9 @@ Errors after a cached read are compared with those of a cold read (plans cleared
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import types
 import weakref
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +22,8 @@ import pytest
 
 import parametrax as px
 from parametrax.tree import _ops
+
+from _helpers import Layer, Pair
 
 N = 5
 
@@ -259,18 +259,6 @@ def test_jit_and_grad_trace_through_the_general_path(monkeypatch):
     assert set(g) == {"parametrizations"}
     jitted = jax.jit(lambda r: px.tree.constrain(spec, r, state)["w"])
     close(jitted(raw), px.tree.constrain(spec, raw, state)["w"])
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class Layer:
-    w: jax.Array
-    b: jax.Array
-
-
-class Pair(NamedTuple):
-    first: Layer
-    second: Layer | None
 
 
 def test_dataclass_and_namedtuple_trees(monkeypatch):

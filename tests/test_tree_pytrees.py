@@ -4,9 +4,6 @@ Oracles: the constrained values are checked against closed forms / invariants co
 numpy; the structure and type of every returned tree against the input's.
 """
 
-import dataclasses
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,19 +13,7 @@ import pytest
 import parametrax as px
 from parametrax import tree as ptree
 
-from _helpers import orthogonality_error, rand, skew_error, standard_promotion
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class Layer:
-    w: jax.Array
-    b: jax.Array
-
-
-class Pair(NamedTuple):
-    first: Layer
-    second: Layer
+from _helpers import Layer, Pair, orthogonality_error, rand, skew_error, standard_promotion
 
 
 def model():
