@@ -174,6 +174,12 @@ def _key(chain: tuple, originals: Mapping, params: Sequence, state: Sequence) ->
         return None
 
 
+def candidates(items: Mapping[str, tuple]) -> int:
+    """How many of the variables (``items`` as in :func:`group_paths`) have chains whose every
+    link broadcasts: with fewer than two, nothing is grouped."""
+    return sum(all(broadcasts(link) for link in entry[0]) for entry in items.values())
+
+
 def group_paths(items: Mapping[str, tuple], *, group: bool = True) -> list[list[str]]:
     """Splits the variables into evaluation groups, in the order of ``items``.
 
@@ -185,8 +191,7 @@ def group_paths(items: Mapping[str, tuple], *, group: bool = True) -> list[list[
         return [[p] for p in items]
     # Fewer than two variables whose links all broadcast: nothing can group, and the keys below
     # (a flatten and the avals of every leaf) would cost an eager read ~20 µs for nothing.
-    candidates = sum(all(broadcasts(link) for link in entry[0]) for entry in items.values())
-    if candidates < 2:
+    if candidates(items) < 2:
         return [[p] for p in items]
     by_key: dict[Any, list[str]] = {}
     out: list[list[str]] = []

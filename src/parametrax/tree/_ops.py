@@ -877,7 +877,7 @@ class _Plan:
                 return None
         self.variables = tuple(variables)
         self.outputs = tuple((p, tuple(str(i) for i in range(len(items[p][0])))) for p in items)
-        self.groupable = _group_candidates(items) >= 2
+        self.groupable = _grouping.candidates(items) >= 2
         stop_index = []
         if not self.mapping:
             order = {p: k for k, p in enumerate(items)}
@@ -905,9 +905,3 @@ class _Plan:
             if (ta, len(a)) != (tb, len(b)) or any(x is not y for x, y in zip(a, b)):
                 return None
         return self
-
-
-def _group_candidates(items: Mapping) -> int:
-    """How many variables have chains whose every link broadcasts (as :func:`group_paths`
-    counts them: fewer than two and nothing is grouped)."""
-    return sum(all(_grouping.broadcasts(link) for link in entry[0]) for entry in items.values())
