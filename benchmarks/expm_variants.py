@@ -127,6 +127,100 @@ def expm_previous(a):
     return lax.fori_loop(0, 32, square, t)
 
 
+# ------------------------------------------------------------------------------------------------
+# The floor under ``grad`` for ONE matrix (issue 15.3): the library's arithmetic, no ``lax.cond``
+# ------------------------------------------------------------------------------------------------
+_FLOOR_MAX_SQUARINGS = 31
+
+
+def _taylor_parts(x, m=12, p=4):
+    """The library's degree-12 Paterson–Stockmeyer evaluation, keeping its intermediates."""
+    import math
+
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+    powers = [eye, x]
+    for _ in range(p - 1):
+        powers.append(_dot(powers[-1], x))
+    coef = [1.0 / math.factorial(k) for k in range(m + 1)]
+
+    def block(j):
+        return sum((coef[j * p + i] * powers[i] for i in range(1, p)), coef[j * p] * eye)
+
+    horner = [coef[m] * powers[p] + block(m // p - 1)]
+    for j in range(m // p - 2, -1, -1):
+        horner.append(_dot(horner[-1], powers[p]) + block(j))
+    return powers, horner, coef
+
+
+def _taylor_frechet(powers, horner, coef, e, m=12, p=4):
+    """The derivative of the Taylor polynomial at X in direction ``e``, from X's stored powers
+    and Horner steps (10 products). With ``powers``/``horner`` conjugate-transposed it is the
+    adjoint: ``L_p(X, .)^* = L_p(X^H, .)`` for real coefficients."""
+    dpow = [None, e]
+    for i in range(2, p + 1):
+        dpow.append(_dot(dpow[-1], powers[1]) + _dot(powers[i - 1], e))
+
+    def dblock(j):
+        return sum(coef[j * p + i] * dpow[i] for i in range(1, p))
+
+    dt = coef[m] * dpow[p] + dblock(m // p - 1)
+    for step, j in enumerate(range(m // p - 2, -1, -1)):
+        dt = _dot(dt, powers[p]) + _dot(horner[step], dpow[p]) + dblock(j)
+    return dt
+
+
+def _floor_value(a):
+    norm = lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(a), axis=0)))
+    s = jnp.ceil(jnp.log2(jnp.maximum(norm / 1.46166150721, 1.0))).astype(jnp.int32)
+    s = jnp.minimum(s, _FLOOR_MAX_SQUARINGS)
+    x = a * jnp.exp2(-s.astype(a.dtype))
+    powers, horner, coef = _taylor_parts(x)
+    buf = jnp.zeros((_FLOOR_MAX_SQUARINGS,) + a.shape, a.dtype)
+
+    def body(i, carry):
+        r, buf = carry
+        return _dot(r, r), lax.dynamic_update_index_in_dim(buf, r, i, 0)
+
+    r, buf = lax.fori_loop(0, s, body, (horner[-1], buf))
+    return r, (powers, horner, buf, s)
+
+
+@jax.custom_vjp
+def expm_floor(a):
+    """``expm`` of one float32 matrix with the library's arithmetic (Taylor degree 12, the same
+    scaling, the squarings in a loop of dynamic length) and a ``custom_vjp`` that stores every
+    intermediate: the fewest operations a gradient can take with this algorithm (the value's 5
+    products + s squarings, then 2 products per squaring and 10 for the polynomial), and no
+    ``lax.cond``. Reverse mode only (``jax.jvp`` fails), so not in the library: it is the
+    floor the library's ``grad`` is measured against (no Newton–Schulz steps, no symmetric
+    renormalisation: the skew benchmark input needs neither for the timing)."""
+    if a.dtype != jnp.float32 or a.ndim != 2:
+        raise TypeError("the experiment covers one float32 matrix")
+    return _floor_value(a)[0]
+
+
+def _floor_fwd(a):
+    return _floor_value(a)
+
+
+def _floor_bwd(res, g):
+    powers, horner, buf, s = res
+
+    def body(j, g):  # the adjoint of R <- R @ R, last squaring first
+        rt = lax.dynamic_index_in_dim(buf, s - 1 - j, 0, keepdims=False).T
+        return _dot(rt, g) + _dot(g, rt)
+
+    g = lax.fori_loop(0, s, body, g)
+    import math
+
+    coef = [1.0 / math.factorial(k) for k in range(13)]
+    dx = _taylor_frechet([q.T for q in powers], [q.T for q in horner], coef, g)
+    return (dx * jnp.exp2(-s.astype(g.dtype)),)
+
+
+expm_floor.defvjp(_floor_fwd, _floor_bwd)
+
+
 def thetas(u_bits=(24, 53), degrees=(6, 8, 9, 12, 15, 16, 18, 20)):
     """theta_m: the largest ||X||_1 with sum_{k>m} |c_k| theta^(k-1) <= u, c_k the power series
     of log(exp(-x) T_m(x)) (the backward error of the degree-m Taylor polynomial), in 60-digit
@@ -208,11 +302,53 @@ def compare(sizes=(8, 16, 32, 64), batches=(1, 8), reps=15, inner=10, scale=5.0)
             )
 
 
-if __name__ == "__main__":  # OPENBLAS_NUM_THREADS=1 python benchmarks/expm_variants.py [--theta]
+def grad_floor(sizes=(8, 16, 32, 64, 128), reps=15, inner=10, scale=5.0):
+    """ONE matrix under ``jax.grad``: jax.scipy.linalg.expm, the library's expm and
+    :func:`expm_floor`, interleaved (best of ``reps``), on the skew matrices of :func:`compare`."""
+    import time
+
+    import numpy as np
+
+    from parametrax._numerics import expm
+
+    fns = {"jsl": jax.scipy.linalg.expm, "parametrax": expm, "floor": expm_floor}
+    print(
+        f"{'n':>4} | " + " | ".join(f"{k} grad (us)" for k in fns) + " | jsl / parametrax"
+        " | jsl / floor | max |grad - jsl grad|"
+    )
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        g = rng.standard_normal((n, n))
+        a = jnp.asarray((g - g.T) / np.linalg.norm(g - g.T) * scale, jnp.float32)
+        w = jnp.asarray(rng.standard_normal(a.shape), jnp.float32)
+        calls = [jax.jit(jax.grad(lambda a, f=f, w=w: jnp.sum(f(a) * w))) for f in fns.values()]
+        outs = [jax.block_until_ready(c(a)) for c in calls]
+        err = max(float(jnp.max(jnp.abs(o - outs[0]))) for o in outs[1:])
+        best = [1e9] * len(calls)
+        for _ in range(reps):
+            for i, c in enumerate(calls):
+                t = time.perf_counter()
+                for _ in range(inner):
+                    r = c(a)
+                jax.block_until_ready(r)
+                best[i] = min(best[i], (time.perf_counter() - t) / inner * 1e6)
+        print(
+            f"{n:>4} | "
+            + " | ".join(f"{b:7.1f}" for b in best)
+            + f" | {best[0] / best[1]:.2f} | {best[0] / best[2]:.2f} | {err:.1e}",
+            flush=True,
+        )
+
+
+if (
+    __name__ == "__main__"
+):  # OPENBLAS_NUM_THREADS=1 python benchmarks/expm_variants.py [--theta | --floor]
     import sys
 
     if "--theta" in sys.argv[1:]:
         for (m, bits), th in thetas().items():
             print(f"m = {m:2d}  u = 2^-{bits}: theta = {th:.12g}")
+    elif "--floor" in sys.argv[1:]:
+        grad_floor()
     else:
         compare()
