@@ -631,6 +631,23 @@ def chart(results: dict, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+#: The line after which ``results.md`` holds sections measured by other scripts
+#: (``grouped.py``, ``expm_variants.py``, ``eager_reads.py``, ``cayley_rate.py``), kept as they are
+#: when this script rewrites the file.
+KEEP_MARKER = (
+    "<!-- Sections below are measured by other scripts; run.py keeps them as they are. -->"
+)
+
+
+def _kept_sections(path: pathlib.Path) -> str:
+    """The marker line and everything after it in an existing ``path`` (or nothing)."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    at = text.find(KEEP_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few rounds (< 1 min)")
@@ -675,7 +692,7 @@ def main(argv=None) -> int:
         results = run(cfg, torch_ok=not args.no_torch, only=only, peers=not args.no_peers)
         results["quick"] = args.quick
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / "results.md").write_text(markdown(results))
+    (out / "results.md").write_text(markdown(results) + _kept_sections(out / "results.md"))
     try:
         chart(results, out / "results.png")
     except ImportError:

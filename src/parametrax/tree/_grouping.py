@@ -26,9 +26,12 @@ grouped:
 * Only where it was measured to pay (:func:`worth_grouping`): two or more variables, matrices
   of at most :data:`MAX_GROUP_N` rows and columns, and a chain holding a link whose
   ``batching_pays(shape)`` says so (in the catalog: a matrix exponential, i.e. ``MatrixExp``,
-  ``Orthogonal`` resolving to ``"matrix_exp"``, a trivialization with ``triv="expm"``). On the 2-core CPU of ``benchmarks/results.md`` a batched Cayley map gained
-  nothing over L separate ones (the separate LU factorizations already run concurrently) and
-  the batched program compiled more slowly, so Cayley-only chains are evaluated alone.
+  ``Orthogonal`` resolving to ``"matrix_exp"``, a trivialization with ``triv="expm"``). On the
+  2-core CPU of ``benchmarks/results.md`` (quiet run) a grouped Cayley stack took 1.15-1.41x
+  the step time of L separate maps: the batched Cayley map itself gains little over L separate
+  ones and the stacking costs more than that, so Cayley-only chains are evaluated alone. From
+  n = 128 on a matrix-exponential stack gains no step time (0.96-1.06x) but still compiles
+  2-8x faster; n = 128 is still grouped, larger matrices are not.
 * Never under JAX's explicit sharding mode (the stack would have to be sharded too).
 
 A group whose batched evaluation raises is evaluated again variable by variable, so every
