@@ -92,6 +92,14 @@ def lyapunov(b: Array, refine: int = 1) -> Array:
     finite). ``P`` is symmetrised. Differentiable (first derivatives: the tangent solves the
     same equation, ``BᵀṖ + ṖB = -(ḂᵀP + PḂ)``).
     """
+    return _lyapunov(b, refine)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _lyapunov(b: Array, refine: int) -> Array:
+    """:func:`lyapunov`, compiled: an eager call (``in_manifold``, ``right_inverse`` on concrete
+    arrays) runs as one compiled program instead of the Schur solver's ``n`` column solves op by
+    op (200 ms for one 4 x 4 matrix); inside a trace it is inlined as any jitted function."""
     return jax.lax.platform_dependent(
         b, cpu=lambda b: lyapunov_schur(b, refine), default=lambda b: lyapunov_kron(b, refine)
     )
