@@ -254,10 +254,25 @@ def thetas(u_bits=(24, 53), degrees=(6, 8, 9, 12, 15, 16, 18, 20)):
     return out
 
 
+def _best_interleaved(calls, a, reps: int, inner: int) -> list[float]:
+    """Microseconds per call of each of ``calls`` on ``a``: the best of ``reps`` rounds, each
+    round timing ``inner`` calls of every one in turn (interleaved)."""
+    import time
+
+    best = [1e9] * len(calls)
+    for _ in range(reps):
+        for i, c in enumerate(calls):
+            t = time.perf_counter()
+            for _ in range(inner):
+                r = c(a)
+            jax.block_until_ready(r)
+            best[i] = min(best[i], (time.perf_counter() - t) / inner * 1e6)
+    return best
+
+
 def compare(sizes=(8, 16, 32, 64), batches=(1, 8), reps=15, inner=10, scale=5.0):
     """Forward and forward+backward time of the three, interleaved (best of ``reps``), on
     skew-symmetric matrices of Frobenius norm ``scale``; ratios against jax.scipy.linalg.expm."""
-    import time
 
     import numpy as np
 
@@ -282,16 +297,9 @@ def compare(sizes=(8, 16, 32, 64), batches=(1, 8), reps=15, inner=10, scale=5.0)
             calls += [
                 jax.jit(jax.grad(lambda a, f=f, w=w: jnp.sum(f(a) * w))) for f in fns.values()
             ]
-            best = [1e9] * len(calls)
             for c in calls:
                 jax.block_until_ready(c(a))
-            for _ in range(reps):
-                for i, c in enumerate(calls):
-                    t = time.perf_counter()
-                    for _ in range(inner):
-                        r = c(a)
-                    jax.block_until_ready(r)
-                    best[i] = min(best[i], (time.perf_counter() - t) / inner * 1e6)
+            best = _best_interleaved(calls, a, reps, inner)
             k = len(fns)
             cells = [f"{best[i]:7.1f} / {best[k + i]:7.1f}" for i in range(k)]
             print(
@@ -305,7 +313,6 @@ def compare(sizes=(8, 16, 32, 64), batches=(1, 8), reps=15, inner=10, scale=5.0)
 def grad_floor(sizes=(8, 16, 32, 64, 128), reps=15, inner=10, scale=5.0):
     """ONE matrix under ``jax.grad``: jax.scipy.linalg.expm, the library's expm and
     :func:`expm_floor`, interleaved (best of ``reps``), on the skew matrices of :func:`compare`."""
-    import time
 
     import numpy as np
 
@@ -324,14 +331,7 @@ def grad_floor(sizes=(8, 16, 32, 64, 128), reps=15, inner=10, scale=5.0):
         calls = [jax.jit(jax.grad(lambda a, f=f, w=w: jnp.sum(f(a) * w))) for f in fns.values()]
         outs = [jax.block_until_ready(c(a)) for c in calls]
         err = max(float(jnp.max(jnp.abs(o - outs[0]))) for o in outs[1:])
-        best = [1e9] * len(calls)
-        for _ in range(reps):
-            for i, c in enumerate(calls):
-                t = time.perf_counter()
-                for _ in range(inner):
-                    r = c(a)
-                jax.block_until_ready(r)
-                best[i] = min(best[i], (time.perf_counter() - t) / inner * 1e6)
+        best = _best_interleaved(calls, a, reps, inner)
         print(
             f"{n:>4} | "
             + " | ".join(f"{b:7.1f}" for b in best)
