@@ -170,6 +170,8 @@ def _taylor_frechet(powers, horner, coef, e, m=12, p=4):
 
 
 def _floor_value(a):
+    if a.dtype != jnp.float32 or a.ndim != 2:  # checked here: grad calls _floor_fwd, not the primal
+        raise TypeError("the experiment covers one float32 matrix")
     norm = lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(a), axis=0)))
     s = jnp.ceil(jnp.log2(jnp.maximum(norm / 1.46166150721, 1.0))).astype(jnp.int32)
     s = jnp.minimum(s, _FLOOR_MAX_SQUARINGS)
@@ -194,8 +196,6 @@ def expm_floor(a):
     ``lax.cond``. Reverse mode only (``jax.jvp`` fails), so not in the library: it is the
     floor the library's ``grad`` is measured against (no Newton–Schulz steps, no symmetric
     renormalisation: the skew benchmark input needs neither for the timing)."""
-    if a.dtype != jnp.float32 or a.ndim != 2:
-        raise TypeError("the experiment covers one float32 matrix")
     return _floor_value(a)[0]
 
 
