@@ -39,10 +39,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # (claims of bit-for-bit equality are tested at the default level: tests/default_xla/).
 # Benchmarks and users compile at the default level. An XLA_FLAGS that sets the level itself is
 # left as set; PARAMETRAX_TEST_XLA_OPT=default keeps XLA's default level.
-if os.environ.get("PARAMETRAX_TEST_XLA_OPT", "0") != "default" and (
+if (level := os.environ.get("PARAMETRAX_TEST_XLA_OPT", "0")) != "default" and (
     "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
 ):
-    level = os.environ.get("PARAMETRAX_TEST_XLA_OPT", "0")
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + f" --xla_backend_optimization_level={level}"
     ).strip()
@@ -78,7 +77,5 @@ def pytest_collection_modifyitems(config, items):
     """The longest tests first (the two subprocess suites: about a minute and a half each, in one
     process): pytest-xdist hands tests out from the front, so they start at once on different
     workers instead of running alone at the end of the run."""
-    first = [it for it in items if it.nodeid.startswith("tests/test_subprocess_suites.py")]
-    if first:
-        rest = [it for it in items if not it.nodeid.startswith("tests/test_subprocess_suites.py")]
-        items[:] = first + rest
+    # a stable sort: the subprocess suites first, everything else in its collected order
+    items.sort(key=lambda it: not it.nodeid.startswith("tests/test_subprocess_suites.py"))

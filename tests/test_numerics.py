@@ -396,14 +396,17 @@ def test_the_one_expm_matches_float64_scipy(kind, dt, tol):
         assert np.linalg.norm(gi - ref) <= tol * np.linalg.norm(ref)
 
 
-# The symmetric clamp of float32 / bfloat16 expm: the largest entry is at most 2^55.
-CLAMP = 2.0**55
+# The clamp's bound on the largest entry of expm of a symmetric matrix, per dtype (see
+# _numerics.expm): sqrt(max) / 2^8 where the result is computed in a dtype of its range, max / 2
+# for float16 (computed in float32).
+CLAMP_OF = {jnp.float32: 2.0**55, jnp.bfloat16: 2.0**55, jnp.float16: 32752.0}
+CLAMP = CLAMP_OF[jnp.float32]
 
 
-def _clamp_factor(ref):
+def _clamp_factor(ref, bound=CLAMP):
     """The documented clamp applied to a float64 oracle ``exp(A)`` of a symmetric ``A``: the
-    positive factor that brings its largest entry down to ``2^55`` (1 when it is below)."""
-    return min(1.0, CLAMP / np.max(np.abs(ref)))
+    positive factor that brings its largest entry down to ``bound`` (1 when it is below)."""
+    return min(1.0, bound / np.max(np.abs(ref)))
 
 
 # --- the one expm (issue 15.3 / 16): accuracy per matrix, derivatives, huge norms ---------------
@@ -504,11 +507,6 @@ def test_expm_of_skew_stays_orthogonal_at_any_finite_norm(norm):
     assert bool(jnp.all(jnp.isfinite(g)))
 
 
-# The clamp's bound on the largest entry per dtype (see _numerics.expm): sqrt(max) / 2^8 where
-# the result is computed in a dtype of its range, max / 2 for float16 (computed in float32).
-CLAMP_OF = {jnp.float32: 2.0**55, jnp.bfloat16: 2.0**55, jnp.float16: 32752.0}
-
-
 @pytest.mark.parametrize(
     "dtype", [jnp.float32, jnp.bfloat16, jnp.float16], ids=lambda d: jnp.dtype(d).name
 )
@@ -538,7 +536,7 @@ def test_expm_of_symmetric_is_clamped_where_its_largest_entry_would_exceed_the_b
         if not np.all(np.isfinite(ref)):  # exp overflows float64: only the bound
             assert np.max(np.abs(y)) >= bound * (1 - 16 * EPS[dtype])
             continue
-        ref = ref * min(1.0, bound / np.max(np.abs(ref)))
+        ref = ref * _clamp_factor(ref, bound)
         assert np.linalg.norm(y - ref) <= 10 * EPS[dtype] * lam * np.linalg.norm(ref), lam
 
 

@@ -330,9 +330,10 @@ class MatrixExp(Parametrization):
     X)``, still orthogonal but not ``exp(X)``); after :class:`Symmetric`, symmetric
     positive-definite ones (where the largest entry of ``exp(X)`` would exceed ``2^55``
     in float32, from largest eigenvalue 38.1, the result is clamped: ``exp(X)`` scaled down so
-    that its largest entry is ``2^55``, so that gradients of the value stay finite). See :func:`parametrax._numerics.expm`. Like the tutorial's
-    ``MatrixExponential`` it has no right inverse, so assigning through a chain that contains
-    it is an error (use ``Orthogonal(map="matrix_exp")``, whose trivialization can be assigned).
+    that its largest entry is ``2^55``, so that gradients of the value stay finite). See
+    :func:`parametrax._numerics.expm`. Like the tutorial's ``MatrixExponential`` it has no
+    right inverse, so assigning through a chain that contains it is an error (use
+    ``Orthogonal(map="matrix_exp")``, whose trivialization can be assigned).
 
     >>> import jax, jax.numpy as jnp
     >>> from parametrax import symmetric, matrix_exp

@@ -10,8 +10,8 @@ kernels: see "Stacking and unstacking" below). Measured in ``benchmarks/grouped.
 in ``benchmarks/results.md``).
 
 The result is the per-variable result: the same maths on the same numbers (see
-``tests/default_xla/test_grouping.py``, which checks values and gradients of both paths). What may be
-grouped:
+``tests/default_xla/test_grouping.py``, which checks values and gradients of both paths). What
+may be grouped:
 
 * Only chains whose every link is known to act on trailing axes and to broadcast over a
   leading batch axis, its variables batched with the value (the contract kit's
