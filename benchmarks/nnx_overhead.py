@@ -1,28 +1,37 @@
-"""Python overhead of the NNX front: one ``nnx.jit`` training step and one eager read.
+"""Python overhead of the NNX front: one training step in each NNX stepping mode, and one eager read.
 
 Run from the repository root (``PYTHONPATH=src`` to time a working tree)::
 
-    OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python benchmarks/nnx_overhead.py [--layers 20]
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python benchmarks/nnx_overhead.py --clock thread
 
-Workloads (32x32 layers, batch 8, so the arithmetic is negligible and Python dominates):
+Three models (``--layers`` deep MLPs of ``--width`` x ``--width`` layers, batch 8, Adam, so the
+arithmetic is negligible and Python dominates):
 
-* ``plain``: a ``--layers``-deep MLP of ``nnx.Linear``, ``nnx.jit`` step with ``nnx.Optimizer``.
-* ``hand-written g, v``: the same MLP of a hand-written weight-normalised layer holding ``g``,
-  ``v`` and ``bias`` as plain ``nnx.Param`` attributes: the same Variables (and optimizer slots)
-  as the parametrized model, so the floor any parametrized layer could reach.
-* ``parametrized``: the plain MLP with every kernel under ``WeightNorm`` (``nnx.jit`` step).
-* ``parametrized, nnx.jit(graph=False)``: the same step in NNX's tree mode, where the flax in use
-  has it (flax >= 0.12.x).
-* ``parametrized+cached_partial``: the same step through ``nnx.cached_partial``.
-* ``parametrized, split + jax.jit``: ``nnx.split`` once, a ``jax.jit`` step of ``(graphdef,
-  state)`` that ``nnx.merge``-s inside and returns the new state.
-* ``eager read``: ``layer.kernel`` of one WeightNorm-parametrized layer outside any trace.
+* ``plain``: an MLP of ``nnx.Linear``;
+* ``hand``: the same MLP of a hand-written weight-normalised layer holding ``g``, ``v`` and ``bias``
+  as plain ``nnx.Param`` attributes: the same Variables (and optimizer slots) as the parametrized
+  model, so the floor any parametrized layer could reach in a mode;
+* ``param``: the plain MLP with every kernel under ``WeightNorm``.
+
+each stepped (``nnx.value_and_grad`` + ``nnx.Optimizer.update``) in five ways:
+
+* ``nnx.jit``: NNX's default graph mode, the whole graph walked in Python on every call;
+* ``nnx.jit(graph=False)``: NNX's tree mode (flax >= 0.12.4);
+* ``nnx.jit_partial(graph=False)``: model and optimizer flattened once, at construction
+  (flax >= 0.12.5);
+* ``nnx.cached_partial``: the ``nnx.jit`` step with the graph walk cached;
+* ``split + jax.jit``: ``nnx.split`` once, a ``jax.jit`` step of ``(graphdef, state)`` that
+  ``nnx.merge``-s inside and returns the new state.
+
+and ``eager read``: ``layer.kernel`` of one WeightNorm-parametrized layer outside any trace,
+against the jitted map on the raw arrays.
 
 Timings are interleaved (round k runs every workload) and the figure is the median over rounds
-of the mean time per call within a round; ratios and "us per layer" are against ``plain``.
-``--clock thread`` times the calling thread's CPU time instead of the wall clock: the per-step
-Python cost this benchmark is about, less sensitive to other processes on a shared machine.
-The last recorded figures (before / after the lean containers) are in ``nnx_overhead.txt``.
+of the mean time per call within a round. Printed per mode: the three models' times, each
+against plain ``nnx.jit`` (the reference), and the parametrized model's extra time per layer over
+the plain and the hand-written model stepped the same way. ``--clock thread`` times the calling
+thread's CPU time instead of the wall clock: the per-step Python cost this benchmark is about,
+less sensitive to other processes on a shared machine. Recorded runs are in ``nnx_overhead.txt``.
 """
 
 from __future__ import annotations
@@ -114,6 +123,34 @@ def split_step(model, optimizer):
     return step
 
 
+MODES = (
+    "nnx.jit",
+    "nnx.jit(graph=False)",
+    "nnx.jit_partial(graph=False)",
+    "nnx.cached_partial",
+    "split + jax.jit",
+)
+MODELS = ("plain", "hand", "param")
+
+
+def stepper(mode: str, model, optimizer, x, y):
+    """A zero-argument step of ``mode`` on ``(model, optimizer)``; raises where this flax lacks
+    the mode (``graph=``: flax >= 0.12.4, ``jit_partial``: flax >= 0.12.5)."""
+    if mode == "nnx.jit":
+        return lambda: train_step(model, optimizer, x, y)
+    if mode == "nnx.jit(graph=False)":
+        tree_step = nnx.jit(_step, graph=False)
+        return lambda: tree_step(model, optimizer, x, y)
+    if mode == "nnx.jit_partial(graph=False)":
+        partial_step = nnx.jit_partial(_step, model, optimizer, graph=False)
+        return lambda: partial_step(x, y)
+    if mode == "nnx.cached_partial":
+        cached = nnx.cached_partial(train_step, model, optimizer)
+        return lambda: cached(x, y)
+    pure = split_step(model, optimizer)
+    return lambda: pure(x, y)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=20)
@@ -127,36 +164,22 @@ def main():
     y = jax.random.normal(jax.random.key(2), (8, args.width))
 
     runs = {}
-    model, opt = make(args.layers, args.width, False)
-    runs["plain"] = lambda m=model, o=opt: train_step(m, o, x, y).block_until_ready()
-    model, opt = make(args.layers, args.width, False, hand=True)
-    runs["hand-written g, v (floor)"] = lambda m=model, o=opt: train_step(
-        m, o, x, y
-    ).block_until_ready()
-    model, opt = make(args.layers, args.width, True)
-    runs["parametrized"] = lambda m=model, o=opt: train_step(m, o, x, y).block_until_ready()
-    try:
-        tree_step = nnx.jit(_step, graph=False)  # NNX's tree mode (newer flax)
-        model, opt = make(args.layers, args.width, True)
-        tree_step(model, opt, x, y)
-    except Exception as e:  # noqa: BLE001 - an older flax: no tree mode, or it refuses the model
-        print(f"(nnx.jit(graph=False) skipped: {type(e).__name__}: {str(e)[:120]})")
-    else:
-        runs["parametrized, jit(graph=False)"] = lambda m=model, o=opt: tree_step(
-            m, o, x, y
-        ).block_until_ready()
-    model, opt = make(args.layers, args.width, True)
-    cached = nnx.cached_partial(train_step, model, opt)
-    runs["parametrized+cached_partial"] = lambda: cached(x, y).block_until_ready()
-    model, opt = make(args.layers, args.width, True)
-    pure = split_step(model, opt)
-    runs["parametrized, split + jax.jit"] = lambda: pure(x, y).block_until_ready()
+    for mode in MODES:
+        for kind in MODELS:
+            model, opt = make(args.layers, args.width, kind == "param", hand=kind == "hand")
+            try:
+                step = stepper(mode, model, opt, x, y)
+                step()
+            except Exception as e:  # noqa: BLE001 - an older flax without this mode
+                print(f"({mode} skipped for {kind}: {type(e).__name__}: {str(e)[:120]})")
+                continue
+            runs[(mode, kind)] = lambda step=step: step().block_until_ready()
     layer = nnx.Linear(args.width, args.width, rngs=nnx.Rngs(3))
     pnnx.register_parametrization(layer, "kernel", px.WeightNorm())
-    runs["eager read (1 layer)"] = lambda: layer.kernel.block_until_ready()
+    runs[("eager read (1 layer)", "param")] = lambda: layer.kernel.block_until_ready()
     kernel_fn = jax.jit(lambda g, v: px.WeightNorm().forward(g, v))
     pl = layer.parametrizations.kernel
-    runs["jitted map (1 layer, reference)"] = lambda: kernel_fn(
+    runs[("jitted map (1 layer)", "param")] = lambda: kernel_fn(
         pl.original0[...], pl.original1[...]
     ).block_until_ready()
 
@@ -173,16 +196,32 @@ def main():
                 runs[k]()
             times[k].append((clock() - t0) / args.calls)
     med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["plain"]
+    base = med[("nnx.jit", "plain")]
     print(
         f"backend {jax.default_backend()}, {args.layers} layers of {args.width}x{args.width}, "
-        f"{args.clock} clock, median of {args.rounds} interleaved rounds"
+        f"{args.clock} clock, median of {args.rounds} interleaved rounds; "
+        "x = against plain nnx.jit"
     )
-    for k, v in med.items():
+    print(
+        f"{'mode':30s} {'plain':>15s} {'hand':>15s} {'param':>15s}   param per layer over "
+        "plain / hand (same mode)"
+    )
+    for mode in MODES:
+        cells, got = [], {}
+        for kind in MODELS:
+            v = med.get((mode, kind))
+            got[kind] = v
+            cells.append(f"{v * 1e3:6.3f} ms x{v / base:4.2f}" if v is not None else f"{'-':>15s}")
         extra = ""
-        if k.startswith(("parametrized", "hand")):
-            extra = f"  (+{(v - base) / args.layers * 1e6:.0f} us per layer)"
-        print(f"{k:34s} {v * 1e3:8.3f} ms  x{v / base:5.2f} vs plain{extra}")
+        if got["param"] is not None:
+            per = [
+                f"{(got['param'] - got[k]) / args.layers * 1e6:+.0f} us" if got[k] else "-"
+                for k in ("plain", "hand")
+            ]
+            extra = f"   {per[0]} / {per[1]}"
+        print(f"{mode:30s} {cells[0]} {cells[1]} {cells[2]}{extra}")
+    for k in ("eager read (1 layer)", "jitted map (1 layer)"):
+        print(f"{k:30s} {med[(k, 'param')] * 1e3:6.3f} ms")
 
 
 if __name__ == "__main__":

@@ -179,3 +179,85 @@ def test_a_static_change_to_a_link_without_variables_inside_a_trace_comes_back()
     assert pl[0].parametrization == Times(3.0) and len(pl) == 1
     assert isinstance(pl[0], ParametrizationLink) and pl[0]._px_param_names == ()
     np.testing.assert_allclose(layer.kernel, 3.0 * np.asarray(pl.original[...]), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every NNX stepping mode trains the same model (docs/recipes.md, "NNX: the fastest stepping")
+# ------------------------------------------------------------------------------------------------
+class _Net(nnx.Module):
+    def __init__(self, rngs):
+        self.a = nnx.Linear(6, 5, rngs=rngs)
+        self.b = nnx.Linear(5, 4, rngs=rngs)
+
+    def __call__(self, x):
+        return self.b(jnp.tanh(self.a(x)))
+
+
+def _net():
+    model = _Net(nnx.Rngs(0))
+    pnnx.register_parametrization(model.a, "kernel", px.SpectralNorm(), rngs=nnx.Rngs(1))
+    pnnx.register_parametrization(model.b, "kernel", px.Orthogonal(), rngs=nnx.Rngs(2))
+    return model, nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
+
+
+def _train_step(model, optimizer, x, y):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def _stepper(mode, model, optimizer):
+    """``mode``'s step as a function of ``(x, y)``; skips where this flax lacks the mode."""
+    if mode == "nnx.jit":
+        step = nnx.jit(_train_step)
+        return lambda x, y: step(model, optimizer, x, y)
+    if mode == "jit(graph=False)":
+        try:
+            step = nnx.jit(_train_step, graph=False)
+        except TypeError:
+            pytest.skip("this flax has no NNX tree mode (flax >= 0.12.4)")
+        return lambda x, y: step(model, optimizer, x, y)
+    if mode == "jit_partial(graph=False)":
+        if not hasattr(nnx, "jit_partial"):
+            pytest.skip("this flax has no nnx.jit_partial (flax >= 0.12.5)")
+        return nnx.jit_partial(_train_step, model, optimizer, graph=False)
+    if mode == "cached_partial":
+        return nnx.cached_partial(nnx.jit(_train_step), model, optimizer)
+    graphdef, state = nnx.split((model, optimizer))  # split + jax.jit
+    box = [state]
+
+    @jax.jit
+    def pure(state, x, y):
+        m, o = nnx.merge(graphdef, state)
+        loss = _train_step(m, o, x, y)
+        return nnx.state((m, o)), loss
+
+    def step(x, y):
+        box[0], loss = pure(box[0], x, y)
+        nnx.update((model, optimizer), box[0])
+        return loss
+
+    return step
+
+
+@pytest.mark.parametrize(
+    "mode", ["jit(graph=False)", "jit_partial(graph=False)", "cached_partial", "split + jax.jit"]
+)
+def test_every_stepping_mode_trains_the_same_model(mode):
+    x = jax.random.normal(jax.random.key(3), (8, 6))
+    y = jax.random.normal(jax.random.key(4), (8, 4))
+    ref_model, ref_opt = _net()
+    model, opt = _net()
+    ref_step, step = _stepper("nnx.jit", ref_model, ref_opt), _stepper(mode, model, opt)
+    u0 = np.asarray(model.a.parametrizations.kernel[0].u[...])
+    for _ in range(3):
+        np.testing.assert_allclose(step(x, y), ref_step(x, y), rtol=1e-5)
+    # the same raw values, optimizer slots and parametrization state (spectral norm's u, v)
+    got, want = nnx.state((model, opt)), nnx.state((ref_model, ref_opt))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # the power iteration advanced (one step per training step), and the constraints hold
+    assert not np.allclose(model.a.parametrizations.kernel[0].u[...], u0)
+    kb = np.asarray(model.b.kernel)
+    np.testing.assert_allclose(kb.T @ kb, np.eye(4), atol=1e-5)

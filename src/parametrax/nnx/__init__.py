@@ -62,19 +62,21 @@ lean (``_compat.lean_flatten``: no NNX state node per container, their static fi
 static element, and a link that owns no variables is not a node at all; ``vars(plist)`` still
 holds it and it stays the same object across calls; with flax's newer graph internals, e.g.
 0.12.8, see ``_compat.LEAN_GRAPH``, else NNX's own protocol). Measured on a 20-layer 32x32 MLP with
-``WeightNorm`` kernels (``benchmarks/nnx_overhead.py --clock thread``, CPU): about 185 us per
-parametrized layer per step (down from about 240), of which about 50 us is the cost of any layer
-with the same Variables (a hand-written ``g``, ``v`` layer). The chain itself runs only while
-tracing. Faster recipes skip the traversal (``docs/recipes.md``, "NNX: the fastest stepping")::
+``WeightNorm`` kernels (``benchmarks/nnx_overhead.py --clock thread``, CPU): 200-250 us per
+parametrized layer per step over a plain ``nnx.Linear``, 130-160 us over a hand-written layer
+with the same Variables (``g``, ``v``); the lean containers cut about a quarter of it (992 -> 716
+Python calls per layer per step). The chain itself runs only while tracing. Faster recipes skip the traversal, and with them a parametrized layer costs what a
+hand-written layer with the same Variables costs (``docs/recipes.md``, "NNX: the fastest
+stepping")::
 
-    step = nnx.cached_partial(train_step, model, optimizer)   # train_step is @nnx.jit
+    step = nnx.jit_partial(train_step, model, optimizer, graph=False)  # flax >= 0.12.5
     for x, y in batches:
-        loss = step(x, y)                                      # x0.4-0.6 of plain nnx.jit
+        loss = step(x, y)                         # x0.16-0.18 of a plain model's nnx.jit step
 
-or, fastest (x0.25 of plain ``nnx.jit``), split once and ``jax.jit`` a pure function of the
-state (``nnx.merge`` inside the step, return ``nnx.state(...)``). Register parametrizations and
-create the optimizer *before* either; after changing the graph (registering, removing,
-``model.eval()``) build it again.
+``nnx.cached_partial(nnx.jit(train_step), model, optimizer)`` (x0.4-0.5), or split once and
+``jax.jit`` a pure function of the state (``nnx.merge`` inside the step, return
+``nnx.state(...)``; x0.23-0.24). Register parametrizations and create the optimizer *before*
+any of them; after changing the graph (registering, removing, ``model.eval()``) build it again.
 
 Train / eval
 ------------
