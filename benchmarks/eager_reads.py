@@ -26,6 +26,13 @@ Printed: the median times (µs) and the ratios ``ops / eager`` (the speed-up) an
 before JAX is imported. ``--clock cpu`` times the process's CPU time (``time.process_time``: every
 thread of this process, XLA's included, and none of the other processes sharing the machine)
 instead of wall-clock time: steadier on a loaded machine.
+
+``--gap US`` spins US µs of Python before every read of every variant (and subtracts the spin's
+own time, measured in the same round): reads as a program makes them, with other work in between,
+instead of back to back. Back to back flatters the jitted map: XLA's CPU worker threads are still
+awake from the previous call, and after even ~10 µs of other Python they must be woken again,
+which costs the next call ~20-40 µs at n = 32-128 on this machine (results.md, "Eager reads:
+where they stand").
 """
 
 from __future__ import annotations
@@ -81,14 +88,25 @@ def _variants(front: str, p, n: int):
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _time(fn, reads: int, clock=time.perf_counter) -> float:
+def _busy(seconds: float) -> None:
+    """Spins for ``seconds`` (other Python work between two reads)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _time(fn, reads: int, clock=time.perf_counter, gap: float = 0.0) -> float:
     start = clock()
     for _ in range(reads):
+        if gap:
+            _busy(gap)
         jax.block_until_ready(fn())
     return (clock() - start) / reads
 
 
-def measure(front: str, name: str, n: int, rounds: int, reads: int, clock: str = "wall") -> dict:
+def measure(
+    front: str, name: str, n: int, rounds: int, reads: int, clock: str = "wall", gap: float = 0.0
+) -> dict:
     fns = _variants(front, MAPS[name](), n)
     for fn in fns.values():  # compile and warm every variant first
         jax.block_until_ready(fn())
@@ -97,7 +115,11 @@ def measure(front: str, name: str, n: int, rounds: int, reads: int, clock: str =
     order = list(fns)
     for r in range(rounds):
         for k in order if r % 2 == 0 else order[::-1]:
-            samples[k].append(_time(fns[k], reads, CLOCKS[clock]))
+            samples[k].append(_time(fns[k], reads, CLOCKS[clock], gap))
+        if gap:  # the spin's own time, measured in the same round and subtracted from every read
+            spin = _time(lambda: None, reads, CLOCKS[clock], gap)
+            for k in order:
+                samples[k][-1] -= spin
     med = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
     ratio_ops = statistics.median(o / e for o, e in zip(samples["ops"], samples["eager"]))
     ratio_jit = statistics.median(e / j for e, j in zip(samples["eager"], samples["jit"]))
@@ -112,16 +134,22 @@ def main() -> None:
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     ap.add_argument("--fronts", default="nnx,tree")
     ap.add_argument("--maps", default=",".join(MAPS))
+    ap.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="µs of other Python (a spin) before every read, subtracted from the times",
+    )
     args = ap.parse_args()
     print(
         f"jax {jax.__version__}, {jax.devices()[0].platform}, n = {args.n}, "
-        f"{args.rounds} rounds x {args.reads} reads, {args.clock} clock"
+        f"{args.rounds} rounds x {args.reads} reads, {args.clock} clock, gap {args.gap:g} µs"
     )
     print("| front | map | ops µs | eager µs | jit µs | ops / eager | eager / jit |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for front in args.fronts.split(","):
         for name in args.maps.split(","):
-            m = measure(front, name, args.n, args.rounds, args.reads, args.clock)
+            m = measure(front, name, args.n, args.rounds, args.reads, args.clock, args.gap * 1e-6)
             print(
                 f"| {front} | {name} | {m['ops']:.0f} | {m['eager']:.0f} | {m['jit']:.0f} "
                 f"| {m['ops/eager']:.2f} | {m['eager/jit']:.2f} |",
