@@ -1,4 +1,4 @@
-"""Python overhead of the NNX front: one training step in each NNX stepping mode, and one eager read.
+"""Python overhead of the NNX front: a training step in each NNX stepping mode, an eager read.
 
 Run from the repository root (``PYTHONPATH=src`` to time a working tree)::
 

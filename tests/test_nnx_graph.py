@@ -257,7 +257,7 @@ def test_every_stepping_mode_trains_the_same_model(mode):
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    # the power iteration advanced (one step per training step), and the constraints hold
+    # the mode wrote the power iteration's state back, and the constraints hold
     assert not np.allclose(model.a.parametrizations.kernel[0].u[...], u0)
     kb = np.asarray(model.b.kernel)
     np.testing.assert_allclose(kb.T @ kb, np.eye(4), atol=1e-5)

@@ -65,9 +65,9 @@ holds it and it stays the same object across calls; with flax's newer graph inte
 ``WeightNorm`` kernels (``benchmarks/nnx_overhead.py --clock thread``, CPU): 200-250 us per
 parametrized layer per step over a plain ``nnx.Linear``, 130-160 us over a hand-written layer
 with the same Variables (``g``, ``v``); the lean containers cut about a quarter of it (992 -> 716
-Python calls per layer per step). The chain itself runs only while tracing. Faster recipes skip the traversal, and with them a parametrized layer costs what a
-hand-written layer with the same Variables costs (``docs/recipes.md``, "NNX: the fastest
-stepping")::
+Python calls per layer per step). The chain itself runs only while tracing. Faster recipes skip
+the traversal, and with them a parametrized layer costs what a hand-written layer with the same
+Variables costs (``docs/recipes.md``, "NNX: the fastest stepping")::
 
     step = nnx.jit_partial(train_step, model, optimizer, graph=False)  # flax >= 0.12.5
     for x, y in batches:
