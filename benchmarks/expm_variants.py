@@ -16,6 +16,8 @@ squares). The price: no forward-mode derivative (``jax.jvp`` / ``jacfwd`` fail),
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -101,8 +103,6 @@ def expm_reverse_only(a):
 def expm_previous(a):
     """parametrax's expm before issue 15 (float32 path): scale to 1-norm <= 1, Taylor degree 11
     by Paterson–Stockmeyer, squarings in a fixed 32-step ``fori_loop`` of ``lax.cond``."""
-    import math
-
     n = a.shape[-1]
     eye = jnp.eye(n, dtype=a.dtype)
     norm = jnp.max(jnp.sum(jnp.abs(a), axis=-2), axis=-1)
@@ -131,17 +131,16 @@ def expm_previous(a):
 # The floor under ``grad`` for ONE matrix (issue 15.3): the library's arithmetic, no ``lax.cond``
 # ------------------------------------------------------------------------------------------------
 _FLOOR_MAX_SQUARINGS = 31
+_TAYLOR12 = tuple(1.0 / math.factorial(k) for k in range(13))  # exp's Taylor coefficients
 
 
 def _taylor_parts(x, m=12, p=4):
     """The library's degree-12 Paterson–Stockmeyer evaluation, keeping its intermediates."""
-    import math
-
     eye = jnp.eye(x.shape[-1], dtype=x.dtype)
     powers = [eye, x]
     for _ in range(p - 1):
         powers.append(_dot(powers[-1], x))
-    coef = [1.0 / math.factorial(k) for k in range(m + 1)]
+    coef = _TAYLOR12
 
     def block(j):
         return sum((coef[j * p + i] * powers[i] for i in range(1, p)), coef[j * p] * eye)
@@ -149,7 +148,7 @@ def _taylor_parts(x, m=12, p=4):
     horner = [coef[m] * powers[p] + block(m // p - 1)]
     for j in range(m // p - 2, -1, -1):
         horner.append(_dot(horner[-1], powers[p]) + block(j))
-    return powers, horner, coef
+    return powers, horner
 
 
 def _taylor_frechet(powers, horner, coef, e, m=12, p=4):
@@ -176,7 +175,7 @@ def _floor_value(a):
     s = jnp.ceil(jnp.log2(jnp.maximum(norm / 1.46166150721, 1.0))).astype(jnp.int32)
     s = jnp.minimum(s, _FLOOR_MAX_SQUARINGS)
     x = a * jnp.exp2(-s.astype(a.dtype))
-    powers, horner, coef = _taylor_parts(x)
+    powers, horner = _taylor_parts(x)
     buf = jnp.zeros((_FLOOR_MAX_SQUARINGS,) + a.shape, a.dtype)
 
     def body(i, carry):
@@ -211,10 +210,7 @@ def _floor_bwd(res, g):
         return _dot(rt, g) + _dot(g, rt)
 
     g = lax.fori_loop(0, s, body, g)
-    import math
-
-    coef = [1.0 / math.factorial(k) for k in range(13)]
-    dx = _taylor_frechet([q.T for q in powers], [q.T for q in horner], coef, g)
+    dx = _taylor_frechet([q.T for q in powers], [q.T for q in horner], _TAYLOR12, g)
     return (dx * jnp.exp2(-s.astype(g.dtype)),)
 
 
@@ -340,9 +336,8 @@ def grad_floor(sizes=(8, 16, 32, 64, 128), reps=15, inner=10, scale=5.0):
         )
 
 
-if (
-    __name__ == "__main__"
-):  # OPENBLAS_NUM_THREADS=1 python benchmarks/expm_variants.py [--theta | --floor]
+if __name__ == "__main__":
+    # OPENBLAS_NUM_THREADS=1 python benchmarks/expm_variants.py [--theta | --floor]
     import sys
 
     if "--theta" in sys.argv[1:]:
